@@ -1,0 +1,199 @@
+"""GenerationConfig: every setting of one generation, frozen, validated field by field, JSON round-trip."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .errors import ConfigError
+from .sampling import SAMPLING_MODES
+
+DEFAULT_BLOCK = 32
+
+
+def _freeze(kwargs: Mapping[str, Any] | None, what: str) -> Mapping[str, Any]:
+    if kwargs is None:
+        return MappingProxyType({})
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"{what} must be a mapping of parameter names to values, got {kwargs!r}")
+    try:
+        json.dumps(dict(kwargs))
+    except TypeError as exc:
+        raise ConfigError(f"{what} must be JSON-serialisable: {exc}") from exc
+    return MappingProxyType(dict(kwargs))
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Settings of one call to :meth:`DiffusionLM.generate`.
+
+    Attributes:
+        gen_length: answer positions appended to the prompt (the canvas is prompt + gen_length masks).
+        block_length: semi-autoregressive block size; blocks are decoded left to right. ``None``: 32 when it
+            divides gen_length, else gen_length (one block).
+        steps: step budget of the whole answer, spread evenly over the blocks (must be a multiple of the number
+            of blocks). ``None``: gen_length, one token per step, the reference decode. Parallel schedulers use
+            it only as a budget and may finish a block in fewer steps.
+        scheduler, scheduler_kwargs: unmasking scheduler by registered name and its parameters.
+        cache, cache_kwargs: cache policy by registered name and its parameters.
+        verify, verify_kwargs: lossless verification mode (``None``, ``"stepwise"``, ``"causal"``, or a plugin).
+        sampling: ``"auto"`` (the scheduler's own family), ``"gumbel"`` (LLaDA) or ``"categorical"`` (Dream).
+        temperature: 0 is greedy; > 0 samples (Gumbel noise in float64 for ``gumbel``).
+        top_k, top_p: token filters applied before sampling (only with temperature > 0 for ``gumbel``).
+        cfg_scale: classifier-free guidance w: logits = uncond + (w + 1)(cond - uncond), with the prompt replaced
+            by masks for the unconditional pass. 0 disables it.
+        seed: seed of the generation's ``torch.Generator``; ``None`` draws one from torch's global generator.
+        chat_template: wrap each prompt in the tokenizer's chat template (user turn + generation prompt).
+        return_trace: also return the step at which each answer position was committed.
+        stop_at_eos: a row stops once a stop token is committed and every position before it is committed; the
+            rest of its answer becomes EOS. The text up to the first stop token is the same as without it.
+        stop_token_ids: tokens that end an answer; ``None`` uses the model's (EOS and end of turn).
+        logits_eos_inf: never predict EOS (LLaDA sampler option).
+        confidence_eos_eot_inf: candidates that are EOS or end of turn get confidence -inf, so they are committed
+            last (LLaDA sampler option).
+        eotp: end-of-text prediction: once a stop token is committed at position p, every position after p
+            becomes EOS and is dropped from the canvas (no longer attended to or computed).
+        eotp_threshold: with ``eotp``, also trigger when every masked position after some p is predicted to be a
+            stop token with confidence >= this value. ``None``: only committed stop tokens trigger.
+    """
+
+    gen_length: int = 128
+    block_length: int | None = None
+    steps: int | None = None
+    scheduler: str = "low_confidence"
+    scheduler_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    cache: str = "none"
+    cache_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    verify: str | None = None
+    verify_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    sampling: str = "auto"
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    cfg_scale: float = 0.0
+    seed: int | None = 0
+    chat_template: bool = False
+    return_trace: bool = False
+    stop_at_eos: bool = True
+    stop_token_ids: tuple[int, ...] | None = None
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    eotp: bool = False
+    eotp_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
+        _int("gen_length", self.gen_length, minimum=1)
+        if self.block_length is None:
+            set_("block_length", DEFAULT_BLOCK if self.gen_length % DEFAULT_BLOCK == 0 else self.gen_length)
+        _int("block_length", self.block_length, minimum=1)
+        if self.gen_length % self.block_length:
+            raise ConfigError(
+                f"gen_length ({self.gen_length}) must be a multiple of block_length ({self.block_length}); "
+                f"e.g. block_length={math.gcd(self.gen_length, self.block_length)} or gen_length="
+                f"{-(-self.gen_length // self.block_length) * self.block_length}"
+            )
+        if self.steps is None:
+            set_("steps", self.gen_length)
+        _int("steps", self.steps, minimum=1)
+        if self.steps % self.num_blocks:
+            raise ConfigError(
+                f"steps ({self.steps}) must be a multiple of the number of blocks "
+                f"(gen_length / block_length = {self.num_blocks})"
+            )
+        for name in ("scheduler", "cache"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name} must be a registered name (a non-empty string), got {getattr(self, name)!r}")
+        if self.verify is not None and (not isinstance(self.verify, str) or not self.verify):
+            raise ConfigError(f"verify must be None or a registered verifier name, got {self.verify!r}")
+        for name in ("scheduler_kwargs", "cache_kwargs", "verify_kwargs"):
+            set_(name, _freeze(getattr(self, name), name))
+        if self.sampling not in ("auto",) + SAMPLING_MODES:
+            raise ConfigError(f"sampling must be one of auto, {', '.join(SAMPLING_MODES)}; got {self.sampling!r}")
+        _float("temperature", self.temperature, minimum=0.0)
+        if self.top_k is not None:
+            _int("top_k", self.top_k, minimum=1)
+        if self.top_p is not None:
+            _float("top_p", self.top_p, minimum=0.0)
+            if not 0 < self.top_p <= 1:
+                raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        _float("cfg_scale", self.cfg_scale, minimum=0.0)
+        if self.seed is not None:
+            _int("seed", self.seed, minimum=0)
+        for name in ("chat_template", "return_trace", "stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf", "eotp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.stop_token_ids is not None:
+            ids = tuple(self.stop_token_ids)
+            if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+                raise ConfigError(f"stop_token_ids must be a non-empty list of token ids, got {self.stop_token_ids!r}")
+            set_("stop_token_ids", ids)
+        if self.eotp_threshold is not None:
+            _float("eotp_threshold", self.eotp_threshold, minimum=0.0)
+            if not self.eotp:
+                raise ConfigError("eotp_threshold is set but eotp is False; set eotp=True to use it")
+            if not 0 < self.eotp_threshold <= 1:
+                raise ConfigError(f"eotp_threshold must be in (0, 1], got {self.eotp_threshold}")
+        # names and parameters are checked against the registries now, not at the first step
+        from . import cache as _cache
+        from . import schedulers as _schedulers
+
+        _schedulers.create(self.scheduler, dict(self.scheduler_kwargs))
+        _cache.create(self.cache, dict(self.cache_kwargs))
+        if self.verify is not None:
+            from . import verify as _verify
+
+            _verify.get(self.verify)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.num_blocks
+
+    def replace(self, **changes: Any) -> "GenerationConfig":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    # ----------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k in ("scheduler_kwargs", "cache_kwargs", "verify_kwargs"):
+            d[k] = dict(d[k])
+        if d["stop_token_ids"] is not None:
+            d["stop_token_ids"] = list(d["stop_token_ids"])
+        return d
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GenerationConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown GenerationConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**dict(d))
+
+    @classmethod
+    def from_json(cls, text: str) -> "GenerationConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _float(name: str, value: Any, minimum: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")

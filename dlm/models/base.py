@@ -1,0 +1,98 @@
+"""Architecture specs and their registry.
+
+An :class:`Architecture` turns a checkpoint's ``config.json`` into an :class:`ArchConfig`, maps checkpoint
+weight names onto the internal names of :class:`~dlm.models.transformer.Transformer`, and knows the special
+token ids and the logit shift of its family. A new architecture is one file with one subclass and one
+``@register_model("model_type")`` line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import CheckpointError
+from ..registry import Registry
+from .transformer import ArchConfig
+
+
+def _check_architecture(cls: type) -> None:
+    from ..errors import RegistryError
+
+    if not (isinstance(cls, type) and issubclass(cls, Architecture)):
+        raise RegistryError(f"{cls!r} is not a subclass of dlm.models.Architecture")
+
+
+MODELS: Registry = Registry("model architecture", group=None, check=_check_architecture)
+
+
+def register_model(model_type: str, *, override: bool = False):
+    """Class decorator registering an :class:`Architecture` for ``config.json``'s ``model_type``."""
+    return MODELS.register(model_type, override=override)
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Token ids generation needs. ``stop_ids`` end an answer (EOS and the chat end-of-turn token)."""
+
+    mask_id: int
+    eos_id: int
+    pad_id: int
+    bos_id: int | None = None
+    stop_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.pad_id == self.mask_id:
+            raise CheckpointError(
+                f"pad token id equals the mask token id ({self.mask_id}); padding would be read as masks to fill"
+            )
+
+
+class Architecture:
+    """Base class of a checkpoint format. Subclasses set ``model_type`` and implement the hooks."""
+
+    model_type: ClassVar[str]
+    logits_shift: ClassVar[int] = 0  # 1 when the logit at position i-1 predicts token i (Dream)
+    # tokenizer classes that exist only as remote code, mapped to the transformers class they copy
+    tokenizer_fallbacks: ClassVar[dict[str, str]] = {}
+    end_of_turn_tokens: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def parse_config(cls, cfg: dict[str, Any]) -> ArchConfig:
+        raise NotImplementedError
+
+    @classmethod
+    def name_map(cls, arch: ArchConfig, cfg: dict[str, Any]) -> dict[str, str]:
+        """Checkpoint weight name -> internal parameter name, for every weight the checkpoint must hold."""
+        raise NotImplementedError
+
+    @classmethod
+    def special_ids(cls, cfg: dict[str, Any], tokenizer: Any | None) -> SpecialIds:
+        raise NotImplementedError
+
+    @classmethod
+    def max_length(cls, cfg: dict[str, Any]) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def build_config(cls, arch: ArchConfig, ids: SpecialIds, **extra: Any) -> dict[str, Any]:
+        """A ``config.json`` dict in this format for ``arch`` (used to write checkpoints)."""
+        raise NotImplementedError
+
+
+def require(cfg: dict[str, Any], key: str, model_type: str, types: type | tuple[type, ...] = int) -> Any:
+    """A required config field with a clear error when it is missing or of the wrong type."""
+    if key not in cfg or cfg[key] is None:
+        raise CheckpointError(f"config.json of a {model_type!r} checkpoint has no {key!r} field")
+    value = cfg[key]
+    if isinstance(value, bool) and types is int or not isinstance(value, types):
+        raise CheckpointError(f"config.json field {key!r} must be {types}, got {value!r}")
+    return value
+
+
+def token_id(tokenizer: Any | None, token: str) -> int | None:
+    """Id of ``token`` in the tokenizer's vocabulary, or None."""
+    if tokenizer is None:
+        return None
+    vocab = tokenizer.get_vocab()
+    return vocab.get(token)

@@ -1,0 +1,136 @@
+"""Dream (``model_type: "Dream"``): Qwen2 geometry and weight names (q/k/v biases, GQA), shifted logits.
+
+The logit at position i-1 predicts token i (Dream was adapted from the autoregressive Qwen2.5), so the engine
+reads the logits of a masked position p from the hidden state at p-1. Ids of Dream-7B: mask 151666,
+EOS = pad ``<|endoftext|>`` 151643, end of turn ``<|im_end|>`` 151645. Dream's tokenizer ships as remote code
+(``DreamTokenizer``), a copy of Qwen2's BPE tokenizer: dlm loads its vocab.json/merges.txt with transformers'
+``Qwen2Tokenizer`` instead, so no remote code runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import CheckpointError
+from .base import Architecture, SpecialIds, register_model, require, token_id
+from .transformer import ArchConfig
+
+_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "q.weight",
+    "self_attn.q_proj.bias": "q.bias",
+    "self_attn.k_proj.weight": "k.weight",
+    "self_attn.k_proj.bias": "k.bias",
+    "self_attn.v_proj.weight": "v.weight",
+    "self_attn.v_proj.bias": "v.bias",
+    "self_attn.o_proj.weight": "o.weight",
+    "post_attention_layernorm.weight": "mlp_norm.weight",
+    "mlp.gate_proj.weight": "gate.weight",
+    "mlp.up_proj.weight": "up.weight",
+    "mlp.down_proj.weight": "down.weight",
+}
+
+
+@register_model("Dream")
+class Dream(Architecture):
+    model_type = "Dream"
+    logits_shift = 1
+    tokenizer_fallbacks = {"DreamTokenizer": "Qwen2Tokenizer"}
+    end_of_turn_tokens = ("<|im_end|>",)
+
+    @classmethod
+    def parse_config(cls, cfg: dict[str, Any]) -> ArchConfig:
+        t = cls.model_type
+        d = require(cfg, "hidden_size", t)
+        heads = require(cfg, "num_attention_heads", t)
+        kv = cfg.get("num_key_value_heads") or heads
+        if cfg.get("rope_scaling") not in (None, {}):
+            raise CheckpointError(f"Dream config rope_scaling={cfg['rope_scaling']!r} is not supported (only none)")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise CheckpointError(f"Dream config hidden_act={cfg['hidden_act']!r} is not supported (only 'silu')")
+        if cfg.get("use_sliding_window", False):
+            raise CheckpointError("Dream config use_sliding_window=true is not supported")
+        if d % heads:
+            raise CheckpointError(f"hidden_size ({d}) is not a multiple of num_attention_heads ({heads})")
+        return ArchConfig(
+            vocab_size=require(cfg, "vocab_size", t),
+            hidden_size=d,
+            num_layers=require(cfg, "num_hidden_layers", t),
+            num_heads=heads,
+            num_kv_heads=kv,
+            head_dim=d // heads,
+            intermediate_size=require(cfg, "intermediate_size", t),
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            max_position=int(cfg.get("max_position_embeddings", 32768)),
+            qkv_bias=True,
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            rope_full_precision=False,
+        )
+
+    @classmethod
+    def name_map(cls, arch: ArchConfig, cfg: dict[str, Any]) -> dict[str, str]:
+        names = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight"}
+        if not arch.tie_embeddings:
+            names["lm_head.weight"] = "head.weight"
+        for i in range(arch.num_layers):
+            for ckpt, internal in _LAYER_NAMES.items():
+                names[f"model.layers.{i}.{ckpt}"] = f"layers.{i}.{internal}"
+        return names
+
+    @classmethod
+    def special_ids(cls, cfg: dict[str, Any], tokenizer: Any | None) -> SpecialIds:
+        mask = cfg.get("mask_token_id")
+        if mask is None:
+            mask = token_id(tokenizer, "<|mask|>")
+        if mask is None:
+            raise CheckpointError("cannot find the mask token id: config.json has no 'mask_token_id' and the "
+                                  "tokenizer has no '<|mask|>' token")
+        eos = cfg.get("eos_token_id")
+        if eos is None and tokenizer is not None:
+            eos = tokenizer.eos_token_id
+        if eos is None:
+            raise CheckpointError("cannot find the EOS token id in config.json ('eos_token_id') or the tokenizer")
+        pad = cfg.get("pad_token_id")
+        if pad is None:
+            pad = eos
+        stops = [eos] + [i for t in cls.end_of_turn_tokens if (i := token_id(tokenizer, t)) is not None]
+        return SpecialIds(mask_id=int(mask), eos_id=int(eos), pad_id=int(pad),
+                          bos_id=cfg.get("bos_token_id"), stop_ids=tuple(dict.fromkeys(stops)))
+
+    @classmethod
+    def max_length(cls, cfg: dict[str, Any]) -> int:
+        return int(cfg.get("max_position_embeddings", 32768))
+
+    @classmethod
+    def build_config(cls, arch: ArchConfig, ids: SpecialIds, **extra: Any) -> dict[str, Any]:
+        cfg = {
+            "architectures": ["DreamModel"],
+            "model_type": "Dream",
+            "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+            "hidden_size": arch.hidden_size,
+            "intermediate_size": arch.intermediate_size,
+            "num_hidden_layers": arch.num_layers,
+            "num_attention_heads": arch.num_heads,
+            "num_key_value_heads": arch.num_kv_heads,
+            "hidden_act": "silu",
+            "rms_norm_eps": arch.norm_eps,
+            "rope_theta": arch.rope_theta,
+            "rope_scaling": None,
+            "max_position_embeddings": arch.max_position,
+            "vocab_size": arch.vocab_size,
+            "tie_word_embeddings": arch.tie_embeddings,
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "attention_dropout": 0.0,
+            "initializer_range": 0.02,
+            "mask_token_id": ids.mask_id,
+            "pad_token_id": ids.pad_id,
+            "bos_token_id": ids.bos_id if ids.bos_id is not None else ids.eos_id,
+            "eos_token_id": ids.eos_id,
+            "use_cache": False,
+            "torch_dtype": "bfloat16",
+            "transformers_version": "4.46.2",
+        }
+        cfg.update(extra)
+        return cfg

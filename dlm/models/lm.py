@@ -1,0 +1,216 @@
+"""DiffusionLM: a loaded model + tokenizer + special ids, with ``generate``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..config import GenerationConfig
+from ..errors import CheckpointError, ConfigError
+from ..outputs import GenerationOutput, StepEvent
+from .base import Architecture, SpecialIds
+from .transformer import ArchConfig, Transformer
+
+PromptInput = str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]] | torch.Tensor
+
+
+class DiffusionLM:
+    """A masked-diffusion language model ready to generate.
+
+    Attributes:
+        model: the :class:`~dlm.models.transformer.Transformer`.
+        tokenizer: a transformers tokenizer, or ``None`` (then prompts must be token ids).
+        ids: the :class:`SpecialIds` (mask, EOS, pad, stop tokens).
+        arch_cls: the checkpoint format (``LLaDA``, ``Dream``, ...).
+        logits_shift: 1 when the logit at position i-1 predicts token i (Dream), else 0.
+        max_length: the model's context (prompt + answer) in tokens.
+        path: the folder it was loaded from, if any.
+    """
+
+    def __init__(self, model: Transformer, tokenizer: Any | None, ids: SpecialIds, arch_cls: type[Architecture],
+                 max_length: int | None = None, path: str | os.PathLike | None = None, config: dict | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.ids = ids
+        self.arch_cls = arch_cls
+        self.logits_shift = arch_cls.logits_shift
+        self.max_length = max_length or model.cfg.max_position
+        self.path = Path(path) if path is not None else None
+        self.hf_config = config or {}
+
+    @property
+    def arch(self) -> ArchConfig:
+        return self.model.cfg
+
+    @property
+    def model_type(self) -> str:
+        return self.arch_cls.model_type
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed.weight.dtype
+
+    def __repr__(self) -> str:
+        a = self.arch
+        return (f"DiffusionLM({self.model_type}, {a.num_parameters / 1e6:.1f}M params, {a.num_layers} layers, "
+                f"d={a.hidden_size}, vocab={a.vocab_size}, {self.dtype}, {self.device})")
+
+    # ----------------------------------------------------------------- prompts
+    def encode(self, prompts: PromptInput, chat_template: bool = False) -> list[list[int]]:
+        """Token ids of each prompt (strings are tokenised; id lists pass through)."""
+        if isinstance(prompts, torch.Tensor):
+            if prompts.dim() == 1:
+                prompts = prompts.unsqueeze(0)
+            return [row.tolist() for row in prompts]
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if prompts and isinstance(prompts[0], int):
+            prompts = [prompts]
+        out = []
+        for p in prompts:
+            if isinstance(p, str):
+                if self.tokenizer is None:
+                    raise ConfigError("this model has no tokenizer; pass prompts as lists of token ids")
+                if chat_template:
+                    if not getattr(self.tokenizer, "chat_template", None):
+                        raise ConfigError("chat_template=True but the tokenizer has no chat template")
+                    text = self.tokenizer.apply_chat_template([{"role": "user", "content": p}],
+                                                              add_generation_prompt=True, tokenize=False)
+                    out.append(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
+                else:
+                    out.append(list(self.tokenizer(p)["input_ids"]))
+            else:
+                out.append([int(t) for t in p])
+        return out
+
+    # ----------------------------------------------------------------- generation
+    def generate(
+        self,
+        prompts: PromptInput,
+        config: GenerationConfig | None = None,
+        *,
+        stream: Callable[[StepEvent], None] | None = None,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+        **overrides: Any,
+    ) -> GenerationOutput:
+        """Generate an answer for each prompt.
+
+        Args:
+            prompts: a string, a list of strings, a list of token-id lists, or a (B, P) tensor of ids.
+            config: a :class:`GenerationConfig`; keyword ``overrides`` replace its fields
+                (``model.generate(p, gen_length=64, scheduler="threshold")``).
+            stream: called after every step with a :class:`StepEvent` (newly committed tokens).
+            batch_size: split the prompts into batches of this size (default: one batch).
+            progress: show a progress bar over batches (default: when there is more than one batch).
+        """
+        from ..engine import generate as run
+
+        config = config or GenerationConfig()
+        if overrides:
+            config = config.replace(**overrides)
+        ids = self.encode(prompts, chat_template=config.chat_template)
+        if not ids:
+            raise ConfigError("the batch of prompts is empty; pass at least one prompt")
+        if batch_size is None or batch_size >= len(ids):
+            return run(self, ids, config, stream=stream)
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        from tqdm.auto import tqdm
+
+        chunks = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+        outs = [run(self, chunk, config, stream=stream)
+                for chunk in tqdm(chunks, desc="generate", unit="batch", disable=progress is False)]
+        return merge_outputs(outs)
+
+
+def merge_outputs(outs: list[GenerationOutput]) -> GenerationOutput:
+    from ..outputs import StepTrace
+
+    first = outs[0]
+    trace = None
+    if first.trace is not None:
+        trace = StepTrace(torch.cat([o.trace.commit_step for o in outs]), [s for o in outs for s in o.trace.block_steps])
+    stats: dict[str, float] = {}
+    for o in outs:
+        for k, v in o.stats.items():
+            stats[k] = stats.get(k, 0.0) + v
+    return GenerationOutput(
+        sequences=torch.cat([o.sequences for o in outs]),
+        prompt_ids=[p for o in outs for p in o.prompt_ids],
+        texts=None if first.texts is None else [t for o in outs for t in o.texts],
+        nfe=torch.cat([o.nfe for o in outs]),
+        steps=sum(o.steps for o in outs),
+        timings={k: sum(o.timings[k] for o in outs) for k in first.timings},
+        trace=trace,
+        stats=stats,
+    )
+
+
+def load(
+    path: str | os.PathLike | None = None,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = None,
+    tokenizer: Any = True,
+    attn_backend: str = "sdpa",
+) -> DiffusionLM:
+    """Load a LLaDA- or Dream-format checkpoint folder (config.json + safetensors + tokenizer).
+
+    Args:
+        path: the folder. ``None`` loads the bundled ``dlm-tiny`` model.
+        dtype: ``"auto"`` (bfloat16 on CUDA, float32 on CPU), ``"float32"``, ``"bfloat16"``, ``"float16"``.
+        device: ``"cuda"``, ``"cpu"``, ... (default: CUDA when available).
+        tokenizer: True loads it from the folder with transformers' AutoTokenizer; a path or tokenizer object
+            uses that; False loads none (prompts must then be token ids).
+        attn_backend: ``"sdpa"`` (torch) or ``"flash_attn"`` (needs the ``dlm[gpu]`` extra).
+    """
+    from .attention import BACKENDS, flash_attn_available
+    from .loading import build_model, load_tokenizer, load_weights, parse_dtype, read_config
+
+    if path is None:
+        from ..assets import default_model_path
+
+        path = default_model_path()
+    folder, cfg, arch_cls = read_config(path)
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dt = parse_dtype(dtype, device)
+    if attn_backend not in BACKENDS:
+        raise ConfigError(f"unknown attn_backend {attn_backend!r}; allowed: {', '.join(BACKENDS)}")
+    if attn_backend == "flash_attn" and not flash_attn_available():
+        raise ConfigError("attn_backend='flash_attn' needs the flash-attn package and a CUDA device "
+                          "(pip install 'dlm[gpu]'); the default 'sdpa' needs nothing extra")
+    arch = arch_cls.parse_config(cfg)
+    tok = None
+    if tokenizer is True:
+        tok = load_tokenizer(folder, arch_cls)
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        tok = load_tokenizer(Path(tokenizer), arch_cls)
+    elif tokenizer not in (False, None):
+        tok = tokenizer
+    ids = arch_cls.special_ids(cfg, tok)
+    model = build_model(arch, device="meta")
+    load_weights(model, folder, arch_cls.name_map(arch, cfg), dt, device)
+    model.attn_backend = attn_backend
+    if tok is not None and len(tok) > (arch.valid_vocab or arch.vocab_size):
+        raise CheckpointError(f"the tokenizer has {len(tok)} tokens but the model's vocabulary has "
+                              f"{arch.valid_vocab or arch.vocab_size}")
+    return DiffusionLM(model, tok, ids, arch_cls, max_length=arch_cls.max_length(cfg), path=folder, config=cfg)
+
+
+def from_model(model: Transformer, arch_cls: type[Architecture] | str, ids: SpecialIds,
+               tokenizer: Any | None = None) -> DiffusionLM:
+    """Wrap an in-memory :class:`Transformer` (e.g. random weights for benchmarks) as a DiffusionLM."""
+    from .base import MODELS
+
+    if isinstance(arch_cls, str):
+        arch_cls = MODELS.get(arch_cls)
+    return DiffusionLM(model, tokenizer, ids, arch_cls)

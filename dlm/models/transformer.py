@@ -1,0 +1,245 @@
+"""The bidirectional Llama-style transformer behind LLaDA and Dream.
+
+Both architectures are the same computation with different weight names and settings: pre-norm blocks,
+RMSNorm in float32, rotate-half RoPE, full (bidirectional) attention through ``scaled_dot_product_attention``,
+a SwiGLU MLP and an untied (or tied) head. Each architecture file maps its checkpoint names onto the internal
+names used here (``embed``, ``layers.N.{attn_norm,q,k,v,o,mlp_norm,gate,up,down}``, ``norm``, ``head``).
+
+The forward can run on a subset of canvas positions: ``input_ids``/``position_ids`` hold only the fed
+positions, and a cache object passed in as an argument supplies the keys/values of the other positions
+(``cache.update(layer, k, v)`` returns the keys/values to attend over). Logits are computed only for the
+positions in ``logits_index``, which is where most of the time of a diffusion step goes otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attend
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Geometry and numerics of a model, independent of its checkpoint format.
+
+    ``vocab_size`` is the number of rows of the embedding (and of logits); ids at or above ``valid_vocab``
+    exist only as padding of the embedding matrix and get ``-inf`` logits.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    norm_eps: float
+    rope_theta: float
+    max_position: int
+    valid_vocab: int | None = None
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    tie_embeddings: bool = False
+    logit_scale: float | None = None  # multiply logits by this (LLaDA scale_logits: 1/sqrt(d))
+    embed_scale: float | None = None  # multiply embeddings by this (LLaDA input_emb_norm: sqrt(d))
+    rope_full_precision: bool = True  # rotate q/k in float32 (LLaDA) or in the model dtype (Dream/Qwen2)
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads != 0:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        if self.head_dim % 2 != 0:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+
+    @property
+    def num_parameters(self) -> int:
+        d, m, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        kv = self.num_kv_heads * self.head_dim
+        q = self.num_heads * self.head_dim
+        per_layer = d * q + 2 * d * kv + q * d + 3 * d * m + 2 * d
+        if self.qkv_bias:
+            per_layer += q + 2 * kv
+        return v * d * (1 if self.tie_embeddings else 2) + self.num_layers * per_layer + d
+
+
+class KVCache(Protocol):
+    """What the model needs from a cache: per-layer keys/values to attend over and the key mask."""
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the fed positions' ``k``/``v`` (B, Hkv, Q, D); return keys/values (B, Hkv, L, D) to attend over."""
+
+    def key_mask(self) -> torch.Tensor | None:
+        """(B, L) bool, True where a key may be attended to; ``None`` when every key is valid."""
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, cast back, then scaled by the weight (as LLaDA and Qwen2 do)."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of rotate-half RoPE in float32. position_ids: (B, Q) -> two (B, 1, Q, head_dim) tensors."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
+    freqs = position_ids.to(torch.float32).unsqueeze(-1) * inv_freq  # (B, Q, D/2)
+    emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
+    return emb.cos(), emb.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool) -> torch.Tensor:
+    if full_precision:
+        xf = x.float()
+        return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + _rotate_half(x) * sin
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.cfg = cfg
+        self.attn_norm = RMSNorm(d, cfg.norm_eps)
+        self.q = nn.Linear(d, cfg.num_heads * hd, bias=cfg.qkv_bias)
+        self.k = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.v = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.o = nn.Linear(cfg.num_heads * hd, d, bias=cfg.out_bias)
+        self.mlp_norm = RMSNorm(d, cfg.norm_eps)
+        self.gate = nn.Linear(d, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up = nn.Linear(d, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down = nn.Linear(cfg.intermediate_size, d, bias=cfg.mlp_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, Q, d)
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        layer: int,
+        cache: KVCache | None,
+        key_mask: torch.Tensor | None,
+        attn_backend: str,
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        B, Q, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.q(h).view(B, Q, cfg.num_heads, cfg.head_dim).transpose(1, 2)
+        k = self.k(h).view(B, Q, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = self.v(h).view(B, Q, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        q = apply_rope(q, cos, sin, cfg.rope_full_precision)
+        k = apply_rope(k, cos, sin, cfg.rope_full_precision)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        a = attend(q, k, v, key_mask, backend=attn_backend)  # (B, H, Q, D)
+        x = x + self.o(a.transpose(1, 2).reshape(B, Q, cfg.num_heads * cfg.head_dim))
+        h = self.mlp_norm(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+class Transformer(nn.Module):
+    """Bidirectional transformer over (a subset of) the canvas.
+
+    Args of :meth:`forward`:
+        input_ids: (B, Q) token ids of the fed positions.
+        position_ids: (B, Q) RoPE positions of the fed positions (padding-aware: cumsum(mask) - 1).
+        key_mask: (B, L) bool, True for keys that may be attended to. Without a cache, L == Q.
+            With a cache, the cache's own key mask is used when this is ``None``.
+        cache: an object with ``update(layer, k, v)``; ``None`` means the fed positions are the whole canvas.
+        logits_index: which fed positions get logits: ``None`` (all), a ``slice`` or a (B, n) index tensor.
+
+    Returns:
+        (B, n, vocab_size) logits in the model dtype.
+    """
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        if not cfg.tie_embeddings:
+            self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.attn_backend = "sdpa"
+
+    def head_weight(self) -> torch.Tensor:
+        return self.embed.weight if self.cfg.tie_embeddings else self.head.weight
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        x = self.embed(input_ids)
+        if cfg.embed_scale is not None:
+            x = x * cfg.embed_scale
+        cos, sin = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
+        if key_mask is None and cache is not None:
+            key_mask = cache.key_mask()
+        if key_mask is not None and key_mask.dtype != torch.bool:
+            key_mask = key_mask.bool()
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, i, cache, key_mask, self.attn_backend)
+        return x
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + head on (B, n, d) hidden states."""
+        cfg = self.cfg
+        out = F.linear(self.norm(hidden), self.head_weight())
+        if cfg.logit_scale is not None:
+            out = out * cfg.logit_scale
+        if cfg.valid_vocab is not None and cfg.valid_vocab < cfg.vocab_size:
+            out[..., cfg.valid_vocab :] = float("-inf")
+        return out
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        logits_index: torch.Tensor | slice | None = None,
+    ) -> torch.Tensor:
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        h = self.hidden_states(input_ids, position_ids, key_mask, cache)
+        if isinstance(logits_index, slice):
+            h = h[:, logits_index]
+        elif logits_index is not None:
+            h = h.gather(1, logits_index.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        return self.logits(h)
+
+
+def init_weights(model: Transformer, std: float = 0.02, generator: torch.Generator | None = None) -> None:
+    """Normal(0, std) init of every matrix, ones for norms, zeros for biases; residual outputs scaled down."""
+    n = model.cfg.num_layers
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                s = std / math.sqrt(2 * n) if name.endswith((".o.weight", ".down.weight")) else std
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32) * s)

@@ -1,0 +1,149 @@
+"""Logits -> candidate tokens and the per-position measures schedulers rank them by.
+
+Two sampling families, matching the official samplers:
+
+``gumbel`` (LLaDA's ``generate.py``)
+    token = argmax of the Gumbel-perturbed logits ``exp(l) / (-log u) ** T`` computed in float64 (plain
+    argmax at T = 0); confidence = softmax(l)[token] of the *untempered* logits.
+``categorical`` (Dream's ``generation_utils.py``)
+    logits / T, then top-p, then top-k filtering; probs = softmax; token ~ Categorical(probs) (argmax at
+    T = 0); confidence = probs[token]; margin and entropy are measured on the same processed probs.
+
+At temperature 0 without top-k/top-p both families give the same tokens and confidences. Random draws come
+from the ``torch.Generator`` passed in, over the candidate positions only, so a run is reproducible from its
+seed; the draws cover the positions the step can commit, not the whole canvas as the official scripts do,
+which changes which random numbers are used, not the distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SAMPLING_MODES = ("gumbel", "categorical")
+MEASURES = ("margin", "entropy", "logit_gap")
+
+
+@dataclass
+class Candidates:
+    """What each candidate position would become now, and how sure the model is. Shapes (B, n).
+
+    Attributes:
+        tokens: token each position would be committed to.
+        confidence: probability of that token (see the module doc for which distribution); ``-inf`` where
+            ``confidence_eos_eot_inf`` excludes it.
+        margin: top-1 minus top-2 probability (``None`` unless a scheduler asked for it).
+        neg_entropy: sum p log(p + 1e-10), Dream's entropy confidence: higher is more certain.
+        logit_gap: top-1 minus top-2 raw logit (Prophet's measure).
+    """
+
+    tokens: torch.Tensor
+    confidence: torch.Tensor
+    margin: torch.Tensor | None = None
+    neg_entropy: torch.Tensor | None = None
+    logit_gap: torch.Tensor | None = None
+
+    def scatter_(self, index: torch.Tensor, fresh: "Candidates") -> None:
+        """Overwrite the positions ``index`` (B, m) with ``fresh`` (B, m) values, in place."""
+        for name in ("tokens", "confidence", "margin", "neg_entropy", "logit_gap"):
+            dst, src = getattr(self, name), getattr(fresh, name)
+            if dst is not None and src is not None:
+                dst.scatter_(1, index, src.to(dst.dtype))
+
+    def select(self, index: torch.Tensor) -> "Candidates":
+        """A new Candidates holding the positions ``index`` (B, m)."""
+        def g(t):
+            return None if t is None else t.gather(1, index)
+
+        return Candidates(g(self.tokens), g(self.confidence), g(self.margin), g(self.neg_entropy), g(self.logit_gap))
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability mass reaches ``top_p`` (the top token always)."""
+    sorted_logits, order = torch.sort(logits, descending=True)
+    cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+    remove = cum > top_p
+    remove[..., 1:] = remove[..., :-1].clone()
+    remove[..., 0] = False
+    mask = torch.zeros_like(remove).scatter(-1, order, remove)
+    return logits.masked_fill(mask, torch.finfo(logits.dtype).min)
+
+
+def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    top_k = min(top_k, logits.shape[-1])
+    kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """argmax of exp(l) / (-log u)^T with u ~ U(0, 1) in float64 (LLaDA's sampler). T = 0: plain argmax."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    l64 = logits.to(torch.float64)
+    u = torch.rand(l64.shape, dtype=torch.float64, device=l64.device, generator=generator)
+    return (l64.exp() / (-torch.log(u)) ** temperature).argmax(-1)
+
+
+def compute_candidates(
+    logits: torch.Tensor,  # (B, n, V) in any float dtype
+    *,
+    mode: str,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    measures: frozenset[str] | set[str] = frozenset(),
+    ban_ids: tuple[int, ...] = (),
+    low_confidence_ids: tuple[int, ...] = (),
+) -> Candidates:
+    """Turn logits into :class:`Candidates`.
+
+    Args:
+        mode: ``"gumbel"`` or ``"categorical"`` (see the module doc).
+        measures: extra measures to compute: any of ``margin``, ``entropy``, ``logit_gap``.
+        ban_ids: token ids whose logits are set to -inf first (``logits_eos_inf``).
+        low_confidence_ids: candidates equal to one of these get confidence -inf (``confidence_eos_eot_inf``).
+    """
+    raw = logits.float()
+    if ban_ids:
+        raw = raw.clone()
+        raw[..., list(ban_ids)] = float("-inf")
+    margin = neg_entropy = gap = None
+    if "logit_gap" in measures:
+        top2 = raw.topk(2, dim=-1).values
+        gap = top2[..., 0] - top2[..., 1]
+    if mode == "gumbel":
+        filtered = raw
+        if temperature > 0:
+            if top_p is not None and top_p < 1:
+                filtered = top_p_filter(filtered, top_p)
+            if top_k is not None:
+                filtered = top_k_filter(filtered, top_k)
+        tokens = gumbel_argmax(filtered, temperature, generator)
+        probs = torch.softmax(raw, dim=-1)
+        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    elif mode == "categorical":
+        proc = raw / temperature if temperature > 0 else raw
+        if top_p is not None and top_p < 1:
+            proc = top_p_filter(proc, top_p)
+        if top_k is not None:
+            proc = top_k_filter(proc, top_k)
+        probs = torch.softmax(proc, dim=-1)
+        if temperature > 0:
+            flat = probs.reshape(-1, probs.shape[-1])
+            tokens = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+            confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        else:
+            confidence, tokens = probs.max(-1)
+    else:
+        raise ValueError(f"unknown sampling mode {mode!r}; allowed: {', '.join(SAMPLING_MODES)}")
+    if "margin" in measures:
+        top2p = probs.topk(2, dim=-1).values
+        margin = top2p[..., 0] - top2p[..., 1]
+    if "entropy" in measures:
+        neg_entropy = (probs * torch.log(probs + 1e-10)).sum(-1)
+    if low_confidence_ids:
+        banned = torch.isin(tokens, torch.tensor(low_confidence_ids, device=tokens.device))
+        confidence = confidence.masked_fill(banned, float("-inf"))
+    return Candidates(tokens, confidence, margin, neg_entropy, gap)

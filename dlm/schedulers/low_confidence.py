@@ -1,0 +1,38 @@
+"""``low_confidence``: the remasking of LLaDA's official sampler (Nie et al., 2025, "Large Language Diffusion
+Models", arXiv:2502.09992; ML-GSAI/LLaDA ``generate.py``).
+
+Each block gets ``steps`` steps; the M masks of the block are spread over them as floor(M/S) per step plus one
+more in the first M mod S steps. Each step commits that many masked positions of the block, those whose
+candidate token has the highest probability under the model. With ``steps == gen_length`` this is the
+one-token-per-step decode LLaDA recommends for best quality, and the reference every fast path is measured
+against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import BlockInfo, Decision, Scheduler, StepView, linear_quota, register_scheduler, select_top
+
+
+@register_scheduler("low_confidence")
+class LowConfidence(Scheduler):
+    """Commit the quota of most confident masked positions of the block (no parameters)."""
+
+    sampling = "gumbel"
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def init_state(self, block: BlockInfo):
+        return {"quota": linear_quota(block.masks, block.steps), "tick": 0}
+
+    def scores(self, cand, view: StepView):
+        return cand.confidence
+
+    def step(self, cand, view: StepView, state):
+        quota, tick = state["quota"], state["tick"]
+        k = quota[:, min(tick, quota.shape[1] - 1)]
+        commit = select_top(self.scores(cand, view), view.masked_in_block, k)
+        return Decision(commit), {"quota": quota, "tick": tick + 1}
