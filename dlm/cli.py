@@ -165,6 +165,14 @@ def _describe(cls) -> str:
     return doc[0] if doc else ""
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
 def cmd_list(kind: str) -> int:
     from . import cache, schedulers, verify
 
@@ -177,8 +185,13 @@ def cmd_list(kind: str) -> int:
             continue
         params = getattr(cls, "Params", None)
         fields = dataclasses.fields(params) if params is not None and dataclasses.is_dataclass(params) else ()
-        args = ", ".join(f"{f.name}={f.default!r}" for f in fields) or "-"
-        src = "built-in" if entry.source == "dlm" else f"plugin from {entry.source}"
+        args = ", ".join(f"{f.name}={_default(f)!r}" for f in fields) or "-"
+        if entry.source == "dlm":
+            src = "built-in"
+        elif getattr(entry, "plugin", False):
+            src = f"plugin from {entry.source}"
+        else:
+            src = f"registered by {entry.source}"
         print(f"{entry.name:20s} {args:50s} [{src}] {_describe(cls)}")
     return 0
 

@@ -87,21 +87,20 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
         _int("gen_length", self.gen_length, minimum=1)
-        if self.block_length is None:
-            set_("block_length", DEFAULT_BLOCK if self.gen_length % DEFAULT_BLOCK == 0 else self.gen_length)
-        _int("block_length", self.block_length, minimum=1)
-        if self.gen_length % self.block_length:
+        if self.block_length is not None:
+            _int("block_length", self.block_length, minimum=1)
+        if self.gen_length % self.effective_block_length:
+            bl = self.effective_block_length
             raise ConfigError(
-                f"gen_length ({self.gen_length}) must be a multiple of block_length ({self.block_length}); "
-                f"e.g. block_length={math.gcd(self.gen_length, self.block_length)} or gen_length="
-                f"{-(-self.gen_length // self.block_length) * self.block_length}"
+                f"gen_length ({self.gen_length}) must be a multiple of block_length ({bl}); "
+                f"e.g. block_length={math.gcd(self.gen_length, bl)} or gen_length="
+                f"{-(-self.gen_length // bl) * bl}"
             )
-        if self.steps is None:
-            set_("steps", self.gen_length)
-        _int("steps", self.steps, minimum=1)
-        if self.steps % self.num_blocks:
+        if self.steps is not None:
+            _int("steps", self.steps, minimum=1)
+        if self.effective_steps % self.num_blocks:
             raise ConfigError(
-                f"steps ({self.steps}) must be a multiple of the number of blocks "
+                f"steps ({self.effective_steps}) must be a multiple of the number of blocks "
                 f"(gen_length / block_length = {self.num_blocks})"
             )
         for name in ("scheduler", "cache"):
@@ -149,12 +148,24 @@ class GenerationConfig:
             _verify.get(self.verify)
 
     @property
+    def effective_block_length(self) -> int:
+        """block_length, or its default: 32 when it divides gen_length, else gen_length."""
+        if self.block_length is not None:
+            return self.block_length
+        return DEFAULT_BLOCK if self.gen_length % DEFAULT_BLOCK == 0 else self.gen_length
+
+    @property
+    def effective_steps(self) -> int:
+        """steps, or its default: gen_length (one token per step)."""
+        return self.steps if self.steps is not None else self.gen_length
+
+    @property
     def num_blocks(self) -> int:
-        return self.gen_length // self.block_length
+        return self.gen_length // self.effective_block_length
 
     @property
     def steps_per_block(self) -> int:
-        return self.steps // self.num_blocks
+        return self.effective_steps // self.num_blocks
 
     def replace(self, **changes: Any) -> "GenerationConfig":
         """A copy with some fields changed (validated again)."""

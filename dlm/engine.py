@@ -158,7 +158,9 @@ class Generation:
         if self.copies == 2:
             cond, uncond = logits.chunk(2)
             w = self.config.cfg_scale
-            logits = uncond + (w + 1) * (cond - uncond)
+            mixed = uncond + (w + 1) * (cond - uncond)
+            # ids outside the vocabulary are -inf in both; keep them -inf instead of inf - inf = nan
+            logits = torch.where(torch.isneginf(cond) & torch.isneginf(uncond), cond, mixed)
         return logits
 
     def candidates(self, logits: torch.Tensor, mode: str, measures) -> Candidates:
@@ -166,7 +168,7 @@ class Generation:
         return compute_candidates(
             logits, mode=mode, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, generator=self.generator,
             measures=measures, ban_ids=(self.eos_id,) if c.logits_eos_inf else (),
-            low_confidence_ids=self.stop_ids if c.confidence_eos_eot_inf else (),
+            low_confidence_ids=self.stop_ids if c.confidence_eos_eot_inf else (), never_ids=(self.mask_id,),
         )
 
     def is_stop(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -191,6 +193,7 @@ class Generation:
             at_p = (cols.unsqueeze(0) == p.unsqueeze(1)) & cut.unsqueeze(1) & masked
             fill = torch.where(at_p, self._predicted_tokens(cand_region, region), self.eos_id)
             ans[after | at_p] = fill[after | at_p]
+            self.commit_step.masked_fill_(at_p, self.steps)  # a predicted end is decoded at this step
             self.row_end = torch.where(cut, torch.minimum(self.row_end, self.P + p + 1), self.row_end)
             masked = ans == self.mask_id
             stop = self.is_stop(ans) & ~masked
@@ -211,14 +214,15 @@ class Generation:
         return out
 
     def _predicted_end(self, cand: Candidates, region, masked: torch.Tensor) -> torch.Tensor:
-        """Smallest answer position p such that every mask from p on is confidently predicted a stop token."""
+        """Smallest masked answer position p such that every mask from p on is confidently predicted a stop token
+        and no committed token after p is anything but a stop token (a prediction never erases committed text).
+        Masks outside the candidate region count as unsure."""
         rs, re = region
-        if re != self.P + self.G:
-            return torch.full((self.B,), self.G, dtype=torch.long, device=self.device)
         confident = self.is_stop(cand.tokens) & (cand.confidence >= self.config.eotp_threshold)
         sure = torch.zeros_like(masked)
-        sure[:, rs - self.P :] = confident
-        bad = masked & ~sure
+        sure[:, rs - self.P : re - self.P] = confident
+        ans = self.x[:, self.P :]
+        bad = (masked & ~sure) | (~masked & ~self.is_stop(ans))
         cols = torch.arange(self.G, device=self.device)
         last_bad = torch.where(bad, cols, -1).amax(1)
         ok = masked & sure & (cols.unsqueeze(0) > last_bad.unsqueeze(1))
@@ -262,7 +266,7 @@ def generate(lm, prompts: Sequence[Sequence[int]], config: GenerationConfig,
                               device=g.device, answer_start=g.P, logits_shift=g.shift))
     full_region = scheduler.full_region or (config.eotp and config.eotp_threshold is not None)
     t_prep = time.perf_counter()
-    bl, spb = config.block_length, config.steps_per_block
+    bl, spb = config.effective_block_length, config.steps_per_block
     committed_last = torch.zeros(g.B, g.L, dtype=torch.bool, device=g.device)
     for b in range(config.num_blocks):
         if bool(g.done.all()):
@@ -276,7 +280,7 @@ def generate(lm, prompts: Sequence[Sequence[int]], config: GenerationConfig,
         in_block = torch.zeros(re - rs, dtype=torch.bool, device=g.device)
         in_block[: be - bs] = True
         binfo = BlockInfo(index=b, num_blocks=config.num_blocks, start=bs, end=be, region_start=rs, region_end=re,
-                          steps=spb, masks=(g.x[:, bs:be] == g.mask_id).sum(1), total_steps=config.steps,
+                          steps=spb, masks=(g.x[:, bs:be] == g.mask_id).sum(1), total_steps=config.effective_steps,
                           canvas_length=g.L, answer_start=g.P)
         state = scheduler.init_state(binfo)
         policy.begin_block(bs, be)
@@ -306,6 +310,10 @@ def generate(lm, prompts: Sequence[Sequence[int]], config: GenerationConfig,
             outside = (commit & ~in_block).any(1)
             if decision.finish is not None:
                 finish = decision.finish & active
+                if not scheduler.full_region and bool(finish.any()):
+                    raise SchedulerError(f"scheduler {scheduler.name!r} set Decision.finish but is not full_region: "
+                                         "finishing commits the rest of the answer, so its candidates must cover "
+                                         "it; set full_region = True on the scheduler class")
                 outside &= ~finish
                 commit |= masked_region & finish.unsqueeze(1)
             else:
@@ -321,9 +329,9 @@ def generate(lm, prompts: Sequence[Sequence[int]], config: GenerationConfig,
             g.nfe += active.long() * g.copies
             committed_last = torch.zeros_like(committed_last)
             committed_last[:, rs:re] = commit
-            if finish is not None:
-                g.done |= finish
             g.apply_stops(cand if full_region else None, (rs, re))
+            if finish is not None:  # after the stopping rules, so a finished row gets the same EOS fill
+                g.done |= finish
             policy.after_step(committed_last)
             if config.eotp:
                 key_mask = g.key_mask()

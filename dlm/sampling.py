@@ -96,6 +96,7 @@ def compute_candidates(
     measures: frozenset[str] | set[str] = frozenset(),
     ban_ids: tuple[int, ...] = (),
     low_confidence_ids: tuple[int, ...] = (),
+    never_ids: tuple[int, ...] = (),
 ) -> Candidates:
     """Turn logits into :class:`Candidates`.
 
@@ -104,6 +105,9 @@ def compute_candidates(
         measures: extra measures to compute: any of ``margin``, ``entropy``, ``logit_gap``.
         ban_ids: token ids whose logits are set to -inf first (``logits_eos_inf``).
         low_confidence_ids: candidates equal to one of these get confidence -inf (``confidence_eos_eot_inf``).
+        never_ids: token ids never chosen as a candidate (the mask token: committing it would make no progress).
+            Unlike ``ban_ids`` they do not change the probabilities confidences are read from, so whenever the
+            best token is not one of them, tokens and confidences are exactly the official samplers'.
     """
     raw = logits.float()
     if ban_ids:
@@ -113,8 +117,12 @@ def compute_candidates(
     if "logit_gap" in measures:
         top2 = raw.topk(2, dim=-1).values
         gap = top2[..., 0] - top2[..., 1]
+    choice = raw
+    if never_ids:
+        choice = raw.clone()
+        choice[..., list(never_ids)] = float("-inf")
     if mode == "gumbel":
-        filtered = raw
+        filtered = choice
         if temperature > 0:
             if top_p is not None and top_p < 1:
                 filtered = top_p_filter(filtered, top_p)
@@ -130,12 +138,16 @@ def compute_candidates(
         if top_k is not None:
             proc = top_k_filter(proc, top_k)
         probs = torch.softmax(proc, dim=-1)
+        pick = probs
+        if never_ids:
+            pick = probs.clone()
+            pick[..., list(never_ids)] = 0.0
         if temperature > 0:
-            flat = probs.reshape(-1, probs.shape[-1])
+            flat = pick.reshape(-1, pick.shape[-1])
             tokens = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
-            confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
         else:
-            confidence, tokens = probs.max(-1)
+            tokens = pick.argmax(-1)
+        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     else:
         raise ValueError(f"unknown sampling mode {mode!r}; allowed: {', '.join(SAMPLING_MODES)}")
     if "margin" in measures:

@@ -174,7 +174,7 @@ def load(
         attn_backend: ``"sdpa"`` (torch) or ``"flash_attn"`` (needs the ``dlm[gpu]`` extra).
     """
     from .attention import BACKENDS, flash_attn_available
-    from .loading import build_model, load_tokenizer, load_weights, parse_dtype, read_config
+    from .loading import build_model, load_tokenizer, load_weights, parse_dtype, read_config, weight_files
 
     if path is None:
         from ..assets import default_model_path
@@ -189,6 +189,7 @@ def load(
         raise ConfigError("attn_backend='flash_attn' needs the flash-attn package and a CUDA device "
                           "(pip install 'dlm[gpu]'); the default 'sdpa' needs nothing extra")
     arch = arch_cls.parse_config(cfg)
+    weight_files(folder)  # fail on missing / pickle-only weights before spending time on the tokenizer
     tok = None
     if tokenizer is True:
         tok = load_tokenizer(folder, arch_cls)

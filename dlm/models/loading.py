@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -95,10 +94,53 @@ def weight_files(folder: Path) -> dict[str, Path]:
         raise CheckpointError(f"{str(folder)!r} has {len(shards)} safetensors shards but no {INDEX_FILE}")
     files: dict[str, Path] = {}
     for shard in shards if len(shards) == 1 else [folder / SINGLE_FILE]:
-        with safe_open(str(shard), framework="pt") as f:
-            for name in f.keys():
-                files[name] = shard
+        for name in read_header(shard)[0]:
+            files[name] = shard
     return files
+
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file and the offset where its data starts (the format's spec: an 8-byte
+    little-endian header size, the header, then the tensors' bytes)."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise CheckpointError(f"{path.name} is not a safetensors file (too short)")
+        n = int.from_bytes(raw, "little")
+        if n <= 0 or n > 100 * 2**20:
+            raise CheckpointError(f"{path.name} is not a safetensors file (header size {n})")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path.name} has a corrupt safetensors header: {exc}") from exc
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def read_tensor(path: Path, info: dict[str, Any], data_start: int) -> torch.Tensor:
+    """Read one tensor with plain file reads straight into a new CPU tensor (no memory map, no pickle), so the
+    resident memory of loading is the model plus this one tensor, whatever the shard size."""
+    dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+    if dtype is None:
+        raise CheckpointError(f"{path.name}: unsupported safetensors dtype {info.get('dtype')!r}")
+    begin, end = info["data_offsets"]
+    tensor = torch.empty(info["shape"], dtype=dtype)
+    nbytes = tensor.numel() * tensor.element_size()
+    if end - begin != nbytes:
+        raise CheckpointError(f"{path.name}: a tensor's byte range ({end - begin}) does not match its shape/dtype")
+    if nbytes:
+        buf = memoryview(tensor.view(-1).view(torch.uint8).numpy())
+        with open(path, "rb") as f:
+            f.seek(data_start + begin)
+            if f.readinto(buf) != nbytes:
+                raise CheckpointError(f"{path.name} is truncated")
+    return tensor
 
 
 def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -125,21 +167,21 @@ def load_weights(
             )
         raise CheckpointError(f"checkpoint {str(folder)!r} does not match its config.json: " + "; ".join(parts))
     params = dict(model.named_parameters())
-    by_file: dict[Path, list[str]] = {}
-    for name in sorted(expected):
-        by_file.setdefault(files[name], []).append(name)
-    for shard, names in by_file.items():
-        with safe_open(str(shard), framework="pt", device="cpu") as f:
-            for name in names:
-                target = params[name_map[name]]
-                shape = tuple(f.get_slice(name).get_shape())
-                if shape != tuple(target.shape):
-                    raise CheckpointError(
-                        f"weight {name!r} in {shard.name} has shape {list(shape)} but config.json implies "
-                        f"{list(target.shape)}"
-                    )
-                tensor = f.get_tensor(name).to(device=device, dtype=dtype)
-                _set_tensor(model, name_map[name], tensor)
+    headers: dict[Path, tuple[dict[str, Any], int]] = {}
+    for name in sorted(expected, key=lambda n: (str(files[n]), n)):
+        shard = files[name]
+        if shard not in headers:
+            headers[shard] = read_header(shard)
+        header, data_start = headers[shard]
+        target = params[name_map[name]]
+        shape = tuple(header[name]["shape"])
+        if shape != tuple(target.shape):
+            raise CheckpointError(
+                f"weight {name!r} in {shard.name} has shape {list(shape)} but config.json implies {list(target.shape)}"
+            )
+        tensor = read_tensor(shard, header[name], data_start)
+        _set_tensor(model, name_map[name], tensor.to(device=device, dtype=dtype))
+        del tensor
     still_meta = [n for n, p in model.named_parameters() if p.is_meta]
     if still_meta:  # pragma: no cover - guarded by the name check above
         raise CheckpointError(f"parameters left unloaded: {', '.join(still_meta[:5])}")
