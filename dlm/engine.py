@@ -19,6 +19,7 @@ invariant broke); everything else stays on the device.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -32,7 +33,7 @@ from .config import GenerationConfig
 from .errors import ConfigError, GenerationError, SchedulerError
 from .outputs import GenerationOutput, StepEvent, StepTrace
 from .sampling import Candidates, compute_candidates
-from .schedulers.base import BlockInfo, StepView
+from .schedulers.base import BlockInfo, Decision, StepView, block_only, slice_candidates, slice_view
 
 StreamCallback = Callable[[StepEvent], None]
 
@@ -125,6 +126,15 @@ class Generation:
         self.commit_step = torch.full((self.B, self.G), -1, dtype=torch.int32, device=self.device)
         self.block_steps: list[int] = []
         self.arange_L = torch.arange(self.L, device=self.device)
+        self._x_in: torch.Tensor | None = None
+        self._pos_in: torch.Tensor | None = None
+        self.graphs = None
+        if getattr(lm, "cuda_graphs", False) and self.device.type == "cuda":
+            from .models.graphs import GraphRunner
+
+            self.graphs = GraphRunner()
+        elif getattr(lm, "graph_runner_factory", None) is not None:  # tests: a CPU stand-in for CUDA graphs
+            self.graphs = lm.graph_runner_factory()
 
     # ----------------------------------------------------------------- model calls
     def key_mask(self) -> torch.Tensor | None:
@@ -134,27 +144,36 @@ class Generation:
         return km.repeat(self.copies, 1)
 
     def model_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, pos = self.x, self.canvas.position_ids
-        if self.copies == 2:
-            uncond = x.clone()
+        """The model's input canvas and positions, (rows, L) tensors that keep their storage for the whole
+        generation (so a captured CUDA graph can read them). Under classifier-free guidance the second half is
+        the unconditional copy: the prompt replaced by masks."""
+        if self.copies == 1:
+            return self.x, self.canvas.position_ids
+        if self._x_in is None:
+            uncond = self.x.clone()
             uncond[:, : self.P][self.canvas.valid[:, : self.P]] = self.mask_id
-            x = torch.cat([x, uncond])
-            pos = torch.cat([pos, pos])
-        return x, pos
+            self._x_in = torch.cat([self.x, uncond])
+            self._pos_in = torch.cat([self.canvas.position_ids, self.canvas.position_ids])
+        self._x_in[: self.B].copy_(self.x)
+        self._x_in[self.B :, self.P :].copy_(self.x[:, self.P :])
+        return self._x_in, self._pos_in
 
     def forward(self, policy, plan: Plan, key_mask: torch.Tensor | None) -> torch.Tensor:
         """Logits (B, n, V) for ``plan`` (classifier-free guidance applied)."""
         x, pos = self.model_inputs()
-        fed, index = plan.fed, plan.logits_index
-        if isinstance(fed, slice):
-            ids, fpos = x[:, fed], pos[:, fed]
+        if self.graphs is not None:
+            logits = self.graphs.forward(self.lm.model, policy, plan, x, pos, key_mask, self.length, self.copies)
         else:
-            fed = fed.repeat(self.copies, 1)
-            ids, fpos = x.gather(1, fed), pos.gather(1, fed)
-        if not isinstance(index, slice):
-            index = index.repeat(self.copies, 1)
-        policy.begin_forward(fed, self.length, key_mask)
-        logits = self.lm.model(ids, fpos, key_mask=policy.key_mask(), cache=policy, logits_index=index)
+            fed, index = plan.fed, plan.logits_index
+            if isinstance(fed, slice):
+                ids, fpos = x[:, fed], pos[:, fed]
+            else:
+                fed = fed.repeat(self.copies, 1)
+                ids, fpos = x.gather(1, fed), pos.gather(1, fed)
+            if not isinstance(index, slice):
+                index = index.repeat(self.copies, 1)
+            policy.begin_forward(fed, self.length, key_mask)
+            logits = self.lm.model(ids, fpos, key_mask=policy.key_mask(), cache=policy, logits_index=index)
         if self.copies == 2:
             cond, uncond = logits.chunk(2)
             w = self.config.cfg_scale
@@ -173,6 +192,31 @@ class Generation:
 
     def is_stop(self, tokens: torch.Tensor) -> torch.Tensor:
         return torch.isin(tokens, self.stop_tensor)
+
+    # ----------------------------------------------------------------- row views (verifiers)
+    def rows(self, index: torch.Tensor, x: torch.Tensor | None = None) -> "Generation":
+        """A view of this generation over the canvas rows ``index`` (R,) long (a row may appear several times),
+        holding the tokens ``x`` (R, L) (default: a copy of those rows).
+
+        The view shares the model, config, generator and the rows' padding and positions; its per-row state
+        (done, NFE, row ends, commit steps) is a copy, and its ``x`` is ``x`` itself (not copied), so
+        :meth:`forward`, :meth:`candidates` and :meth:`apply_stops` on the view act on ``x`` only. Lossless
+        verifiers evaluate several drafts of a row in one batched forward this way (``dlm.verify``).
+        """
+        view = copy.copy(self)
+        x = self.x[index].clone() if x is None else x
+        view.canvas = Canvas(x, self.canvas.valid[index], self.canvas.position_ids[index], self.P)
+        view.x = x
+        view.prompts = [self.prompts[i] for i in index.tolist()]
+        view.B = int(index.numel())
+        view.row_end = self.row_end[index].clone()
+        view.done = self.done[index].clone()
+        view.nfe = self.nfe[index].clone()
+        view.commit_step = self.commit_step[index].clone()
+        view.block_steps = list(self.block_steps)
+        view._x_in = view._pos_in = None  # input buffers are sized for this generation's rows
+        view.graphs = None  # captured graphs are too
+        return view
 
     # ----------------------------------------------------------------- stopping rules
     def apply_stops(self, cand_region: Candidates | None, region: tuple[int, int]) -> None:
@@ -246,6 +290,12 @@ class Generation:
         )
 
 
+def _widen(commit: torch.Tensor, cols: slice, width: int) -> torch.Tensor:
+    out = torch.zeros(commit.shape[0], width, dtype=torch.bool, device=commit.device)
+    out[:, cols] = commit
+    return out
+
+
 @torch.no_grad()
 def generate(lm, prompts: Sequence[Sequence[int]], config: GenerationConfig,
              stream: StreamCallback | None = None) -> GenerationOutput:
@@ -268,8 +318,9 @@ def generate(lm, prompts: Sequence[Sequence[int]], config: GenerationConfig,
     t_prep = time.perf_counter()
     bl, spb = config.effective_block_length, config.steps_per_block
     committed_last = torch.zeros(g.B, g.L, dtype=torch.bool, device=g.device)
+    stopped = False
     for b in range(config.num_blocks):
-        if bool(g.done.all()):
+        if stopped or bool(g.done.all()):
             break
         g.length = int(g.row_end.max())
         bs = g.P + b * bl
@@ -282,7 +333,9 @@ def generate(lm, prompts: Sequence[Sequence[int]], config: GenerationConfig,
         binfo = BlockInfo(index=b, num_blocks=config.num_blocks, start=bs, end=be, region_start=rs, region_end=re,
                           steps=spb, masks=(g.x[:, bs:be] == g.mask_id).sum(1), total_steps=config.effective_steps,
                           canvas_length=g.L, answer_start=g.P)
-        state = scheduler.init_state(binfo)
+        narrow = None if (scheduler.full_region or re == be) else binfo.in_block
+        sched_block = binfo if narrow is None else block_only(binfo)
+        state = scheduler.init_state(sched_block)
         policy.begin_block(bs, be)
         key_mask = g.key_mask()
         cand: Candidates | None = None
@@ -304,8 +357,13 @@ def generate(lm, prompts: Sequence[Sequence[int]], config: GenerationConfig,
                 cand.scatter_(plan.targets, fresh)
             masked_region = masked[:, rs:re]
             view = StepView(masked=masked_region, in_block=in_block, active=active, step=step,
-                            global_step=g.steps, block=binfo, generator=g.generator)
-            decision, state = scheduler.step(cand, view, state)
+                            global_step=g.steps, block=binfo, generator=g.generator, row_steps=g.nfe // g.copies)
+            if narrow is None:
+                decision, state = scheduler.step(cand, view, state)
+            else:  # the region is wider than the block only for the engine's EoTP prediction: show the block
+                decision, state = scheduler.step(slice_candidates(cand, narrow), slice_view(view, narrow, sched_block),
+                                                 state)
+                decision = Decision(_widen(decision.commit, narrow, re - rs), decision.finish)
             commit = decision.commit & masked_region & active.unsqueeze(1)
             outside = (commit & ~in_block).any(1)
             if decision.finish is not None:
@@ -337,9 +395,6 @@ def generate(lm, prompts: Sequence[Sequence[int]], config: GenerationConfig,
                 key_mask = g.key_mask()
             g.steps += 1
             step += 1
-            if stream is not None:
-                stream(StepEvent(step=g.steps, block=b, committed=committed_last[:, g.P :].clone(),
-                                 tokens=g.x[:, g.P :].clone(), done=g.done.clone()))
             active = ~g.done & (g.x[:, bs:be] == g.mask_id).any(1)
             flags = torch.stack([outside.any(), empty.any(), bad_logits.any()]).tolist()
             if flags[2]:
@@ -355,6 +410,13 @@ def generate(lm, prompts: Sequence[Sequence[int]], config: GenerationConfig,
                 raise SchedulerError(f"scheduler {scheduler.name!r} committed nothing in row(s) {rows} at step "
                                      f"{step - 1} of block {b} while masks remain; every step must commit at least "
                                      "one masked position of the active block")
+            if stream is not None:
+                event = StepEvent(step=g.steps, block=b, committed=committed_last[:, g.P :].clone(),
+                                  tokens=g.x[:, g.P :].clone(), done=g.done.clone())
+                stream(event)
+                if event.stop_requested:
+                    stopped = True
+                    break
         g.block_steps.append(step)
     stats = {"fed_positions": float(policy.fed_positions), "forwards": float(policy.forwards)}
     return g.output(t0, t_prep, stats)

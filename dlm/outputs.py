@@ -14,7 +14,8 @@ class StepTrace:
     Attributes:
         commit_step: (B, gen_length) int32, the forward pass (0-based, counted per generation) after which the
             position was committed; -1 for positions never decoded (filled with EOS after the answer stopped).
-        block_steps: forward passes spent on each block (list of length num_blocks).
+        block_steps: forward passes spent on each block, in order (fewer entries than blocks when every row
+            finished early).
     """
 
     commit_step: torch.Tensor
@@ -63,6 +64,8 @@ class StepEvent:
         committed: (B, gen_length) bool, answer positions committed by this step.
         tokens: (B, gen_length) long, the answer canvas after this step (mask id where still masked).
         done: (B,) bool, rows that have finished.
+
+    Call :meth:`stop` from the callback to end the generation early.
     """
 
     step: int
@@ -70,6 +73,11 @@ class StepEvent:
     committed: torch.Tensor
     tokens: torch.Tensor
     done: torch.Tensor
+    stop_requested: bool = False
+
+    def stop(self) -> None:
+        """Ask the engine to end the generation after this step; unfinished rows keep their masks."""
+        self.stop_requested = True
 
     def new_tokens(self, row: int) -> list[tuple[int, int]]:
         """(answer position, token id) pairs committed by this step in ``row``."""

@@ -10,11 +10,19 @@ Rules (the same for every registry):
 * a duplicate name raises :class:`~dlm.errors.RegistryError` unless ``override=True``;
 * an unknown name raises, listing the known ones;
 * a plugin that fails to import raises with its name, its target and the distribution that declared it;
-  it is never logged and dropped.
+  it is never logged and dropped;
+* an entry point whose name is already taken (by a built-in, by a class registered in this process, or by
+  another distribution) raises, naming both sides, whenever the plugins are read (listing, or looking up a name
+  not registered in this process); entry points cannot override. Declaring the class that the plugin's own
+  module also registers with the decorator under the same name is not a clash.
+
+Names registered in this process (built-ins and ``@register_...`` decorators) are found without reading the
+entry points, so importing dlm and using built-ins never touches installed distributions' metadata.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import threading
@@ -30,12 +38,32 @@ BUILTIN = "dlm"
 
 @dataclass(frozen=True)
 class Entry:
-    """One registered name: where it comes from and (once resolved) the class."""
+    """One registered name: where it comes from and (once resolved) the class.
+
+    Attributes:
+        target: ``"module:Class"`` for lazy entries (entry points, string registrations), else ``None``.
+        source: ``"dlm"`` for built-ins; the distribution that declared it for entry-point plugins; the module
+            that registered it otherwise.
+        obj: the class, once known.
+        plugin: declared through the entry-point group (forgotten by :meth:`Registry.reset_plugins`).
+    """
 
     name: str
-    target: str | None  # "module:Class" for lazy entries
-    source: str  # "dlm" for built-ins, else the distribution that declared the entry point
+    target: str | None
+    source: str
     obj: type | None = None
+    plugin: bool = False
+
+
+def _source_of(target: type | str) -> str:
+    module = target.partition(":")[0] if isinstance(target, str) else getattr(target, "__module__", "") or ""
+    return BUILTIN if module == BUILTIN or module.startswith(BUILTIN + ".") else module
+
+
+def _target_of(obj: object) -> str | None:
+    """``"module:QualName"`` of a class (what an entry point naming it would say)."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    return f"{module}:{qualname}" if module and qualname else None
 
 
 class Registry(Generic[T]):
@@ -56,10 +84,12 @@ class Registry(Generic[T]):
         self._lock = threading.RLock()
 
     # ----------------------------------------------------------------- registration
-    def register(self, name: str, target: type | str | None = None, *, override: bool = False, source: str = BUILTIN):
+    def register(self, name: str, target: type | str | None = None, *, override: bool = False,
+                 source: str | None = None):
         """Register ``target`` under ``name``; without ``target``, return a class decorator.
 
         ``target`` may be a class (checked now) or a ``"module:Class"`` string (checked on first use).
+        ``source`` defaults to ``"dlm"`` for dlm's own modules, else the registering class's module.
         """
         if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
             raise RegistryError(f"{self.kind} name must be a non-empty identifier (letters, digits, '_', '-'), got {name!r}")
@@ -70,9 +100,22 @@ class Registry(Generic[T]):
                 return cls
 
             return decorator
+        if source is None:
+            source = _source_of(target)
         with self._lock:
-            if name in self._entries and not override:
-                old = self._entries[name]
+            old = self._entries.get(name)
+            if old is not None and not override and not isinstance(target, str):
+                if old.obj is target:
+                    return target  # the same class registered again (e.g. its module imported twice)
+                if old.obj is None and old.target is not None and old.target == _target_of(target):
+                    # a lazy entry (e.g. an entry point) naming exactly this class, whose module registers it
+                    # with the decorator while being imported: fill the entry in instead of clashing
+                    if self._check is not None:
+                        self._check(target)
+                    self._set_name(target, name)
+                    self._entries[name] = dataclasses.replace(old, obj=target)
+                    return target
+            if old is not None and not override:
                 raise RegistryError(
                     f"{self.kind} {name!r} is already registered (by {old.source}"
                     f"{', ' + old.target if old.target else ''}); pass override=True to replace it"
@@ -84,12 +127,16 @@ class Registry(Generic[T]):
             else:
                 if self._check is not None:
                     self._check(target)
-                try:
-                    target.registered_name = name  # type: ignore[attr-defined]
-                except (AttributeError, TypeError):
-                    pass
+                self._set_name(target, name)
                 self._entries[name] = Entry(name, None, source, target)
         return target
+
+    @staticmethod
+    def _set_name(obj: object, name: str) -> None:
+        try:
+            obj.registered_name = name  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            pass
 
     def unregister(self, name: str) -> None:
         with self._lock:
@@ -97,36 +144,51 @@ class Registry(Generic[T]):
 
     # ----------------------------------------------------------------- plugins
     def _load_plugins(self) -> None:
+        """Read the entry-point group once. A clash raises, and raises again on the next read: it is never
+        half-applied or forgotten."""
         if self._plugins_loaded:
             return
         with self._lock:
             if self._plugins_loaded:
                 return
-            self._plugins_loaded = True
+            found: dict[str, Entry] = {}
             for ep in _entry_points(self.group):
                 dist = getattr(getattr(ep, "dist", None), "name", None) or "unknown distribution"
-                if ep.name in self._entries:
-                    old = self._entries[ep.name]
-                    if old.source == dist and old.target == ep.value:
+                old = self._entries.get(ep.name) or found.get(ep.name)
+                if old is not None:
+                    if old.target == ep.value or (old.obj is not None and _target_of(old.obj) == ep.value):
+                        # the same class: a distribution seen twice on sys.path, or a plugin module that was
+                        # imported (and registered itself) before the entry points were read
+                        if not old.plugin:
+                            found[ep.name] = dataclasses.replace(old, target=ep.value, source=dist, plugin=True)
                         continue
                     raise RegistryError(
                         f"{self.kind} plugin {ep.name!r} from distribution {dist!r} ({ep.value}) clashes with the "
-                        f"{self.kind} of that name registered by {old.source}; rename the plugin's entry point"
+                        f"{self.kind} of that name registered by {old.source}"
+                        f"{' (' + old.target + ')' if old.target else ''}; rename the plugin's entry point "
+                        "(entry points cannot override)"
                     )
-                self._entries[ep.name] = Entry(ep.name, ep.value, dist)
+                found[ep.name] = Entry(ep.name, ep.value, dist, plugin=True)
+            self._entries.update(found)
+            self._plugins_loaded = True
 
     # ----------------------------------------------------------------- lookup
     def get(self, name: str) -> type:
-        """The class registered under ``name`` (importing it if it is lazy)."""
-        self._load_plugins()
+        """The class registered under ``name`` (importing it if it is lazy).
+
+        Entry points are read only when ``name`` is not registered in this process.
+        """
         entry = self._entries.get(name)
+        if entry is None:
+            self._load_plugins()
+            entry = self._entries.get(name)
         if entry is None:
             raise RegistryError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names()) or '(none)'}")
         if entry.obj is not None:
             return entry.obj
         obj = self._resolve(entry)
         with self._lock:
-            self._entries[name] = Entry(entry.name, entry.target, entry.source, obj)
+            self._entries[name] = dataclasses.replace(self._entries.get(name, entry), obj=obj)
         return obj
 
     def _resolve(self, entry: Entry) -> type:
@@ -144,10 +206,7 @@ class Registry(Generic[T]):
                 self._check(obj)
             except RegistryError as exc:
                 raise RegistryError(f"{where} is not a valid {self.kind}: {exc}") from exc
-        try:
-            obj.registered_name = entry.name
-        except (AttributeError, TypeError):
-            pass
+        self._set_name(obj, entry.name)
         return obj
 
     def names(self) -> list[str]:
@@ -166,9 +225,12 @@ class Registry(Generic[T]):
         return iter(self.names())
 
     def reset_plugins(self) -> None:
-        """Forget entry-point plugins so the group is read again (used by tests that install a plugin)."""
+        """Forget entry-point plugins so the group is read again on next use (for tests that fake a plugin).
+
+        Classes registered in this process (built-ins, decorators) stay.
+        """
         with self._lock:
-            for name in [n for n, e in self._entries.items() if e.source != BUILTIN]:
+            for name in [n for n, e in self._entries.items() if e.plugin]:
                 del self._entries[name]
             self._plugins_loaded = self.group is None
 

@@ -40,6 +40,7 @@ class DiffusionLM:
         self.max_length = max_length or model.cfg.max_position
         self.path = Path(path) if path is not None else None
         self.hf_config = config or {}
+        self.cuda_graphs = False  # see dlm.models.graphs; set by load(..., cuda_graphs=True)
 
     @property
     def arch(self) -> ArchConfig:
@@ -162,6 +163,8 @@ def load(
     device: str | torch.device | None = None,
     tokenizer: Any = True,
     attn_backend: str = "sdpa",
+    cuda_graphs: bool = False,
+    fused_kernels: bool = False,
 ) -> DiffusionLM:
     """Load a LLaDA- or Dream-format checkpoint folder (config.json + safetensors + tokenizer).
 
@@ -172,6 +175,10 @@ def load(
         tokenizer: True loads it from the folder with transformers' AutoTokenizer; a path or tokenizer object
             uses that; False loads none (prompts must then be token ids).
         attn_backend: ``"sdpa"`` (torch) or ``"flash_attn"`` (needs the ``dlm[gpu]`` extra).
+        cuda_graphs: on CUDA, capture repeated step shapes in CUDA graphs and replay them (see
+            :mod:`dlm.models.graphs`); ignored on CPU.
+        fused_kernels: on CUDA, fuse the elementwise parts of each layer with torch.compile (see
+            :mod:`dlm.models.fused`); ignored on CPU.
     """
     from .attention import BACKENDS, flash_attn_available
     from .loading import build_model, load_tokenizer, load_weights, parse_dtype, read_config, weight_files
@@ -204,7 +211,13 @@ def load(
     if tok is not None and len(tok) > (arch.valid_vocab or arch.vocab_size):
         raise CheckpointError(f"the tokenizer has {len(tok)} tokens but the model's vocabulary has "
                               f"{arch.valid_vocab or arch.vocab_size}")
-    return DiffusionLM(model, tok, ids, arch_cls, max_length=arch_cls.max_length(cfg), path=folder, config=cfg)
+    lm = DiffusionLM(model, tok, ids, arch_cls, max_length=arch_cls.max_length(cfg), path=folder, config=cfg)
+    lm.cuda_graphs = bool(cuda_graphs)
+    if fused_kernels:
+        from .fused import fused_ops
+
+        model.ops = fused_ops()
+    return lm
 
 
 def from_model(model: Transformer, arch_cls: type[Architecture] | str, ids: SpecialIds,

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .attention import attend
 
 
@@ -87,10 +88,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return fused.rms_norm(x, self.weight, self.eps)
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,19 +97,6 @@ def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tup
     freqs = position_ids.to(torch.float32).unsqueeze(-1) * inv_freq  # (B, Q, D/2)
     emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
     return emb.cos(), emb.sin()
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool) -> torch.Tensor:
-    if full_precision:
-        xf = x.float()
-        return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return x * cos + _rotate_half(x) * sin
 
 
 class Block(nn.Module):
@@ -138,21 +123,21 @@ class Block(nn.Module):
         cache: KVCache | None,
         key_mask: torch.Tensor | None,
         attn_backend: str,
+        ops: fused.Ops = fused.EAGER,
     ) -> torch.Tensor:
         cfg = self.cfg
         B, Q, _ = x.shape
-        h = self.attn_norm(x)
+        h = ops.rms_norm(x, self.attn_norm.weight, self.attn_norm.eps)
         q = self.q(h).view(B, Q, cfg.num_heads, cfg.head_dim).transpose(1, 2)
         k = self.k(h).view(B, Q, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v(h).view(B, Q, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        q = apply_rope(q, cos, sin, cfg.rope_full_precision)
-        k = apply_rope(k, cos, sin, cfg.rope_full_precision)
+        q, k = ops.rope(q, k, cos, sin, cfg.rope_full_precision)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         a = attend(q, k, v, key_mask, backend=attn_backend)  # (B, H, Q, D)
         x = x + self.o(a.transpose(1, 2).reshape(B, Q, cfg.num_heads * cfg.head_dim))
-        h = self.mlp_norm(x)
-        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+        h = ops.rms_norm(x, self.mlp_norm.weight, self.mlp_norm.eps)
+        return x + self.down(ops.swiglu(self.gate(h), self.up(h)))
 
 
 class Transformer(nn.Module):
@@ -179,6 +164,7 @@ class Transformer(nn.Module):
         if not cfg.tie_embeddings:
             self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.attn_backend = "sdpa"
+        self.ops: fused.Ops = fused.EAGER  # fused.fused_ops() on CUDA with load(..., fused_kernels=True)
 
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.cfg.tie_embeddings else self.head.weight
@@ -199,8 +185,9 @@ class Transformer(nn.Module):
             key_mask = cache.key_mask()
         if key_mask is not None and key_mask.dtype != torch.bool:
             key_mask = key_mask.bool()
+        ops = self.ops if x.is_cuda else fused.EAGER
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, i, cache, key_mask, self.attn_backend)
+            x = layer(x, cos, sin, i, cache, key_mask, self.attn_backend, ops)
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,8 @@ class StepView:
         active: (B,) bool, rows still decoding this block; decisions for other rows are ignored.
         step: forward passes so far in this block (0 at the first step of the block).
         global_step: forward passes so far in this generation.
+        row_steps: (B,) long, forward passes each row has taken part in while decoding (a row's own progress:
+            unlike ``global_step`` it does not depend on the other rows of the batch).
         block: the :class:`BlockInfo`.
         generator: the generation's random generator (for schedulers that draw random numbers).
     """
@@ -88,6 +90,7 @@ class StepView:
     global_step: int
     block: BlockInfo
     generator: torch.Generator | None
+    row_steps: torch.Tensor | None = None
 
     @property
     def masked_in_block(self) -> torch.Tensor:
@@ -144,7 +147,8 @@ class Scheduler:
 
     @property
     def name(self) -> str:
-        return self.registered_name or type(self).__name__
+        # the class's own registration only: an unregistered subclass must not report its parent's name
+        return type(self).__dict__.get("registered_name") or type(self).__name__
 
     # ----------------------------------------------------------------- config
     def config(self) -> dict[str, Any]:
@@ -168,6 +172,22 @@ class Scheduler:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
+def block_only(block: BlockInfo) -> BlockInfo:
+    """``block`` with its candidate region narrowed to the block itself."""
+    return dataclasses.replace(block, region_start=block.start, region_end=block.end)
+
+
+def slice_candidates(cand: Candidates, cols: slice) -> Candidates:
+    """The region columns ``cols`` of every tensor field of ``cand``."""
+    return dataclasses.replace(cand, **{f.name: getattr(cand, f.name)[:, cols] for f in dataclasses.fields(cand)
+                                        if isinstance(getattr(cand, f.name), torch.Tensor)})
+
+
+def slice_view(view: StepView, cols: slice, block: BlockInfo) -> StepView:
+    """``view`` restricted to the region columns ``cols`` (the block), described by ``block``."""
+    return dataclasses.replace(view, masked=view.masked[:, cols], in_block=view.in_block[cols], block=block)
+
+
 def linear_quota(masks: torch.Tensor, steps: int) -> torch.Tensor:
     """LLaDA's per-step quota: M masks over S steps -> floor(M/S) per step, one more in the first M mod S steps.
 
@@ -186,6 +206,10 @@ def select_top(scores: torch.Tensor, allowed: torch.Tensor, k: torch.Tensor) -> 
     """
     s = scores.masked_fill(~allowed, float("-inf"))
     order = torch.sort(s, dim=1, descending=True, stable=True).indices
+    # allowed positions first: an allowed score of -inf (e.g. ``confidence_eos_eot_inf``) must still outrank the
+    # -inf fill of disallowed positions, else a row could get fewer than k commits
+    first = torch.sort((~allowed.gather(1, order)).to(torch.uint8), dim=1, stable=True).indices
+    order = order.gather(1, first)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
     return (rank < k.unsqueeze(1)) & allowed
 

@@ -11,6 +11,8 @@ from .base import register_scheduler
 
 @register_scheduler("entropy")
 class Entropy(DreamConfidence):
+    """Dream's entropy: commit Dream's per-step quota of masks whose token distribution has the lowest entropy."""
+
     measures = frozenset({"entropy"})
 
     def score(self, cand):

@@ -17,7 +17,7 @@ from .base import BlockInfo, Decision, Scheduler, StepView, linear_quota, regist
 
 @register_scheduler("low_confidence")
 class LowConfidence(Scheduler):
-    """Commit the quota of most confident masked positions of the block (no parameters)."""
+    """LLaDA's reference: commit the per-step quota of most confident masks of the block (no parameters)."""
 
     sampling = "gumbel"
 

@@ -11,5 +11,7 @@ from .base import register_scheduler
 
 @register_scheduler("maskgit_plus")
 class MaskGitPlus(DreamConfidence):
+    """Dream's maskgit_plus: commit Dream's per-step quota of masks with the most probable candidates."""
+
     def score(self, cand):
         return cand.confidence

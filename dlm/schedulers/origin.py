@@ -22,6 +22,8 @@ from .base import BlockInfo, Decision, Scheduler, StepView, register_scheduler
 
 @register_scheduler("origin")
 class Origin(Scheduler):
+    """Dream's origin (default): reveal each mask independently with probability 1 - s/t (D3PM reverse step)."""
+
     sampling = "categorical"
     deterministic = False
 

@@ -18,7 +18,7 @@ from .low_confidence import LowConfidence
 
 @register_scheduler("random")
 class RandomRemasking(LowConfidence):
-    """Commit the quota of masked positions of the block chosen uniformly at random (no parameters)."""
+    """LLaDA's random remasking: commit the per-step quota of masks of the block chosen uniformly at random."""
 
     deterministic = False
 

@@ -11,6 +11,8 @@ from .base import register_scheduler
 
 @register_scheduler("topk_margin")
 class TopKMargin(DreamConfidence):
+    """Dream's topk_margin: commit Dream's per-step quota of masks with the largest top-1 - top-2 margin."""
+
     measures = frozenset({"margin"})
 
     def score(self, cand):

@@ -1,0 +1,1 @@
+"""Benchmark suite: tasks with exact answers, measurement of schedulers/caches/verifiers, reports and plots."""
