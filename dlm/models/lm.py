@@ -133,6 +133,13 @@ class DiffusionLM:
         return merge_outputs(outs)
 
 
+# statistics that are ratios of two counters (the verifiers' block efficiency and acceptance rate)
+RATIO_STATS = {
+    "block_efficiency": ("accepted_tokens", "row_rounds"),
+    "acceptance_rate": ("accepted_draft_tokens", "drafted_tokens"),
+}
+
+
 def merge_outputs(outs: list[GenerationOutput]) -> GenerationOutput:
     from ..outputs import StepTrace
 
@@ -144,6 +151,10 @@ def merge_outputs(outs: list[GenerationOutput]) -> GenerationOutput:
     for o in outs:
         for k, v in o.stats.items():
             stats[k] = stats.get(k, 0.0) + v
+    # counters add up across batches; ratios are recomputed from them
+    for ratio, (num, den) in RATIO_STATS.items():
+        if ratio in stats and num in stats and den in stats:
+            stats[ratio] = stats[num] / max(1.0, stats[den])
     return GenerationOutput(
         sequences=torch.cat([o.sequences for o in outs]),
         prompt_ids=[p for o in outs for p in o.prompt_ids],

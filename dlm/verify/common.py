@@ -1,0 +1,78 @@
+"""What the built-in verifiers share: parameter handling, the exact-cache check, and the counters they report.
+
+A verifier is a class registered with ``@register_verifier("name")``. It is built from the generation config's
+``verify_kwargs`` and its :meth:`Verifier.run` replaces the engine's denoising loop for that generation::
+
+    out = dlm.verify.get(config.verify)(**config.verify_kwargs).run(lm, prompts, config, stream=stream)
+
+Parameters are a frozen dataclass ``Params`` (like schedulers and caches) so unknown or bad values fail with the
+name of the parameter and the allowed ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+from .. import cache as cache_mod
+from ..config import GenerationConfig
+from ..errors import ConfigError
+
+
+class Verifier:
+    """Base class of verifiers: ``Params`` validation and a :meth:`run` to implement."""
+
+    registered_name: ClassVar[str] = ""
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def __init__(self, **kwargs: Any) -> None:
+        fields = {f.name for f in dataclasses.fields(self.Params)}
+        unknown = sorted(set(kwargs) - fields)
+        if unknown:
+            raise ConfigError(
+                f"verifier {self.name!r} has no parameter(s) {', '.join(map(repr, unknown))}; "
+                f"its parameters are: {', '.join(sorted(fields)) or '(none)'}"
+            )
+        try:
+            self.params = self.Params(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"verifier {self.name!r}: {exc}") from exc
+
+    @property
+    def name(self) -> str:
+        return type(self).__dict__.get("registered_name") or type(self).__name__
+
+    def config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.params)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
+
+    def run(self, lm, prompts: Sequence[Sequence[int]], config: GenerationConfig, stream=None):
+        raise NotImplementedError
+
+
+def positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def is_exact_cache(name: str, kwargs: dict[str, Any]) -> bool:
+    """Whether the cache policy ``name`` with ``kwargs`` gives the logits of the no-cache forward at every step:
+    the ``none`` policy (``exact``), or any policy that refreshes every step (``refresh_every=1``)."""
+    policy = cache_mod.create(name, kwargs)
+    return bool(policy.exact) or getattr(policy.params, "refresh_every", None) == 1
+
+
+def require_exact_cache(config: GenerationConfig, verifier: str) -> None:
+    if not is_exact_cache(config.cache, dict(config.cache_kwargs)):
+        raise ConfigError(
+            f"verify={verifier!r} needs an exact cache, but cache={config.cache!r} with cache_kwargs="
+            f"{dict(config.cache_kwargs)} reuses keys/values computed before later commits, so its logits differ "
+            "from the reference decode's and the output would not be guaranteed; use cache='none', or keep the "
+            "policy and set cache_kwargs={'refresh_every': 1} (exact)"
+        )
