@@ -112,7 +112,6 @@ class ScaleResult:
     arch: str
     cache: str
     graphs: bool
-    fused: bool
     batch: int
     gen_length: int
     block_length: int
@@ -144,6 +143,12 @@ def time_config(lm, *, cache: str, batch: int, gen_length: int, block_length: in
     """Time ``timed_blocks`` blocks in the middle of the answer (see the module doc). The warm-up blocks also let
     CUDA graphs capture both step shapes of the block caches (the refresh and the steady step)."""
     device = lm.device
+    need = (warmup_blocks + timed_blocks) * block_length
+    if gen_length - gen_length // 2 < need:
+        raise ValueError(f"gen_length {gen_length} is too short to time: the second half of the answer must hold "
+                         f"{warmup_blocks} warm-up + {timed_blocks} timed blocks of {block_length} ({need} positions)")
+    if block_length % tokens_per_step:
+        raise ValueError(f"tokens_per_step {tokens_per_step} must divide block_length {block_length}")
     g = torch.Generator().manual_seed(seed)
     half = gen_length // 2
     vocab = lm.arch.valid_vocab or lm.arch.vocab_size
@@ -176,8 +181,7 @@ def time_config(lm, *, cache: str, batch: int, gen_length: int, block_length: in
     keys = prompt_length + gen_length
     flops = forward_flops(lm.arch, batch * fed_per_step, keys, batch * block_length)
     return ScaleResult(
-        arch=arch_name, cache=cache, graphs=bool(getattr(lm, "cuda_graphs", False)), fused=lm.model.ops.fused,
-        batch=batch,
+        arch=arch_name, cache=cache, graphs=bool(getattr(lm, "cuda_graphs", False)), batch=batch,
         gen_length=gen_length, block_length=block_length, tokens_per_step=tokens_per_step,
         prompt_length=prompt_length, ms_per_step=ms, tokens_per_s=batch * tokens_per_step / (ms / 1e3),
         fed_per_step=fed_per_step, peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
@@ -186,7 +190,7 @@ def time_config(lm, *, cache: str, batch: int, gen_length: int, block_length: in
 
 
 def run(archs, batches, gens, caches, graphs_modes, out_path: Path | None, tokens_per_step: int = 4,
-        timed_blocks: int = 2, device: str = "cuda", fused_modes=(False,)) -> list[dict]:
+        timed_blocks: int = 2, device: str = "cuda") -> list[dict]:
     cuda = torch.device(device).type == "cuda"
     bw = copy_bandwidth(device, 2**31 if cuda else 2**26, 20 if cuda else 3)
     rate = matmul_rate(device, 8192 if cuda else 512, 10 if cuda else 3)
@@ -197,11 +201,8 @@ def run(archs, batches, gens, caches, graphs_modes, out_path: Path | None, token
     for name in archs:
         lm = random_lm(name, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
         lm.generate([[1, 2, 3]], GenerationConfig(gen_length=32, block_length=32, steps=8, stop_at_eos=False))
-        for fused, graphs in [(f, g) for f in fused_modes for g in graphs_modes]:
+        for graphs in graphs_modes:
             lm.cuda_graphs = graphs
-            from ..models.fused import EAGER, fused_ops
-
-            lm.model.ops = fused_ops() if fused else EAGER
             for batch in batches:
                 for gen in gens:
                     base = None
@@ -229,13 +230,13 @@ def run(archs, batches, gens, caches, graphs_modes, out_path: Path | None, token
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| arch | graphs | fused | batch | gen | cache | ms/step | tokens/s | x vs none | fed/step | "
-            "floor ms (bw / flops) | x floor | peak GB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| arch | graphs | batch | gen | cache | ms/step | tokens/s | x vs none | fed/step | "
+            "floor ms (bw / flops) | x floor | peak GB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         sp = "-" if r["speedup_vs_none"] is None else f"{r['speedup_vs_none']:.2f}"
         lines.append(
-            f"| {r['arch']} | {'yes' if r['graphs'] else 'no'} | {'yes' if r['fused'] else 'no'} | {r['batch']} | {r['gen_length']} | {r['cache']} | "
+            f"| {r['arch']} | {'yes' if r['graphs'] else 'no'} | {r['batch']} | {r['gen_length']} | {r['cache']} | "
             f"{r['ms_per_step']:.2f} | {r['tokens_per_s']:.0f} | {sp} | {r['fed_per_step']:.0f} | "
             f"{r['floor_bw_ms']:.2f} / {r['floor_flops_ms']:.2f} | {r['x_floor']:.2f} | {r['peak_mem_gb']:.1f} |"
         )
@@ -249,8 +250,6 @@ def main(argv=None) -> None:
     ap.add_argument("--gen", nargs="+", type=int, default=[256, 1024])
     ap.add_argument("--cache", nargs="+", default=["none", "prefix", "dual", "delayed", "window"])
     ap.add_argument("--graphs", choices=["off", "on", "both"], default="both")
-    ap.add_argument("--fused", choices=["off", "on", "both"], default="off",
-                    help="torch.compile-fused elementwise kernels (dlm.models.fused)")
     ap.add_argument("--tokens-per-step", type=int, default=4)
     ap.add_argument("--timed-blocks", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
@@ -262,7 +261,7 @@ def main(argv=None) -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = run(args.arch, args.batch, args.gen, args.cache, modes, args.out, args.tokens_per_step, args.timed_blocks,
-               args.device, {"off": [False], "on": [True], "both": [False, True]}[args.fused])
+               args.device)
     print(markdown(rows))
 
 

@@ -175,7 +175,6 @@ def load(
     tokenizer: Any = True,
     attn_backend: str = "sdpa",
     cuda_graphs: bool = False,
-    fused_kernels: bool = False,
 ) -> DiffusionLM:
     """Load a LLaDA- or Dream-format checkpoint folder (config.json + safetensors + tokenizer).
 
@@ -188,8 +187,6 @@ def load(
         attn_backend: ``"sdpa"`` (torch) or ``"flash_attn"`` (needs the ``dlm[gpu]`` extra).
         cuda_graphs: on CUDA, capture repeated step shapes in CUDA graphs and replay them (see
             :mod:`dlm.models.graphs`); ignored on CPU.
-        fused_kernels: on CUDA, fuse the elementwise parts of each layer with torch.compile (see
-            :mod:`dlm.models.fused`); ignored on CPU.
     """
     from .attention import BACKENDS, flash_attn_available
     from .loading import build_model, load_tokenizer, load_weights, parse_dtype, read_config, weight_files
@@ -224,10 +221,6 @@ def load(
                               f"{arch.valid_vocab or arch.vocab_size}")
     lm = DiffusionLM(model, tok, ids, arch_cls, max_length=arch_cls.max_length(cfg), path=folder, config=cfg)
     lm.cuda_graphs = bool(cuda_graphs)
-    if fused_kernels:
-        from .fused import fused_ops
-
-        model.ops = fused_ops()
     return lm
 
 

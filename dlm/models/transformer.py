@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fused
+from . import elementwise as ew
 from .attention import attend
 
 
@@ -88,7 +88,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused.rms_norm(x, self.weight, self.eps)
+        return ew.rms_norm(x, self.weight, self.eps)
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,21 +123,20 @@ class Block(nn.Module):
         cache: KVCache | None,
         key_mask: torch.Tensor | None,
         attn_backend: str,
-        ops: fused.Ops = fused.EAGER,
     ) -> torch.Tensor:
         cfg = self.cfg
         B, Q, _ = x.shape
-        h = ops.rms_norm(x, self.attn_norm.weight, self.attn_norm.eps)
+        h = ew.rms_norm(x, self.attn_norm.weight, self.attn_norm.eps)
         q = self.q(h).view(B, Q, cfg.num_heads, cfg.head_dim).transpose(1, 2)
         k = self.k(h).view(B, Q, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v(h).view(B, Q, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        q, k = ops.rope(q, k, cos, sin, cfg.rope_full_precision)
+        q, k = ew.rope(q, k, cos, sin, cfg.rope_full_precision)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         a = attend(q, k, v, key_mask, backend=attn_backend)  # (B, H, Q, D)
         x = x + self.o(a.transpose(1, 2).reshape(B, Q, cfg.num_heads * cfg.head_dim))
-        h = ops.rms_norm(x, self.mlp_norm.weight, self.mlp_norm.eps)
-        return x + self.down(ops.swiglu(self.gate(h), self.up(h)))
+        h = ew.rms_norm(x, self.mlp_norm.weight, self.mlp_norm.eps)
+        return x + self.down(ew.swiglu(self.gate(h), self.up(h)))
 
 
 class Transformer(nn.Module):
@@ -164,7 +163,6 @@ class Transformer(nn.Module):
         if not cfg.tie_embeddings:
             self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.attn_backend = "sdpa"
-        self.ops: fused.Ops = fused.EAGER  # fused.fused_ops() on CUDA with load(..., fused_kernels=True)
 
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.cfg.tie_embeddings else self.head.weight
@@ -185,9 +183,8 @@ class Transformer(nn.Module):
             key_mask = cache.key_mask()
         if key_mask is not None and key_mask.dtype != torch.bool:
             key_mask = key_mask.bool()
-        ops = self.ops if x.is_cuda else fused.EAGER
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, i, cache, key_mask, self.attn_backend, ops)
+            x = layer(x, cos, sin, i, cache, key_mask, self.attn_backend)
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

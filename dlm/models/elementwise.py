@@ -1,0 +1,33 @@
+"""The elementwise pieces of a transformer layer: RMSNorm, rotate-half RoPE and SwiGLU, as LLaDA and Qwen2
+compute them (the order of casts matters in bf16)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm in float32, cast back, then scaled by the weight (LLaDA and Qwen2 order)."""
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool):
+    """Rotate-half RoPE of q (B, H, Q, D) and k (B, Hkv, Q, D); cos/sin (B, 1, Q, D) in float32.
+
+    full_precision: rotate in float32 (LLaDA) or in the model dtype with cos/sin cast to it (Qwen2/Dream).
+    """
+    if full_precision:
+        qf, kf = q.float(), k.float()
+        return ((qf * cos + _rotate_half(qf) * sin).to(q.dtype), (kf * cos + _rotate_half(kf) * sin).to(k.dtype))
+    c, s = cos.to(q.dtype), sin.to(q.dtype)
+    return q * c + _rotate_half(q) * s, k * c + _rotate_half(k) * s
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
