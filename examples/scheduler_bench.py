@@ -9,8 +9,9 @@ identical up to their first stop token. Prints a Markdown table.
     python examples/scheduler_bench.py                      # a tiny random LLaDA checkpoint built on the fly
     python examples/scheduler_bench.py --schedulers threshold,factor --gen-length 128 --block-length 32
 
-A stop-gap until the benchmark suite (``dlm bench``) lands; on a random tiny model the numbers only show that
-everything runs and how the rules trade steps for agreement, not the quality of any method.
+A quick look at every scheduler on arbitrary prompts; ``dlm bench`` measures configurations on tasks with exact
+answers, with accuracy, speed and memory. On a random tiny model the numbers only show that everything runs and how
+the rules trade steps for agreement, not the quality of any method.
 """
 
 from __future__ import annotations
