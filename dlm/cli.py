@@ -74,9 +74,16 @@ def config_from_args(args: argparse.Namespace) -> GenerationConfig:
     return GenerationConfig.from_dict(data)
 
 
-def _read_inputs(path: Path) -> list[Any]:
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+def read_prompt_lines(path: Path) -> list[tuple[int, str | list[int], dict[str, Any]]]:
+    """The prompts of a JSONL file, as ``dlm generate --input`` reads it: each line a JSON string, or an object
+    with ``prompt`` (text) or ``prompt_ids`` (token ids). Returns (line number, prompt, the line's object or {})
+    for each non-empty line; ConfigError naming the file and line for anything else."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the prompt file {path}: {exc}") from exc
+    rows: list[tuple[int, str | list[int], dict[str, Any]]] = []
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -84,11 +91,11 @@ def _read_inputs(path: Path) -> list[Any]:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{n} is not valid JSON: {exc}") from exc
         if isinstance(item, str):
-            rows.append(item)
+            rows.append((n, item, {}))
         elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
-            rows.append(item["prompt"])
+            rows.append((n, item["prompt"], item))
         elif isinstance(item, dict) and isinstance(item.get("prompt_ids"), list):
-            rows.append([int(t) for t in item["prompt_ids"]])
+            rows.append((n, [int(t) for t in item["prompt_ids"]], item))
         else:
             raise ConfigError(f"{path}:{n}: each line must be a JSON string or an object with 'prompt' (text) "
                               "or 'prompt_ids' (token ids)")
@@ -102,7 +109,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     if args.input is not None:
-        prompts = _read_inputs(args.input)
+        prompts = [prompt for _, prompt, _ in read_prompt_lines(args.input)]
     else:
         prompts = list(args.prompts)
     if not prompts:
