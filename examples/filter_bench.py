@@ -60,11 +60,13 @@ def measure(lm, prompts, ids, scheduler, kwargs=None, references=None, batch_siz
         f[0] += 1
         f[1] += exact_match(t, p.answer) if p.answer is not None else list(tok) == list(ref)
     m["families"] = {k: v[1] / v[0] for k, v in fams.items()}
-    task = [(p, n) for p, n in zip(prompts, zip(tokens, nfe)) if p.family != "code"]
-    if len(task) != len(prompts):  # NFE per token of the tasks alone (code answers are longer)
-        m["tasks_nfe_per_token"] = sum(n for _, (_, n) in task) / max(1, sum(len(t) for _, (t, _) in task))
-        code = [(t, n) for p, t, n in zip(prompts, tokens, nfe) if p.family == "code"]
-        m["code_nfe_per_token"] = sum(n for _, n in code) / max(1, sum(len(t) for t, _ in code))
+
+    def per_token(code: bool) -> float:
+        rows = [(t, n) for p, t, n in zip(prompts, tokens, nfe) if (p.family == "code") == code]
+        return sum(n for _, n in rows) / max(1, sum(len(t) for t, _ in rows))
+
+    if any(p.family == "code" for p in prompts):  # tasks and code apart (code answers are longer)
+        m["tasks_nfe_per_token"], m["code_nfe_per_token"] = per_token(False), per_token(True)
     return m, tokens
 
 

@@ -417,8 +417,7 @@ class LearnedFilter(Scheduler):
         self._nets: dict[torch.device, FilterNet] = {}  # the loaded filter per device (no file access per step)
         if self.params.path is not None:
             # an explicit file is checked now, so a bad path fails when the GenerationConfig is built
-            load_filter(self.params.path)
-            self._config = read_config(self.params.path)
+            self._config = load_filter(self.params.path).config
         else:
             # the default filter may be absent (it is shipped with the bundled model): building the scheduler
             # must stay cheap and must not fail; its first use raises the clear error instead
