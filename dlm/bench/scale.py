@@ -21,11 +21,13 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from ..config import GenerationConfig
 from ..models.base import MODELS, SpecialIds
+from ..models.elementwise import EAGER, fused_ops
 from ..models.lm import from_model
 from ..models.transformer import ArchConfig, Transformer
 
@@ -112,6 +114,7 @@ class ScaleResult:
     arch: str
     cache: str
     graphs: bool
+    fused: bool
     batch: int
     gen_length: int
     block_length: int
@@ -181,7 +184,8 @@ def time_config(lm, *, cache: str, batch: int, gen_length: int, block_length: in
     keys = prompt_length + gen_length
     flops = forward_flops(lm.arch, batch * fed_per_step, keys, batch * block_length)
     return ScaleResult(
-        arch=arch_name, cache=cache, graphs=bool(getattr(lm, "cuda_graphs", False)), batch=batch,
+        arch=arch_name, cache=cache, graphs=bool(getattr(lm, "cuda_graphs", False)), fused=lm.model.ops.fused,
+        batch=batch,
         gen_length=gen_length, block_length=block_length, tokens_per_step=tokens_per_step,
         prompt_length=prompt_length, ms_per_step=ms, tokens_per_s=batch * tokens_per_step / (ms / 1e3),
         fed_per_step=fed_per_step, peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
@@ -190,7 +194,7 @@ def time_config(lm, *, cache: str, batch: int, gen_length: int, block_length: in
 
 
 def run(archs, batches, gens, caches, graphs_modes, out_path: Path | None, tokens_per_step: int = 4,
-        timed_blocks: int = 2, device: str = "cuda") -> list[dict]:
+        timed_blocks: int = 2, device: str = "cuda", fused_modes: Sequence[bool] = (False,)) -> list[dict]:
     cuda = torch.device(device).type == "cuda"
     bw = copy_bandwidth(device, 2**31 if cuda else 2**26, 20 if cuda else 3)
     rate = matmul_rate(device, 8192 if cuda else 512, 10 if cuda else 3)
@@ -201,8 +205,11 @@ def run(archs, batches, gens, caches, graphs_modes, out_path: Path | None, token
     for name in archs:
         lm = random_lm(name, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
         lm.generate([[1, 2, 3]], GenerationConfig(gen_length=32, block_length=32, steps=8, stop_at_eos=False))
-        for graphs in graphs_modes:
+        for fused, graphs in [(f, g) for f in fused_modes for g in graphs_modes]:
             lm.cuda_graphs = graphs
+            lm.model.ops = fused_ops() if fused else EAGER
+            if fused:  # compile (and warm up) outside the timed window
+                lm.generate([[1, 2, 3]], GenerationConfig(gen_length=32, block_length=32, steps=8, stop_at_eos=False))
             for batch in batches:
                 for gen in gens:
                     base = None
@@ -230,13 +237,13 @@ def run(archs, batches, gens, caches, graphs_modes, out_path: Path | None, token
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| arch | graphs | batch | gen | cache | ms/step | tokens/s | x vs none | fed/step | "
-            "floor ms (bw / flops) | x floor | peak GB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| arch | graphs | fused | batch | gen | cache | ms/step | tokens/s | x vs none | fed/step | "
+            "floor ms (bw / flops) | x floor | peak GB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         sp = "-" if r["speedup_vs_none"] is None else f"{r['speedup_vs_none']:.2f}"
         lines.append(
-            f"| {r['arch']} | {'yes' if r['graphs'] else 'no'} | {r['batch']} | {r['gen_length']} | {r['cache']} | "
+            f"| {r['arch']} | {'yes' if r['graphs'] else 'no'} | {'yes' if r.get('fused') else 'no'} | {r['batch']} | {r['gen_length']} | {r['cache']} | "
             f"{r['ms_per_step']:.2f} | {r['tokens_per_s']:.0f} | {sp} | {r['fed_per_step']:.0f} | "
             f"{r['floor_bw_ms']:.2f} / {r['floor_flops_ms']:.2f} | {r['x_floor']:.2f} | {r['peak_mem_gb']:.1f} |"
         )
@@ -250,6 +257,8 @@ def main(argv=None) -> None:
     ap.add_argument("--gen", nargs="+", type=int, default=[256, 1024])
     ap.add_argument("--cache", nargs="+", default=["none", "prefix", "dual", "delayed", "window"])
     ap.add_argument("--graphs", choices=["off", "on", "both"], default="both")
+    ap.add_argument("--fused", choices=["off", "on", "both"], default="off",
+                    help="elementwise kernels fused with torch.compile (dlm.load(..., fused_kernels=True))")
     ap.add_argument("--tokens-per-step", type=int, default=4)
     ap.add_argument("--timed-blocks", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
@@ -261,7 +270,7 @@ def main(argv=None) -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = run(args.arch, args.batch, args.gen, args.cache, modes, args.out, args.tokens_per_step, args.timed_blocks,
-               args.device)
+               args.device, {"off": [False], "on": [True], "both": [False, True]}[args.fused])
     print(markdown(rows))
 
 

@@ -175,6 +175,7 @@ def load(
     tokenizer: Any = True,
     attn_backend: str = "sdpa",
     cuda_graphs: bool = False,
+    fused_kernels: bool = False,
 ) -> DiffusionLM:
     """Load a LLaDA- or Dream-format checkpoint folder (config.json + safetensors + tokenizer).
 
@@ -187,6 +188,9 @@ def load(
         attn_backend: ``"sdpa"`` (torch) or ``"flash_attn"`` (needs the ``dlm[gpu]`` extra).
         cuda_graphs: on CUDA, capture repeated step shapes in CUDA graphs and replay them (see
             :mod:`dlm.models.graphs`); ignored on CPU.
+        fused_kernels: fuse the elementwise parts of each layer (RMSNorm, RoPE, SwiGLU) with ``torch.compile``
+            (see :mod:`dlm.models.elementwise`); compiled on first use (Triton on CUDA, a C++ compiler on CPU).
+            Same arithmetic as the eager functions up to floating-point rounding.
     """
     from .attention import BACKENDS, flash_attn_available
     from .loading import build_model, load_tokenizer, load_weights, parse_dtype, read_config, weight_files
@@ -221,6 +225,10 @@ def load(
                               f"{arch.valid_vocab or arch.vocab_size}")
     lm = DiffusionLM(model, tok, ids, arch_cls, max_length=arch_cls.max_length(cfg), path=folder, config=cfg)
     lm.cuda_graphs = bool(cuda_graphs)
+    if fused_kernels:
+        from .elementwise import fused_ops
+
+        model.ops = fused_ops()
     return lm
 
 

@@ -123,20 +123,21 @@ class Block(nn.Module):
         cache: KVCache | None,
         key_mask: torch.Tensor | None,
         attn_backend: str,
+        ops: ew.Ops = ew.EAGER,
     ) -> torch.Tensor:
         cfg = self.cfg
         B, Q, _ = x.shape
-        h = ew.rms_norm(x, self.attn_norm.weight, self.attn_norm.eps)
+        h = ops.rms_norm(x, self.attn_norm.weight, self.attn_norm.eps)
         q = self.q(h).view(B, Q, cfg.num_heads, cfg.head_dim).transpose(1, 2)
         k = self.k(h).view(B, Q, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v(h).view(B, Q, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        q, k = ew.rope(q, k, cos, sin, cfg.rope_full_precision)
+        q, k = ops.rope(q, k, cos, sin, cfg.rope_full_precision)
         if cache is not None:
             k, v = cache.update(layer, k, v)
         a = attend(q, k, v, key_mask, backend=attn_backend)  # (B, H, Q, D)
         x = x + self.o(a.transpose(1, 2).reshape(B, Q, cfg.num_heads * cfg.head_dim))
-        h = ew.rms_norm(x, self.mlp_norm.weight, self.mlp_norm.eps)
-        return x + self.down(ew.swiglu(self.gate(h), self.up(h)))
+        h = ops.rms_norm(x, self.mlp_norm.weight, self.mlp_norm.eps)
+        return x + self.down(ops.swiglu(self.gate(h), self.up(h)))
 
 
 class Transformer(nn.Module):
@@ -163,6 +164,7 @@ class Transformer(nn.Module):
         if not cfg.tie_embeddings:
             self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.attn_backend = "sdpa"
+        self.ops: ew.Ops = ew.EAGER  # ew.fused_ops() with dlm.load(..., fused_kernels=True)
 
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.cfg.tie_embeddings else self.head.weight
@@ -184,7 +186,7 @@ class Transformer(nn.Module):
         if key_mask is not None and key_mask.dtype != torch.bool:
             key_mask = key_mask.bool()
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, i, cache, key_mask, self.attn_backend)
+            x = layer(x, cos, sin, i, cache, key_mask, self.attn_backend, self.ops)
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

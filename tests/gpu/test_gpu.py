@@ -52,3 +52,29 @@ def test_bf16_runs(gpu_path):
     out = lm.generate(random_prompts(lm, 2, seed=4), GenerationConfig(gen_length=16, block_length=8, cache="dual"))
     assert out.sequences.shape == (2, 16) and out.sequences.device.type == "cpu"
 
+
+
+def test_fused_kernels_match_eager(gpu_path):
+    from dlm.models import elementwise as ew
+    from dlm.models.transformer import rope_cos_sin
+
+    torch.manual_seed(0)
+    ops = ew.fused_ops()
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(2, 7, 64, device="cuda", dtype=dtype)
+        w = torch.randn(64, device="cuda", dtype=dtype)
+        q = torch.randn(2, 4, 7, 16, device="cuda", dtype=dtype)
+        k = torch.randn(2, 2, 7, 16, device="cuda", dtype=dtype)
+        cos, sin = rope_cos_sin(torch.arange(7, device="cuda").expand(2, -1), 16, 10000.0)
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(ops.rms_norm(x, w, 1e-6), ew.rms_norm(x, w, 1e-6), **tol)
+        for full in (True, False):
+            for a, b in zip(ops.rope(q, k, cos, sin, full), ew.rope(q, k, cos, sin, full)):
+                torch.testing.assert_close(a, b, **tol)
+        torch.testing.assert_close(ops.swiglu(x, x), ew.swiglu(x, x), **tol)
+    prompts = random_prompts(dlm.load(gpu_path, device="cpu"), 3, seed=5)
+    cfg = GenerationConfig(gen_length=16, block_length=8, cache="dual", stop_at_eos=False)
+    eager = dlm.load(gpu_path, device="cuda", dtype="float32").generate(prompts, cfg).sequences
+    lm = dlm.load(gpu_path, device="cuda", dtype="float32", fused_kernels=True, cuda_graphs=True)
+    assert lm.model.ops.fused
+    assert (lm.generate(prompts, cfg).sequences == eager).float().mean() > 0.9

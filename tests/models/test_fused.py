@@ -1,0 +1,53 @@
+"""Fused elementwise kernels (``dlm.load(..., fused_kernels=True)``): the torch.compile'd RMSNorm, RoPE and SwiGLU
+against the eager reference functions, and a whole decode with them against the eager decode (CPU; the same
+checks on CUDA are in tests/gpu)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import dlm
+from dlm import GenerationConfig
+from dlm.models import elementwise as ew
+from dlm.models.transformer import rope_cos_sin
+
+from ..conftest import random_prompts
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                reason="torch.compile on a CPU needs a C++ compiler")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_functions_match_eager(dtype):
+    g = torch.Generator().manual_seed(0)
+    ops = ew.fused_ops()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    for Q in (7, 32):  # dynamic shapes: one compiled graph serves every number of fed positions
+        x = torch.randn(2, Q, 64, generator=g).to(dtype)
+        w = torch.randn(64, generator=g).to(dtype)
+        q = torch.randn(2, 4, Q, 16, generator=g).to(dtype)
+        k = torch.randn(2, 2, Q, 16, generator=g).to(dtype)
+        cos, sin = rope_cos_sin(torch.arange(Q).expand(2, -1), 16, 10000.0)
+        torch.testing.assert_close(ops.rms_norm(x, w, 1e-6), ew.rms_norm(x, w, 1e-6), **tol)
+        for full in (True, False):
+            for a, b in zip(ops.rope(q, k, cos, sin, full), ew.rope(q, k, cos, sin, full)):
+                torch.testing.assert_close(a, b, **tol)
+        torch.testing.assert_close(ops.swiglu(x, x.flip(-1)), ew.swiglu(x, x.flip(-1)), **tol)
+
+
+@pytest.mark.parametrize("name", ["llada", "Dream"])
+def test_fused_model_matches_eager(name, llada_path, dream_path):
+    path = llada_path if name == "llada" else dream_path
+    eager = dlm.load(path, device="cpu", dtype="float32")
+    fused = dlm.load(path, device="cpu", dtype="float32", fused_kernels=True)
+    assert fused.model.ops.fused and not eager.model.ops.fused
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(fused.model(ids), eager.model(ids), rtol=1e-4, atol=1e-4)
+    prompts = random_prompts(eager, 4, seed=2)
+    cfg = GenerationConfig(gen_length=16, block_length=8, cache="dual", stop_at_eos=False)
+    a, b = eager.generate(prompts, cfg).sequences, fused.generate(prompts, cfg).sequences
+    assert (a == b).float().mean() > 0.95  # rounding may flip a near-tie, nothing more
