@@ -131,7 +131,7 @@ class FilterConfig:
         if hidden is None or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
             raise ValueError(f"hidden must be a list of positive integers (layer sizes), got {self.hidden!r}")
         object.__setattr__(self, "hidden", hidden)
-        _check_threshold(self.threshold)
+        check_threshold(self.threshold)
         if not isinstance(self.info, Mapping):
             raise ValueError(f"info must be a JSON object, got {self.info!r}")
 
@@ -156,10 +156,13 @@ class FilterConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        missing = sorted(known - {"info"} - set(d))
+        if missing:  # the tensors cannot tell which features (or which order) a filter was trained on
+            raise ValueError(f"missing field(s) {', '.join(missing)}")
         return cls(**{k: v for k, v in d.items() if k not in ("format", "version")})
 
 
-def _check_threshold(value: Any) -> None:
+def check_threshold(value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError(f"threshold must be a probability in [0, 1], got {value!r}")
 
@@ -207,7 +210,7 @@ class FilterNet(nn.Module):
         dtype = next(self.parameters()).dtype
         if self.config.arch == "local":
             return torch.sigmoid(self(feats.to(dtype)).float())
-        windows, n = to_windows(feats, self.config)
+        windows, n = to_windows(feats, self.config, self.pad)
         B = feats.shape[0]
         logits = self(windows.to(dtype))  # (B * K, W)
         return torch.sigmoid(logits.float()).reshape(B, -1)[:, :n]
@@ -267,14 +270,17 @@ _PAD = {"confidence": 1.0, "masked": 0.0, "margin": 1.0, "entropy": 1.0, "positi
         "left_masked": 0.0, "left_min_confidence": 1.0, "mean_confidence": 1.0}
 
 
-def to_windows(feats: torch.Tensor, config: FilterConfig) -> tuple[torch.Tensor, int]:
-    """(B, C, n) features -> ((B * K, C, W) windows, n): n padded up to K * W with committed-looking positions."""
+def to_windows(feats: torch.Tensor, config: FilterConfig, pad: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, int]:
+    """(B, C, n) features -> ((B * K, C, W) windows, n): n padded up to K * W with committed-looking positions
+    (``pad``: the (C,) padding values, already on the features' device; built from the config when omitted)."""
     B, C, n = feats.shape
     W = config.width
     K = max(1, math.ceil(n / W))
     if K * W != n:
-        pad = torch.tensor([_PAD[f] for f in config.features], dtype=feats.dtype, device=feats.device)
-        feats = torch.cat([feats, pad.view(1, C, 1).expand(B, C, K * W - n)], dim=2)
+        if pad is None:
+            pad = torch.tensor([_PAD[f] for f in config.features], device=feats.device)
+        feats = torch.cat([feats, pad.to(feats.dtype).view(1, C, 1).expand(B, C, K * W - n)], dim=2)
     return feats.reshape(B, C, K, W).permute(0, 2, 1, 3).reshape(B * K, C, W), n
 
 
@@ -324,28 +330,47 @@ def read_config(path: str | Path | None) -> FilterConfig:
         raise ConfigError(f"{what} config {cfg_file}: {exc}") from exc
 
 
+def expected_tensors(config: FilterConfig) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of a :class:`FilterNet` with ``config`` (computed, nothing allocated)."""
+    C = len(config.features)
+    d = C * config.width if config.arch == "mlp" else C * (2 * config.context + 1)
+    out: dict[str, tuple[int, ...]] = {}
+    sizes = list(config.hidden) + [config.width if config.arch == "mlp" else 1]
+    for i, h in enumerate(sizes):  # nn.Sequential indices: Linear, ReLU, Linear, ..., Linear
+        out[f"net.{2 * i}.weight"], out[f"net.{2 * i}.bias"] = (h, d), (h,)
+        d = h
+    return out
+
+
 def load_filter(path: str | Path | None) -> FilterNet:
     """The filter at ``path`` (see :func:`resolve_path`), checked against its config; ConfigError when the file
-    is missing, not safetensors, or its tensors do not match the config (feature count, width, hidden sizes)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    is missing, not safetensors, or its tensors do not match the config (names, shapes from the feature count,
+    width / context and hidden sizes, floating-point dtypes). The header is checked before anything is built."""
+    from safetensors import SafetensorError, safe_open
 
     config = read_config(path)
     weights, cfg_file = resolve_path(path)
+    expected = expected_tensors(config)
     try:
-        tensors = load_file(str(weights), device="cpu")
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+            if expected != got:
+                raise ConfigError(
+                    f"learned filter {weights} does not match its config {cfg_file} (features "
+                    f"{list(config.features)}, arch {config.arch}, width {config.width}, context {config.context}, "
+                    f"hidden {list(config.hidden)}): expected tensors {expected}, the file holds {got}; the input "
+                    f"size is len(features) x " + (f"width = {len(config.features) * config.width}"
+                    if config.arch == "mlp" else f"(2 x context + 1) = {len(config.features) * (2 * config.context + 1)}"))
+            bad = {k: t for k, t in dtypes.items() if t not in ("F32", "F16", "BF16", "F64")}
+            if bad:
+                raise ConfigError(f"learned filter {weights}: tensors must be floating point, got {bad}")
+            tensors = {k: f.get_tensor(k).float() for k in expected}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"learned filter {weights} is not a readable safetensors file ({exc}); a filter is "
                           "NAME.safetensors + NAME.json as written by `dlm train-filter` (pickle is never read)") from exc
     net = FilterNet(config)
-    expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
-    if expected != got:
-        raise ConfigError(
-            f"learned filter {weights} does not match its config {cfg_file} (features {list(config.features)}, "
-            f"width {config.width}, hidden {list(config.hidden)}): expected tensors {expected}, the file holds {got}"
-            f"; the input size is len(features) x width = {len(config.features) * config.width}")
-    net.load_state_dict({k: v.float() for k, v in tensors.items()})
+    net.load_state_dict(tensors)
     return net.eval()
 
 
@@ -409,7 +434,7 @@ class LearnedFilter(Scheduler):
                 raise ValueError(f"path must be a filter file path (a non-empty string) or None for the default "
                                  f"filter, got {self.path!r}")
             if self.threshold is not None:
-                _check_threshold(self.threshold)
+                check_threshold(self.threshold)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -417,7 +442,7 @@ class LearnedFilter(Scheduler):
         self._nets: dict[torch.device, FilterNet] = {}  # the loaded filter per device (no file access per step)
         if self.params.path is not None:
             # an explicit file is checked now, so a bad path fails when the GenerationConfig is built
-            self._config = load_filter(self.params.path).config
+            self._config = cached_filter(self.params.path, torch.device("cpu")).config
         else:
             # the default filter may be absent (it is shipped with the bundled model): building the scheduler
             # must stay cheap and must not fail; its first use raises the clear error instead
@@ -454,7 +479,8 @@ class LearnedFilter(Scheduler):
 
     def step(self, cand, view: StepView, state):
         allowed = view.masked_in_block
-        accept = self.accept_probability(cand, view) > self.threshold
+        t = self.threshold
+        accept = self.accept_probability(cand, view) > t if t > 0 else allowed
         quota, tick = state["quota"], state["tick"]
         k = torch.maximum(quota[:, min(tick, quota.shape[1] - 1)], budget_floor(allowed, view))
         commit = (accept & allowed) | select_top(cand.confidence, allowed, k)

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..schedulers.base import SCHEDULERS
-from ..schedulers.learned_filter import (FEATURES, FilterConfig, FilterNet, block_features, save_filter,
+from ..schedulers.learned_filter import (FilterConfig, FilterNet, block_features, check_threshold, save_filter,
                                          to_windows)
 from ..schedulers.low_confidence import LowConfidence
 
@@ -198,6 +198,7 @@ class FilterData:
     families: list[str] = field(default_factory=list)
     references: list[list[int]] = field(default_factory=list)
     block_length: int = 32
+    fingerprint: str = ""  # of the model, prompts and block length it was collected with (see data_fingerprint)
 
     TENSORS = ("confidence", "margin", "neg_entropy", "masked", "label", "prompt", "step", "block")
 
@@ -251,17 +252,35 @@ class FilterData:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: getattr(self, k).contiguous() for k in self.TENSORS}, str(path))
         path.with_suffix(".json").write_text(json.dumps({"families": self.families, "references": self.references,
-                                                         "block_length": self.block_length}))
+                                                         "block_length": self.block_length,
+                                                         "fingerprint": self.fingerprint}))
 
     @classmethod
     def load(cls, path: str | Path) -> "FilterData":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = Path(path)
-        t = load_file(str(path))
-        meta = json.loads(path.with_suffix(".json").read_text())
-        return cls(**{k: t[k] for k in cls.TENSORS}, families=meta["families"], references=meta["references"],
-                   block_length=meta["block_length"])
+        try:
+            t = load_file(str(path))
+            meta = json.loads(path.with_suffix(".json").read_text())
+            return cls(**{k: t[k] for k in cls.TENSORS}, families=meta["families"], references=meta["references"],
+                       block_length=meta["block_length"], fingerprint=meta.get("fingerprint", ""))
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+            raise ConfigError(f"{path} (+ {path.with_suffix('.json').name}) is not filter data saved by "
+                              f"FilterData.save / `dlm train-filter --data-dir`: {exc!r}") from exc
+
+
+def data_fingerprint(lm, prompts: Sequence[Prompt], block_length: int) -> str:
+    """A hash of what collected data depends on: the model (its config and weight files' names and sizes), every
+    prompt's token ids and generation length, and the block length. ``--data-dir`` reuses data only on a match."""
+    import hashlib
+
+    files = sorted((f.name, f.stat().st_size) for f in lm.path.glob("*.safetensors")) if lm.path else []
+    ids = encode_prompts(lm, prompts)
+    key = {"model": [lm.hf_config, files, lm.model_type], "block_length": block_length,
+           "prompts": [[list(i), p.gen_length] for i, p in zip(ids, prompts)]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def collect(lm, prompts: Sequence[Prompt], block_length: int = 32, batch_size: int = 64,
@@ -560,24 +579,36 @@ def run(lm, train_prompts: Sequence[Prompt], val_prompts: Sequence[Prompt], out:
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ConfigError(f"--out must name a .safetensors file (its .json config is written beside it), got {out}")
-    unknown = [f for f in features if f not in FEATURES]
-    if unknown:
-        raise ConfigError(f"unknown filter feature(s) {unknown}; known: {', '.join(FEATURES)}")
+    # every setting is checked before the (long) collection starts
+    try:
+        config = FilterConfig(features=tuple(features), arch=arch, width=width, context=context,
+                              hidden=tuple(hidden), threshold=threshold if threshold is not None else 0.96)
+        for t in grid:
+            check_threshold(t)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if settings.epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {settings.epochs}")
+    if not 0 <= max_disagreement <= 1:
+        raise ConfigError(f"max_disagreement must be a share in [0, 1], got {max_disagreement}")
     t0 = time.perf_counter()
 
     def data_for(kind: str, prompts: Sequence[Prompt]) -> FilterData:
         cached = Path(data_dir) / f"{kind}.safetensors" if data_dir is not None else None
+        fingerprint = data_fingerprint(lm, prompts, block_length)
         if cached is not None and cached.is_file():
             data = FilterData.load(cached)
-            if len(data.families) == len(prompts) and data.block_length == block_length:
+            if data.fingerprint == fingerprint:
                 log(f"{kind} data: reusing {cached}")
                 return data
+            log(f"{kind} data: {cached} was collected for another model, prompts or block length; collecting anew")
         log(f"{kind} data: decoding {len(prompts)} prompts with the reference")
         if workers > 1:
             data = collect_parallel(model_path, prompts, workers, block_length=block_length,
                                     batch_size=batch_size, device=str(lm.device), log=log)
         else:
             data = collect(lm, prompts, block_length=block_length, batch_size=batch_size, log=log)
+        data.fingerprint = fingerprint
         if cached is not None:
             data.save(cached)
         return data
@@ -587,8 +618,6 @@ def run(lm, train_prompts: Sequence[Prompt], val_prompts: Sequence[Prompt], out:
     t_data = time.perf_counter()
     log(f"train: {len(train_data)} block states, {train_data.positions} masked positions "
         f"({int((~train_data.label & train_data.masked).sum())} wrong); val: {len(val_data)} / {val_data.positions}")
-    config = FilterConfig(features=tuple(features), arch=arch, width=width, context=context, hidden=tuple(hidden),
-                          threshold=threshold if threshold is not None else 0.96)
     net, history = train(train_data, config, val_data, settings, log=log)
     t_train = time.perf_counter()
     save_filter(net, out, config)

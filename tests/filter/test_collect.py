@@ -120,3 +120,46 @@ def test_parallel_collection_is_the_same_data(tiny_llada):
     for k in ("masked", "label", "prompt", "step", "block"):
         assert torch.equal(getattr(one, k), getattr(two, k)), k
     assert torch.allclose(one.confidence, two.confidence, atol=1e-5)
+
+
+def test_data_dir_is_reused_only_for_the_same_model_prompts_and_block(tiny_llada, tmp_path):
+    a = [F.Prompt(ids=(72, 105), gen_length=8), F.Prompt(ids=(33,), gen_length=8)]
+    b = [F.Prompt(ids=(72, 105), gen_length=16), F.Prompt(ids=(34,), gen_length=16)]  # as many prompts as a
+    fa = F.data_fingerprint(tiny_llada, a, 8)
+    assert fa == F.data_fingerprint(tiny_llada, list(a), 8)
+    assert fa != F.data_fingerprint(tiny_llada, b, 8) and fa != F.data_fingerprint(tiny_llada, a, 4)
+    logs: list[str] = []
+    kw = dict(features=("confidence",), hidden=(4,), block_length=8, settings=F.TrainSettings(epochs=1),
+              threshold=0.9, data_dir=tmp_path / "d", log=logs.append)
+    F.run(tiny_llada, a, a, tmp_path / "f.safetensors", **kw)
+    assert not any("reusing" in line for line in logs)
+    F.run(tiny_llada, a, a, tmp_path / "f.safetensors", **kw)
+    assert sum("reusing" in line for line in logs) == 2  # train and val
+    F.run(tiny_llada, b, b, tmp_path / "f.safetensors", **kw)
+    assert sum("collecting anew" in line for line in logs) == 2
+    saved = F.FilterData.load(tmp_path / "d" / "train.safetensors")
+    assert saved.fingerprint == F.data_fingerprint(tiny_llada, b, 8)
+    assert len(saved.references[0]) == 16  # b's answers, not a's
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"threshold": 1.5}, "threshold must be"),
+    ({"grid": (0.5, 2.0)}, "threshold must be"),
+    ({"arch": "rnn"}, "arch must be"),
+    ({"features": ("colour",)}, "features must be"),
+    ({"settings": F.TrainSettings(epochs=0)}, "epochs must be"),
+])
+def test_bad_settings_fail_before_collection(tiny_llada, tmp_path, changes, match):
+    logs: list[str] = []
+    prompts = [F.Prompt(ids=(72, 105), gen_length=8)]
+    with mock.patch.object(F, "collect", side_effect=AssertionError("collection must not start")):
+        with pytest.raises(dlm.ConfigError, match=match):
+            F.run(tiny_llada, prompts, prompts, tmp_path / "f.safetensors", block_length=8, log=logs.append,
+                  **changes)
+    assert logs == []
+
+
+def test_loading_something_else_is_a_clear_error(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(dlm.ConfigError, match="is not filter data"):
+        F.FilterData.load(tmp_path / "x.safetensors")

@@ -168,20 +168,30 @@ def test_wrong_feature_size_is_a_clear_error(tmp_path):
         cfg(path)
 
 
-@pytest.mark.parametrize("content,match", [
+@pytest.mark.parametrize("change,match", [
     (None, "config .*one.json is missing"),
     ("{not json", "not valid JSON"),
-    (json.dumps({"format": "something-else"}), "format"),
-    (json.dumps({"format": LF.FORMAT, "version": 1, "features": ["colour"]}), "features must be"),
-    (json.dumps({"format": LF.FORMAT, "version": 1, "threshold": 2}), "threshold must be"),
-    (json.dumps({"format": LF.FORMAT, "version": 1, "widht": 3}), "unknown field"),
+    ({"format": "something-else"}, "format"),
+    ({"features": ["colour"]}, "features must be"),
+    ({"threshold": 2}, "threshold must be"),
+    ({"widht": 3}, "unknown field"),
+    ({"features": None}, "missing field.*features"),  # None: the field is dropped
+    ({"hidden": None, "arch": None}, "missing field.*arch, hidden"),
 ])
-def test_bad_config_is_a_clear_error(tmp_path, content, match):
+def test_bad_config_is_a_clear_error(tmp_path, change, match):
     path = make_filter(tmp_path, "one")
-    if content is None:
+    if change is None:
         (tmp_path / "one.json").unlink()
+    elif isinstance(change, str):
+        (tmp_path / "one.json").write_text(change)
     else:
-        (tmp_path / "one.json").write_text(content)
+        config = json.loads((tmp_path / "one.json").read_text())
+        for k, v in change.items():
+            if v is None:
+                config.pop(k)
+            else:
+                config[k] = v
+        (tmp_path / "one.json").write_text(json.dumps(config))
     with pytest.raises(dlm.ConfigError, match=match):
         cfg(path)
 
@@ -260,3 +270,27 @@ def test_train_filter_command_learn2pd_mlp(tiny_llada, tmp_path):
 def test_train_filter_rejects_a_bad_out(tmp_path, capsys):
     rc = dlm_main(["train-filter", "--out", str(tmp_path / "f.pt")])
     assert rc == 2 and ".safetensors" in capsys.readouterr().err
+
+
+def test_tensors_are_checked_before_anything_is_built(tmp_path):
+    path = make_filter(tmp_path, "one")
+    config = json.loads((tmp_path / "one.json").read_text())
+    config["hidden"] = [10**9]  # building this network would need terabytes: the header check comes first
+    (tmp_path / "one.json").write_text(json.dumps(config))
+    with pytest.raises(dlm.ConfigError, match="does not match its config"):
+        cfg(path)
+    from safetensors.torch import save_file
+
+    net = FilterNet(FilterConfig())
+    save_file({k: v.to(torch.int64) for k, v in net.state_dict().items()}, str(tmp_path / "ints.safetensors"))
+    (tmp_path / "ints.json").write_text(FilterConfig().to_json())
+    with pytest.raises(dlm.ConfigError, match="must be floating point"):
+        cfg(str(tmp_path / "ints.safetensors"))
+
+
+def test_threshold_zero_commits_the_block_even_where_the_filter_says_zero(tiny_llada, tmp_path):
+    path = make_filter(tmp_path, "never", bias=-200.0)  # sigmoid underflows to exactly 0
+    config = dlm.GenerationConfig(gen_length=8, block_length=8, steps=8, scheduler="learned_filter",
+                                  scheduler_kwargs={"path": path, "threshold": 0.0}, stop_at_eos=False)
+    out = tiny_llada.generate([[5, 6, 7]], config)
+    assert int(out.nfe[0]) == 1
