@@ -27,13 +27,52 @@ import importlib
 import importlib.metadata
 import threading
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Iterator, TypeVar
 
-from .errors import RegistryError
+from .errors import ConfigError, RegistryError
 
 T = TypeVar("T")
 
 BUILTIN = "dlm"
+
+
+class Configurable:
+    """Base of what a registry builds by name with keyword parameters (schedulers, caches, verifiers): a frozen
+    ``Params`` dataclass validated at construction (unknown or invalid parameters are a ConfigError naming the
+    component), the registered ``name`` and a JSON-able :meth:`config`."""
+
+    kind: ClassVar[str] = "component"  # the word error messages use: "scheduler", "cache", "verifier"
+    registered_name: ClassVar[str] = ""
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def __init__(self, **kwargs: Any) -> None:
+        fields = {f.name for f in dataclasses.fields(self.Params)}
+        unknown = sorted(set(kwargs) - fields)
+        if unknown:
+            raise ConfigError(
+                f"{self.kind} {self.name!r} has no parameter(s) {', '.join(map(repr, unknown))}; "
+                f"its parameters are: {', '.join(sorted(fields)) or '(none)'}"
+            )
+        try:
+            self.params = self.Params(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.kind} {self.name!r}: {exc}") from exc
+
+    @property
+    def name(self) -> str:
+        # the class's own registration only: an unregistered subclass must not report its parent's name
+        return type(self).__dict__.get("registered_name") or type(self).__name__
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments as a JSON-serialisable dict."""
+        return dataclasses.asdict(self.params)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
 
 
 @dataclass(frozen=True)

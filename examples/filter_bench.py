@@ -92,7 +92,7 @@ def cmd_bench(args, lm):
         ("threshold 0.9 (Fast-dLLM default)", "threshold", {"threshold": 0.9}, {}),
         (f"threshold {args.tuned_threshold} (tuned on val)", "threshold", {"threshold": args.tuned_threshold}, {}),
         (f"learned_filter (threshold {stored}, tuned on val)", "learned_filter", fkw, {}),
-        (f"learned_filter + EoTP", "learned_filter", fkw, {"eotp": True}),
+        ("learned_filter + EoTP", "learned_filter", fkw, {"eotp": True}),
     ]
     for t in args.filter_thresholds:
         configs.insert(-1, (f"learned_filter threshold {t}", "learned_filter", {**fkw, "threshold": t}, {}))
@@ -174,7 +174,6 @@ def cmd_ablation(args, lm):
     prompts = F.task_prompts("val", args.n, args.seed)
     if len(prompts) != len(val.references):
         raise SystemExit(f"--n {args.n} gives {len(prompts)} val prompts but the data holds {len(val.references)}")
-    ids = F.encode_prompts(lm, prompts)
     out = Path(args.out_dir)
     lines = ["| variant | params | val loss | FPR @ t | FPR @ t, first step | accepted | threshold t | "
              "accuracy | NFE / answer | answers = reference |", "|---" * 10 + "|"]

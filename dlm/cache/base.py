@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ConfigError, RegistryError
-from ..registry import Registry
+from ..errors import RegistryError
+from ..registry import Configurable, Registry
 
 
 @dataclass(frozen=True)
@@ -88,35 +88,19 @@ class Plan:
     refresh: bool = False
 
 
-class CachePolicy:
+class CachePolicy(Configurable):
     """Base class of cache policies. Subclasses define ``Params`` and :meth:`plan`.
 
     Class attributes:
         exact: the policy's logits always equal the no-cache forward's (only ``none``).
     """
 
-    registered_name: ClassVar[str] = ""
+    kind: ClassVar[str] = "cache"
     exact: ClassVar[bool] = False
     uses_storage: ClassVar[bool] = True
 
-    @dataclass(frozen=True)
-    class Params:
-        pass
-
     def __init__(self, **kwargs: Any) -> None:
-        import dataclasses
-
-        fields = {f.name for f in dataclasses.fields(self.Params)}
-        unknown = sorted(set(kwargs) - fields)
-        if unknown:
-            raise ConfigError(
-                f"cache {self.name!r} has no parameter(s) {', '.join(map(repr, unknown))}; "
-                f"its parameters are: {', '.join(sorted(fields)) or '(none)'}"
-            )
-        try:
-            self.params = self.Params(**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"cache {self.name!r}: {exc}") from exc
+        super().__init__(**kwargs)
         self.ctx: CacheContext | None = None
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
@@ -125,15 +109,6 @@ class CachePolicy:
         self._key_mask: torch.Tensor | None = None
         self.fed_positions = 0  # statistics: positions fed over the generation (per row)
         self.forwards = 0
-
-    @property
-    def name(self) -> str:
-        return self.registered_name or type(self).__name__
-
-    def config(self) -> dict[str, Any]:
-        import dataclasses
-
-        return dataclasses.asdict(self.params)
 
     # ----------------------------------------------------------------- storage
     def setup(self, ctx: CacheContext) -> None:

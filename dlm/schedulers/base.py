@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ConfigError, RegistryError
-from ..registry import Registry
+from ..errors import RegistryError
+from ..registry import Configurable, Registry
 from ..sampling import MEASURES, SAMPLING_MODES, Candidates
 
 
@@ -111,7 +111,7 @@ class Decision:
     finish: torch.Tensor | None = None
 
 
-class Scheduler:
+class Scheduler(Configurable):
     """Base class of unmasking schedulers. Subclass, define ``Params``, ``init_state`` and ``step``.
 
     Class attributes (capability flags; a wrapper may set them per instance):
@@ -122,46 +122,15 @@ class Scheduler:
         full_region: needs candidates for every position from the block start to the end of the answer.
     """
 
-    registered_name: ClassVar[str] = ""
+    kind: ClassVar[str] = "scheduler"
     measures: frozenset[str] = frozenset()
     sampling: str = "gumbel"
     deterministic: bool = True
     full_region: bool = False
 
-    @dataclass(frozen=True)
-    class Params:
-        pass
-
-    def __init__(self, **kwargs: Any) -> None:
-        fields = {f.name for f in dataclasses.fields(self.Params)}
-        unknown = sorted(set(kwargs) - fields)
-        if unknown:
-            raise ConfigError(
-                f"scheduler {self.name!r} has no parameter(s) {', '.join(map(repr, unknown))}; "
-                f"its parameters are: {', '.join(sorted(fields)) or '(none)'}"
-            )
-        try:
-            self.params = self.Params(**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"scheduler {self.name!r}: {exc}") from exc
-
-    @property
-    def name(self) -> str:
-        # the class's own registration only: an unregistered subclass must not report its parent's name
-        return type(self).__dict__.get("registered_name") or type(self).__name__
-
-    # ----------------------------------------------------------------- config
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments as a JSON-serialisable dict."""
-        return dataclasses.asdict(self.params)
-
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Scheduler":
         return cls(**config)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-        return f"{type(self).__name__}({args})"
 
     # ----------------------------------------------------------------- interface
     def init_state(self, block: BlockInfo) -> Any:

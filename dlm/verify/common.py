@@ -11,46 +11,18 @@ name of the parameter and the allowed ones.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 from .. import cache as cache_mod
 from ..config import GenerationConfig
 from ..errors import ConfigError
+from ..registry import Configurable
 
 
-class Verifier:
+class Verifier(Configurable):
     """Base class of verifiers: ``Params`` validation and a :meth:`run` to implement."""
 
-    registered_name: ClassVar[str] = ""
-
-    @dataclass(frozen=True)
-    class Params:
-        pass
-
-    def __init__(self, **kwargs: Any) -> None:
-        fields = {f.name for f in dataclasses.fields(self.Params)}
-        unknown = sorted(set(kwargs) - fields)
-        if unknown:
-            raise ConfigError(
-                f"verifier {self.name!r} has no parameter(s) {', '.join(map(repr, unknown))}; "
-                f"its parameters are: {', '.join(sorted(fields)) or '(none)'}"
-            )
-        try:
-            self.params = self.Params(**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"verifier {self.name!r}: {exc}") from exc
-
-    @property
-    def name(self) -> str:
-        return type(self).__dict__.get("registered_name") or type(self).__name__
-
-    def config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.params)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
+    kind: ClassVar[str] = "verifier"
 
     def run(self, lm, prompts: Sequence[Sequence[int]], config: GenerationConfig, stream=None):
         raise NotImplementedError
