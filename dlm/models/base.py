@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from ..errors import CheckpointError
 from ..registry import Registry
-from .transformer import ArchConfig
+from .transformer import ArchConfig, Transformer
 
 
 def _check_architecture(cls: type) -> None:
@@ -56,6 +56,8 @@ class Architecture:
     # tokenizer classes that exist only as remote code, mapped to the transformers class they copy
     tokenizer_fallbacks: ClassVar[dict[str, str]] = {}
     end_of_turn_tokens: ClassVar[tuple[str, ...]] = ()
+    # the module built for this format (a family with other layers subclasses Transformer)
+    model_class: ClassVar[type[Transformer]] = Transformer
 
     @classmethod
     def parse_config(cls, cfg: dict[str, Any]) -> ArchConfig:

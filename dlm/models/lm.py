@@ -217,7 +217,7 @@ def load(
     elif tokenizer not in (False, None):
         tok = tokenizer
     ids = arch_cls.special_ids(cfg, tok)
-    model = build_model(arch, device="meta")
+    model = build_model(arch, device="meta", model_class=arch_cls.model_class)
     load_weights(model, folder, arch_cls.name_map(arch, cfg), dt, device)
     model.attn_backend = attn_backend
     if tok is not None and len(tok) > (arch.valid_vocab or arch.vocab_size):

@@ -219,9 +219,10 @@ def load_tokenizer(folder: Path, arch: type[Architecture]):
         raise CheckpointError(f"could not load the tokenizer of {str(folder)!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def build_model(arch: ArchConfig, device: torch.device | str = "meta", dtype: torch.dtype = torch.float32) -> Transformer:
+def build_model(arch: ArchConfig, device: torch.device | str = "meta", dtype: torch.dtype = torch.float32,
+                model_class: type[Transformer] = Transformer) -> Transformer:
     with torch.device(device):
-        model = Transformer(arch)
+        model = model_class(arch)
     if str(device) != "meta":
         model.to(dtype)
     return model

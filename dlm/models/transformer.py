@@ -70,13 +70,43 @@ class ArchConfig:
 
 
 class KVCache(Protocol):
-    """What the model needs from a cache: per-layer keys/values to attend over and the key mask."""
+    """What the dense (padded-batch) attention needs from a cache: per-layer keys/values to attend over and the
+    key mask."""
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the fed positions' ``k``/``v`` (B, Hkv, Q, D); return keys/values (B, Hkv, L, D) to attend over."""
 
     def key_mask(self) -> torch.Tensor | None:
         """(B, L) bool, True where a key may be attended to; ``None`` when every key is valid."""
+
+
+class Attention(Protocol):
+    """How a layer's fresh queries/keys/values become attention outputs. The model calls it once per layer, after
+    RoPE; it decides which keys each query sees (a padded batch with a key mask, a ragged batch over a key/value
+    pool, a block-causal mask, ...) and stores the keys/values it must keep.
+
+    q: (B, H, Q, D); k, v: (B, Hkv, Q, D) of the fed positions. Returns (B, H, Q, D).
+    """
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
+
+
+class DenseAttention:
+    """Bidirectional attention of a padded batch: every query of a row sees the row's keys where ``key_mask`` is
+    True (all of them when it is ``None``). With a ``cache``, the fed keys/values are written into it first and
+    the attention runs over what it returns (the whole canvas)."""
+
+    def __init__(self, cache: KVCache | None, key_mask: torch.Tensor | None, backend: str = "sdpa"):
+        if key_mask is None and cache is not None:
+            key_mask = cache.key_mask()
+        if key_mask is not None and key_mask.dtype != torch.bool:
+            key_mask = key_mask.bool()
+        self.cache, self.key_mask, self.backend = cache, key_mask, backend
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.cache is not None:
+            k, v = self.cache.update(layer, k, v)
+        return attend(q, k, v, self.key_mask, backend=self.backend)
 
 
 class RMSNorm(nn.Module):
@@ -100,6 +130,14 @@ def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tup
 
 
 class Block(nn.Module):
+    """One pre-norm layer: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``.
+
+    Subclasses for other families override :meth:`qk_norm` (e.g. Qwen3's per-head RMSNorm of q and k) and
+    :meth:`mlp` (e.g. a mixture of experts); the attention itself is the :class:`Attention` passed in. Head
+    counts are read from the projections' outputs, so a tensor-parallel shard of the layer (fewer local heads)
+    runs the same code.
+    """
+
     def __init__(self, cfg: ArchConfig):
         super().__init__()
         d, hd = cfg.hidden_size, cfg.head_dim
@@ -110,9 +148,20 @@ class Block(nn.Module):
         self.v = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
         self.o = nn.Linear(cfg.num_heads * hd, d, bias=cfg.out_bias)
         self.mlp_norm = RMSNorm(d, cfg.norm_eps)
-        self.gate = nn.Linear(d, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.up = nn.Linear(d, cfg.intermediate_size, bias=cfg.mlp_bias)
-        self.down = nn.Linear(cfg.intermediate_size, d, bias=cfg.mlp_bias)
+        self.init_mlp(cfg)
+
+    def init_mlp(self, cfg: ArchConfig) -> None:
+        self.gate = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def qk_norm(self, q: torch.Tensor, k: torch.Tensor, ops: ew.Ops) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hook between the projections and RoPE; q (B, Q, H, D), k (B, Q, Hkv, D). Identity here."""
+        return q, k
+
+    def mlp(self, h: torch.Tensor, ops: ew.Ops) -> torch.Tensor:
+        """The feed-forward part on normalised hidden states h (B, Q, d): SwiGLU."""
+        return self.down(ops.swiglu(self.gate(h), self.up(h)))
 
     def forward(
         self,
@@ -120,24 +169,21 @@ class Block(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         layer: int,
-        cache: KVCache | None,
-        key_mask: torch.Tensor | None,
-        attn_backend: str,
+        attention: Attention,
         ops: ew.Ops = ew.EAGER,
     ) -> torch.Tensor:
-        cfg = self.cfg
         B, Q, _ = x.shape
+        hd = self.cfg.head_dim
         h = ops.rms_norm(x, self.attn_norm.weight, self.attn_norm.eps)
-        q = self.q(h).view(B, Q, cfg.num_heads, cfg.head_dim).transpose(1, 2)
-        k = self.k(h).view(B, Q, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        v = self.v(h).view(B, Q, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        q, k = ops.rope(q, k, cos, sin, cfg.rope_full_precision)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
-        a = attend(q, k, v, key_mask, backend=attn_backend)  # (B, H, Q, D)
-        x = x + self.o(a.transpose(1, 2).reshape(B, Q, cfg.num_heads * cfg.head_dim))
+        q = self.q(h).view(B, Q, -1, hd)
+        k = self.k(h).view(B, Q, -1, hd)
+        v = self.v(h).view(B, Q, -1, hd).transpose(1, 2)
+        q, k = self.qk_norm(q, k, ops)
+        q, k = ops.rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin, self.cfg.rope_full_precision)
+        a = attention(layer, q, k, v)  # (B, H, Q, D)
+        x = x + self.o(a.transpose(1, 2).reshape(B, Q, -1))
         h = ops.rms_norm(x, self.mlp_norm.weight, self.mlp_norm.eps)
-        return x + self.down(ops.swiglu(self.gate(h), self.up(h)))
+        return x + self.mlp(h, ops)
 
 
 class Transformer(nn.Module):
@@ -155,11 +201,13 @@ class Transformer(nn.Module):
         (B, n, vocab_size) logits in the model dtype.
     """
 
+    block_class: type[Block] = Block  # a family with other layers (QK-norm, experts) subclasses and swaps it
+
     def __init__(self, cfg: ArchConfig):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(self.block_class(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
@@ -175,18 +223,20 @@ class Transformer(nn.Module):
         position_ids: torch.Tensor,
         key_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        *,
+        attention: Attention | None = None,
     ) -> torch.Tensor:
+        """(B, Q, d) hidden states of the fed positions. ``attention`` decides what each query sees; without it,
+        a :class:`DenseAttention` over ``cache`` (or the fed positions) with ``key_mask``."""
         cfg = self.cfg
+        if attention is None:
+            attention = DenseAttention(cache, key_mask, self.attn_backend)
         x = self.embed(input_ids)
         if cfg.embed_scale is not None:
             x = x * cfg.embed_scale
         cos, sin = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
-        if key_mask is None and cache is not None:
-            key_mask = cache.key_mask()
-        if key_mask is not None and key_mask.dtype != torch.bool:
-            key_mask = key_mask.bool()
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, i, cache, key_mask, self.attn_backend, self.ops)
+            x = layer(x, cos, sin, i, attention, self.ops)
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -206,10 +256,12 @@ class Transformer(nn.Module):
         key_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         logits_index: torch.Tensor | slice | None = None,
+        *,
+        attention: Attention | None = None,
     ) -> torch.Tensor:
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        h = self.hidden_states(input_ids, position_ids, key_mask, cache)
+        h = self.hidden_states(input_ids, position_ids, key_mask, cache, attention=attention)
         if isinstance(logits_index, slice):
             h = h[:, logits_index]
         elif logits_index is not None:
