@@ -14,7 +14,8 @@ from . import schedulers, cache, verify  # noqa: E402
 from .schedulers import Scheduler, register_scheduler
 from .cache import CachePolicy, register_cache
 from .verify import register_verifier
-from .models import DiffusionLM, load, register_model
+from .models import register_model
+from .api import DiffusionLM, load
 
 __version__ = "0.1.0"
 

@@ -105,7 +105,7 @@ def read_prompt_lines(path: Path) -> list[tuple[int, str | list[int], dict[str, 
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .models import load
+    from .api import load
 
     config = config_from_args(args)
     if args.input is not None:

@@ -28,7 +28,7 @@ import torch
 from ..config import GenerationConfig
 from ..models.base import MODELS, SpecialIds
 from ..models.elementwise import EAGER, fused_ops
-from ..models.lm import from_model
+from ..api import from_model
 from ..models.transformer import ArchConfig, Transformer
 
 LLADA_8B = {

@@ -133,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                       max_body_tokens=args.code_gen_length - 1)
     results = {}
     if args.dlm:
-        from ..models import load
+        from ..api import load
 
         lm = load(args.dlm, device=args.device)
         results["dlm-tiny"] = evaluate_diffusion(lm, examples, code, args.gen_length, args.code_gen_length,

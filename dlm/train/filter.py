@@ -346,7 +346,7 @@ def _collect_shard(model: str | None, device: str, prompts: Sequence[Prompt], bl
                    out: str) -> None:
     """Worker of :func:`collect_parallel`: collect ``prompts`` in a fresh process, save the data to ``out``."""
     torch.set_num_threads(1)
-    from ..models import load
+    from ..api import load
 
     collect(load(model, device=device), prompts, block_length=block_length, batch_size=batch_size).save(out)
 

@@ -108,7 +108,7 @@ def _split(prompts: list, fraction: float, seed: int) -> tuple[list, list]:
 def cmd_train_filter(args: argparse.Namespace) -> int:
     import torch
 
-    from ..models import load
+    from ..api import load
     from . import filter as F
 
     if args.threads:

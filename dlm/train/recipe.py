@@ -687,7 +687,7 @@ def _fmt(losses: dict[str, float]) -> str:
 
 
 def _eval_diffusion(cfg: RecipeConfig, prep: Prepared, folder: Path, device: torch.device, log: RunLog) -> dict:
-    from ..models import load
+    from ..api import load
     from .evaluate import evaluate_diffusion
 
     lm = load(folder, device=device)  # the exported checkpoint, through the public loader

@@ -10,9 +10,9 @@ import torch
 
 from ..config import GenerationConfig
 from ..errors import CheckpointError, ConfigError
+from ..models.base import Architecture, SpecialIds
+from ..models.transformer import ArchConfig, Transformer
 from ..outputs import GenerationOutput, StepEvent
-from .base import Architecture, SpecialIds
-from .transformer import ArchConfig, Transformer
 
 PromptInput = str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]] | torch.Tensor
 
@@ -192,8 +192,8 @@ def load(
             (see :mod:`dlm.models.elementwise`); compiled on first use (Triton on CUDA, a C++ compiler on CPU).
             Same arithmetic as the eager functions up to floating-point rounding.
     """
-    from .attention import BACKENDS, flash_attn_available
-    from .loading import build_model, load_tokenizer, load_weights, parse_dtype, read_config, weight_files
+    from ..models.attention import BACKENDS, flash_attn_available
+    from ..models.loading import build_model, load_tokenizer, load_weights, parse_dtype, read_config, weight_files
 
     if path is None:
         from ..assets import default_model_path
@@ -226,7 +226,7 @@ def load(
     lm = DiffusionLM(model, tok, ids, arch_cls, max_length=arch_cls.max_length(cfg), path=folder, config=cfg)
     lm.cuda_graphs = bool(cuda_graphs)
     if fused_kernels:
-        from .elementwise import fused_ops
+        from ..models.elementwise import fused_ops
 
         model.ops = fused_ops()
     return lm
@@ -235,7 +235,7 @@ def load(
 def from_model(model: Transformer, arch_cls: type[Architecture] | str, ids: SpecialIds,
                tokenizer: Any | None = None) -> DiffusionLM:
     """Wrap an in-memory :class:`Transformer` (e.g. random weights for benchmarks) as a DiffusionLM."""
-    from .base import MODELS
+    from ..models.base import MODELS
 
     if isinstance(arch_cls, str):
         arch_cls = MODELS.get(arch_cls)

@@ -1,0 +1,7 @@
+"""The user-facing layer: load a checkpoint (:func:`load`), generate with it (:class:`DiffusionLM`), serve
+requests that come and go (:class:`Engine`). Everything below it (engine, verifiers, schedulers, caches, models)
+is reached through here."""
+
+from .lm import DiffusionLM, from_model, load, merge_outputs
+
+__all__ = ["DiffusionLM", "from_model", "load", "merge_outputs"]
