@@ -26,16 +26,22 @@ def attend(
     q: torch.Tensor,  # (B, H, Q, D)
     k: torch.Tensor,  # (B, Hkv, L, D)
     v: torch.Tensor,  # (B, Hkv, L, D)
-    key_mask: torch.Tensor | None,  # (B, L) bool
+    key_mask: torch.Tensor | None,  # (B, L) or (B, Q, L) bool
     backend: str = "sdpa",
 ) -> torch.Tensor:
-    """Bidirectional attention of the fed queries over all keys; returns (B, H, Q, D)."""
+    """Attention of the fed queries over the keys where ``key_mask`` is True: (B, L) is the same for every query
+    of a row (bidirectional), (B, Q, L) is per query (e.g. block-causal). Returns (B, H, Q, D)."""
     if backend == "flash_attn" and key_mask is None and q.is_cuda:
         from flash_attn import flash_attn_func  # optional dependency: dlm[gpu]
 
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=False)
         return out.transpose(1, 2)
-    mask = None if key_mask is None else key_mask[:, None, None, :]
+    if key_mask is None:
+        mask = None
+    elif key_mask.dim() == 2:
+        mask = key_mask[:, None, None, :]
+    else:
+        mask = key_mask[:, None, :, :]
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         if _SDPA_HAS_GQA:

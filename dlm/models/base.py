@@ -77,6 +77,12 @@ class Architecture:
         raise NotImplementedError
 
     @classmethod
+    def block_size(cls, cfg: dict[str, Any]) -> int | None:
+        """Block-diffusion families (attention causal across blocks, bidirectional inside one): the block size
+        their attention is built on. ``None`` (the default): fully bidirectional attention (LLaDA, Dream)."""
+        return None
+
+    @classmethod
     def build_config(cls, arch: ArchConfig, ids: SpecialIds, **extra: Any) -> dict[str, Any]:
         """A ``config.json`` dict in this format for ``arch`` (used to write checkpoints)."""
         raise NotImplementedError

@@ -212,6 +212,8 @@ class Transformer(nn.Module):
         if not cfg.tie_embeddings:
             self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.attn_backend = "sdpa"
+        # key/value heads this process computes: all of them, or its shard under tensor parallelism
+        self.kv_heads = cfg.num_kv_heads
         self.ops: ew.Ops = ew.EAGER  # ew.fused_ops() with dlm.load(..., fused_kernels=True)
 
     def head_weight(self) -> torch.Tensor:
