@@ -56,6 +56,8 @@ class Architecture:
     # tokenizer classes that exist only as remote code, mapped to the transformers class they copy
     tokenizer_fallbacks: ClassVar[dict[str, str]] = {}
     end_of_turn_tokens: ClassVar[tuple[str, ...]] = ()
+    # the mask token's text, looked up in the tokenizer when config.json has no mask_token_id
+    mask_token: ClassVar[str | None] = None
     # the module built for this format (a family with other layers subclasses Transformer)
     model_class: ClassVar[type[Transformer]] = Transformer
 
@@ -70,7 +72,26 @@ class Architecture:
 
     @classmethod
     def special_ids(cls, cfg: dict[str, Any], tokenizer: Any | None) -> SpecialIds:
-        raise NotImplementedError
+        """Mask, EOS, pad and BOS ids from ``config.json``, falling back on the tokenizer (the mask token by its
+        text, :attr:`mask_token`; EOS as the tokenizer's); pad defaults to EOS; stop ids are EOS and the family's
+        end-of-turn tokens the tokenizer knows."""
+        mask = cfg.get("mask_token_id")
+        if mask is None and cls.mask_token is not None:
+            mask = token_id(tokenizer, cls.mask_token)
+        if mask is None:
+            raise CheckpointError(f"cannot find the mask token id: config.json has no 'mask_token_id' and the "
+                                  f"tokenizer has no {cls.mask_token!r} token")
+        eos = cfg.get("eos_token_id")
+        if eos is None and tokenizer is not None:
+            eos = tokenizer.eos_token_id
+        if eos is None:
+            raise CheckpointError("cannot find the EOS token id in config.json ('eos_token_id') or the tokenizer")
+        pad = cfg.get("pad_token_id")
+        if pad is None:
+            pad = eos
+        stops = [eos] + [i for t in cls.end_of_turn_tokens if (i := token_id(tokenizer, t)) is not None]
+        return SpecialIds(mask_id=int(mask), eos_id=int(eos), pad_id=int(pad),
+                          bos_id=cfg.get("bos_token_id"), stop_ids=tuple(dict.fromkeys(stops)))
 
     @classmethod
     def max_length(cls, cfg: dict[str, Any]) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import CheckpointError
-from .base import Architecture, SpecialIds, register_model, require, token_id
+from .base import Architecture, SpecialIds, register_model, require
 from .transformer import ArchConfig
 
 _LAYER_NAMES = {
@@ -37,6 +37,7 @@ class Dream(Architecture):
     logits_shift = 1
     tokenizer_fallbacks = {"DreamTokenizer": "Qwen2Tokenizer"}
     end_of_turn_tokens = ("<|im_end|>",)
+    mask_token = "<|mask|>"
 
     @classmethod
     def parse_config(cls, cfg: dict[str, Any]) -> ArchConfig:
@@ -77,26 +78,6 @@ class Dream(Architecture):
             for ckpt, internal in _LAYER_NAMES.items():
                 names[f"model.layers.{i}.{ckpt}"] = f"layers.{i}.{internal}"
         return names
-
-    @classmethod
-    def special_ids(cls, cfg: dict[str, Any], tokenizer: Any | None) -> SpecialIds:
-        mask = cfg.get("mask_token_id")
-        if mask is None:
-            mask = token_id(tokenizer, "<|mask|>")
-        if mask is None:
-            raise CheckpointError("cannot find the mask token id: config.json has no 'mask_token_id' and the "
-                                  "tokenizer has no '<|mask|>' token")
-        eos = cfg.get("eos_token_id")
-        if eos is None and tokenizer is not None:
-            eos = tokenizer.eos_token_id
-        if eos is None:
-            raise CheckpointError("cannot find the EOS token id in config.json ('eos_token_id') or the tokenizer")
-        pad = cfg.get("pad_token_id")
-        if pad is None:
-            pad = eos
-        stops = [eos] + [i for t in cls.end_of_turn_tokens if (i := token_id(tokenizer, t)) is not None]
-        return SpecialIds(mask_id=int(mask), eos_id=int(eos), pad_id=int(pad),
-                          bos_id=cfg.get("bos_token_id"), stop_ids=tuple(dict.fromkeys(stops)))
 
     @classmethod
     def max_length(cls, cfg: dict[str, Any]) -> int:

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from ..errors import CheckpointError
-from .base import Architecture, SpecialIds, register_model, require, token_id
+from .base import Architecture, SpecialIds, register_model, require
 from .transformer import ArchConfig
 
 _LAYER_NAMES = {
@@ -31,6 +31,7 @@ class LLaDA(Architecture):
     model_type = "llada"
     logits_shift = 0
     end_of_turn_tokens = ("<|eot_id|>",)
+    mask_token = "<|mdm_mask|>"
 
     @classmethod
     def parse_config(cls, cfg: dict[str, Any]) -> ArchConfig:
@@ -94,26 +95,6 @@ class LLaDA(Architecture):
                 for p in "qkv":
                     names[pre + f"{p}_proj.bias"] = f"layers.{i}.{p}.bias"
         return names
-
-    @classmethod
-    def special_ids(cls, cfg: dict[str, Any], tokenizer: Any | None) -> SpecialIds:
-        mask = cfg.get("mask_token_id")
-        if mask is None:
-            mask = token_id(tokenizer, "<|mdm_mask|>")
-        if mask is None:
-            raise CheckpointError("cannot find the mask token id: config.json has no 'mask_token_id' and the "
-                                  "tokenizer has no '<|mdm_mask|>' token")
-        eos = cfg.get("eos_token_id")
-        if eos is None and tokenizer is not None:
-            eos = tokenizer.eos_token_id
-        if eos is None:
-            raise CheckpointError("cannot find the EOS token id in config.json ('eos_token_id') or the tokenizer")
-        pad = cfg.get("pad_token_id")
-        if pad is None:
-            pad = eos
-        stops = [eos] + [i for t in cls.end_of_turn_tokens if (i := token_id(tokenizer, t)) is not None]
-        return SpecialIds(mask_id=int(mask), eos_id=int(eos), pad_id=int(pad),
-                          bos_id=cfg.get("bos_token_id"), stop_ids=tuple(dict.fromkeys(stops)))
 
     @classmethod
     def max_length(cls, cfg: dict[str, Any]) -> int:
