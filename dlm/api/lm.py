@@ -65,32 +65,12 @@ class DiffusionLM:
 
     # ----------------------------------------------------------------- prompts
     def encode(self, prompts: PromptInput, chat_template: bool = False) -> list[list[int]]:
-        """Token ids of each prompt (strings are tokenised; id lists pass through)."""
-        if isinstance(prompts, torch.Tensor):
-            if prompts.dim() == 1:
-                prompts = prompts.unsqueeze(0)
-            return [row.tolist() for row in prompts]
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if prompts and isinstance(prompts[0], int):
-            prompts = [prompts]
-        out = []
-        for p in prompts:
-            if isinstance(p, str):
-                if self.tokenizer is None:
-                    raise ConfigError("this model has no tokenizer; pass prompts as lists of token ids")
-                if chat_template:
-                    if not getattr(self.tokenizer, "chat_template", None):
-                        raise ConfigError("chat_template=True but the tokenizer has no chat template")
-                    text = self.tokenizer.apply_chat_template([{"role": "user", "content": p}],
-                                                              add_generation_prompt=True, tokenize=False)
-                    out.append(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
-                else:
-                    out.append(list(self.tokenizer(p)["input_ids"]))
-            else:
-                out.append([int(t) for t in p])
-        return out
+        """Token ids of each prompt, checked against this model (see :mod:`dlm.prompts` for what is accepted);
+        strings are tokenised, id lists pass through. ConfigError for anything else."""
+        from ..prompts import encode
+
+        return encode(prompts, self.tokenizer, vocab_size=self.arch.valid_vocab or self.arch.vocab_size,
+                      mask_id=self.ids.mask_id, chat_template=chat_template, min_length=self.logits_shift)
 
     # ----------------------------------------------------------------- generation
     def generate(
