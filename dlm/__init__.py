@@ -15,12 +15,12 @@ from .schedulers import Scheduler, register_scheduler
 from .cache import CachePolicy, register_cache
 from .verify import register_verifier
 from .models import register_model
-from .api import DiffusionLM, load
+from .api import DiffusionLM, Engine, Request, load
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CachePolicy", "CheckpointError", "ConfigError", "DiffusionLM", "DlmError", "GenerationConfig",
+    "CachePolicy", "CheckpointError", "ConfigError", "DiffusionLM", "DlmError", "Engine", "Request", "GenerationConfig",
     "GenerationError", "GenerationOutput", "RegistryError", "Scheduler", "SchedulerError", "StepEvent", "StepTrace",
     "cache", "load", "register_cache", "register_model", "register_scheduler", "register_verifier", "schedulers",
     "verify",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -12,14 +13,14 @@ class StepTrace:
     """When each answer position was committed.
 
     Attributes:
-        commit_step: (B, gen_length) int32, the forward pass (0-based, counted per generation) after which the
+        commit_step: (B, gen_length) int32, the row's forward pass (0-based, counted per request) after which the
             position was committed; -1 for positions never decoded (filled with EOS after the answer stopped).
-        block_steps: forward passes spent on each block, in order (fewer entries than blocks when every row
-            finished early).
+        block_steps: per row, the forward passes it spent on each block, in order (fewer entries than blocks
+            when the row finished early).
     """
 
     commit_step: torch.Tensor
-    block_steps: list[int] = field(default_factory=list)
+    block_steps: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -56,30 +57,37 @@ class GenerationOutput:
 
 @dataclass
 class StepEvent:
-    """Passed to the stream callback after every step.
+    """What one request did in one engine step (``Engine.step()`` returns one per running request; the
+    ``stream`` callback of ``generate`` receives them as they come).
 
     Attributes:
-        step: forward passes so far in this generation.
-        block: index of the active block.
-        committed: (B, gen_length) bool, answer positions committed by this step.
-        tokens: (B, gen_length) long, the answer canvas after this step (mask id where still masked).
-        done: (B,) bool, rows that have finished.
+        request_id: the request's id (``Request.id``).
+        step: forward passes this request has taken so far (its commit steps are ``step - 1`` for this step).
+        block: index of the request's active block during the step.
+        committed: (gen_length,) bool, answer positions committed by this step.
+        tokens: (gen_length,) long, the request's answer after this step (mask id where still masked).
+        done: the request has finished (or failed, or was cancelled) with this step.
+        tag: what the submitter attached to the request (``generate`` puts the prompt's index there).
+        request: the request itself.
 
-    Call :meth:`stop` from the callback to end the generation early.
+    Call :meth:`stop` to end the request after this step; its output keeps the masks it still has.
     """
 
+    request_id: int
     step: int
     block: int
     committed: torch.Tensor
     tokens: torch.Tensor
-    done: torch.Tensor
+    done: bool
+    tag: Any = None
+    request: Any = None
     stop_requested: bool = False
 
     def stop(self) -> None:
-        """Ask the engine to end the generation after this step; unfinished rows keep their masks."""
+        """Ask the engine to end this request after this step (cancel it, keeping what it has committed)."""
         self.stop_requested = True
 
-    def new_tokens(self, row: int) -> list[tuple[int, int]]:
-        """(answer position, token id) pairs committed by this step in ``row``."""
-        pos = self.committed[row].nonzero().squeeze(1).tolist()
-        return [(p, int(self.tokens[row, p])) for p in pos]
+    def new_tokens(self) -> list[tuple[int, int]]:
+        """(answer position, token id) pairs committed by this step."""
+        pos = self.committed.nonzero().squeeze(1).tolist()
+        return [(p, int(self.tokens[p])) for p in pos]

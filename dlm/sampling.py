@@ -10,9 +10,10 @@ Two sampling families, matching the official samplers:
     T = 0); confidence = probs[token]; margin and entropy are measured on the same processed probs.
 
 At temperature 0 without top-k/top-p both families give the same tokens and confidences. Random draws come
-from the ``torch.Generator`` passed in, over the candidate positions only, so a run is reproducible from its
-seed; the draws cover the positions the step can commit, not the whole canvas as the official scripts do,
-which changes which random numbers are used, not the distribution.
+from the ``torch.Generator`` of each request (:class:`Draws`), over its candidate positions only, so a request's
+tokens depend on its own seed and nothing else (not on the other requests of a batch); the draws cover the
+positions the step can commit, not the whole canvas as the official scripts do, which changes which random
+numbers are used, not the distribution.
 """
 
 from __future__ import annotations
@@ -76,12 +77,45 @@ def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
 
 
-def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+class Draws:
+    """Where the random numbers of a batch of candidate positions come from: consecutive segments of rows, each
+    drawn from its own generator (one segment per request), so a request's draws do not depend on the others.
+
+    segments: (generator, number of rows) pairs covering the rows in order. The rows are the leading dimension
+    of the (rows, ..., V) logits; a request's rows are drawn together, in one call on its generator.
+    """
+
+    def __init__(self, segments: list[tuple[torch.Generator | None, int]]):
+        self.segments = segments
+
+    @classmethod
+    def single(cls, generator: torch.Generator | None, rows: int) -> "Draws":
+        return cls([(generator, rows)])
+
+    def uniform(self, shape: tuple[int, ...], device, dtype=torch.float64) -> torch.Tensor:
+        """U(0, 1) of ``shape`` (rows first), each segment from its generator."""
+        parts = [torch.rand((n,) + tuple(shape[1:]), dtype=dtype, device=device, generator=g)
+                 for g, n in self.segments]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def multinomial(self, probs: torch.Tensor) -> torch.Tensor:
+        """One draw per position from ``probs`` (rows, ..., V); returns (rows, ...)."""
+        out, start = [], 0
+        for g, n in self.segments:
+            block = probs[start : start + n]
+            flat = block.reshape(-1, block.shape[-1])
+            out.append(torch.multinomial(flat, 1, generator=g).view(block.shape[:-1]))
+            start += n
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, draws: "Draws | torch.Generator | None") -> torch.Tensor:
     """argmax of exp(l) / (-log u)^T with u ~ U(0, 1) in float64 (LLaDA's sampler). T = 0: plain argmax."""
     if temperature == 0:
         return logits.argmax(-1)
     l64 = logits.to(torch.float64)
-    u = torch.rand(l64.shape, dtype=torch.float64, device=l64.device, generator=generator)
+    draws = draws if isinstance(draws, Draws) else Draws.single(draws, l64.shape[0])
+    u = draws.uniform(tuple(l64.shape), l64.device)
     return (l64.exp() / (-torch.log(u)) ** temperature).argmax(-1)
 
 
@@ -92,7 +126,7 @@ def compute_candidates(
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: "Draws | torch.Generator | None" = None,
     measures: frozenset[str] | set[str] = frozenset(),
     ban_ids: tuple[int, ...] = (),
     low_confidence_ids: tuple[int, ...] = (),
@@ -102,6 +136,7 @@ def compute_candidates(
 
     Args:
         mode: ``"gumbel"`` or ``"categorical"`` (see the module doc).
+        generator: a :class:`Draws` (one generator per request's rows) or a single generator for all rows.
         measures: extra measures to compute: any of ``margin``, ``entropy``, ``logit_gap``.
         ban_ids: token ids whose logits are set to -inf first (``logits_eos_inf``).
         low_confidence_ids: candidates equal to one of these get confidence -inf (``confidence_eos_eot_inf``).
@@ -143,8 +178,8 @@ def compute_candidates(
             pick = probs.clone()
             pick[..., list(never_ids)] = 0.0
         if temperature > 0:
-            flat = pick.reshape(-1, pick.shape[-1])
-            tokens = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+            draws = generator if isinstance(generator, Draws) else Draws.single(generator, pick.shape[0])
+            tokens = draws.multinomial(pick)
         else:
             tokens = pick.argmax(-1)
         confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

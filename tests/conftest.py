@@ -55,3 +55,19 @@ def random_prompts(lm, n: int, seed: int, min_len: int = 1, max_len: int = 12) -
         length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
         out.append(torch.randint(0, 256, (length,), generator=g).tolist())
     return out
+
+
+@pytest.fixture
+def registered_cache():
+    """Register test-only cache policies for one test: ``registered_cache(name, cls)`` returns the name; they are
+    removed afterwards."""
+    names: list[str] = []
+
+    def register(name: str, cls: type) -> str:
+        dlm.cache.CACHES.register(name, cls)
+        names.append(name)
+        return name
+
+    yield register
+    for name in names:
+        dlm.cache.CACHES.unregister(name)

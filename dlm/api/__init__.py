@@ -2,6 +2,7 @@
 requests that come and go (:class:`Engine`). Everything below it (engine, verifiers, schedulers, caches, models)
 is reached through here."""
 
+from .engine import Engine, Request, Status
 from .lm import DiffusionLM, from_model, load, merge_outputs
 
-__all__ = ["DiffusionLM", "from_model", "load", "merge_outputs"]
+__all__ = ["DiffusionLM", "Engine", "Request", "Status", "from_model", "load", "merge_outputs"]

@@ -89,28 +89,74 @@ class DiffusionLM:
             prompts: a string, a list of strings, a list of token-id lists, or a (B, P) tensor of ids.
             config: a :class:`GenerationConfig`; keyword ``overrides`` replace its fields
                 (``model.generate(p, gen_length=64, scheduler="threshold")``).
-            stream: called after every step with a :class:`StepEvent` (newly committed tokens).
-            batch_size: split the prompts into batches of this size (default: one batch).
-            progress: show a progress bar over batches (default: when there is more than one batch).
-        """
-        from ..engine import generate as run
+            stream: called with every :class:`StepEvent` (one per request and step; ``event.tag`` is the prompt's
+                index).
+            batch_size: at most this many prompts decode at once (continuous batching: a prompt starts as soon as
+                another finishes); default: all of them.
+            progress: show a progress bar over prompts (default: when ``batch_size`` is smaller than the number of
+                prompts).
 
+        Every answer is the one its prompt gets alone (see :class:`dlm.Engine`), so ``batch_size`` changes the
+        speed, never the output.
+        """
+        import time
+
+        t0 = time.perf_counter()
         config = config or GenerationConfig()
         if overrides:
             config = config.replace(**overrides)
         ids = self.encode(prompts, chat_template=config.chat_template)
         if not ids:
             raise ConfigError("the batch of prompts is empty; pass at least one prompt")
-        if batch_size is None or batch_size >= len(ids):
-            return run(self, ids, config, stream=stream)
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        from tqdm.auto import tqdm
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if config.verify is not None:  # lossless modes still run their own loop
+            from ..engine_legacy import generate as legacy
 
-        chunks = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
-        outs = [run(self, chunk, config, stream=stream)
-                for chunk in tqdm(chunks, desc="generate", unit="batch", disable=progress is False)]
-        return merge_outputs(outs)
+            return legacy(self, ids, config, stream=stream)
+        rows = min(batch_size or len(ids), len(ids)) * (2 if config.cfg_scale > 0 else 1)
+        engine = self.engine_for(rows, max(len(p) for p in ids) + config.gen_length)
+        requests = [engine.prepare(p, config, tag=i) for i, p in enumerate(ids)]
+        steps0 = engine.core.steps
+        for r in requests:
+            engine.enqueue(r)
+        show = progress if progress is not None else (batch_size is not None and batch_size < len(ids))
+        _run_until_done(engine, requests, stream, show)
+        failed = next((r for r in requests if r.error is not None), None)
+        if failed is not None:
+            raise failed.error
+        out = merge_outputs([r.output for r in requests])
+        out.steps = engine.core.steps - steps0
+        out.timings = {"total": time.perf_counter() - t0}
+        return out
+
+    def engine_for(self, rows: int, length: int):
+        """An idle :class:`dlm.Engine` with at least ``rows`` rows of ``length`` positions (reused across calls)."""
+        from .engine import Engine
+
+        e = getattr(self, "_engine", None)
+        if e is None or e.pending or e.core.max_rows < rows or e.core.slot_len < length:
+            self._engine = None  # free the old pool first
+            e = self._engine = Engine(self, max_rows=rows, max_tokens=rows * length)
+        return e
+
+
+def _run_until_done(engine, requests, stream, show: bool) -> None:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(requests), desc="generate", unit="prompt", disable=not show)
+    finished = 0
+    while not all(r.done for r in requests):
+        for event in engine.step():
+            if stream is not None:
+                stream(event)
+                if event.stop_requested and not event.request.done:
+                    engine.cancel(event.request)
+        now = sum(r.done for r in requests)
+        bar.update(now - finished)
+        finished = now
+    bar.close()
 
 
 # statistics that are ratios of two counters (the verifiers' block efficiency and acceptance rate)

@@ -1,22 +1,21 @@
-"""The cache interface: which canvas positions a step recomputes, and the keys/values of the others.
+"""The cache interface: which canvas positions a step recomputes (a *policy*; storage is :mod:`dlm.cache.store`).
 
-A cache policy is an object the engine passes explicitly into the model's forward; nothing is attached to
-modules. It owns per-layer key/value storage laid out like the canvas, (rows, kv_heads, L, head_dim),
-allocated once per generation in :meth:`CachePolicy.setup`. Each step the engine asks :meth:`CachePolicy.plan`
-which positions to feed; during the forward every layer calls :meth:`CachePolicy.update` with the fed
-positions' fresh keys/values, which are written into the storage at their canvas positions, and gets back the
-keys/values of the whole canvas to attend over: fresh where fed, cached elsewhere. After the step,
-:meth:`CachePolicy.after_step` learns what was committed.
+A cache policy plans the forward passes of ONE request. The engine builds one policy object per request, gives
+it the request's geometry once (:meth:`CachePolicy.setup`), and before every step of that request asks
+:meth:`CachePolicy.plan` which canvas positions to feed to the model and which of them need logits. The keys
+and values of the positions it does not feed come from the request's slot of the engine's key/value pool, where
+every earlier forward wrote what it computed (for policies with ``uses_storage``). After the step,
+:meth:`CachePolicy.after_step` learns what was committed. Each request keeps its own refresh schedule.
 
-A step that feeds every position is a *refresh*: it rewrites the whole storage, and its logits are bitwise those
-of the no-cache forward. A policy whose ``refresh_every`` is 1 is therefore exact (tested for every policy).
+A step that feeds every position is a *refresh*: its logits are bitwise those of the no-cache forward, so a
+policy whose ``refresh_every`` is 1 is exact (tested for every policy).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -26,60 +25,61 @@ from ..registry import Configurable, Registry
 
 @dataclass(frozen=True)
 class CacheContext:
-    """What a policy needs to allocate its storage for one generation.
+    """The request a policy plans for: its canvas length (prompt + answer), where the answer starts, and the
+    model's logit shift (1 when the logit at position i-1 predicts token i, as in Dream)."""
 
-    ``rows`` counts model rows: the batch size, doubled under classifier-free guidance (``copies`` == 2).
-    """
-
-    rows: int
-    copies: int
     canvas_length: int
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    dtype: torch.dtype
-    device: torch.device
     answer_start: int
     logits_shift: int
 
 
-@dataclass
+Lazy = torch.Tensor | Callable[[], torch.Tensor] | None
+
+
 class StepInfo:
-    """The engine's state when it asks for a plan (tensors are (B, L) over the canvas, B without CFG copies).
+    """One request's state when its policy plans a step. Tensors are (1, L) over its canvas (L = its length).
 
     Attributes:
-        step: forward passes so far in this block; 0 is the block's first step.
-        global_step: forward passes so far in this generation.
-        block_start, block_end: the active block.
+        step: steps this request has taken in the current block (0 at the block's first step).
+        block_start, block_end: canvas positions of the active block.
         region_start, region_end: positions that need candidates (their logits come from ``pos - shift``).
-        masked: still-masked positions.
-        committed_last: positions committed by the previous step.
         length: effective canvas length (positions at or beyond it are dropped, see EoTP).
-        confidence: (B, region) confidence of the previous step's candidates, or None at a block start.
+        masked: still-masked positions.
+        committed_last: positions committed by the request's previous step.
+        confidence: (1, region) confidence of the previous step's candidates, or None at a block start.
+
+    The tensors may be given as zero-argument functions; they are computed the first time they are read, so a
+    policy that plans from the geometry alone (``none``, ``prefix``, ``dual``) costs no device work.
     """
 
-    step: int
-    global_step: int
-    block_start: int
-    block_end: int
-    region_start: int
-    region_end: int
-    masked: torch.Tensor
-    committed_last: torch.Tensor
-    length: int
-    confidence: torch.Tensor | None = None
+    def __init__(self, *, step: int, block_start: int, block_end: int, region_start: int, region_end: int,
+                 length: int, masked: Lazy, committed_last: Lazy = None, confidence: Lazy = None):
+        self.step, self.length = step, length
+        self.block_start, self.block_end = block_start, block_end
+        self.region_start, self.region_end = region_start, region_end
+        self._lazy = {"masked": masked, "committed_last": committed_last, "confidence": confidence}
+
+    def _get(self, name: str):
+        value = self._lazy[name]
+        if callable(value):
+            value = self._lazy[name] = value()
+        return value
+
+    masked = property(lambda self: self._get("masked"))
+    committed_last = property(lambda self: self._get("committed_last"))
+    confidence = property(lambda self: self._get("confidence"))
 
 
 @dataclass
 class Plan:
-    """Which positions one forward feeds.
+    """Which positions one forward feeds, for one request.
 
     Attributes:
-        fed: canvas positions fed to the model: a ``slice`` (the same for every row) or a (B, Q) long tensor.
-        logits_index: fed positions whose logits are computed: a ``slice`` or a (B, n) tensor into ``fed``.
-        targets: ``None`` when the logits cover the whole region in order; else (B, n) region columns that get
+        fed: canvas positions fed to the model: a ``slice`` or a (1, Q) long tensor.
+        logits_index: fed positions whose logits are computed: a ``slice`` or a (1, n) tensor into ``fed``.
+        targets: ``None`` when the logits cover the whole region in order; else (1, n) region columns that get
             fresh candidates (the other columns keep the candidates of an earlier step).
-        refresh: every position is recomputed (the storage is exact after this forward).
+        refresh: every position is recomputed (the stored keys/values are exact after this forward).
     """
 
     fed: slice | torch.Tensor
@@ -93,6 +93,8 @@ class CachePolicy(Configurable):
 
     Class attributes:
         exact: the policy's logits always equal the no-cache forward's (only ``none``).
+        uses_storage: steps read keys/values of positions they do not feed, so every forward's keys/values are
+            written to the request's slot. ``none`` feeds everything and writes nothing.
     """
 
     kind: ClassVar[str] = "cache"
@@ -102,55 +104,18 @@ class CachePolicy(Configurable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ctx: CacheContext | None = None
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-        self._fed: slice | torch.Tensor | None = None
-        self._length = 0
-        self._key_mask: torch.Tensor | None = None
-        self.fed_positions = 0  # statistics: positions fed over the generation (per row)
+        self.fed_positions = 0  # statistics: positions fed over the request
         self.forwards = 0
 
-    # ----------------------------------------------------------------- storage
     def setup(self, ctx: CacheContext) -> None:
-        """Allocate the storage for one generation (called once, before the first step)."""
+        """The request's geometry (called once, before its first plan)."""
         self.ctx = ctx
-        if self.uses_storage:
-            shape = (ctx.rows, ctx.num_kv_heads, ctx.canvas_length, ctx.head_dim)
-            self.k = [torch.zeros(shape, dtype=ctx.dtype, device=ctx.device) for _ in range(ctx.num_layers)]
-            self.v = [torch.zeros(shape, dtype=ctx.dtype, device=ctx.device) for _ in range(ctx.num_layers)]
 
-    def storage_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
-    def storage_pointers(self) -> list[int]:
-        return [t.data_ptr() for t in self.k + self.v]
-
-    def begin_forward(self, fed: slice | torch.Tensor, length: int, key_mask: torch.Tensor | None) -> None:
-        """Called by the engine right before the forward: the fed positions ((rows, Q) when a tensor), the
-        effective canvas length and the (rows, L) key mask."""
-        self._fed = fed
-        self._length = length
-        self._key_mask = None if key_mask is None else key_mask[:, :length]
+    def count(self, plan: Plan) -> None:
+        """Statistics of a planned forward (called by the engine)."""
         self.forwards += 1
+        fed = plan.fed
         self.fed_positions += (fed.stop - fed.start) if isinstance(fed, slice) else fed.shape[1]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the fed positions' k/v (rows, Hkv, Q, D) into the storage; return (rows, Hkv, length, D)."""
-        fed = self._fed
-        if not self.uses_storage:
-            return k, v
-        ks, vs = self.k[layer], self.v[layer]
-        if isinstance(fed, slice):
-            ks[:, :, fed] = k
-            vs[:, :, fed] = v
-        else:
-            idx = fed[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-            ks.scatter_(2, idx, k)
-            vs.scatter_(2, idx, v)
-        return ks[:, :, : self._length], vs[:, :, : self._length]
-
-    def key_mask(self) -> torch.Tensor | None:
-        return self._key_mask
 
     # ----------------------------------------------------------------- policy
     def begin_block(self, block_start: int, block_end: int) -> None:
@@ -160,7 +125,7 @@ class CachePolicy(Configurable):
         raise NotImplementedError
 
     def after_step(self, committed: torch.Tensor) -> None:
-        """(B, L) bool: positions committed by the step just taken."""
+        """(1, L) bool: positions committed by the step just taken."""
 
     # ----------------------------------------------------------------- shared plans
     @staticmethod
@@ -170,19 +135,14 @@ class CachePolicy(Configurable):
 
     @staticmethod
     def indexed_plan(info: StepInfo, shift: int, extra: torch.Tensor) -> Plan:
-        """Feed the region's source positions first, then every other position where ``extra`` (B, L) is True.
-
-        Rows feeding fewer positions are padded by repeating their first fed position (recomputing a position
-        twice writes the same keys/values twice).
-        """
-        B = extra.shape[0]
+        """Feed the region's source positions first, then every other position where ``extra`` (1, L) is True."""
         device = extra.device
         src = torch.arange(info.region_start - shift, info.region_end - shift, device=device)
         n = src.numel()
         rest = extra[:, : info.length].clone()
         rest[:, src] = False
-        order = left_align(rest, src[:1].expand(B, 1))
-        fed = torch.cat([src.expand(B, n), order], dim=1)
+        order = left_align(rest, src[:1].expand(rest.shape[0], 1))
+        fed = torch.cat([src.expand(rest.shape[0], n), order], dim=1)
         return Plan(fed, slice(0, n))
 
     def refresh_due(self, info: StepInfo, every: int | None) -> bool:

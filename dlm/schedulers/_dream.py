@@ -26,18 +26,28 @@ def transfer_fraction(steps: int, eps: float, device) -> torch.Tensor:
     return frac
 
 
-def next_tick(frac: torch.Tensor, tick: torch.Tensor, masks: torch.Tensor):
+def fraction_table(steps: torch.Tensor, eps: float) -> torch.Tensor:
+    """(B, max steps) float32: each row's :func:`transfer_fraction` for its own step budget, padded with 1."""
+    width = int(steps.max())
+    out = torch.ones(steps.shape[0], width, dtype=torch.float32, device=steps.device)
+    for s in steps.unique().tolist():
+        out[steps == s, :s] = transfer_fraction(s, eps, steps.device)
+    return out
+
+
+def next_tick(frac: torch.Tensor, steps: torch.Tensor, tick: torch.Tensor, masks: torch.Tensor):
     """First tick >= ``tick`` whose quota int(masks * frac) is positive, per row.
 
-    frac: (S,); tick: (B,) long; masks: (B,) long. Returns (quota (B,), new tick (B,)) where new tick is the
-    tick after the one used. Rows without masks get quota 0.
+    frac: (B, S) from :func:`fraction_table`; steps: (B,) each row's budget; tick: (B,) long; masks: (B,) long.
+    Returns (quota (B,), new tick (B,)) where new tick is the tick after the one used. Rows without masks get
+    quota 0.
     """
-    steps = frac.shape[0]
-    ticks = torch.arange(steps, device=frac.device)
-    quota_all = (masks.float().unsqueeze(1) * frac.unsqueeze(0)).long()  # int() truncation, as the official code
-    quota_all[:, -1] = masks
-    ok = (ticks.unsqueeze(0) >= tick.unsqueeze(1)) & (quota_all > 0)
-    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(tick, steps - 1))
+    ticks = torch.arange(frac.shape[1], device=frac.device).unsqueeze(0)
+    last = (steps - 1).unsqueeze(1)
+    quota_all = (masks.float().unsqueeze(1) * frac).long()  # int() truncation, as the official code
+    quota_all = torch.where(ticks == last, masks.unsqueeze(1), quota_all)
+    ok = (ticks >= tick.unsqueeze(1)) & (quota_all > 0) & (ticks <= last)
+    first = torch.where(ok.any(1), ok.float().argmax(1), steps - 1)
     quota = quota_all.gather(1, first.unsqueeze(1)).squeeze(1)
     return quota, first + 1
 
@@ -73,30 +83,31 @@ class DreamConfidence(Scheduler):
         raise NotImplementedError
 
     def init_state(self, block: BlockInfo):
-        if block.steps < 1:
-            raise ConfigError(f"steps per block must be >= 1, got {block.steps}")
-        frac = transfer_fraction(block.steps, self.params.eps, block.masks.device)
-        return {"frac": frac, "tick": torch.zeros_like(block.masks)}
+        if bool((block.steps < 1).any()):
+            raise ConfigError(f"steps per block must be >= 1, got {block.steps.tolist()}")
+        return {"tick": torch.zeros_like(block.masks)}
 
     def step(self, cand, view: StepView, state):
         allowed = view.masked_in_block
-        quota, tick = next_tick(state["frac"], state["tick"], allowed.sum(1))
+        steps = view.block.steps
+        quota, tick = next_tick(fraction_table(steps, self.params.eps), steps, state["tick"], allowed.sum(1))
         tick = torch.where(view.active, tick, state["tick"])
         score = self.score(cand)
         if self.params.alg_temp:
-            commit = _sample_positions(score, allowed, quota, self.params.alg_temp, view.generator)
+            commit = _sample_positions(score, allowed, quota, self.params.alg_temp, view.generators)
         else:
             commit = select_top(score, allowed, quota)
-        return Decision(commit), {"frac": state["frac"], "tick": tick}
+        return Decision(commit), {"tick": tick}
 
 
-def _sample_positions(score, allowed, quota, alg_temp, generator):
-    """Per row, ``quota`` positions drawn without replacement from softmax(score / alg_temp) over allowed ones."""
+def _sample_positions(score, allowed, quota, alg_temp, generators):
+    """Per row, ``quota`` positions drawn without replacement from softmax(score / alg_temp) over allowed ones
+    (each row from its own generator)."""
     commit = torch.zeros_like(allowed)
     probs = torch.softmax(score.float().masked_fill(~allowed, float("-inf")) / alg_temp, dim=1)
     for row in range(score.shape[0]):
         k = int(quota[row])
         if k > 0:
-            idx = torch.multinomial(probs[row], k, replacement=False, generator=generator)
+            idx = torch.multinomial(probs[row], k, replacement=False, generator=generators[row])
             commit[row, idx] = True
     return commit

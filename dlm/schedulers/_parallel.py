@@ -23,7 +23,7 @@ def budget_floor(allowed: torch.Tensor, view: StepView) -> torch.Tensor:
     allowed: (B, n) bool, the masked positions of the active block. At least 1 where a row has any.
     """
     remaining = allowed.sum(1)
-    steps_left = max(1, view.block.steps - view.step)
+    steps_left = (view.block.steps - view.step).clamp(min=1)
     return (remaining + steps_left - 1) // steps_left
 
 

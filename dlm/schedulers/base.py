@@ -1,19 +1,27 @@
 """The scheduler interface: which masked positions to commit at each step.
 
 A scheduler only *selects* positions; which token a position takes is decided before it, by
-:mod:`dlm.sampling`. The engine calls, for every block::
+:mod:`dlm.sampling`. The engine calls, for the rows (requests) that share a scheduler configuration::
 
-    state = scheduler.init_state(block)            # BlockInfo -> any state object
-    decision, state = scheduler.step(cand, view, state)   # once per forward pass
+    state = scheduler.init_state(block)                  # rows that start a block: BlockInfo -> state
+    decision, state = scheduler.step(cand, view, state)  # once per forward pass
 
-``cand`` (:class:`~dlm.sampling.Candidates`) and ``view`` (:class:`StepView`) cover the candidate *region*:
-the active block, or, for schedulers with ``full_region = True``, every position from the block start to the end
-of the answer. State is passed in and returned, never hidden on the scheduler, so one scheduler object can
-serve many generations at once.
+Rows advance on their own: the rows of one call may be at different blocks, steps and canvas lengths, so every
+piece of per-row information is a tensor with the row as its first dimension. ``cand``
+(:class:`~dlm.sampling.Candidates`) and ``view`` (:class:`StepView`) cover each row's candidate *region*, whose
+column 0 is the row's block start: the active block, or, for schedulers with ``full_region = True``, every
+position from the block start to the end of the answer. Rows with shorter regions are padded on the right with
+columns that are neither masked nor in the block.
+
+State is passed in and returned, never hidden on the scheduler, so one scheduler object serves every request.
+It is ``None`` or a dict whose values are tensors (or dicts of them) with the row as first dimension: the engine
+keeps each row's slice between steps and stacks the rows it calls together, so a row's decisions never depend on
+which other rows share the call.
 
 Invariants every scheduler keeps (the engine checks them and the common tests run them on every registered
 scheduler): only masked positions are committed; at least one per row and step while the active block of that
-row has masks; nothing outside the active block unless ``Decision.finish`` is set for the row. Prompt and
+row has masks; nothing outside the active block unless ``Decision.finish`` is set for the row; a row's decision
+depends only on that row's inputs (its candidates, view and state, and draws from its own generator). Prompt and
 committed tokens never change because the engine only writes where a decision commits a masked position.
 
 Parameters are a frozen dataclass ``Params`` whose fields are the constructor's keyword arguments; every field
@@ -34,37 +42,34 @@ from ..registry import Configurable, Registry
 from ..sampling import MEASURES, SAMPLING_MODES, Candidates
 
 
-@dataclass(frozen=True)
+@dataclass
 class BlockInfo:
-    """The block a scheduler is about to decode (the same for every row of the batch).
+    """The block each row is decoding. Every field is a (B,) long tensor.
 
     Attributes:
         index, num_blocks: which block, out of how many.
-        start, end: canvas positions [start, end) of the block.
-        region_start, region_end: canvas positions of the candidate region (== block unless ``full_region``).
         steps: the step budget the schedule spreads the block over (steps per block).
-        masks: (B,) long, masked positions of each row in the block at its start.
+        masks: masked positions of the block when it started.
         total_steps: the step budget of the whole generation.
-        canvas_length: length of the canvas (prompt + answer) in positions.
-        answer_start: canvas position of the first answer position.
+        width: the block's width in region columns (columns ``0 .. width - 1`` are the block).
+        start: canvas position of the block's first position (region column 0).
+        canvas_length: length of the row's canvas (prompt + answer).
+        answer_start: canvas position of the row's first answer position.
     """
 
-    index: int
-    num_blocks: int
-    start: int
-    end: int
-    region_start: int
-    region_end: int
-    steps: int
+    index: torch.Tensor
+    num_blocks: torch.Tensor
+    steps: torch.Tensor
     masks: torch.Tensor
-    total_steps: int
-    canvas_length: int
-    answer_start: int
+    total_steps: torch.Tensor
+    width: torch.Tensor
+    start: torch.Tensor
+    canvas_length: torch.Tensor
+    answer_start: torch.Tensor
 
-    @property
-    def in_block(self) -> slice:
-        """The block's columns within the region."""
-        return slice(self.start - self.region_start, self.end - self.region_start)
+    def rows(self, index: torch.Tensor | slice) -> "BlockInfo":
+        """The rows ``index`` of every field."""
+        return BlockInfo(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
 
 
 @dataclass
@@ -72,25 +77,22 @@ class StepView:
     """What a scheduler may look at in one step. Tensors cover the region: shape (B, n).
 
     Attributes:
-        masked: still-masked positions (only these may be committed).
-        in_block: (n,) bool, region columns inside the active block.
-        active: (B,) bool, rows still decoding this block; decisions for other rows are ignored.
-        step: forward passes so far in this block (0 at the first step of the block).
-        global_step: forward passes so far in this generation.
-        row_steps: (B,) long, forward passes each row has taken part in while decoding (a row's own progress:
-            unlike ``global_step`` it does not depend on the other rows of the batch).
-        block: the :class:`BlockInfo`.
-        generator: the generation's random generator (for schedulers that draw random numbers).
+        masked: still-masked positions (only these may be committed); False on padding columns.
+        in_block: region columns inside each row's active block.
+        active: (B,) bool, rows to decide for (decisions for other rows are ignored).
+        step: (B,) long, steps each row has taken in its current block (0 at the block's first step).
+        row_steps: (B,) long, forward passes each row has taken part in so far (its own progress).
+        block: the rows' :class:`BlockInfo`.
+        generators: each row's random generator (its request's), for schedulers that draw random numbers.
     """
 
     masked: torch.Tensor
     in_block: torch.Tensor
     active: torch.Tensor
-    step: int
-    global_step: int
+    step: torch.Tensor
+    row_steps: torch.Tensor
     block: BlockInfo
-    generator: torch.Generator | None
-    row_steps: torch.Tensor | None = None
+    generators: list[torch.Generator | None]
 
     @property
     def masked_in_block(self) -> torch.Tensor:
@@ -141,31 +143,26 @@ class Scheduler(Configurable):
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def block_only(block: BlockInfo) -> BlockInfo:
-    """``block`` with its candidate region narrowed to the block itself."""
-    return dataclasses.replace(block, region_start=block.start, region_end=block.end)
-
-
 def slice_candidates(cand: Candidates, cols: slice) -> Candidates:
     """The region columns ``cols`` of every tensor field of ``cand``."""
     return dataclasses.replace(cand, **{f.name: getattr(cand, f.name)[:, cols] for f in dataclasses.fields(cand)
                                         if isinstance(getattr(cand, f.name), torch.Tensor)})
 
 
-def slice_view(view: StepView, cols: slice, block: BlockInfo) -> StepView:
-    """``view`` restricted to the region columns ``cols`` (the block), described by ``block``."""
-    return dataclasses.replace(view, masked=view.masked[:, cols], in_block=view.in_block[cols], block=block)
+def slice_view(view: StepView, cols: slice) -> StepView:
+    """``view`` restricted to the region columns ``cols`` (starting at column 0: the block)."""
+    return dataclasses.replace(view, masked=view.masked[:, cols], in_block=view.in_block[:, cols])
 
 
-def linear_quota(masks: torch.Tensor, steps: int) -> torch.Tensor:
-    """LLaDA's per-step quota: M masks over S steps -> floor(M/S) per step, one more in the first M mod S steps.
+def linear_quota(masks: torch.Tensor, steps: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """LLaDA's per-step quota at step ``step`` of a block: M masks over S steps -> floor(M/S) per step, one more in
+    the first M mod S steps (and 0 once the S steps are spent).
 
-    masks: (B,) long. Returns (B, steps) long.
+    masks, steps, step: (B,) long. Returns (B,) long.
     """
-    base = (masks // steps).unsqueeze(1)
-    rem = (masks % steps).unsqueeze(1)
-    extra = (torch.arange(steps, device=masks.device).unsqueeze(0) < rem).long()
-    return base + extra
+    steps = steps.clamp(min=1)
+    extra = (step < masks % steps).long()
+    return torch.where(step < steps, masks // steps + extra, torch.zeros_like(masks))
 
 
 def select_top(scores: torch.Tensor, allowed: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

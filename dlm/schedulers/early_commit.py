@@ -45,8 +45,7 @@ import torch
 
 from ..errors import ConfigError, RegistryError
 from ..sampling import Candidates
-from .base import (BlockInfo, Decision, Scheduler, StepView, block_only, create, register_scheduler,
-                   slice_candidates, slice_view)
+from .base import BlockInfo, Decision, Scheduler, StepView, create, register_scheduler, slice_candidates, slice_view
 
 GAP_OVER = ("masked", "block")
 
@@ -107,10 +106,10 @@ class EarlyCommit(Scheduler):
         self.deterministic = self.inner.deterministic
 
     # ----------------------------------------------------------------- the exit rule
-    def gap_threshold(self, steps: torch.Tensor, total_steps: int) -> torch.Tensor:
+    def gap_threshold(self, steps: torch.Tensor, total_steps: torch.Tensor) -> torch.Tensor:
         """(B,) the gap each row needs at its next step, after ``steps`` (B,) forward passes (Prophet's phases)."""
         p = self.params
-        progress = (steps.float() + 1) / max(1, total_steps)
+        progress = (steps.float() + 1) / total_steps.clamp(min=1).float()
         late = torch.full_like(progress, p.late)
         return torch.where(progress < p.early_until, p.early, torch.where(progress < p.mid_until, p.mid, late))
 
@@ -121,28 +120,22 @@ class EarlyCommit(Scheduler):
         return gap.sum(1) / where.sum(1)
 
     # ----------------------------------------------------------------- interface
-    def _inner_cols(self, block: BlockInfo) -> slice | None:
-        return None if self.inner.full_region else block.in_block
-
     def init_state(self, block: BlockInfo):
-        inner_block = block if self.inner.full_region else block_only(block)
-        return {"inner": self.inner.init_state(inner_block), "block": inner_block}
+        return {"inner": self.inner.init_state(block)}
 
     def step(self, cand, view: StepView, state):
-        block = view.block
-        cols = self._inner_cols(block)
-        if cols is None:
+        if self.inner.full_region:
             decision, inner_state = self.inner.step(cand, view, state["inner"])
             commit = decision.commit
-        else:
-            decision, inner_state = self.inner.step(slice_candidates(cand, cols),
-                                                    slice_view(view, cols, state["block"]), state["inner"])
+        else:  # the inner scheduler sees the block's columns only (the region starts at the block)
+            cols = slice(0, int(view.block.width.max()))
+            decision, inner_state = self.inner.step(slice_candidates(cand, cols), slice_view(view, cols),
+                                                    state["inner"])
             commit = torch.zeros_like(view.masked)
             commit[:, cols] = decision.commit
         gap = self.mean_gap(cand, view)
-        steps = view.row_steps if view.row_steps is not None else torch.full_like(gap, view.global_step)
-        exit_now = (gap >= self.gap_threshold(steps, block.total_steps)) & view.active  # NaN: False
+        exit_now = (gap >= self.gap_threshold(view.row_steps, view.block.total_steps)) & view.active  # NaN: False
         if decision.finish is not None:
             exit_now = exit_now | decision.finish
         commit = torch.where(exit_now.unsqueeze(1), view.masked, commit)
-        return Decision(commit, exit_now), {"inner": inner_state, "block": state["block"]}
+        return Decision(commit, exit_now), {"inner": inner_state}

@@ -464,9 +464,6 @@ class LearnedFilter(Scheduler):
         t = self.params.threshold
         return float(self.filter_config.threshold if t is None else t)
 
-    def init_state(self, block: BlockInfo):
-        return {"quota": linear_quota(block.masks, block.steps), "tick": 0}
-
     def accept_probability(self, cand, view: StepView) -> torch.Tensor:
         """(B, n) the filter's probability that each position's candidate is final (meaningful where masked)."""
         device = cand.confidence.device
@@ -481,7 +478,6 @@ class LearnedFilter(Scheduler):
         allowed = view.masked_in_block
         t = self.threshold
         accept = self.accept_probability(cand, view) > t if t > 0 else allowed
-        quota, tick = state["quota"], state["tick"]
-        k = torch.maximum(quota[:, min(tick, quota.shape[1] - 1)], budget_floor(allowed, view))
+        k = torch.maximum(linear_quota(view.block.masks, view.block.steps, view.step), budget_floor(allowed, view))
         commit = (accept & allowed) | select_top(cand.confidence, allowed, k)
-        return Decision(commit), {"quota": quota, "tick": tick + 1}
+        return Decision(commit), state

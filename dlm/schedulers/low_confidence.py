@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import BlockInfo, Decision, Scheduler, StepView, linear_quota, register_scheduler, select_top
+from .base import Decision, Scheduler, StepView, linear_quota, register_scheduler, select_top
 
 
 @register_scheduler("low_confidence")
@@ -25,14 +25,10 @@ class LowConfidence(Scheduler):
     class Params:
         pass
 
-    def init_state(self, block: BlockInfo):
-        return {"quota": linear_quota(block.masks, block.steps), "tick": 0}
-
     def scores(self, cand, view: StepView):
         return cand.confidence
 
     def step(self, cand, view: StepView, state):
-        quota, tick = state["quota"], state["tick"]
-        k = quota[:, min(tick, quota.shape[1] - 1)]
+        k = linear_quota(view.block.masks, view.block.steps, view.step)
         commit = select_top(self.scores(cand, view), view.masked_in_block, k)
-        return Decision(commit), {"quota": quota, "tick": tick + 1}
+        return Decision(commit), state

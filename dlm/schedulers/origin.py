@@ -4,7 +4,8 @@ every masked position is revealed independently with probability 1 - s/t (all at
 Steps that would reveal nothing are redrawn at the next tick without a forward pass (the canvas, hence the
 logits, would not change); the random draws are the same as the official loop's, so at batch size 1 the output
 is identical to it. At batch size > 1 the official loop draws one random vector across all rows; dlm draws per
-row so that every row reveals something each step: the same distribution, different draws.
+row from the row's own generator, so that every row reveals something each step and a request's answer does not
+depend on its batch: the same distribution, different draws.
 
 Parameters:
     eps: last timestep of the schedule (default 1e-3).
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._dream import transfer_fraction
+from ._dream import fraction_table
 from .base import BlockInfo, Decision, Scheduler, StepView, register_scheduler
 
 
@@ -36,24 +37,23 @@ class Origin(Scheduler):
                 raise ValueError(f"eps must be in (0, 1), got {self.eps}")
 
     def init_state(self, block: BlockInfo):
-        return {"frac": transfer_fraction(block.steps, self.params.eps, block.masks.device),
-                "tick": [0] * block.masks.shape[0]}
+        return {"tick": torch.zeros_like(block.masks)}
 
     def step(self, cand, view: StepView, state):
-        frac, ticks = state["frac"], list(state["tick"])
+        frac = fraction_table(view.block.steps, self.params.eps)
+        ticks = state["tick"].tolist()
         allowed = view.masked_in_block
         commit = torch.zeros_like(allowed)
-        last = frac.shape[0] - 1
-        for row in range(allowed.shape[0]):
+        for row, last in enumerate((view.block.steps - 1).tolist()):
             cols = allowed[row].nonzero().squeeze(1)
             if not bool(view.active[row]) or cols.numel() == 0:
                 continue
             while True:  # frac is 1 at the last tick, so this ends there at the latest
                 tick = min(ticks[row], last)
                 ticks[row] = tick + 1
-                u = torch.rand(cols.numel(), generator=view.generator, device=allowed.device)
-                hit = u < frac[tick]
+                u = torch.rand(cols.numel(), generator=view.generators[row], device=allowed.device)
+                hit = u < frac[row, tick]
                 if hit.any():
                     commit[row, cols[hit]] = True
                     break
-        return Decision(commit), {"frac": frac, "tick": ticks}
+        return Decision(commit), {"tick": torch.tensor(ticks, dtype=torch.long, device=allowed.device)}

@@ -64,7 +64,6 @@ import torch
 from ..cache.base import CacheContext, StepInfo
 from .. import cache as cache_mod
 from ..config import GenerationConfig
-from ..engine import Generation, check_prompts
 from ..errors import CheckpointError, ConfigError
 from ..outputs import GenerationOutput, StepEvent, StepTrace
 from ..sampling import top_k_filter, top_p_filter
@@ -329,7 +328,7 @@ class CausalVerifier(Verifier):
             else:
                 tokens = torch.multinomial(q, 1, generator=generator).squeeze(1)
             return tokens, q, g.copies
-        from ..engine import generate
+        from ..engine_legacy import generate
 
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         dcfg = config.replace(verify=None, verify_kwargs={}, gen_length=n, block_length=n,

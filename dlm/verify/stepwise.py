@@ -68,7 +68,6 @@ from .. import cache as cache_mod
 from .. import schedulers as sched_mod
 from ..cache.base import CacheContext, StepInfo
 from ..config import GenerationConfig
-from ..engine import Generation
 from ..errors import ConfigError, GenerationError
 from ..outputs import GenerationOutput, StepEvent
 from ..sampling import Candidates
@@ -131,6 +130,8 @@ class StepwiseVerifier(Verifier):
     # ----------------------------------------------------------------- decoding
     @torch.no_grad()
     def run(self, lm, prompts: Sequence[Sequence[int]], config: GenerationConfig, stream=None) -> GenerationOutput:
+        from ..engine_legacy import Generation
+
         t0 = time.perf_counter()
         self.check(config)
         ref = self.reference_config(config)

@@ -22,71 +22,59 @@ def exact_kwargs(name: str) -> dict:
     return {"refresh_every": 1} if "refresh_every" in params.__dataclass_fields__ else {}
 
 
-class Recorder:
-    """Wraps a policy to record every plan and the storage pointers at every step."""
+@pytest.fixture
+def recording(registered_cache):
+    """``recording(name)``: the name of a registered subclass of cache ``name`` that records every
+    (StepInfo, Plan) it produces in ``cls.plans`` (one list shared by every request)."""
 
-    def __init__(self, policy):
-        self.policy, self.plans, self.pointers = policy, [], []
-        orig = policy.plan
+    def make(name: str) -> tuple[str, type]:
+        base = dlm.cache.get(name)
 
-        def plan(info: StepInfo):
-            p = orig(info)
-            self.plans.append((info, p))
-            self.pointers.append(policy.storage_pointers())
-            return p
+        class Recording(base):
+            plans: list = []
 
-        policy.plan = plan
+            def plan(self, info):
+                p = super().plan(info)
+                Recording.plans.append((info, p))
+                return p
 
+        Recording.__name__ = f"Recording{base.__name__}"
+        return registered_cache(f"test_rec_{name}", Recording), Recording
 
-def run_recorded(lm, prompts, cfg, monkeypatch):
-    """Generate while recording the cache policy's plans."""
-    created = []
-    real_create = dlm.cache.create
-
-    def create(name, kwargs=None):
-        policy = real_create(name, kwargs)
-        created.append(Recorder(policy))
-        return policy
-
-    monkeypatch.setattr(dlm.cache, "create", create)
-    out = lm.generate(prompts, cfg)
-    monkeypatch.setattr(dlm.cache, "create", real_create)
-    return out, created[0]
+    return make
 
 
 @pytest.mark.parametrize("name", CACHES)
-def test_plan_invariants_for_every_cache(tiny, name, monkeypatch):
+def test_plan_invariants_for_every_cache(tiny, name, recording):
     """Every plan feeds valid positions, always includes the positions whose logits are needed, reads logits
-    only from fed positions, and the storage is allocated once (no reallocation over the steps)."""
+    only from fed positions, and every block starts with a full forward."""
     prompts = random_prompts(tiny, 3, seed=21, min_len=2, max_len=15)
-    for scheduler in ("low_confidence", "threshold" if "threshold" in dlm.schedulers.names() else "maskgit_plus"):
-        cfg = GenerationConfig(gen_length=24, block_length=8, steps=24, scheduler=scheduler, cache=name,
+    rec_name, rec = recording(name)
+    for scheduler in ("low_confidence", "threshold"):
+        rec.plans.clear()
+        cfg = GenerationConfig(gen_length=24, block_length=8, steps=24, scheduler=scheduler, cache=rec_name,
                                stop_at_eos=False)
-        out, rec = run_recorded(tiny, prompts, cfg, monkeypatch)
+        out = tiny.generate(prompts, cfg)
         assert rec.plans, "the policy was never asked for a plan"
         shift = tiny.logits_shift
         for info, plan in rec.plans:
             L = info.length
             if isinstance(plan.fed, slice):
                 assert 0 <= plan.fed.start < plan.fed.stop <= L
-                fed = torch.arange(plan.fed.start, plan.fed.stop).expand(len(prompts), -1)
+                fed = torch.arange(plan.fed.start, plan.fed.stop).unsqueeze(0)
             else:
                 fed = plan.fed
-                assert fed.dtype == torch.long and ((fed >= 0) & (fed < L)).all()
+                assert fed.dtype == torch.long and fed.shape[0] == 1 and ((fed >= 0) & (fed < L)).all()
             index = plan.logits_index
             src = fed[:, index] if isinstance(index, slice) else fed.gather(1, index)
             if plan.targets is None:
                 want = torch.arange(info.region_start, info.region_end) - shift
-                assert torch.equal(src, want.expand_as(src)), "logits must come from the region's source positions"
+                assert torch.equal(src, want.unsqueeze(0)), "logits must come from the region's source positions"
             else:
                 assert torch.equal(src, plan.targets + info.region_start - shift)
-                masked = info.masked[:, info.region_start : info.region_end]
-                # fresh candidates at least where the previous step committed next to a mask is not required, but
-                # every target must be a real region column
-                assert ((plan.targets >= 0) & (plan.targets < masked.shape[1])).all()
+                assert ((plan.targets >= 0) & (plan.targets < info.region_end - info.region_start)).all()
             if info.step == 0:
                 assert plan.refresh, "every block starts with a full forward"
-        assert all(p == rec.pointers[0] for p in rec.pointers), "storage was reallocated during generation"
         assert out.sequences.shape == (3, 24)
 
 
@@ -135,65 +123,69 @@ def test_cfg_with_cache_is_exact_when_refreshing(llada):
         assert torch.equal(out, ref), name
 
 
-def _ctx(rows=2, L=12, shift=0):
-    return CacheContext(rows=rows, copies=1, canvas_length=L, num_layers=1, num_kv_heads=1, head_dim=2,
-                        dtype=torch.float32, device=torch.device("cpu"), answer_start=4, logits_shift=shift)
+def _ctx(L=12, shift=0):
+    return CacheContext(canvas_length=L, answer_start=4, logits_shift=shift)
+
+
+def _info(step, masked, committed, L=12):
+    return StepInfo(step=step, block_start=4, block_end=8, region_start=4, region_end=8, length=L, masked=masked,
+                    committed_last=committed)
 
 
 def test_delayed_plan_follows_dkv_rules_with_and_without_shift():
     """dKV-Cache-Decode: masked positions and the previous step's commits are recomputed; with Dream's shift the
     position before each masked position too; everything else comes from the cache."""
     for shift in (0, 1):
-        policy = dlm.cache.create("delayed", {"refresh_every": 0})
-        policy.setup(_ctx(shift=shift))
-        masked = torch.zeros(2, 12, dtype=torch.bool)
-        masked[0, [6, 9, 10, 11]] = True
-        masked[1, [7, 8, 11]] = True
-        committed = torch.zeros(2, 12, dtype=torch.bool)
-        committed[0, 5] = committed[1, 6] = True
-        info = StepInfo(step=1, global_step=5, block_start=4, block_end=8, region_start=4, region_end=8,
-                        masked=masked, committed_last=committed, length=12)
-        plan = policy.plan(info)
-        assert not plan.refresh
-        for row in range(2):
-            fed = set(plan.fed[row].tolist())
-            need = set(masked[row].nonzero().squeeze(1).tolist()) | set(committed[row].nonzero().squeeze(1).tolist())
+        for row_masked, row_committed in (([6, 9, 10, 11], [5]), ([7, 8, 11], [6])):
+            policy = dlm.cache.create("delayed", {"refresh_every": 0})
+            policy.setup(_ctx(shift=shift))
+            masked = torch.zeros(1, 12, dtype=torch.bool)
+            masked[0, row_masked] = True
+            committed = torch.zeros(1, 12, dtype=torch.bool)
+            committed[0, row_committed] = True
+            plan = policy.plan(_info(1, masked, committed))
+            assert not plan.refresh
+            fed = set(plan.fed[0].tolist())
+            need = set(row_masked) | set(row_committed) | set(range(4 - shift, 8 - shift))
             if shift:
-                need |= {p - 1 for p in masked[row].nonzero().squeeze(1).tolist()}
-            need |= set(range(4 - shift, 8 - shift))  # the region's logit sources
-            assert fed == need, (shift, row, sorted(fed), sorted(need))
-        # logits come from the first fed positions: the region's sources, in order
-        assert plan.fed[:, : 4].tolist() == [list(range(4 - shift, 8 - shift))] * 2
+                need |= {p - 1 for p in row_masked}
+            assert fed == need, (shift, sorted(fed), sorted(need))
+            # logits come from the first fed positions: the region's sources, in order
+            assert plan.fed[0, :4].tolist() == list(range(4 - shift, 8 - shift))
 
 
 def test_dual_and_prefix_feed_the_shift_position_for_dream():
     for name, stop in (("dual", 8), ("prefix", 12)):
         policy = dlm.cache.create(name)
         policy.setup(_ctx(shift=1))
-        info = StepInfo(step=1, global_step=1, block_start=4, block_end=8, region_start=4, region_end=8,
-                        masked=torch.zeros(2, 12, dtype=torch.bool), committed_last=torch.zeros(2, 12, dtype=torch.bool),
-                        length=12)
-        plan = policy.plan(info)
+        zeros = torch.zeros(1, 12, dtype=torch.bool)
+        plan = policy.plan(_info(1, zeros, zeros))
         assert plan.fed == slice(3, stop) and plan.logits_index == slice(0, 4)
 
 
-def test_storage_is_preallocated_once(llada, monkeypatch):
-    """Storage tensors keep their addresses and total size through a whole generation."""
-    sizes = []
-    real_create = dlm.cache.create
+def test_geometry_only_policies_read_no_device_state():
+    """none, prefix and dual plan from the geometry alone: the lazily computed tensors are never read."""
+    def boom():
+        raise AssertionError("the policy read a device tensor it does not need")
 
-    def create(name, kwargs=None):
-        policy = real_create(name, kwargs)
-        orig = policy.after_step
+    for name in ("none", "prefix", "dual"):
+        policy = dlm.cache.create(name)
+        policy.setup(_ctx())
+        for step in (0, 1, 2):
+            policy.plan(StepInfo(step=step, block_start=4, block_end=8, region_start=4, region_end=8, length=12,
+                                 masked=boom, committed_last=boom, confidence=boom))
 
-        def after(committed):
-            sizes.append((policy.storage_bytes(), tuple(policy.storage_pointers())))
-            return orig(committed)
 
-        policy.after_step = after
-        return policy
-
-    monkeypatch.setattr(dlm.cache, "create", create)
-    llada.generate(random_prompts(llada, 3, seed=1), GenerationConfig(gen_length=32, block_length=8, cache="delayed",
-                                                                      stop_at_eos=False))
-    assert len(sizes) == 32 and len(set(sizes)) == 1 and sizes[0][0] > 0
+def test_storage_is_preallocated_once(llada):
+    """The key/value pool keeps its addresses and size through many requests of different lengths."""
+    engine = dlm.Engine(llada, max_rows=4, max_tokens=4 * 64)
+    before = (engine.core.pool.nbytes(), tuple(engine.core.pool.pointers()))
+    cfg = GenerationConfig(gen_length=32, block_length=8, cache="delayed", stop_at_eos=False)
+    reqs = [engine.submit(p, cfg.replace(gen_length=8 * (1 + i % 4))) for i, p in
+            enumerate(random_prompts(llada, 10, seed=1))]
+    while engine.pending:
+        engine.step()
+        assert engine.core.pool.in_use() <= 4
+        assert (engine.core.pool.nbytes(), tuple(engine.core.pool.pointers())) == before
+    assert all(r.done and r.error is None for r in reqs)
+    assert engine.core.pool.in_use() == 0, "finished requests must give their slots back"

@@ -1,8 +1,8 @@
 """End-of-text prediction (EoTP, Learn2PD arXiv:2509.25188; GenerationConfig ``eotp`` / ``eotp_threshold``).
 
 Once a stop token is committed at answer position p (or, with ``eotp_threshold``, every mask from p on is
-confidently predicted to be one), everything after p becomes EOS, is dropped from attention at once and from
-computation from the next block on. The tests force stop tokens with a test-only scheduler that edits the
+confidently predicted to be one), everything after p becomes EOS and is dropped from the
+request's canvas at once (no longer attended to or computed). The tests force stop tokens with a test-only scheduler that edits the
 candidates it is given, so that where the answer ends is known exactly; the stop token is a byte the tiny models
 never predict with confidence (``STOP``), so that only the forced stops end answers.
 """
@@ -10,22 +10,21 @@ never predict with confidence (``STOP``), so that only the forced stops end answ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from unittest import mock
 
 import pytest
 import torch
 
 import dlm
-from dlm.engine import Generation
 from dlm.schedulers.low_confidence import LowConfidence
 
 
 class ForceCandidates(LowConfidence):
-    """low_confidence, after overwriting the candidates of some answer positions at one global step.
+    """low_confidence, after overwriting the candidates of some answer positions at one step of a request.
 
-    At global step ``at_step``, in the first ``rows`` rows: answer positions ``stop_from``.. get candidate
-    ``token`` with confidence ``conf`` (except ``unsure``, which gets 0.5), and ``first`` gets confidence 3 so the
-    one-per-step quota commits it (a forced stop token when ``stop_from == first``).
+    At the request's step ``at_step``, in requests whose prompt has ``prompt_len`` tokens (-1: every request):
+    answer positions ``stop_from``.. get candidate ``token`` with confidence ``conf`` (except ``unsure``, which
+    gets 0.5), and ``first`` gets confidence 3 so the one-per-step quota commits it (a forced stop token when
+    ``stop_from == first``).
     """
 
     full_region = True  # see the candidates of the whole answer (the engine's EoTP prediction reads them too)
@@ -33,7 +32,7 @@ class ForceCandidates(LowConfidence):
     @dataclass(frozen=True)
     class Params:
         at_step: int = 0
-        rows: int = 1
+        prompt_len: int = -1
         stop_from: int = 5
         first: int = -1
         token: int = 0
@@ -42,16 +41,18 @@ class ForceCandidates(LowConfidence):
 
     def step(self, cand, view, state):
         p, b = self.params, view.block
-        if view.global_step == p.at_step:
-            off = b.region_start - b.answer_start  # region column = answer position - off
-            n = cand.tokens.shape[1]
+        n = cand.tokens.shape[1]
+        for row in range(n and cand.tokens.shape[0]):
+            if int(view.row_steps[row]) != p.at_step or p.prompt_len not in (-1, int(b.answer_start[row])):
+                continue
+            off = int(b.start[row] - b.answer_start[row])  # region column = answer position - off
             lo = max(p.stop_from - off, 0)
-            cand.tokens[: p.rows, lo:] = p.token
-            cand.confidence[: p.rows, lo:] = p.conf
+            cand.tokens[row, lo:] = p.token
+            cand.confidence[row, lo:] = p.conf
             if 0 <= p.unsure - off < n:
-                cand.confidence[: p.rows, p.unsure - off] = 0.5
+                cand.confidence[row, p.unsure - off] = 0.5
             if 0 <= p.first - off < n:
-                cand.confidence[: p.rows, p.first - off] = 3.0
+                cand.confidence[row, p.first - off] = 3.0
         return super().step(cand, view, state)
 
 
@@ -64,23 +65,15 @@ def force(registered):
 STOP = 1  # never a candidate of the tiny models on these prompts
 
 
-def run(lm, prompts, force, recorded: list | None = None, **changes):
-    """Generate with ``test_force``; record (fed slice, key mask) of every forward into ``recorded``."""
+def run(lm, prompts, force, **changes):
+    """Generate with ``test_force``; returns the output and the events of the first request."""
     kwargs = dict(changes.pop("force_kwargs", {}))
     kwargs.setdefault("token", STOP)
     cfg = dlm.GenerationConfig(gen_length=32, block_length=8, scheduler=force, scheduler_kwargs=kwargs,
                                return_trace=True, stop_token_ids=(STOP,), **changes)
     events = []
-    original = Generation.forward
-
-    def forward(self, policy, plan, key_mask):
-        if recorded is not None:
-            recorded.append((plan.fed, None if key_mask is None else key_mask.clone(), self.P))
-        return original(self, policy, plan, key_mask)
-
-    with mock.patch.object(Generation, "forward", forward):
-        out = lm.generate(prompts, cfg, stream=events.append)
-    return out, events
+    out = lm.generate(prompts, cfg, stream=events.append)
+    return out, [e for e in events if e.tag == 0]
 
 
 PROMPT = [[72, 105, 33, 10]]
@@ -89,20 +82,17 @@ PROMPT = [[72, 105, 33, 10]]
 @pytest.mark.parametrize("stop_at_eos", [True, False])
 def test_committed_stop_cuts_attention_and_computation(peaky, force, stop_at_eos):
     eos, P = peaky.ids.eos_id, len(PROMPT[0])
-    fwd: list = []
-    out, events = run(peaky, PROMPT, force, fwd, eotp=True, stop_at_eos=stop_at_eos,
+    out, events = run(peaky, PROMPT, force, eotp=True, stop_at_eos=stop_at_eos,
                       force_kwargs={"stop_from": 5, "first": 5})
-    first = events[0].tokens[0]
+    first = events[0].tokens
     assert int(first[5]) == STOP and (first[6:] == eos).all(), "everything after the stop is EOS at once"
     assert (first[:5] == peaky.ids.mask_id).all()
     # the rest of block 0 (positions 0..4, one per step) and nothing else
-    assert out.nfe.tolist() == [6] and out.trace.block_steps == [6]
+    assert out.nfe.tolist() == [6] and out.trace.block_steps == [[6]]
     assert (out.sequences[0, 6:] == eos).all() and not (out.sequences[0, :5] == peaky.ids.mask_id).any()
     assert (out.trace.commit_step[0, 6:] == -1).all() and int(out.trace.commit_step[0, 5]) == 0
-    # from the second forward on, positions after the stop are no longer attended to
-    assert fwd[0][1] is None
-    for _, key_mask, _ in fwd[1:]:
-        assert key_mask[0, : P + 6].all() and not key_mask[0, P + 6:].any()
+    # from the second forward on, the canvas ends after the stop: nothing after it is computed or attended to
+    assert out.stats["fed_positions"] == (P + 32) + 5 * (P + 6)
 
 
 def test_dropped_positions_do_not_influence_the_answer(peaky, force):
@@ -116,12 +106,11 @@ def test_dropped_positions_do_not_influence_the_answer(peaky, force):
 
 def test_cut_rows_leave_the_other_rows_alone(peaky, force):
     prompts = [[72, 105, 33, 10], [7, 8]]
-    out, _ = run(peaky, prompts, force, eotp=True, stop_at_eos=False,
-                 force_kwargs={"stop_from": 5, "first": 5, "rows": 1})
+    kwargs = {"stop_from": 5, "first": 5, "prompt_len": 4}
+    out, _ = run(peaky, prompts, force, eotp=True, stop_at_eos=False, force_kwargs=kwargs)
     assert out.nfe.tolist() == [6, 32]
     for r, prompt in enumerate(prompts):
-        alone, _ = run(peaky, [prompt], force, eotp=True, stop_at_eos=False,
-                       force_kwargs={"stop_from": 5, "first": 5, "rows": 1 if r == 0 else 0})
+        alone, _ = run(peaky, [prompt], force, eotp=True, stop_at_eos=False, force_kwargs=kwargs)
         assert alone.sequences[0].tolist() == out.sequences[r].tolist()
 
 
@@ -130,8 +119,8 @@ def test_a_later_stop_overwrites_what_follows_it(peaky, force):
     eos = peaky.ids.eos_id
     out, events = run(peaky, PROMPT, force, eotp=True, stop_at_eos=False,
                       force_kwargs={"at_step": 3, "stop_from": 2, "first": 2})
-    before = events[2].tokens[0]
-    after = events[3].tokens[0]
+    before = events[2].tokens
+    after = events[3].tokens
     assert int(after[2]) == STOP and (after[3:] == eos).all()
     assert torch.equal(after[:2], before[:2])
     assert (before[3:] != peaky.ids.mask_id).any(), "nothing committed after the stop: test is vacuous"
@@ -143,14 +132,14 @@ def test_predicted_end_beyond_the_block(peaky, force):
     eos, P = peaky.ids.eos_id, len(PROMPT[0])
     out, events = run(peaky, PROMPT, force, eotp=True, eotp_threshold=0.9, stop_at_eos=False,
                       force_kwargs={"stop_from": 12, "conf": 0.95})
-    first = events[0].tokens[0]
+    first = events[0].tokens
     assert int(first[12]) == STOP and (first[13:] == eos).all()
     assert (first[8:12] == peaky.ids.mask_id).all()
     assert int(out.trace.commit_step[0, 12]) == 0  # the predicted end is decoded at step 0
     # block 0 in 8 steps, block 1 has 4 masks left (4 steps), blocks 2 and 3 are gone
-    assert out.trace.block_steps == [8, 4] and out.nfe.tolist() == [12]
-    L = P + 32
-    assert out.stats["fed_positions"] == 8 * L + 4 * (P + 13)
+    assert out.trace.block_steps == [[8, 4]] and out.nfe.tolist() == [12]
+    # the first forward feeds the whole canvas; from the second on it ends after the predicted stop
+    assert out.stats["fed_positions"] == (P + 32) + 11 * (P + 13)
 
 
 def test_predicted_end_waits_for_every_mask_after_it(peaky, force):
@@ -158,7 +147,7 @@ def test_predicted_end_waits_for_every_mask_after_it(peaky, force):
     eos = peaky.ids.eos_id
     _, events = run(peaky, PROMPT, force, eotp=True, eotp_threshold=0.9, stop_at_eos=False,
                     force_kwargs={"stop_from": 12, "conf": 0.95, "unsure": 20})
-    first = events[0].tokens[0]
+    first = events[0].tokens
     assert int(first[21]) == STOP and (first[22:] == eos).all()
     assert (first[8:21] == peaky.ids.mask_id).all()
 
@@ -170,9 +159,9 @@ def test_predicted_end_never_erases_committed_text(peaky, force, registered):
 
     class Commit6(ForceCandidates):
         def step(self, cand, view, state):
-            if view.global_step == 0:
-                cand.confidence[:, 6] = 3.0
-                cand.tokens[:, 6] = 65
+            first_step = view.row_steps == 0
+            cand.confidence[first_step, 6] = 3.0
+            cand.tokens[first_step, 6] = 65
             return super().step(cand, view, state)
 
     registered("test_commit6", Commit6)
@@ -182,7 +171,7 @@ def test_predicted_end_never_erases_committed_text(peaky, force, registered):
                                                  "token": STOP})
     events = []
     peaky.generate(PROMPT, cfg, stream=events.append)
-    t0, t1 = events[0].tokens[0], events[1].tokens[0]
+    t0, t1 = events[0].tokens, events[1].tokens
     assert int(t0[6]) == 65
     assert int(t1[6]) == 65, "a prediction must not overwrite a committed token"
     assert int(t1[7]) == STOP and (t1[8:] == eos).all()

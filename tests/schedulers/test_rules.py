@@ -34,18 +34,27 @@ def logits_of(rows: list[list[torch.Tensor]]) -> torch.Tensor:
     return torch.stack([torch.stack(r) for r in rows]).log().float()
 
 
-def make_view(masked: torch.Tensor, block_cols: int | None = None, *, step: int = 0, global_step: int = 0,
-              steps: int = 8, total_steps: int = 32, active: torch.Tensor | None = None) -> StepView:
-    """A view of a region of ``masked.shape[1]`` columns whose first ``block_cols`` are the active block."""
+def make_view(masked: torch.Tensor, block_cols: int | None = None, *, step: int = 0, row_steps: int = 0,
+              steps: int = 8, total_steps: int = 32, active: torch.Tensor | None = None,
+              block_masks: int | None = None) -> StepView:
+    """A view of a region of ``masked.shape[1]`` columns whose first ``block_cols`` are the active block (every
+    row at the same step of the same block, starting at canvas position 10). ``block_masks``: the block's masks
+    when it started (default: the masks of the block now)."""
     B, n = masked.shape
     w = n if block_cols is None else block_cols
-    in_block = torch.zeros(n, dtype=torch.bool)
-    in_block[:w] = True
-    block = BlockInfo(index=0, num_blocks=1, start=10, end=10 + w, region_start=10, region_end=10 + n, steps=steps,
-                      masks=(masked & in_block).sum(1), total_steps=total_steps, canvas_length=10 + n,
-                      answer_start=10)
+    in_block = torch.zeros(B, n, dtype=torch.bool)
+    in_block[:, :w] = True
+
+    def per_row(value: int) -> torch.Tensor:
+        return torch.full((B,), value, dtype=torch.long)
+
+    masks = (masked & in_block).sum(1) if block_masks is None else per_row(block_masks)
+    block = BlockInfo(index=per_row(0), num_blocks=per_row(1), steps=per_row(steps), masks=masks,
+                      total_steps=per_row(total_steps), width=per_row(w), start=per_row(10),
+                      canvas_length=per_row(10 + n), answer_start=per_row(10))
     return StepView(masked=masked, in_block=in_block, active=torch.ones(B, dtype=torch.bool) if active is None
-                    else active, step=step, global_step=global_step, block=block, generator=None)
+                    else active, step=per_row(step), row_steps=per_row(row_steps), block=block,
+                    generators=[None] * B)
 
 
 def run_step(name: str, logits: torch.Tensor, view: StepView, state=None, **kwargs) -> tuple[Decision, object]:
@@ -189,7 +198,8 @@ def test_llada_quota_8_tokens_over_2_steps_commits_4_then_4():
     masked = torch.ones(1, 8, dtype=torch.bool)
     d, state = run_step("low_confidence", logits, make_view(masked, steps=2))
     assert cols(d.commit) == [[1, 3, 5, 7]]
-    d2, _ = run_step("low_confidence", logits, make_view(masked & ~d.commit, steps=2, step=1), state=state)
+    d2, _ = run_step("low_confidence", logits, make_view(masked & ~d.commit, steps=2, step=1, block_masks=8),
+                     state=state)
     assert cols(d2.commit) == [[0, 2, 4, 6]]
 
 
@@ -202,7 +212,7 @@ def test_llada_quota_remainder_goes_first():
     counts = []
     for step in range(3):
         cand = compute_candidates(logits, mode="gumbel")
-        d, state = s.step(cand, make_view(masked, steps=3, step=step), state)
+        d, state = s.step(cand, make_view(masked, steps=3, step=step, block_masks=7), state)
         counts.append(int(d.commit.sum()))
         masked = masked & ~d.commit
     assert counts == [3, 2, 2]
@@ -230,20 +240,20 @@ def gap_logits(gaps: list[list[float]]) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("global_step,gap,exits", [
-    # total budget 30: progress = (global_step + 1) / 30; early phase while < 0.33 (steps 0..8)
+@pytest.mark.parametrize("row_steps,gap,exits", [
+    # total budget 30: progress = (row_steps + 1) / 30; early phase while < 0.33 (steps 0..8)
     (0, 7.5, True), (8, 7.5, True), (8, 7.49, False), (0, 5.0, False),
     # mid phase while < 0.67 (steps 9..19)
     (9, 5.0, True), (9, 4.99, False), (19, 5.0, True), (19, 2.5, False),
     # late phase
     (20, 2.5, True), (20, 2.49, False), (29, 2.5, True),
 ])
-def test_early_commit_exits_exactly_at_the_phase_thresholds(global_step, gap, exits):
+def test_early_commit_exits_exactly_at_the_phase_thresholds(row_steps, gap, exits):
     n, w = 12, 4  # region = rest of the answer (12 columns), block of 4
     logits = gap_logits([[gap] * n])
     masked = torch.ones(1, n, dtype=torch.bool)
     masked[0, 1] = False
-    d, _ = run_step("early_commit", logits, make_view(masked, block_cols=w, global_step=global_step,
+    d, _ = run_step("early_commit", logits, make_view(masked, block_cols=w, row_steps=row_steps,
                                                       total_steps=30))
     assert d.finish is not None and bool(d.finish[0]) == exits
     if exits:
@@ -258,7 +268,7 @@ def test_early_commit_gap_is_averaged_over_the_masked_answer_or_the_block():
     gaps = [[9.0, 9.0, 9.0, 9.0, 1.0, 1.0, 1.0, 1.0, 100.0]]
     masked = torch.ones(1, 9, dtype=torch.bool)
     masked[0, 8] = False
-    view = make_view(masked, block_cols=4, global_step=0, total_steps=32)
+    view = make_view(masked, block_cols=4, row_steps=0, total_steps=32)
     d, _ = run_step("early_commit", gap_logits(gaps), view)  # mean over masks = 5.0 < 7.5
     assert not bool(d.finish[0])
     d, _ = run_step("early_commit", gap_logits(gaps), view, gap_over="block")  # mean over block = 9.0
@@ -281,24 +291,24 @@ def test_early_commit_inner_sees_only_the_block(registered):
         """Records what it is given; commits the last masked column it sees."""
 
         def init_state(self, block):
-            seen["init_region"] = (block.region_start, block.region_end, block.start, block.end)
-            return 0
+            seen["init_block"] = (block.start.tolist(), block.width.tolist())
+            return {"calls": torch.zeros_like(block.masks)}
 
         def step(self, cand, view, state):
             seen["shapes"] = (tuple(cand.tokens.shape), tuple(cand.logit_gap.shape), tuple(view.masked.shape),
-                              view.in_block.tolist(), view.block.region_end)
+                              view.in_block.tolist())
             commit = torch.zeros_like(view.masked)
             commit[:, -1] = view.masked[:, -1]
-            return Decision(commit), state + 1
+            return Decision(commit), {"calls": state["calls"] + 1}
 
     registered("test_spy", Spy)
     n, w = 10, 4
     view = make_view(torch.ones(1, n, dtype=torch.bool), block_cols=w)
     d, state = run_step("early_commit", gap_logits([[0.5] * n]), view, inner="test_spy")
-    assert seen["init_region"] == (10, 14, 10, 14)
-    assert seen["shapes"] == ((1, w), (1, w), (1, w), [True] * w, 14)
+    assert seen["init_block"] == ([10], [w])
+    assert seen["shapes"] == ((1, w), (1, w), (1, w), [[True] * w])
     assert cols(d.commit) == [[w - 1]]  # padded back to the region
-    assert state["inner"] == 1
+    assert state["inner"]["calls"].tolist() == [1]
 
 
 def test_early_commit_flags_follow_the_inner_scheduler():
@@ -334,7 +344,7 @@ def test_early_commit_with_zero_thresholds_decodes_in_one_step(peaky):
                                scheduler_kwargs={"early": 0.0, "mid": 0.0, "late": 0.0}, return_trace=True,
                                stop_at_eos=False)
     out = peaky.generate([[5, 6, 7]], cfg)
-    assert out.nfe.tolist() == [1] and out.trace.block_steps == [1]
+    assert out.nfe.tolist() == [1] and out.trace.block_steps == [[1]]
     assert (out.trace.commit_step == 0).all()
     # the answer is the argmax of the very first forward pass, for every position
     ref = dlm.GenerationConfig(gen_length=32, block_length=32, scheduler="threshold",

@@ -37,7 +37,7 @@ class LeftToRightThreshold(Scheduler):
         unsure = allowed & (cand.confidence < self.params.threshold)
         run = allowed & (unsure.long().cumsum(1) == 0)  # masks left of the first unsure one
         # the leftmost mask always; and enough to finish the block within its step budget
-        steps_left = max(1, view.block.steps - view.step)
+        steps_left = (view.block.steps - view.step).clamp(min=1)  # (B,): every row at its own step
         need = torch.clamp((allowed.sum(1) + steps_left - 1) // steps_left, min=1).unsqueeze(1)
         commit = run | (allowed & (order <= need))
         if self.params.max_per_step is not None:

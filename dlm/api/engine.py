@@ -1,0 +1,170 @@
+"""``dlm.Engine``: requests that join and leave at any step (continuous batching).
+
+    engine = dlm.Engine(model, max_rows=32)
+    req = engine.submit("add: 66+163 =", dlm.GenerationConfig(gen_length=32, scheduler="threshold"))
+    while not req.done:
+        for event in engine.step():          # ONE forward over every running request
+            print(event.request_id, event.new_tokens())
+    print(req.output.texts[0])
+
+Each request brings its own :class:`~dlm.config.GenerationConfig` (length, blocks, steps, scheduler, cache,
+sampling, seed) and gets its own slots of a key/value pool preallocated when the engine is built
+(``max_rows`` slots of ``max_tokens // max_rows`` positions). A request that does not fit waits in the queue
+until one ends; nothing is allocated per step.
+
+**Batch invariance.** A request's answer is token for token the answer it gets alone, whatever runs beside it and
+whenever it joins: at temperature 0 and with seeded sampling (each request draws from its own generator). On a
+CPU in float32 this holds always (tested). On a GPU, matrix kernels change their rounding with the shape of the
+batch; with ``batch_invariant=True`` every matrix product and reduction runs on fixed-size tiles and attention
+per request, so it holds there too, at a cost (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from typing import Any
+
+import torch
+
+from .. import cache as cache_mod
+from .. import schedulers as sched_mod
+from ..config import GenerationConfig
+from ..engine.core import EngineCore
+from ..engine.request import Layout, Request, Status
+from ..errors import ConfigError
+from ..outputs import StepEvent
+
+ATTENTION = ("auto", "loop", "padded")
+
+
+class Engine:
+    """Continuous batching over one model (see the module doc).
+
+    Args:
+        model: a :class:`~dlm.api.DiffusionLM`.
+        max_rows: requests that run at once (a request with classifier-free guidance counts twice).
+        max_tokens: positions of the key/value pool, shared equally by the rows; a request's prompt +
+            gen_length must fit in ``max_tokens // max_rows``. Default: ``max_rows`` times the model's context.
+        attention: ragged attention backend: ``"loop"`` (one attention call per request), ``"padded"`` (one call
+            over padded rows), ``"auto"`` (loop on CPU and with ``batch_invariant``, padded otherwise).
+        batch_invariant: make answers independent of the batch on a GPU too (slower); default: True on CPU,
+            where it costs almost nothing, False on CUDA.
+    """
+
+    def __init__(self, model, max_rows: int = 32, max_tokens: int | None = None, *, attention: str = "auto",
+                 batch_invariant: bool | None = None):
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise ConfigError(f"max_rows must be an integer >= 1, got {max_rows!r}")
+        if max_tokens is None:
+            max_tokens = max_rows * model.max_length
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < max_rows:
+            raise ConfigError(f"max_tokens must be an integer >= max_rows ({max_rows}), got {max_tokens!r}")
+        if attention not in ATTENTION:
+            raise ConfigError(f"unknown attention backend {attention!r}; allowed: {', '.join(ATTENTION)}")
+        cpu = model.device.type == "cpu"
+        self.batch_invariant = cpu if batch_invariant is None else bool(batch_invariant)
+        if attention == "auto":
+            attention = "loop" if cpu or self.batch_invariant else "padded"
+        self.model = model
+        self.core = EngineCore(model, max_rows, max_tokens // max_rows, attention, pad_rows=cpu)
+        self._ids = itertools.count()
+        self._lock = threading.RLock()
+        self._schedulers: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- requests
+    def submit(self, prompt, config: GenerationConfig | None = None, *, tag: Any = None, **overrides) -> Request:
+        """Queue one request; it starts at the next step that has room for it. ``prompt`` is a string or a list
+        of token ids; ``overrides`` replace fields of ``config``."""
+        config = config or GenerationConfig()
+        if overrides:
+            config = config.replace(**overrides)
+        ids = self.model.encode(prompt, chat_template=config.chat_template)
+        if len(ids) != 1:
+            raise ConfigError(f"submit() takes one prompt, got {len(ids)}; submit them one by one")
+        request = self.prepare(ids[0], config, tag=tag)
+        with self._lock:
+            self.core.submit(request)
+        return request
+
+    def prepare(self, prompt_ids: list[int], config: GenerationConfig, tag: Any = None) -> Request:
+        """A checked :class:`Request` for token ids, not yet queued (``generate`` prepares all before queueing)."""
+        lm = self.model
+        config = lm.effective_config(config) if hasattr(lm, "effective_config") else config
+        if config.verify is not None:
+            raise ConfigError(f"verify={config.verify!r} is not supported by Engine.submit yet; use generate()")
+        _check_prompt(lm, prompt_ids, config)
+        sched_key = json.dumps([config.scheduler, dict(config.scheduler_kwargs)], sort_keys=True)
+        if sched_key not in self._schedulers:
+            self._schedulers[sched_key] = sched_mod.create(config.scheduler, dict(config.scheduler_kwargs))
+        scheduler = self._schedulers[sched_key]
+        seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        return Request(
+            id=next(self._ids), prompt_ids=list(prompt_ids), config=config,
+            layout=Layout.semi_autoregressive(len(prompt_ids), config), scheduler=scheduler,
+            policy=cache_mod.create(config.cache, dict(config.cache_kwargs)),
+            mode=scheduler.sampling if config.sampling == "auto" else config.sampling,
+            measures=frozenset(scheduler.measures),
+            stop_ids=tuple(config.stop_token_ids) if config.stop_token_ids is not None else lm.ids.stop_ids,
+            full_region=bool(scheduler.full_region or (config.eotp and config.eotp_threshold is not None)),
+            scheduler_key=sched_key, copies=2 if config.cfg_scale > 0 else 1, tag=tag,
+            generator=torch.Generator(device=lm.device).manual_seed(seed),
+        )
+
+    def enqueue(self, request: Request) -> None:
+        with self._lock:
+            self.core.submit(request)
+
+    def cancel(self, request: Request) -> None:
+        """Cancel a request: a queued one now, a running one before the next step (its slots are freed then)."""
+        with self._lock:
+            self.core.cancel(request)
+
+    # ----------------------------------------------------------------- running
+    def step(self) -> list[StepEvent]:
+        """Admit queued requests that fit, then run ONE forward over every running request; returns one
+        :class:`~dlm.outputs.StepEvent` per request that took part."""
+        with self._lock:
+            return self.core.step()
+
+    def run(self, stream=None) -> None:
+        """Step until no request is queued or running; ``stream`` gets every event."""
+        while self.pending:
+            for event in self.step():
+                if stream is not None:
+                    stream(event)
+                if event.stop_requested and not event.request.done:
+                    self.cancel(event.request)
+
+    @property
+    def pending(self) -> int:
+        """Requests queued or running."""
+        return len(self.core.queue) + len(self.core.running)
+
+    def canvas(self, request: Request) -> torch.Tensor:
+        """A running request's canvas now: (length,) long on the CPU, prompt then answer (mask id where still
+        masked; EOS past an end-of-text cut)."""
+        if request.status != Status.RUNNING:
+            raise ConfigError(f"request {request.id} is {request.status.value}, not running; read request.output")
+        with self._lock:
+            return self.core.buf.tokens[request.slots[0], : request.layout.length].cpu()
+
+    def stats(self) -> dict[str, float]:
+        """Queue depth, running requests, rows of the pool in use and its size."""
+        core = self.core
+        return {"queued": len(core.queue), "running": len(core.running), "rows_in_use": core.pool.in_use(),
+                "max_rows": core.max_rows, "slot_len": core.slot_len, "steps": core.steps,
+                "pool_bytes": core.pool.nbytes()}
+
+
+def _check_prompt(lm, p: list[int], config: GenerationConfig) -> None:
+    if lm.logits_shift and len(p) == 0:
+        raise ConfigError(f"the prompt is empty; {lm.model_type} predicts token i from position i-1, so a prompt "
+                          "needs at least one token (e.g. BOS)")
+    if len(p) + config.gen_length > lm.max_length:
+        raise ConfigError(f"the prompt has {len(p)} tokens; with gen_length={config.gen_length} the canvas needs "
+                          f"{len(p) + config.gen_length} positions but the model's context is {lm.max_length}")
+
+
+__all__ = ["Engine", "Request", "Status"]

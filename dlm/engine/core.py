@@ -1,0 +1,329 @@
+"""The engine: requests that advance on their own, one ragged forward per step.
+
+:meth:`EngineCore.step` is a list of named phases::
+
+    admit     queued requests take free slots of the key/value pool (first come, first served)
+    plan      each running request's cache policy says what its forward feeds
+    forward   ONE ragged forward over every running request (rows of different blocks and lengths)
+    sample    logits -> candidate tokens and confidences, each request from its own generator
+    select    schedulers decide (one call per scheduler configuration) and the commits are written
+    stop      end-of-text prediction, stop-at-EOS, answers complete
+    emit      per request: advance its block, finish it or fail it, and report a StepEvent
+
+The engine synchronises with the device once per step (to learn which requests finished). A request's answer
+depends only on the request: its own config, generator, scheduler state and cache schedule; the model's
+numerics are the only thing it shares with the others, and they are made batch-invariant where the device
+allows it (see :mod:`dlm.engine.numerics`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Sequence
+
+import torch
+
+from ..cache.base import CacheContext
+from ..cache.store import KVPool, PoolShape
+from ..errors import ConfigError, GenerationError, SchedulerError
+from ..models.ragged import RaggedAttention
+from ..outputs import GenerationOutput, StepEvent, StepTrace
+from ..sampling import Draws, compute_candidates
+from .buffers import SlotBuffers
+from .pack import Packed, RowPlan, host_plan, pack, step_info
+from .request import Request, Status
+from .select import EMPTY, FINISH_WITHOUT_REGION, OUTSIDE, GroupCommit, decide, group_key
+from .stops import apply_stops
+
+
+class EngineCore:
+    """Runs requests (see the module doc). Built by :class:`dlm.Engine`, which also prepares the requests.
+
+    Args:
+        lm: the :class:`~dlm.api.DiffusionLM`.
+        max_rows: slots of the key/value pool (model rows that can run at once; a request with guidance uses 2).
+        slot_len: positions of a slot (the longest canvas a request may have).
+        attention: ragged attention backend, ``"loop"`` or ``"padded"``.
+        pad_rows: pad the packed forward to a minimum number of rows (batch invariance of CPU matrix products).
+    """
+
+    def __init__(self, lm, max_rows: int, slot_len: int, attention: str, pad_rows: bool):
+        self.lm = lm
+        self.device = lm.device
+        self.attention = attention
+        self.pad_rows = pad_rows
+        model = lm.model
+        devices = [layer.q.weight.device for layer in model.layers]
+        shape = PoolShape(len(model.layers), max_rows, slot_len, model.kv_heads, lm.arch.head_dim)
+        self.pool = KVPool(shape, lm.dtype, devices)
+        self.buf = SlotBuffers(max_rows, slot_len, self.device)
+        self.queue: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.steps = 0
+        self.mask_id, self.eos_id = lm.ids.mask_id, lm.ids.eos_id
+
+    @property
+    def slot_len(self) -> int:
+        return self.pool.shape.slot_len
+
+    @property
+    def max_rows(self) -> int:
+        return self.pool.shape.num_slots
+
+    # ----------------------------------------------------------------- requests in and out
+    def submit(self, request: Request) -> None:
+        if request.layout.length > self.slot_len:
+            raise ConfigError(f"the request needs {request.layout.length} canvas positions (prompt + gen_length) "
+                              f"but a slot of this engine holds {self.slot_len}; raise max_tokens / lower max_rows")
+        if request.copies > self.max_rows:
+            raise ConfigError(f"the request needs {request.copies} rows (classifier-free guidance) but the engine "
+                              f"has max_rows={self.max_rows}")
+        self.queue.append(request)
+
+    def cancel(self, request: Request) -> None:
+        """Cancel a queued request now, a running one at the start of the next step (its slots are freed)."""
+        if request.status == Status.QUEUED and request in self.queue:
+            self.queue.remove(request)
+            self._end(request, Status.CANCELLED)
+        elif request.status == Status.RUNNING:
+            request.cancel_requested = True
+
+    def _admit(self) -> None:
+        for r in [r for r in self.running if r.cancel_requested]:
+            self._end(r, Status.CANCELLED)
+        while self.queue and self.pool.free_slots >= self.queue[0].copies:
+            r = self.queue.popleft()
+            r.slots = self.pool.allocate(r.copies)
+            canvas = torch.tensor(r.prompt_ids + [self.mask_id] * r.layout.gen_length, dtype=torch.long)
+            self.buf.reset(r.slots[0], canvas.to(self.device))
+            if r.copies == 2:  # the unconditional copy: the prompt replaced by masks
+                canvas[: r.layout.prompt_len] = self.mask_id
+                self.buf.reset(r.slots[1], canvas.to(self.device))
+            r.length = r.layout.length
+            r.policy.setup(CacheContext(r.layout.length, r.layout.prompt_len, self.lm.logits_shift))
+            r.policy.begin_block(*r.block_span())
+            r.status, r.t_start = Status.RUNNING, time.perf_counter()
+            self.running.append(r)
+
+    # ----------------------------------------------------------------- one step
+    @torch.no_grad()
+    def step(self) -> list[StepEvent]:
+        """Admit what fits, then ONE forward over every running request; returns their events."""
+        self._admit()
+        reqs = list(self.running)
+        if not reqs:
+            return []
+        plans = [self._plan(r) for r in reqs]
+        packed = pack(plans, None, self.pad_rows)
+        logits = self._forward(packed)
+        nan = self._sample(packed, logits)
+        groups = self._select(reqs)
+        stop = apply_stops(reqs, self.buf, self.mask_id, self.eos_id)
+        flags = self._flags(reqs, groups, stop, nan)
+        self.steps += 1
+        return self._emit(reqs, flags)
+
+    def _plan(self, r: Request) -> RowPlan:
+        info = step_info(r, self.buf.tokens, self.buf.committed, self.buf.cand_confidence, self.mask_id)
+        plan = r.policy.plan(info)
+        r.policy.count(plan)
+        return host_plan(r, plan, self.lm.logits_shift)
+
+    def _forward(self, p: Packed) -> torch.Tensor:
+        """(Nc, V) logits of every candidate position (guidance applied)."""
+        dev = self.device
+        slot, position = p.slot.to(dev), p.position.to(dev)
+        ids = self.buf.tokens[slot, position].unsqueeze(0)
+        attention = RaggedAttention(p.rows, self.pool, self.attention)
+        logits = self.lm.model(ids, position.unsqueeze(0), attention=attention,
+                               logits_index=p.logits_index.to(dev).unsqueeze(0))[0]
+        cond = logits[p.cond.to(dev)]
+        if not bool((p.cfg_scale > 0).any()):
+            return cond
+        uncond = logits[p.uncond.to(dev)]
+        w = p.cfg_scale.to(dev, logits.dtype).unsqueeze(1)
+        mixed = uncond + (w + 1) * (cond - uncond)
+        # ids outside the vocabulary are -inf in both; keep them -inf instead of inf - inf = nan
+        mixed = torch.where(torch.isneginf(cond) & torch.isneginf(uncond), cond, mixed)
+        return torch.where(w > 0, mixed, cond)
+
+    def _sample(self, p: Packed, logits: torch.Tensor) -> torch.Tensor:
+        """Candidates of every request into the slot buffers; returns (R,) bool: the request's logits had NaN."""
+        dev = self.device
+        groups: dict[tuple, list[tuple[Request, int, int]]] = {}
+        for seg in p.segments:
+            groups.setdefault(_sampling_key(seg[0]), []).append(seg)
+        for segs in groups.values():
+            r0 = segs[0][0]
+            index = torch.cat([torch.arange(a, a + n) for _, a, n in segs]).to(dev)
+            c = r0.config
+            cand = compute_candidates(
+                logits[index], mode=r0.mode, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+                generator=Draws([(r.generator, n) for r, _, n in segs]),
+                measures=set().union(*(r.measures for r, _, _ in segs)),
+                ban_ids=(self.eos_id,) if c.logits_eos_inf else (),
+                low_confidence_ids=r0.stop_ids if c.confidence_eos_eot_inf else (), never_ids=(self.mask_id,))
+            self.buf.store_candidates(p.cand_slot.to(dev)[index], p.cand_col.to(dev)[index], cand)
+        bad = torch.isnan(logits.amax(-1)).long()
+        seg_of = torch.cat([torch.full((n,), i) for i, (_, _, n) in enumerate(p.segments)]).to(dev)
+        return torch.zeros(len(p.segments), dtype=torch.long, device=dev).index_add_(0, seg_of, bad) > 0
+
+    def _select(self, reqs: list[Request]) -> list[GroupCommit]:
+        groups: dict[tuple, list[Request]] = {}
+        for r in reqs:
+            groups.setdefault(group_key(r), []).append(r)
+        out = []
+        for g in groups.values():
+            try:
+                out.append(decide(g, self.buf, self.mask_id))
+            except Exception as exc:  # noqa: BLE001 - a broken scheduler fails its requests, not the engine
+                out.append(self._broken(g, exc))
+        return out
+
+    def _broken(self, reqs: list[Request], exc: Exception) -> GroupCommit:
+        """The requests of a scheduler call that raised: nothing committed, each failed with the error."""
+        name = reqs[0].scheduler.name
+        err = exc if isinstance(exc, SchedulerError) else SchedulerError(
+            f"scheduler {name!r} raised {type(exc).__name__}: {exc}")
+        if err is not exc:
+            err.__cause__ = exc
+        for r in reqs:
+            r.pending_error = err
+        B, dev = len(reqs), self.device
+        zeros = torch.zeros(B, dtype=torch.long, device=dev)
+        return GroupCommit(reqs, zeros, zeros, torch.zeros(B, 1, dtype=torch.bool, device=dev),
+                           torch.zeros(B, dtype=torch.bool, device=dev), zeros)
+
+    def _flags(self, reqs, groups: list[GroupCommit], stop, nan) -> list[list[int]]:
+        """One transfer to the host: per request (done, first mask column, length, error code, NaN, finished)."""
+        order = {id(r): i for i, r in enumerate(reqs)}
+        dev = self.device
+        error = torch.zeros(len(reqs), dtype=torch.long, device=dev)
+        finish = torch.zeros(len(reqs), dtype=torch.bool, device=dev)
+        for g in groups:
+            idx = torch.tensor([order[id(r)] for r in g.requests], device=dev)
+            error[idx] = g.error
+            finish[idx] = g.finish
+        done = stop.done | finish
+        return torch.stack([done.long(), stop.first_mask, stop.length, error, nan.long()], 1).tolist()
+
+    # ----------------------------------------------------------------- emit
+    def _emit(self, reqs: list[Request], flags: list[list[int]]) -> list[StepEvent]:
+        now = time.perf_counter()
+        events = self._events(reqs)
+        for r, (done, first_mask, length, error, nan), ev in zip(reqs, flags, events):
+            r.steps += 1
+            r.block_step += 1
+            r.t_first = r.t_first or now
+            ev.step, ev.done = r.steps, bool(done)
+            if nan:
+                self._fail(r, GenerationError(f"the model produced NaN logits for request {r.id} at its step "
+                                              f"{r.steps}; check the weights and the dtype (float16 overflows are "
+                                              "a common cause)"))
+            elif r.pending_error is not None:
+                self._fail(r, r.pending_error)
+            elif error:
+                self._fail(r, _scheduler_error(r, error))
+            elif done:
+                r.block_steps.append(r.block_step)
+                self._end(r, Status.DONE)
+            else:
+                r.length = length
+                self._advance(r, r.layout.prompt_len + first_mask)
+            ev.done = r.done
+        return events
+
+    def _advance(self, r: Request, first_mask_pos: int) -> None:
+        """Move to the block of the first remaining mask once the active block has none."""
+        if first_mask_pos < r.block_span()[1]:
+            return
+        r.block_steps.append(r.block_step)
+        r.block = r.layout.block_of(first_mask_pos)
+        r.block_step = 0
+        r.needs_init = True
+        r.policy.begin_block(*r.block_span())
+
+    def _events(self, reqs: list[Request]) -> list[StepEvent]:
+        """Each request's answer and the positions this step committed, in one transfer."""
+        dev = self.device
+        Gmax = max(r.layout.gen_length for r in reqs)
+        meta = torch.tensor([[r.slots[0], r.layout.prompt_len, r.steps] for r in reqs], dtype=torch.long).to(dev)
+        pos = meta[:, 1:2] + torch.arange(Gmax, device=dev)
+        rows = meta[:, :1]
+        tokens = self.buf.tokens[rows, pos].cpu()
+        committed = (self.buf.commit_step[rows, pos] == meta[:, 2:3]).cpu()
+        out = []
+        for i, r in enumerate(reqs):
+            G = r.layout.gen_length
+            out.append(StepEvent(request_id=r.id, step=r.steps + 1, block=r.block, committed=committed[i, :G],
+                                 tokens=tokens[i, :G], done=False, tag=r.tag, request=r))
+        return out
+
+    # ----------------------------------------------------------------- endings
+    def _fail(self, r: Request, error: BaseException) -> None:
+        r.error = error
+        self._end(r, Status.FAILED)
+
+    def _end(self, r: Request, status: Status) -> None:
+        r.status = status
+        r.t_end = time.perf_counter()
+        if r.slots:
+            r.output = self._output(r)
+            self.pool.release(r.slots)
+            r.slots = []
+        if r in self.running:
+            self.running.remove(r)
+
+    def _output(self, r: Request) -> GenerationOutput:
+        s, P, G = r.slots[0], r.layout.prompt_len, r.layout.gen_length
+        seq = self.buf.tokens[s, P : P + G].unsqueeze(0).cpu()
+        texts = None
+        tok = self.lm.tokenizer
+        if tok is not None:
+            row = seq[0].tolist()
+            cut = next((i for i, t in enumerate(row) if t in r.stop_ids), len(row))
+            texts = [tok.decode([t for t in row[:cut] if t != self.mask_id], skip_special_tokens=True)]
+        trace = None
+        if r.config.return_trace:
+            trace = StepTrace(self.buf.commit_step[s, P : P + G].unsqueeze(0).cpu(), [list(r.block_steps)])
+        start = r.t_start or r.t_end
+        timings = {"total": r.t_end - r.t_submit, "queued": start - r.t_submit, "decode": r.t_end - start}
+        stats = {"fed_positions": float(r.policy.fed_positions), "forwards": float(r.policy.forwards)}
+        return GenerationOutput(sequences=seq, prompt_ids=[list(r.prompt_ids)], texts=texts,
+                                nfe=torch.tensor([r.nfe]), steps=r.steps, timings=timings, trace=trace, stats=stats)
+
+
+def _sampling_key(r: Request) -> tuple:
+    c = r.config
+    return (r.mode, c.temperature, c.top_k, c.top_p, c.logits_eos_inf, c.confidence_eos_eot_inf,
+            r.stop_ids if c.confidence_eos_eot_inf else ())
+
+
+def _scheduler_error(r: Request, code: int) -> SchedulerError:
+    name = r.scheduler.name
+    b = r.block
+    if code == OUTSIDE:
+        return SchedulerError(f"scheduler {name!r} committed positions outside the active block (request {r.id}, "
+                              f"block {b}) without finishing the row")
+    if code == EMPTY:
+        return SchedulerError(f"scheduler {name!r} committed nothing in request {r.id} at step {r.block_step - 1} "
+                              f"of block {b} while masks remain; every step must commit at least one masked "
+                              "position of the active block")
+    assert code == FINISH_WITHOUT_REGION
+    return SchedulerError(f"scheduler {name!r} set Decision.finish but is not full_region: finishing commits the "
+                          "rest of the answer, so its candidates must cover it; set full_region = True on the "
+                          "scheduler class")
+
+
+def generate_requests(core: EngineCore, requests: Sequence[Request], stream=None) -> None:
+    """Submit ``requests`` and step until every one is done; ``stream`` gets every StepEvent."""
+    for r in requests:
+        core.submit(r)
+    while not all(r.done for r in requests):
+        events = core.step()
+        if stream is not None:
+            for ev in events:
+                stream(ev)
+                if ev.stop_requested and not ev.request.done:
+                    core.cancel(ev.request)

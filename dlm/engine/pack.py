@@ -1,0 +1,152 @@
+"""Planning and packing one step: every running request's cache plan becomes rows of ONE ragged forward.
+
+For each request the cache policy says which canvas positions to feed and which of them need logits; this module
+turns those plans into the packed inputs of :class:`~dlm.models.ragged.RaggedAttention` (one sequence of T fed
+positions, no padding between rows), the positions whose logits are computed, and where each logit's candidates
+go (the request's slot and region column). Built on the host from Python integers and moved to the device in
+one transfer.
+
+On a CPU the packed sequence and the logits are padded to at least :data:`MIN_ROWS` rows: float32 matrix
+products of fewer rows take another kernel whose rounding differs, so without the padding a request's logits
+would depend on how many positions the other requests feed (rows are independent in a matrix product once the
+kernel is fixed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..cache.base import Plan, StepInfo
+from ..models.ragged import RaggedRows
+from .request import Request
+
+MIN_ROWS = 16
+
+
+@dataclass
+class RowPlan:
+    """One request's plan for this step, on the host.
+
+    Attributes:
+        fed: (Q,) long, canvas positions fed.
+        logit_src: (n,) long, indices into ``fed`` of the positions whose logits are needed.
+        cols: (n,) long, the region column each of those logits gives candidates for.
+        fresh: ``fed`` is exactly 0 .. length - 1 (the whole effective canvas, in order).
+        write: the fed keys/values go to the request's slots.
+    """
+
+    request: Request
+    fed: torch.Tensor
+    logit_src: torch.Tensor
+    cols: torch.Tensor
+    fresh: bool
+    write: bool
+
+
+@dataclass
+class Packed:
+    """The inputs of one ragged forward and where its outputs go.
+
+    Attributes:
+        rows: the attention's :class:`RaggedRows`.
+        slot, position: (T,) long, the slot and canvas position of every packed position (for the input ids).
+        logits_index: (N,) long, packed positions whose logits are computed: per request its conditional rows,
+            then (classifier-free guidance) its unconditional rows.
+        cond, uncond: (Nc,) long indices into the N logits: the conditional logits of each candidate, and the
+            matching unconditional ones (== cond where the request has no guidance).
+        cfg_scale: (Nc,) float, each candidate's request's guidance scale (0: none).
+        cand_slot, cand_col: (Nc,) long, where each candidate is stored (request slot, region column).
+        segments: per request (request, first candidate, number of candidates), in order.
+    """
+
+    rows: RaggedRows
+    slot: torch.Tensor
+    position: torch.Tensor
+    logits_index: torch.Tensor
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    cfg_scale: torch.Tensor
+    cand_slot: torch.Tensor
+    cand_col: torch.Tensor
+    segments: list[tuple[Request, int, int]]
+
+
+def host_plan(request: Request, plan: Plan, shift: int) -> RowPlan:
+    """A policy's :class:`~dlm.cache.base.Plan` as host tensors."""
+    if isinstance(plan.fed, slice):
+        fed = torch.arange(plan.fed.start, plan.fed.stop)
+    else:
+        fed = plan.fed[0].cpu()
+    index = plan.logits_index
+    logit_src = torch.arange(index.start, index.stop) if isinstance(index, slice) else index[0].cpu()
+    region_start, _ = request.region_span()
+    if plan.targets is None:
+        cols = fed[logit_src] + shift - region_start
+    else:
+        cols = plan.targets[0].cpu()
+    fresh = fed.numel() == request.length and bool((fed == torch.arange(request.length)).all())
+    return RowPlan(request, fed, logit_src, cols, fresh, request.policy.uses_storage)
+
+
+def step_info(request: Request, tokens: torch.Tensor, committed: torch.Tensor, confidence: torch.Tensor,
+              mask_id: int) -> StepInfo:
+    """What the request's cache policy sees (device tensors computed only if the policy reads them)."""
+    slot, length = request.slots[0], request.length
+    bs, be = request.block_span()
+    rs, re = request.region_span()
+    return StepInfo(
+        step=request.block_step, block_start=bs, block_end=be, region_start=rs, region_end=re, length=length,
+        masked=lambda: (tokens[slot, :length] == mask_id).unsqueeze(0),
+        committed_last=lambda: committed[slot, :length].unsqueeze(0),
+        confidence=(lambda: confidence[slot, : re - rs].unsqueeze(0)) if request.block_step > 0 else None,
+    )
+
+
+def pack(plans: list[RowPlan], block_size: int | None, pad_rows: bool) -> Packed:
+    """Pack the plans into one ragged forward (see the module doc)."""
+    q_start, q_len, k_len, slot, fresh, write, block, min_pos = [], [], [], [], [], [], [], []
+    pos_parts, slot_parts = [], []
+    cond, uncond, scale, cand_slot, cand_col, segments = [], [], [], [], [], []
+    cursor = n_logits = 0
+    logit_parts = []
+    for p in plans:
+        r = p.request
+        first = len(cond)
+        row_logits = []
+        for copy, s in enumerate(r.slots):
+            q_start.append(cursor)
+            q_len.append(p.fed.numel())
+            k_len.append(r.length)
+            slot.append(s)
+            fresh.append(p.fresh)
+            write.append(p.write)
+            block.append(block_size)
+            min_pos.append(int(p.fed.min()))
+            pos_parts.append(p.fed)
+            slot_parts.append(torch.full((p.fed.numel(),), s, dtype=torch.long))
+            row_logits.append(cursor + p.logit_src)
+            cursor += p.fed.numel()
+        n = p.logit_src.numel()
+        logit_parts += row_logits
+        cond += range(n_logits, n_logits + n)
+        uncond += range(n_logits + n, n_logits + 2 * n) if r.copies == 2 else range(n_logits, n_logits + n)
+        n_logits += n * r.copies
+        scale += [float(r.config.cfg_scale)] * n
+        cand_slot += [r.slots[0]] * n
+        cand_col.append(p.cols)
+        segments.append((r, first, n))
+    if pad_rows and cursor < MIN_ROWS:  # a dummy row that attends to itself only and writes nothing
+        extra = MIN_ROWS - cursor
+        q_start.append(cursor), q_len.append(extra), k_len.append(extra), slot.append(-1), fresh.append(True)
+        write.append(False), block.append(None), min_pos.append(0)
+        pos_parts.append(torch.arange(extra))
+        slot_parts.append(torch.full((extra,), plans[0].request.slots[0], dtype=torch.long))
+    logits_index = torch.cat(logit_parts)
+    if pad_rows and logits_index.numel() < MIN_ROWS:
+        logits_index = torch.cat([logits_index, logits_index.new_zeros(MIN_ROWS - logits_index.numel())])
+    position = torch.cat(pos_parts)
+    rows = RaggedRows(q_start, q_len, k_len, slot, fresh, write, block, position, min_pos)
+    return Packed(rows, torch.cat(slot_parts), position, logits_index, torch.tensor(cond), torch.tensor(uncond),
+                  torch.tensor(scale), torch.tensor(cand_slot), torch.cat(cand_col), segments)

@@ -1,0 +1,136 @@
+"""One request's state inside the engine: its canvas geometry, its components and its progress.
+
+A request owns everything that decides its answer: its prompt, its :class:`~dlm.config.GenerationConfig`, its
+scheduler state, its cache policy (with its own refresh schedule), its random generator and its slots of the
+key/value pool. Nothing here depends on the other requests the engine runs, which is what makes a request's
+answer independent of them.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import GenerationConfig
+from ..outputs import GenerationOutput
+
+
+class Status(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a request's prompt, answer and blocks lie on its canvas (positions 0 .. length - 1).
+
+    Attributes:
+        prompt_len: P, the prompt's tokens (canvas positions 0 .. P - 1).
+        gen_length: G, the answer's positions (P .. P + G - 1).
+        blocks: canvas [start, end) of every block, decoded left to right.
+        steps_per_block: the step budget of a block.
+        total_steps: the step budget of the whole answer.
+    """
+
+    prompt_len: int
+    gen_length: int
+    blocks: tuple[tuple[int, int], ...]
+    steps_per_block: int
+    total_steps: int
+
+    @property
+    def length(self) -> int:
+        return self.prompt_len + self.gen_length
+
+    @property
+    def answer_end(self) -> int:
+        return self.prompt_len + self.gen_length
+
+    @classmethod
+    def semi_autoregressive(cls, prompt_len: int, config: GenerationConfig) -> "Layout":
+        """LLaDA / Dream: the answer cut into blocks of ``block_length`` from its first position."""
+        bl = config.effective_block_length
+        blocks = tuple((prompt_len + b * bl, prompt_len + (b + 1) * bl) for b in range(config.num_blocks))
+        return cls(prompt_len, config.gen_length, blocks, config.steps_per_block, config.effective_steps)
+
+    def block_of(self, position: int) -> int:
+        """Index of the block holding canvas ``position`` (the last block for positions past the end)."""
+        for b, (_, end) in enumerate(self.blocks):
+            if position < end:
+                return b
+        return len(self.blocks) - 1
+
+
+@dataclass(eq=False)
+class Request:
+    """A generation request and its progress (see the module doc).
+
+    Public attributes: ``id``, ``prompt_ids``, ``config``, ``status``, ``done``, ``output`` (a one-row
+    :class:`~dlm.outputs.GenerationOutput` once finished or cancelled), ``error`` (the exception that failed it),
+    ``tag`` (whatever the submitter attached).
+    """
+
+    id: int
+    prompt_ids: list[int]
+    config: GenerationConfig
+    layout: Layout
+    scheduler: Any
+    policy: Any
+    mode: str  # sampling family: gumbel or categorical
+    measures: frozenset
+    stop_ids: tuple[int, ...]
+    full_region: bool  # candidates for the rest of the answer (scheduler's own need or EoTP's prediction)
+    scheduler_key: str = ""  # the scheduler's configuration as JSON: requests with the same key share its calls
+    copies: int = 1  # model rows: 2 under classifier-free guidance (the unconditional copy)
+    tag: Any = None
+    status: Status = Status.QUEUED
+    slots: list[int] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    # progress
+    block: int = 0
+    block_step: int = 0
+    steps: int = 0
+    length: int = 0
+    block_steps: list[int] = field(default_factory=list)
+    sched_state: Any = None
+    needs_init: bool = True
+    block_masks: torch.Tensor | None = None  # (1,) masks of the active block when it started
+    cancel_requested: bool = False
+    error: BaseException | None = None
+    pending_error: BaseException | None = None  # raised during a step; fails the request when the step ends
+    output: GenerationOutput | None = None
+    t_submit: float = field(default_factory=time.perf_counter)
+    t_start: float | None = None
+    t_first: float | None = None
+    t_end: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in (Status.DONE, Status.CANCELLED, Status.FAILED)
+
+    @property
+    def nfe(self) -> int:
+        return self.steps * self.copies
+
+    def block_span(self) -> tuple[int, int]:
+        """The active block's canvas [start, end), cut at the effective length (EoTP)."""
+        start, end = self.layout.blocks[self.block]
+        return start, min(end, self.length)
+
+    def region_span(self) -> tuple[int, int]:
+        """Canvas [start, end) of the positions that get candidates this step."""
+        start, end = self.block_span()
+        if self.full_region:
+            end = min(self.layout.answer_end, self.length)
+        return start, end
+
+    def __repr__(self) -> str:
+        return (f"Request(id={self.id}, status={self.status.value}, prompt={len(self.prompt_ids)} tokens, "
+                f"block={self.block}, steps={self.steps})")

@@ -1,0 +1,197 @@
+"""Selection and commit: the schedulers decide, the engine writes the decisions into the canvases.
+
+Requests whose scheduler has the same configuration and whose regions have the same width are decided in ONE
+call of the scheduler (rows = requests). Every per-row quantity the scheduler may read is that row's own (its
+candidates, view, state and generator), so a request's decisions do not depend on the other rows of the call;
+grouping by width as well means no row is ever padded, so even a scheduler that reads the width of its
+tensors sees what it would see alone.
+
+After the call the engine checks the scheduler's invariants per row (nothing committed outside the block without
+finishing, at least one commit while the block has masks, ``finish`` only for ``full_region`` schedulers):
+a violation fails that request only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import SchedulerError
+from ..schedulers.base import BlockInfo, Decision, StepView, slice_candidates, slice_view
+from .buffers import SlotBuffers
+from .request import Request
+
+# error codes of a row's decision (0: fine)
+OUTSIDE, EMPTY, FINISH_WITHOUT_REGION = 1, 2, 3
+
+
+@dataclass
+class GroupCommit:
+    """What one scheduler call committed.
+
+    Attributes:
+        requests: the rows, in order.
+        slots, starts: (B,) long device tensors: each row's slot and region start.
+        commit: (B, n) bool, positions committed (a finishing row's remaining masks included).
+        finish: (B,) bool, rows the scheduler finished.
+        error: (B,) long, the invariant a row broke (0: none).
+    """
+
+    requests: list[Request]
+    slots: torch.Tensor
+    starts: torch.Tensor
+    commit: torch.Tensor
+    finish: torch.Tensor
+    error: torch.Tensor
+
+
+def group_key(r: Request) -> tuple:
+    rs, re = r.region_span()
+    bs, be = r.block_span()
+    return (r.config.scheduler, r.scheduler_key, re - rs, be - bs)
+
+
+# ------------------------------------------------------------------------------------------------ state
+def stack_states(states: list[Any]) -> Any:
+    """Stack per-row states (each with a leading dimension of 1) into one state of B rows."""
+    first = states[0]
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        return torch.cat(states)
+    if isinstance(first, dict):
+        return {k: stack_states([s[k] for s in states]) for k in first}
+    raise SchedulerError(f"scheduler state must be None, a tensor with the row first, or a dict of them; got "
+                         f"{type(first).__name__}")
+
+
+def split_state(state: Any, n: int) -> list[Any]:
+    """The rows of a stacked state, each with a leading dimension of 1."""
+    if state is None:
+        return [None] * n
+    if isinstance(state, torch.Tensor):
+        if state.dim() == 0 or state.shape[0] != n:
+            raise SchedulerError(f"scheduler state tensors must have the row as first dimension ({n} rows); got "
+                                 f"shape {tuple(state.shape)}")
+        return [state[i : i + 1] for i in range(n)]
+    if isinstance(state, dict):
+        parts = {k: split_state(v, n) for k, v in state.items()}
+        return [{k: parts[k][i] for k in state} for i in range(n)]
+    raise SchedulerError(f"scheduler state must be None, a tensor with the row first, or a dict of them; got "
+                         f"{type(state).__name__}")
+
+
+# ------------------------------------------------------------------------------------------------ views
+def block_info(reqs: list[Request], masks: torch.Tensor, device) -> BlockInfo:
+    rows = []
+    for r in reqs:
+        bs, be = r.block_span()
+        rows.append([r.block, len(r.layout.blocks), r.layout.steps_per_block, r.layout.total_steps, be - bs, bs,
+                     r.layout.length, r.layout.prompt_len])
+    t = torch.tensor(rows, dtype=torch.long).to(device)
+    return BlockInfo(index=t[:, 0], num_blocks=t[:, 1], steps=t[:, 2], masks=masks, total_steps=t[:, 3],
+                     width=t[:, 4], start=t[:, 5], canvas_length=t[:, 6], answer_start=t[:, 7])
+
+
+def region(reqs: list[Request], buf: SlotBuffers, mask_id: int):
+    """(slots, starts, cols, current tokens, masked) of the rows' regions: (B,), (B,), (B, n), (B, n), (B, n)."""
+    dev = buf.device
+    n = reqs[0].region_span()[1] - reqs[0].region_span()[0]
+    meta = torch.tensor([[r.slots[0], r.region_span()[0], r.length] for r in reqs], dtype=torch.long).to(dev)
+    slots, starts, lengths = meta[:, 0], meta[:, 1], meta[:, 2]
+    cols = starts.unsqueeze(1) + torch.arange(n, device=dev).unsqueeze(0)
+    cur = buf.tokens[slots.unsqueeze(1), cols]
+    masked = (cur == mask_id) & (cols < lengths.unsqueeze(1))
+    return slots, starts, cols, cur, masked
+
+
+def _check_decision(d: Any, name: str, shape: tuple[int, int]) -> Decision:
+    if not isinstance(d, Decision) or not isinstance(d.commit, torch.Tensor) or tuple(d.commit.shape) != shape:
+        got = tuple(d.commit.shape) if isinstance(getattr(d, "commit", None), torch.Tensor) else type(d).__name__
+        raise SchedulerError(f"scheduler {name!r} must return (Decision(commit (B, n) bool, finish), state) with "
+                             f"commit of shape {shape}; got {got}")
+    return d
+
+
+# ------------------------------------------------------------------------------------------------ decide
+def decide(reqs: list[Request], buf: SlotBuffers, mask_id: int) -> GroupCommit:
+    """One scheduler call for ``reqs`` (same scheduler configuration and region width) and the resulting
+    commits written into the canvases (see the module doc)."""
+    sched = reqs[0].scheduler
+    dev = buf.device
+    slots, starts, cols, cur, masked = region(reqs, buf, mask_id)
+    B, n = masked.shape
+    width = reqs[0].block_span()[1] - reqs[0].block_span()[0]
+    in_block = (torch.arange(n, device=dev) < width).unsqueeze(0).expand(B, n)
+    masks_now = (masked & in_block).sum(1)
+    for i, r in enumerate(reqs):
+        if r.needs_init:  # a block starts: remember its masks, then the scheduler's state for it
+            r.block_masks = masks_now[i : i + 1]
+    masks = torch.cat([r.block_masks for r in reqs])
+    info = block_info(reqs, masks, dev)
+    starting = [i for i, r in enumerate(reqs) if r.needs_init]
+    if starting:
+        idx = torch.tensor(starting, device=dev)
+        fresh_states = split_state(sched.init_state(info.rows(idx)), len(starting))
+        for i, s in zip(starting, fresh_states):
+            reqs[i].sched_state, reqs[i].needs_init = s, False
+    steps = torch.tensor([[r.block_step, r.steps] for r in reqs], dtype=torch.long).to(dev)
+    view = StepView(masked=masked, in_block=in_block, active=torch.ones(B, dtype=torch.bool, device=dev),
+                    step=steps[:, 0], row_steps=steps[:, 1], block=info, generators=[r.generator for r in reqs])
+    cand = buf.candidates(slots, n, sched.measures)
+    state = stack_states([r.sched_state for r in reqs])
+    if sched.full_region or width == n:
+        decision, state = sched.step(cand, view, state)
+        decision = _check_decision(decision, sched.name, (B, n))
+    else:  # the region is wider than the block only for EoTP's prediction: the scheduler sees the block
+        cut = slice(0, width)
+        decision, state = sched.step(slice_candidates(cand, cut), slice_view(view, cut), state)
+        decision = _check_decision(decision, sched.name, (B, width))
+        wide = torch.zeros(B, n, dtype=torch.bool, device=dev)
+        wide[:, cut] = decision.commit
+        decision = Decision(wide, decision.finish)
+    for r, s in zip(reqs, split_state(state, B)):
+        r.sched_state = s
+    if any(r.config.eotp for r in reqs):  # EoTP's prediction reads the candidates the scheduler decided on
+        buf.cand_tokens[slots, :n] = cand.tokens
+        buf.cand_confidence[slots, :n] = cand.confidence.float()
+    commit, finish, error = _validate(decision, masked, in_block, sched.full_region)
+    _write(reqs, buf, slots, cols, cur, commit, cand.tokens)
+    return GroupCommit(reqs, slots, starts, commit, finish, error)
+
+
+def _validate(decision: Decision, masked, in_block, full_region: bool):
+    commit = decision.commit.bool() & masked
+    B = commit.shape[0]
+    error = torch.zeros(B, dtype=torch.long, device=commit.device)
+    if decision.finish is not None:
+        finish = decision.finish.bool()
+        if not full_region:
+            error = torch.where(finish, FINISH_WITHOUT_REGION, error)
+            finish = torch.zeros_like(finish)
+        commit = commit | (masked & finish.unsqueeze(1))
+    else:
+        finish = torch.zeros(B, dtype=torch.bool, device=commit.device)
+    outside = (commit & ~in_block).any(1) & ~finish
+    empty = ~(commit & in_block).any(1) & (masked & in_block).any(1) & ~finish
+    error = torch.where((error == 0) & outside, OUTSIDE, error)
+    error = torch.where((error == 0) & empty, EMPTY, error)
+    return commit, finish, error
+
+
+def _write(reqs, buf: SlotBuffers, slots, cols, cur, commit, tokens) -> None:
+    """Write committed tokens (and the unconditional copies' answers), commit steps and the committed mask."""
+    dev = buf.device
+    new = torch.where(commit, tokens, cur)
+    rows = slots.unsqueeze(1)
+    buf.tokens[rows, cols] = new
+    uncond = [(i, r.slots[1]) for i, r in enumerate(reqs) if r.copies == 2]
+    if uncond:  # the unconditional canvas mirrors the answer (only its prompt differs)
+        idx = torch.tensor([i for i, _ in uncond], device=dev)
+        buf.tokens[torch.tensor([s for _, s in uncond], device=dev).unsqueeze(1), cols[idx]] = new[idx]
+    step = torch.tensor([r.steps for r in reqs], dtype=torch.int32).to(dev).unsqueeze(1)
+    buf.commit_step[rows, cols] = torch.where(commit, step, buf.commit_step[rows, cols])
+    buf.committed[slots] = False
+    buf.committed[rows, cols] = commit
