@@ -91,3 +91,36 @@ class StepEvent:
         """(answer position, token id) pairs committed by this step."""
         pos = self.committed.nonzero().squeeze(1).tolist()
         return [(p, int(self.tokens[p])) for p in pos]
+
+
+# statistics that are ratios of two counters (the verifiers' block efficiency and acceptance rate)
+RATIO_STATS = {
+    "block_efficiency": ("accepted_tokens", "row_rounds"),
+    "acceptance_rate": ("accepted_draft_tokens", "drafted_tokens"),
+}
+
+
+def merge_outputs(outs: list[GenerationOutput]) -> GenerationOutput:
+    """One output whose rows are the rows of ``outs`` in order; counters summed, ratios recomputed."""
+    first = outs[0]
+    trace = None
+    if first.trace is not None:
+        trace = StepTrace(torch.cat([o.trace.commit_step for o in outs]), [s for o in outs for s in o.trace.block_steps])
+    stats: dict[str, float] = {}
+    for o in outs:
+        for k, v in o.stats.items():
+            stats[k] = stats.get(k, 0.0) + v
+    # counters add up across batches; ratios are recomputed from them
+    for ratio, (num, den) in RATIO_STATS.items():
+        if ratio in stats and num in stats and den in stats:
+            stats[ratio] = stats[num] / max(1.0, stats[den])
+    return GenerationOutput(
+        sequences=torch.cat([o.sequences for o in outs]),
+        prompt_ids=[p for o in outs for p in o.prompt_ids],
+        texts=None if first.texts is None else [t for o in outs for t in o.texts],
+        nfe=torch.cat([o.nfe for o in outs]),
+        steps=sum(o.steps for o in outs),
+        timings={k: sum(o.timings[k] for o in outs) for k in first.timings},
+        trace=trace,
+        stats=stats,
+    )

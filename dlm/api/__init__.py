@@ -3,6 +3,7 @@ requests that come and go (:class:`Engine`). Everything below it (engine, verifi
 is reached through here."""
 
 from .engine import Engine, Request, Status
-from .lm import DiffusionLM, from_model, load, merge_outputs
+from ..outputs import merge_outputs
+from .lm import DiffusionLM, from_model, load
 
 __all__ = ["DiffusionLM", "Engine", "Request", "Status", "from_model", "load", "merge_outputs"]

@@ -21,18 +21,16 @@ per request, so it holds there too, at a cost (see BENCHMARKS.md).
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 from typing import Any
 
 import torch
 
-from .. import cache as cache_mod
-from .. import schedulers as sched_mod
 from ..config import GenerationConfig
+from ..engine.build import RequestBuilder
 from ..engine.core import EngineCore
-from ..engine.request import Layout, Request, Status
+from ..engine.request import Request, Status
 from ..errors import ConfigError
 from ..outputs import StepEvent
 
@@ -51,10 +49,12 @@ class Engine:
             over padded rows), ``"auto"`` (loop on CPU and with ``batch_invariant``, padded otherwise).
         batch_invariant: make answers independent of the batch on a GPU too (slower); default: True on CPU,
             where it costs almost nothing, False on CUDA.
+        graphs: what replays repeated step layouts (default: :class:`~dlm.engine.graphs.StepGraphs` on CUDA when
+            the model was loaded with ``cuda_graphs=True``, else nothing).
     """
 
     def __init__(self, model, max_rows: int = 32, max_tokens: int | None = None, *, attention: str = "auto",
-                 batch_invariant: bool | None = None):
+                 batch_invariant: bool | None = None, graphs=None):
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ConfigError(f"max_rows must be an integer >= 1, got {max_rows!r}")
         if max_tokens is None:
@@ -63,15 +63,13 @@ class Engine:
             raise ConfigError(f"max_tokens must be an integer >= max_rows ({max_rows}), got {max_tokens!r}")
         if attention not in ATTENTION:
             raise ConfigError(f"unknown attention backend {attention!r}; allowed: {', '.join(ATTENTION)}")
-        cpu = model.device.type == "cpu"
-        self.batch_invariant = cpu if batch_invariant is None else bool(batch_invariant)
-        if attention == "auto":
-            attention = "loop" if cpu or self.batch_invariant else "padded"
         self.model = model
-        self.core = EngineCore(model, max_rows, max_tokens // max_rows, attention, pad_rows=cpu)
-        self._ids = itertools.count()
+        self.core = EngineCore.build(model, max_rows, max_tokens // max_rows, attention, batch_invariant, graphs)
+        self.batch_invariant = self.core.batch_invariant
         self._lock = threading.RLock()
-        self._schedulers: dict[str, Any] = {}
+        self._builder = RequestBuilder(model)
+        self._verifiers: dict[str, Any] = {}
+        self._drivers: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- requests
     def submit(self, prompt, config: GenerationConfig | None = None, *, tag: Any = None, **overrides) -> Request:
@@ -88,29 +86,28 @@ class Engine:
             self.core.submit(request)
         return request
 
-    def prepare(self, prompt_ids: list[int], config: GenerationConfig, tag: Any = None) -> Request:
-        """A checked :class:`Request` for token ids, not yet queued (``generate`` prepares all before queueing)."""
+    def prepare(self, prompt_ids: list[int], config: GenerationConfig, tag: Any = None,
+                name: str = "the prompt") -> Request:
+        """A checked :class:`Request` for token ids, not yet queued (``generate`` prepares all before queueing);
+        ``name`` is how error messages call the prompt."""
         lm = self.model
         config = lm.effective_config(config) if hasattr(lm, "effective_config") else config
+        driver = None
         if config.verify is not None:
-            raise ConfigError(f"verify={config.verify!r} is not supported by Engine.submit yet; use generate()")
-        _check_prompt(lm, prompt_ids, config)
-        sched_key = json.dumps([config.scheduler, dict(config.scheduler_kwargs)], sort_keys=True)
-        if sched_key not in self._schedulers:
-            self._schedulers[sched_key] = sched_mod.create(config.scheduler, dict(config.scheduler_kwargs))
-        scheduler = self._schedulers[sched_key]
-        seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-        return Request(
-            id=next(self._ids), prompt_ids=list(prompt_ids), config=config,
-            layout=Layout.semi_autoregressive(len(prompt_ids), config), scheduler=scheduler,
-            policy=cache_mod.create(config.cache, dict(config.cache_kwargs)),
-            mode=scheduler.sampling if config.sampling == "auto" else config.sampling,
-            measures=frozenset(scheduler.measures),
-            stop_ids=tuple(config.stop_token_ids) if config.stop_token_ids is not None else lm.ids.stop_ids,
-            full_region=bool(scheduler.full_region or (config.eotp and config.eotp_threshold is not None)),
-            scheduler_key=sched_key, copies=2 if config.cfg_scale > 0 else 1, tag=tag,
-            generator=torch.Generator(device=lm.device).manual_seed(seed),
-        )
+            config, driver = self._verifier(config)
+        return self._builder.build(prompt_ids, config, tag=tag, driver=driver, name=name)
+
+    def _verifier(self, config: GenerationConfig):
+        """The decode a lossless verifier reproduces, and the driver (one per verifier configuration) that runs it."""
+        from .. import verify
+
+        key = json.dumps([config.verify, {k: repr(v) for k, v in dict(config.verify_kwargs).items()}], sort_keys=True)
+        if key not in self._drivers:
+            self._verifiers[key] = verify.get(config.verify)(**dict(config.verify_kwargs))
+            self._drivers[key] = self._verifiers[key].driver(self.model)
+        verifier = self._verifiers[key]
+        verifier.check(config)
+        return verifier.reference_config(config), self._drivers[key]
 
     def enqueue(self, request: Request) -> None:
         with self._lock:
@@ -156,15 +153,6 @@ class Engine:
         return {"queued": len(core.queue), "running": len(core.running), "rows_in_use": core.pool.in_use(),
                 "max_rows": core.max_rows, "slot_len": core.slot_len, "steps": core.steps,
                 "pool_bytes": core.pool.nbytes()}
-
-
-def _check_prompt(lm, p: list[int], config: GenerationConfig) -> None:
-    if lm.logits_shift and len(p) == 0:
-        raise ConfigError(f"the prompt is empty; {lm.model_type} predicts token i from position i-1, so a prompt "
-                          "needs at least one token (e.g. BOS)")
-    if len(p) + config.gen_length > lm.max_length:
-        raise ConfigError(f"the prompt has {len(p)} tokens; with gen_length={config.gen_length} the canvas needs "
-                          f"{len(p) + config.gen_length} positions but the model's context is {lm.max_length}")
 
 
 __all__ = ["Engine", "Request", "Status"]

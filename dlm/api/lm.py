@@ -12,7 +12,7 @@ from ..config import GenerationConfig
 from ..errors import CheckpointError, ConfigError
 from ..models.base import Architecture, SpecialIds
 from ..models.transformer import ArchConfig, Transformer
-from ..outputs import GenerationOutput, StepEvent
+from ..outputs import GenerationOutput, StepEvent, merge_outputs
 
 PromptInput = str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]] | torch.Tensor
 
@@ -111,13 +111,9 @@ class DiffusionLM:
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if config.verify is not None:  # lossless modes still run their own loop
-            from ..engine_legacy import generate as legacy
-
-            return legacy(self, ids, config, stream=stream)
         rows = min(batch_size or len(ids), len(ids)) * (2 if config.cfg_scale > 0 else 1)
         engine = self.engine_for(rows, max(len(p) for p in ids) + config.gen_length)
-        requests = [engine.prepare(p, config, tag=i) for i, p in enumerate(ids)]
+        requests = [engine.prepare(p, config, tag=i, name=f"prompt {i}") for i, p in enumerate(ids)]
         steps0 = engine.core.steps
         for r in requests:
             engine.enqueue(r)
@@ -157,40 +153,6 @@ def _run_until_done(engine, requests, stream, show: bool) -> None:
         bar.update(now - finished)
         finished = now
     bar.close()
-
-
-# statistics that are ratios of two counters (the verifiers' block efficiency and acceptance rate)
-RATIO_STATS = {
-    "block_efficiency": ("accepted_tokens", "row_rounds"),
-    "acceptance_rate": ("accepted_draft_tokens", "drafted_tokens"),
-}
-
-
-def merge_outputs(outs: list[GenerationOutput]) -> GenerationOutput:
-    from ..outputs import StepTrace
-
-    first = outs[0]
-    trace = None
-    if first.trace is not None:
-        trace = StepTrace(torch.cat([o.trace.commit_step for o in outs]), [s for o in outs for s in o.trace.block_steps])
-    stats: dict[str, float] = {}
-    for o in outs:
-        for k, v in o.stats.items():
-            stats[k] = stats.get(k, 0.0) + v
-    # counters add up across batches; ratios are recomputed from them
-    for ratio, (num, den) in RATIO_STATS.items():
-        if ratio in stats and num in stats and den in stats:
-            stats[ratio] = stats[num] / max(1.0, stats[den])
-    return GenerationOutput(
-        sequences=torch.cat([o.sequences for o in outs]),
-        prompt_ids=[p for o in outs for p in o.prompt_ids],
-        texts=None if first.texts is None else [t for o in outs for t in o.texts],
-        nfe=torch.cat([o.nfe for o in outs]),
-        steps=sum(o.steps for o in outs),
-        timings={k: sum(o.timings[k] for o in outs) for k in first.timings},
-        trace=trace,
-        stats=stats,
-    )
 
 
 def load(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -48,8 +48,9 @@ class EngineCore:
         pad_rows: pad the packed forward to a minimum number of rows (batch invariance of CPU matrix products).
     """
 
-    def __init__(self, lm, max_rows: int, slot_len: int, attention: str, pad_rows: bool):
+    def __init__(self, lm, max_rows: int, slot_len: int, attention: str, pad_rows: bool, graphs=None):
         self.lm = lm
+        self.graphs = graphs  # a StepGraphs replaying repeated step layouts, or None
         self.device = lm.device
         self.attention = attention
         self.pad_rows = pad_rows
@@ -62,6 +63,25 @@ class EngineCore:
         self.running: list[Request] = []
         self.steps = 0
         self.mask_id, self.eos_id = lm.ids.mask_id, lm.ids.eos_id
+
+    @classmethod
+    def build(cls, lm, max_rows: int, slot_len: int, attention: str = "auto",
+              batch_invariant: bool | None = None, graphs=None) -> "EngineCore":
+        """An engine with the device's defaults: batch-invariant numerics on a CPU (almost free there), the
+        ``loop`` attention where invariance is asked for and ``padded`` otherwise, CUDA graphs when the model
+        was loaded with ``cuda_graphs=True`` (``graphs``: a :class:`~dlm.engine.graphs.StepGraphs` to use
+        instead)."""
+        cpu = lm.device.type == "cpu"
+        invariant = cpu if batch_invariant is None else bool(batch_invariant)
+        if attention == "auto":
+            attention = "loop" if invariant else "padded"
+        if graphs is None and getattr(lm, "cuda_graphs", False) and lm.device.type == "cuda":
+            from .graphs import StepGraphs
+
+            graphs = StepGraphs()
+        core = cls(lm, max_rows, slot_len, attention, pad_rows=cpu, graphs=graphs)
+        core.batch_invariant = invariant
+        return core
 
     @property
     def slot_len(self) -> int:
@@ -94,35 +114,64 @@ class EngineCore:
             self._end(r, Status.CANCELLED)
         while self.queue and self.pool.free_slots >= self.queue[0].copies:
             r = self.queue.popleft()
-            r.slots = self.pool.allocate(r.copies)
-            canvas = torch.tensor(r.prompt_ids + [self.mask_id] * r.layout.gen_length, dtype=torch.long)
-            self.buf.reset(r.slots[0], canvas.to(self.device))
-            if r.copies == 2:  # the unconditional copy: the prompt replaced by masks
-                canvas[: r.layout.prompt_len] = self.mask_id
-                self.buf.reset(r.slots[1], canvas.to(self.device))
-            r.length = r.layout.length
-            r.policy.setup(CacheContext(r.layout.length, r.layout.prompt_len, self.lm.logits_shift))
-            r.policy.begin_block(*r.block_span())
-            r.status, r.t_start = Status.RUNNING, time.perf_counter()
-            self.running.append(r)
+            self._start(r, self.pool.allocate(r.copies))
+
+    def _start(self, r: Request, slots: list[int]) -> None:
+        r.slots = slots
+        canvas = torch.tensor(r.prompt_ids + [self.mask_id] * r.layout.gen_length, dtype=torch.long)
+        copies = [canvas]
+        if r.copies == 2:  # the unconditional copy: the prompt replaced by masks
+            copies.append(canvas.clone())
+            copies[1][: r.layout.prompt_len] = self.mask_id
+        for s, c in zip(slots, copies):
+            if r.borrowed:  # keep the owner's commit steps
+                self.buf.tokens[s, : c.numel()] = c.to(self.device)
+            else:
+                self.buf.reset(s, c.to(self.device))
+        r.length = r.layout.length
+        r.policy.setup(CacheContext(r.layout.length, r.layout.prompt_len, self.lm.logits_shift))
+        r.policy.begin_block(*r.block_span())
+        r.status, r.t_start = Status.RUNNING, time.perf_counter()
+        self.running.append(r)
+
+    def start_borrowed(self, r: Request, slots: list[int]) -> None:
+        """Run ``r`` in ``slots`` that another request holds (a verifier's multi-step draft), from the next step;
+        it reports no events and leaves the slots to their owner when it ends."""
+        r.borrowed = True
+        self._start(r, list(slots))
 
     # ----------------------------------------------------------------- one step
     @torch.no_grad()
     def step(self) -> list[StepEvent]:
         """Admit what fits, then ONE forward over every running request; returns their events."""
         self._admit()
-        reqs = list(self.running)
-        if not reqs:
+        if not self.running:
             return []
-        plans = [self._plan(r) for r in reqs]
-        packed = pack(plans, None, self.pad_rows)
-        logits = self._forward(packed)
-        nan = self._sample(packed, logits)
-        groups = self._select(reqs)
-        stop = apply_stops(reqs, self.buf, self.mask_id, self.eos_id)
-        flags = self._flags(reqs, groups, stop, nan)
+        plain = [r for r in self.running if r.driver is None]
+        driven: dict[Any, list[Request]] = {}
+        for r in self.running:
+            if r.driver is not None:
+                driven.setdefault(r.driver, []).append(r)
+        plans = [self._plan(r) for r in plain]
+        for driver, reqs in driven.items():
+            per_request = driver.plan(self, reqs)
+            for r, rows in zip(reqs, per_request):
+                r.fed_this_step = bool(rows)
+            plans += [p for rows in per_request for p in rows]
+        packed = pack(plans, None, self.pad_rows) if plans else None
+        logits = self._forward(packed) if plans else None  # no rows: every driven request finishes from drafts
+        flags = {}
+        if plain:
+            nan = self._sample(packed, logits)
+            groups = self._select(plain)
+            stop = apply_stops(plain, self.buf, self.mask_id, self.eos_id)
+            flags.update(zip(map(id, plain), self._flags(plain, groups, stop, nan)))
+        for driver, reqs in driven.items():
+            outcomes = driver.process(self, reqs, _driver_logits(packed, logits, reqs))
+            flags.update(zip(map(id, reqs), outcomes))
         self.steps += 1
-        return self._emit(reqs, flags)
+        reqs = plain + [r for rs in driven.values() for r in rs]
+        return self._emit(reqs, [flags[id(r)] for r in reqs])
 
     def _plan(self, r: Request) -> RowPlan:
         info = step_info(r, self.buf.tokens, self.buf.committed, self.buf.cand_confidence, self.mask_id)
@@ -135,9 +184,15 @@ class EngineCore:
         dev = self.device
         slot, position = p.slot.to(dev), p.position.to(dev)
         ids = self.buf.tokens[slot, position].unsqueeze(0)
-        attention = RaggedAttention(p.rows, self.pool, self.attention)
-        logits = self.lm.model(ids, position.unsqueeze(0), attention=attention,
-                               logits_index=p.logits_index.to(dev).unsqueeze(0))[0]
+        if p.explicit_ids is not None:  # drafts feed their own canvases
+            ids[0].index_copy_(0, p.explicit_index.to(dev), p.explicit_ids)
+        index = p.logits_index.to(dev).unsqueeze(0)
+        if self.graphs is not None:
+            logits = self.graphs.forward(self.lm.model, self.pool, self.attention, p.rows, ids,
+                                         position.unsqueeze(0), index)
+        else:
+            attention = RaggedAttention(p.rows, self.pool, self.attention)
+            logits = self.lm.model(ids, position.unsqueeze(0), attention=attention, logits_index=index)[0]
         cond = logits[p.cond.to(dev)]
         if not bool((p.cfg_scale > 0).any()):
             return cond
@@ -151,8 +206,9 @@ class EngineCore:
     def _sample(self, p: Packed, logits: torch.Tensor) -> torch.Tensor:
         """Candidates of every request into the slot buffers; returns (R,) bool: the request's logits had NaN."""
         dev = self.device
+        segments = [(plan.request, a, n) for plan, a, n in p.segments if plan.request.driver is None]
         groups: dict[tuple, list[tuple[Request, int, int]]] = {}
-        for seg in p.segments:
+        for seg in segments:
             groups.setdefault(_sampling_key(seg[0]), []).append(seg)
         for segs in groups.values():
             r0 = segs[0][0]
@@ -165,9 +221,10 @@ class EngineCore:
                 ban_ids=(self.eos_id,) if c.logits_eos_inf else (),
                 low_confidence_ids=r0.stop_ids if c.confidence_eos_eot_inf else (), never_ids=(self.mask_id,))
             self.buf.store_candidates(p.cand_slot.to(dev)[index], p.cand_col.to(dev)[index], cand)
-        bad = torch.isnan(logits.amax(-1)).long()
-        seg_of = torch.cat([torch.full((n,), i) for i, (_, _, n) in enumerate(p.segments)]).to(dev)
-        return torch.zeros(len(p.segments), dtype=torch.long, device=dev).index_add_(0, seg_of, bad) > 0
+        index = torch.cat([torch.arange(a, a + n) for _, a, n in segments]).to(dev)
+        bad = torch.isnan(logits[index].amax(-1)).long()
+        seg_of = torch.cat([torch.full((n,), i) for i, (_, _, n) in enumerate(segments)]).to(dev)
+        return torch.zeros(len(segments), dtype=torch.long, device=dev).index_add_(0, seg_of, bad) > 0
 
     def _select(self, reqs: list[Request]) -> list[GroupCommit]:
         groups: dict[tuple, list[Request]] = {}
@@ -212,11 +269,17 @@ class EngineCore:
     def _emit(self, reqs: list[Request], flags: list[list[int]]) -> list[StepEvent]:
         now = time.perf_counter()
         events = self._events(reqs)
-        for r, (done, first_mask, length, error, nan), ev in zip(reqs, flags, events):
+        for r, flag, ev in zip(reqs, flags, events):
             r.steps += 1
+            r.forwards += 1 if r.driver is None or r.fed_this_step else 0
             r.block_step += 1
             r.t_first = r.t_first or now
-            ev.step, ev.done = r.steps, bool(done)
+            ev.step = r.steps
+            if r.driver is not None:
+                self._end_driven(r, *flag)
+                ev.done = r.done
+                continue
+            done, first_mask, length, error, nan = flag
             if nan:
                 self._fail(r, GenerationError(f"the model produced NaN logits for request {r.id} at its step "
                                               f"{r.steps}; check the weights and the dtype (float16 overflows are "
@@ -232,7 +295,13 @@ class EngineCore:
                 r.length = length
                 self._advance(r, r.layout.prompt_len + first_mask)
             ev.done = r.done
-        return events
+        return [ev for ev, r in zip(events, reqs) if not r.borrowed]
+
+    def _end_driven(self, r: Request, done: bool, error: BaseException | None) -> None:
+        if r.pending_error is not None or error is not None:
+            self._fail(r, r.pending_error or error)
+        elif done:
+            self._end(r, Status.DONE)
 
     def _advance(self, r: Request, first_mask_pos: int) -> None:
         """Move to the block of the first remaining mask once the active block has none."""
@@ -270,7 +339,8 @@ class EngineCore:
         r.t_end = time.perf_counter()
         if r.slots:
             r.output = self._output(r)
-            self.pool.release(r.slots)
+            if not r.borrowed:
+                self.pool.release(r.slots)
             r.slots = []
         if r in self.running:
             self.running.remove(r)
@@ -290,8 +360,19 @@ class EngineCore:
         start = r.t_start or r.t_end
         timings = {"total": r.t_end - r.t_submit, "queued": start - r.t_submit, "decode": r.t_end - start}
         stats = {"fed_positions": float(r.policy.fed_positions), "forwards": float(r.policy.forwards)}
+        if r.driver is not None:
+            stats = {"forwards": float(r.forwards), **r.driver.stats(r)}
         return GenerationOutput(sequences=seq, prompt_ids=[list(r.prompt_ids)], texts=texts,
                                 nfe=torch.tensor([r.nfe]), steps=r.steps, timings=timings, trace=trace, stats=stats)
+
+
+def _driver_logits(p: Packed, logits: torch.Tensor, reqs: list[Request]) -> list[list[torch.Tensor]]:
+    """Per driven request, the (n, V) logits of each of its rows, in the order its driver planned them."""
+    out = {id(r): [] for r in reqs}
+    for plan, a, n in (p.segments if p is not None else []):
+        if id(plan.request) in out:
+            out[id(plan.request)].append(logits[a : a + n])
+    return [out[id(r)] for r in reqs]
 
 
 def _sampling_key(r: Request) -> tuple:

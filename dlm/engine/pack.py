@@ -27,7 +27,7 @@ MIN_ROWS = 16
 
 @dataclass
 class RowPlan:
-    """One request's plan for this step, on the host.
+    """One row of this step (two model rows under classifier-free guidance), on the host.
 
     Attributes:
         fed: (Q,) long, canvas positions fed.
@@ -35,6 +35,8 @@ class RowPlan:
         cols: (n,) long, the region column each of those logits gives candidates for.
         fresh: ``fed`` is exactly 0 .. length - 1 (the whole effective canvas, in order).
         write: the fed keys/values go to the request's slots.
+        ids: None: the input ids are the request's canvas; else the canvas to feed instead, (Q,) long on the
+            device (a verifier's draft: fresh, not stored).
     """
 
     request: Request
@@ -43,6 +45,23 @@ class RowPlan:
     cols: torch.Tensor
     fresh: bool
     write: bool
+    ids: torch.Tensor | None = None
+
+    @classmethod
+    def draft(cls, request: Request, ids: torch.Tensor, logits_from: int, logits_to: int) -> "RowPlan":
+        """A full canvas ``ids`` (L,) fed in place of the request's, with logits for fed positions
+        ``logits_from .. logits_to - 1``."""
+        n = logits_to - logits_from
+        return cls(request, torch.arange(ids.numel()), torch.arange(logits_from, logits_to), torch.arange(n),
+                   True, False, ids)
+
+    @property
+    def slots(self) -> list[int]:
+        return [-1] * self.request.copies if self.ids is not None else self.request.slots
+
+    @property
+    def keys(self) -> int:
+        return self.fed.numel() if self.ids is not None else self.request.length
 
 
 @dataclass
@@ -58,7 +77,9 @@ class Packed:
             matching unconditional ones (== cond where the request has no guidance).
         cfg_scale: (Nc,) float, each candidate's request's guidance scale (0: none).
         cand_slot, cand_col: (Nc,) long, where each candidate is stored (request slot, region column).
-        segments: per request (request, first candidate, number of candidates), in order.
+        segments: per row plan (plan, first candidate, number of candidates), in order.
+        explicit_index, explicit_ids: packed positions whose input ids are given by a plan (drafts), and those
+            ids (device), or None.
     """
 
     rows: RaggedRows
@@ -70,7 +91,9 @@ class Packed:
     cfg_scale: torch.Tensor
     cand_slot: torch.Tensor
     cand_col: torch.Tensor
-    segments: list[tuple[Request, int, int]]
+    segments: list[tuple[RowPlan, int, int]]
+    explicit_index: torch.Tensor | None = None
+    explicit_ids: torch.Tensor | None = None
 
 
 def host_plan(request: Request, plan: Plan, shift: int) -> RowPlan:
@@ -109,23 +132,27 @@ def pack(plans: list[RowPlan], block_size: int | None, pad_rows: bool) -> Packed
     q_start, q_len, k_len, slot, fresh, write, block, min_pos = [], [], [], [], [], [], [], []
     pos_parts, slot_parts = [], []
     cond, uncond, scale, cand_slot, cand_col, segments = [], [], [], [], [], []
+    explicit_index, explicit_ids = [], []
     cursor = n_logits = 0
     logit_parts = []
     for p in plans:
         r = p.request
         first = len(cond)
         row_logits = []
-        for copy, s in enumerate(r.slots):
+        for copy, s in enumerate(p.slots):
             q_start.append(cursor)
             q_len.append(p.fed.numel())
-            k_len.append(r.length)
+            k_len.append(p.keys)
             slot.append(s)
             fresh.append(p.fresh)
             write.append(p.write)
             block.append(block_size)
             min_pos.append(int(p.fed.min()))
             pos_parts.append(p.fed)
-            slot_parts.append(torch.full((p.fed.numel(),), s, dtype=torch.long))
+            slot_parts.append(torch.full((p.fed.numel(),), max(s, r.slots[0] if r.slots else 0), dtype=torch.long))
+            if p.ids is not None:
+                explicit_index.append(torch.arange(cursor, cursor + p.fed.numel()))
+                explicit_ids.append(p.ids if copy == 0 else _unconditional(p.ids, r))
             row_logits.append(cursor + p.logit_src)
             cursor += p.fed.numel()
         n = p.logit_src.numel()
@@ -136,7 +163,7 @@ def pack(plans: list[RowPlan], block_size: int | None, pad_rows: bool) -> Packed
         scale += [float(r.config.cfg_scale)] * n
         cand_slot += [r.slots[0]] * n
         cand_col.append(p.cols)
-        segments.append((r, first, n))
+        segments.append((p, first, n))
     if pad_rows and cursor < MIN_ROWS:  # a dummy row that attends to itself only and writes nothing
         extra = MIN_ROWS - cursor
         q_start.append(cursor), q_len.append(extra), k_len.append(extra), slot.append(-1), fresh.append(True)
@@ -148,5 +175,15 @@ def pack(plans: list[RowPlan], block_size: int | None, pad_rows: bool) -> Packed
         logits_index = torch.cat([logits_index, logits_index.new_zeros(MIN_ROWS - logits_index.numel())])
     position = torch.cat(pos_parts)
     rows = RaggedRows(q_start, q_len, k_len, slot, fresh, write, block, position, min_pos)
-    return Packed(rows, torch.cat(slot_parts), position, logits_index, torch.tensor(cond), torch.tensor(uncond),
-                  torch.tensor(scale), torch.tensor(cand_slot), torch.cat(cand_col), segments)
+    packed = Packed(rows, torch.cat(slot_parts), position, logits_index, torch.tensor(cond), torch.tensor(uncond),
+                    torch.tensor(scale), torch.tensor(cand_slot), torch.cat(cand_col), segments)
+    if explicit_ids:
+        packed.explicit_index, packed.explicit_ids = torch.cat(explicit_index), torch.cat(explicit_ids)
+    return packed
+
+
+def _unconditional(ids: torch.Tensor, r: Request) -> torch.Tensor:
+    """A draft's unconditional copy: its prompt replaced by masks (classifier-free guidance)."""
+    out = ids.clone()
+    out[: r.layout.prompt_len] = r.mask_id
+    return out

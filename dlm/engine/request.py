@@ -89,6 +89,11 @@ class Request:
     full_region: bool  # candidates for the rest of the answer (scheduler's own need or EoTP's prediction)
     scheduler_key: str = ""  # the scheduler's configuration as JSON: requests with the same key share its calls
     copies: int = 1  # model rows: 2 under classifier-free guidance (the unconditional copy)
+    mask_id: int = -1
+    driver: Any = None  # decides the steps instead of the scheduler (a lossless verifier), see dlm.engine.drivers
+    driver_state: Any = None
+    fed_this_step: bool = True
+    borrowed: bool = False  # runs in another request's slots (a verifier's draft): no events, slots kept at its end
     tag: Any = None
     status: Status = Status.QUEUED
     slots: list[int] = field(default_factory=list)
@@ -96,7 +101,8 @@ class Request:
     # progress
     block: int = 0
     block_step: int = 0
-    steps: int = 0
+    steps: int = 0  # engine steps taken (commit steps and events count these)
+    forwards: int = 0  # of which with rows in the forward (a driven request may decide a step from earlier logits)
     length: int = 0
     block_steps: list[int] = field(default_factory=list)
     sched_state: Any = None
@@ -117,7 +123,8 @@ class Request:
 
     @property
     def nfe(self) -> int:
-        return self.steps * self.copies
+        """Forward passes this request took part in (a guided one counts twice)."""
+        return self.forwards * self.copies
 
     def block_span(self) -> tuple[int, int]:
         """The active block's canvas [start, end), cut at the effective length (EoTP)."""

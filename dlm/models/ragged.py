@@ -77,19 +77,30 @@ class RaggedRows:
         return self._per_device[key]
 
 
+    def signature(self) -> tuple:
+        """Everything about the batch's layout except the positions: two batches with equal signatures run the
+        same kernels on the same shapes (what a captured CUDA graph needs)."""
+        return (tuple(self.q_len), tuple(self.k_len), tuple(self.slot), tuple(self.fresh), tuple(self.write),
+                tuple(self.block), tuple(self.masked_rows()))
+
+    def masked_rows(self) -> list[int]:
+        """Block-causal rows whose queries need a mask (some query's block ends before the row's last key)."""
+        return [r for r, bs in enumerate(self.block)
+                if bs is not None and (self.min_position[r] // bs + 1) * bs < self.k_len[r]]
+
+
 @dataclass
 class _Index:
-    """Device tensors derived from a :class:`RaggedRows` (built once per device and forward)."""
+    """Device tensors that depend on the batch's layout only (built once per device and forward, from host
+    lists; nothing here reads the positions, so a captured graph can replay them with new positions)."""
 
     positions: torch.Tensor
     write_src: torch.Tensor  # packed positions whose keys/values are stored
     write_slot: torch.Tensor
-    write_pos: torch.Tensor
-    masks: dict  # row -> (Q, L) bool mask of a block-causal row that needs one
+    groups: dict = field(default_factory=dict)  # padded backend: per kind of row, its scatter indices
 
     @staticmethod
     def build(rows: RaggedRows, device) -> "_Index":
-        pos = rows.positions.to(device)
         src, slot = [], []
         for r in range(len(rows.q_len)):
             if rows.write[r] and rows.slot[r] >= 0:
@@ -97,13 +108,17 @@ class _Index:
                 slot.append(torch.full((rows.q_len[r],), rows.slot[r]))
         write_src = torch.cat(src).to(device) if src else torch.zeros(0, dtype=torch.long, device=device)
         write_slot = torch.cat(slot).to(device) if slot else write_src
-        masks = {}
-        for r, bs in enumerate(rows.block):
-            if bs is not None and (rows.min_position[r] // bs + 1) * bs < rows.k_len[r]:
-                qp = pos[rows.q_start[r] : rows.q_start[r] + rows.q_len[r]]
-                keys = torch.arange(rows.k_len[r], device=device)
-                masks[r] = keys.unsqueeze(0) < ((qp // bs + 1) * bs).unsqueeze(1)
-        return _Index(pos, write_src, write_slot, pos[write_src], masks)
+        return _Index(rows.positions.to(device), write_src, write_slot)
+
+    def masks(self, rows: RaggedRows) -> dict[int, torch.Tensor]:
+        """Row -> (Q, L) bool block-causal mask of the rows that need one (computed from the positions)."""
+        out = {}
+        for r in rows.masked_rows():
+            bs = rows.block[r]
+            qp = self.positions[rows.q_start[r] : rows.q_start[r] + rows.q_len[r]]
+            keys = torch.arange(rows.k_len[r], device=qp.device)
+            out[r] = keys.unsqueeze(0) < ((qp // bs + 1) * bs).unsqueeze(1)
+        return out
 
 
 class RaggedAttention:
@@ -125,11 +140,12 @@ class RaggedAttention:
         # q: (1, H, T, D); k, v: (1, Hkv, T, D)
         idx = self.rows.index(q.device)
         if idx.write_src.numel():
-            self.pool.write(layer, idx.write_slot, idx.write_pos, k[0, :, idx.write_src].transpose(0, 1),
-                            v[0, :, idx.write_src].transpose(0, 1))
+            self.pool.write(layer, idx.write_slot, idx.positions[idx.write_src],
+                            k[0, :, idx.write_src].transpose(0, 1), v[0, :, idx.write_src].transpose(0, 1))
+        masks = idx.masks(self.rows) if any(b is not None for b in self.rows.block) else {}
         if self.backend == "loop":
-            return self._loop(layer, q, k, v, idx)
-        return self._padded(layer, q, k, v, idx)
+            return self._loop(layer, q, k, v, masks)
+        return self._padded(layer, q, k, v, idx, masks)
 
     # ----------------------------------------------------------------- loop (reference)
     def _row_kv(self, layer: int, r: int, k: torch.Tensor, v: torch.Tensor):
@@ -139,76 +155,89 @@ class RaggedAttention:
             return k[:, :, s], v[:, :, s]
         return self.pool.keys(layer, rows.slot[r], rows.k_len[r]), self.pool.values(layer, rows.slot[r], rows.k_len[r])
 
-    def _loop(self, layer, q, k, v, idx: _Index) -> torch.Tensor:
+    def _loop(self, layer, q, k, v, masks: dict) -> torch.Tensor:
         rows, outs = self.rows, []
         for r in range(len(rows.q_len)):
             s = slice(rows.q_start[r], rows.q_start[r] + rows.q_len[r])
             kr, vr = self._row_kv(layer, r, k, v)
-            mask = idx.masks.get(r)
+            mask = masks.get(r)
             outs.append(attend(q[:, :, s], kr, vr, None if mask is None else mask.unsqueeze(0)))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     # ----------------------------------------------------------------- padded (one call per kind of row)
-    def _padded(self, layer, q, k, v, idx: _Index) -> torch.Tensor:
+    def _padded(self, layer, q, k, v, idx: _Index, masks: dict) -> torch.Tensor:
         rows = self.rows
         out = torch.empty_like(q)
-        fresh = [r for r in range(len(rows.q_len)) if rows.fresh[r]]
-        pooled = [r for r in range(len(rows.q_len)) if not rows.fresh[r]]
-        if fresh:
-            self._padded_group(layer, q, k, v, idx, fresh, out, pooled_keys=False)
-        if pooled:
-            self._padded_group(layer, q, k, v, idx, pooled, out, pooled_keys=True)
+        for pooled_keys in (False, True):
+            if pooled_keys not in idx.groups:
+                group = [r for r in range(len(rows.q_len)) if rows.fresh[r] != pooled_keys]
+                idx.groups[pooled_keys] = _Group.build(rows, group, pooled_keys, q.device) if group else None
+            g = idx.groups[pooled_keys]
+            if g is not None:
+                self._padded_group(layer, q, k, v, g, masks, out)
         return out
 
-    def _padded_group(self, layer, q, k, v, idx: _Index, group: list[int], out: torch.Tensor,
-                      pooled_keys: bool) -> None:
-        rows, dev = self.rows, q.device
-        H, D = q.shape[1], q.shape[3]
-        Hkv = k.shape[1]
-        Qmax = max(rows.q_len[r] for r in group)
-        Lmax = max(rows.k_len[r] for r in group)
-        if pooled_keys:  # one view over the contiguous range of slots the group occupies
-            lo = min(rows.slot[r] for r in group)
-            hi = max(rows.slot[r] for r in group) + 1
-            place = [rows.slot[r] - lo for r in group]
-            n_rows = hi - lo
-            keys, values = self.pool.keys(layer, slice(lo, hi), Lmax), self.pool.values(layer, slice(lo, hi), Lmax)
+    def _padded_group(self, layer, q, k, v, g: "_Group", masks: dict, out: torch.Tensor) -> None:
+        H, D, Hkv = q.shape[1], q.shape[3], k.shape[1]
+        if g.pooled_keys:  # one view over the contiguous range of slots the group occupies
+            keys = self.pool.keys(layer, slice(g.lo, g.lo + g.n_rows), g.Lmax)
+            values = self.pool.values(layer, slice(g.lo, g.lo + g.n_rows), g.Lmax)
         else:
-            place, n_rows = list(range(len(group))), len(group)
-        row_of, col_of, packed = _scatter_index(rows, group, place)
-        row_of, col_of, packed = row_of.to(dev), col_of.to(dev), packed.to(dev)
-        qp = q.new_zeros(n_rows, H, Qmax, D)
-        qp[row_of, :, col_of] = q[0, :, packed].transpose(0, 1)
-        if not pooled_keys:
-            keys = k.new_zeros(n_rows, Hkv, Lmax, D)
-            values = v.new_zeros(n_rows, Hkv, Lmax, D)
-            keys[row_of, :, col_of] = k[0, :, packed].transpose(0, 1)
-            values[row_of, :, col_of] = v[0, :, packed].transpose(0, 1)
-        k_len = torch.full((n_rows,), Lmax, dtype=torch.long)
-        for r, p in zip(group, place):
-            k_len[p] = rows.k_len[r]
-        key_ok = torch.arange(Lmax).unsqueeze(0) < k_len.unsqueeze(1)  # (rows, Lmax)
-        mask = key_ok.to(dev)[:, None, None, :]
-        if any(r in idx.masks for r in group):  # block-causal rows: a mask per query
-            full = key_ok.to(dev)[:, None, :].expand(n_rows, Qmax, Lmax).clone()
-            for r, p in zip(group, place):
-                if r in idx.masks:
-                    m = idx.masks[r]
-                    full[p, : m.shape[0], : m.shape[1]] = m
+            keys = k.new_zeros(g.n_rows, Hkv, g.Lmax, D)
+            values = v.new_zeros(g.n_rows, Hkv, g.Lmax, D)
+            keys[g.row_of, :, g.col_of] = k[0, :, g.packed].transpose(0, 1)
+            values[g.row_of, :, g.col_of] = v[0, :, g.packed].transpose(0, 1)
+        qp = q.new_zeros(g.n_rows, H, g.Qmax, D)
+        qp[g.row_of, :, g.col_of] = q[0, :, g.packed].transpose(0, 1)
+        mask = g.key_ok[:, None, None, :]
+        mine = [(r, p) for r, p in zip(g.members, g.place) if r in masks]
+        if mine:  # block-causal rows: a mask per query
+            full = g.key_ok[:, None, :].expand(g.n_rows, g.Qmax, g.Lmax).clone()
+            for r, p in mine:
+                m = masks[r]
+                full[p, : m.shape[0], : m.shape[1]] = m
             mask = full[:, None]
         o = _attend_folded(qp, keys, values, mask, Hkv)
-        out[0, :, packed] = o[row_of, :, col_of].transpose(0, 1)
+        out[0, :, g.packed] = o[g.row_of, :, g.col_of].transpose(0, 1)
 
 
-def _scatter_index(rows: RaggedRows, group: list[int], place: list[int]):
-    """(padded row, padded column, packed position) of every fed position of the group's rows (CPU tensors)."""
-    r_idx, c_idx, p_idx = [], [], []
-    for r, p in zip(group, place):
-        n = rows.q_len[r]
-        r_idx.append(torch.full((n,), p))
-        c_idx.append(torch.arange(n))
-        p_idx.append(torch.arange(rows.q_start[r], rows.q_start[r] + n))
-    return torch.cat(r_idx), torch.cat(c_idx), torch.cat(p_idx)
+@dataclass
+class _Group:
+    """The padded layout of one kind of row (fresh or pooled): scatter indices and key masks, on the device."""
+
+    members: list[int]
+    place: list[int]
+    pooled_keys: bool
+    lo: int
+    n_rows: int
+    Qmax: int
+    Lmax: int
+    row_of: torch.Tensor
+    col_of: torch.Tensor
+    packed: torch.Tensor
+    key_ok: torch.Tensor
+
+    @classmethod
+    def build(cls, rows: RaggedRows, group: list[int], pooled_keys: bool, device) -> "_Group":
+        if pooled_keys:  # rows are the slots lo .. hi - 1 (the pool's layout)
+            lo = min(rows.slot[r] for r in group)
+            n_rows = max(rows.slot[r] for r in group) + 1 - lo
+            place = [rows.slot[r] - lo for r in group]
+        else:
+            lo, n_rows, place = 0, len(group), list(range(len(group)))
+        Lmax = max(rows.k_len[r] for r in group)
+        r_idx, c_idx, p_idx = [], [], []
+        k_len = torch.full((n_rows,), Lmax, dtype=torch.long)
+        for r, p in zip(group, place):
+            n = rows.q_len[r]
+            r_idx.append(torch.full((n,), p))
+            c_idx.append(torch.arange(n))
+            p_idx.append(torch.arange(rows.q_start[r], rows.q_start[r] + n))
+            k_len[p] = rows.k_len[r]
+        key_ok = torch.arange(Lmax).unsqueeze(0) < k_len.unsqueeze(1)
+        return cls(group, place, pooled_keys, lo, n_rows, max(rows.q_len[r] for r in group), Lmax,
+                   torch.cat(r_idx).to(device), torch.cat(c_idx).to(device), torch.cat(p_idx).to(device),
+                   key_ok.to(device))
 
 
 def _attend_folded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, kv_heads: int):

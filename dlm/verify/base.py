@@ -8,8 +8,8 @@ from ..registry import Registry
 
 
 def _check_verifier(cls: type) -> None:
-    if not isinstance(cls, type) or not callable(getattr(cls, "run", None)):
-        raise RegistryError(f"{cls!r} is not a verifier class (it needs a run() method)")
+    if not isinstance(cls, type) or not callable(getattr(cls, "driver", None)):
+        raise RegistryError(f"{cls!r} is not a verifier class (it needs a driver() method, see dlm.engine.drivers)")
 
 
 VERIFIERS: Registry = Registry("verifier", group="dlm.verifiers", check=_check_verifier)

@@ -21,6 +21,11 @@ One *round* of the verifier, for each row, from the current canvas ``c`` and its
 4. The row moves to its longest accepted draft and keeps that draft's logits for the next round, so no forward
    is repeated: one forward per round, and a round commits 1 to K tokens.
 
+In the engine, a verified request is *driven* (:mod:`dlm.engine.drivers`): each engine step, its drafts are extra
+rows of the step's ragged forward (full canvases, no cache), next to whatever else the engine runs, and the
+verification above happens after that forward. A request's first step only computes the logits of its canvas
+(the reference's first forward): it commits nothing.
+
 Consequences and choices:
 
 * Terminal drafts (the answer is complete, or ``stop_at_eos`` ended the row) need no logits; they are not run,
@@ -49,28 +54,26 @@ Parameters (``verify_kwargs``):
         ``max(2, accepted + 1)`` after a round that rejected one.
     max_drafts: upper bound of the adaptive K (default 16).
 
-Statistics (``GenerationOutput.stats``): ``rounds`` (batched rounds), ``row_rounds`` (rounds summed over rows),
-``accepted_tokens``, ``block_efficiency`` (tokens committed per row and round), ``forwards`` (batched forward
-passes, seed included), ``draft_rows`` (model rows evaluated, i.e. the compute, CFG copies included),
-``nfe_reference`` (the reference's NFE summed over rows: one forward per committed token). The trace's
-``commit_step`` is the round in which a position was committed and ``block_steps`` the rounds per block.
+Statistics (``GenerationOutput.stats``, summed over requests): ``row_rounds`` (rounds that committed),
+``accepted_tokens``, ``drafted_tokens``, ``block_efficiency`` (tokens committed per round), ``draft_rows`` (model
+rows evaluated, i.e. the compute, CFG copies included), ``nfe_reference`` (the reference's NFE: one forward per
+committed token). The trace's ``commit_step`` is the step in which a position was committed and ``block_steps``
+the steps per block.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 import torch
 
-from .. import cache as cache_mod
-from .. import schedulers as sched_mod
-from ..cache.base import CacheContext, StepInfo
 from ..config import GenerationConfig
-from ..errors import ConfigError, GenerationError
-from ..outputs import GenerationOutput, StepEvent
-from ..sampling import Candidates
+from ..engine.drivers import Driver
+from ..engine.pack import RowPlan
+from ..engine.stops import Answers, stop_rules
+from ..errors import ConfigError
+from ..sampling import compute_candidates
 from ..schedulers.base import select_top
 from .base import register_verifier
 from .common import Verifier, positive_int, require_exact_cache
@@ -107,7 +110,6 @@ class StepwiseVerifier(Verifier):
             if not isinstance(self.adaptive, bool):
                 raise ValueError(f"adaptive must be True or False, got {self.adaptive!r}")
 
-    # ----------------------------------------------------------------- the reference
     @staticmethod
     def reference_config(config: GenerationConfig) -> GenerationConfig:
         """The decode whose output this verifier reproduces token for token."""
@@ -127,158 +129,153 @@ class StepwiseVerifier(Verifier):
                               "between steps); use stop_at_eos, which it reproduces exactly")
         require_exact_cache(config, "stepwise")
 
-    # ----------------------------------------------------------------- decoding
-    @torch.no_grad()
-    def run(self, lm, prompts: Sequence[Sequence[int]], config: GenerationConfig, stream=None) -> GenerationOutput:
-        from ..engine_legacy import Generation
+    def driver(self, lm) -> "StepwiseDriver":
+        return StepwiseDriver(self.params)
 
-        t0 = time.perf_counter()
-        self.check(config)
-        ref = self.reference_config(config)
-        prm = self.params
-        g = Generation(lm, prompts, ref)
-        # exact policies recompute everything every step, so the forwards run without storage (same logits)
-        policy = cache_mod.create("none")
-        arch = lm.arch
-        policy.setup(CacheContext(rows=g.B * g.copies, copies=g.copies, canvas_length=g.L,
-                                  num_layers=arch.num_layers, num_kv_heads=arch.num_kv_heads, head_dim=arch.head_dim,
-                                  dtype=lm.dtype, device=g.device, answer_start=g.P, logits_shift=g.shift))
-        mode = sched_mod.get("low_confidence").sampling if ref.sampling == "auto" else ref.sampling
-        full_km = g.key_mask()  # constant without eotp; the reference passes it to every forward
-        base_km = None if full_km is None else full_km[: g.B]
-        B, P, dev = g.B, g.P, g.device
-        bl, nb = ref.effective_block_length, ref.num_blocks
-        mask_id = g.mask_id
-        ar_B = torch.arange(B, device=dev)
-        tok = torch.zeros(B, bl, dtype=torch.long, device=dev)  # greedy tokens of the current canvas, active block
-        conf = torch.zeros(B, bl, dtype=torch.float32, device=dev)  # and their confidences
-        have = torch.zeros(B, dtype=torch.bool, device=dev)  # tok/conf are valid for the row's current canvas
-        K = torch.full((B,), prm.drafts, dtype=torch.long, device=dev)
-        rounds = row_rounds = accepted_total = drafted_total = draft_rows = 0
-        t_prep = time.perf_counter()
 
-        def evaluate(src: torch.Tensor, x: torch.Tensor, bs: int, be: int, re: int) -> Candidates:
-            """Candidates (R, re - bs) of the canvases ``x`` (R, L), copies of rows ``src``: ONE forward."""
-            nonlocal draft_rows
-            view = g.rows(src, x)
-            masked = x == mask_id
-            info = StepInfo(step=0, global_step=g.steps, block_start=bs, block_end=be, region_start=bs,
-                            region_end=re, masked=masked, committed_last=torch.zeros_like(masked), length=g.length)
-            plan = policy.plan(info)
-            km = None if base_km is None else base_km[src].repeat(g.copies, 1)
-            logits = view.forward(policy, plan, km)
-            if bool(torch.isnan(logits.amax(-1)).any()):
-                raise GenerationError(f"the model produced NaN logits at forward {g.steps}; check the weights and "
-                                      "the dtype (float16 overflows are a common cause)")
-            g.steps += 1
-            draft_rows += int(src.numel()) * g.copies
-            return view.candidates(logits, mode, set())
+@dataclass
+class _Round:
+    """One request's drafts of this step."""
 
-        stopped = False
-        for b in range(nb):
-            if stopped or bool(g.done.all()):
+    x: torch.Tensor  # (K, L) draft canvases after the reference's stopping rules
+    commit: torch.Tensor  # (K, bl) block columns each draft commits
+    order: torch.Tensor  # (bl,) the reference's ranking of the block's columns
+    terminal: torch.Tensor  # (K,) bool: the draft is a finished answer
+    run: list[int]  # drafts fed to the model this step (the others are terminal or after a terminal one)
+    region_end: int  # canvas end of the logits each run draft gets (the block, or the next block too)
+
+
+class StepwiseDriver(Driver):
+    """Runs stepwise-verified requests (state per request in ``request.driver_state``)."""
+
+    def __init__(self, params: StepwiseVerifier.Params):
+        self.params = params
+
+    def plan(self, core, reqs) -> list[list[RowPlan]]:
+        return [self._plan(core, r) for r in reqs]
+
+    def process(self, core, reqs, logits) -> list[tuple[bool, Any]]:
+        return [self._process(core, r, rows) for r, rows in zip(reqs, logits)]
+
+    # ----------------------------------------------------------------- one request
+    def _state(self, r) -> dict:
+        if r.driver_state is None:
+            r.driver_state = {"have": False, "K": self.params.drafts, "stats": dict.fromkeys(
+                ("row_rounds", "accepted_tokens", "drafted_tokens", "draft_rows", "nfe_reference"), 0.0)}
+        return r.driver_state
+
+    def _plan(self, core, r) -> list[RowPlan]:
+        st = self._state(r)
+        shift = core.lm.logits_shift
+        canvas = core.buf.tokens[r.slots[0], : r.layout.length]
+        bs, be = r.block_span()
+        if not st["have"]:  # the reference's first forward: the logits of the canvas as it is
+            st["round"] = None
+            return [RowPlan.draft(r, canvas.clone(), bs - shift, be - shift)]
+        rnd = self._drafts(core, r, canvas, st)
+        st["round"] = rnd
+        return [RowPlan.draft(r, rnd.x[k], bs - shift, rnd.region_end - shift) for k in rnd.run]
+
+    def _drafts(self, core, r, canvas, st) -> _Round:
+        """Draft k commits the k first columns of the reference's ranking with their greedy tokens."""
+        bs, be = r.block_span()
+        bl = be - bs
+        masked = canvas[bs:be] == core.mask_id
+        order = stepwise_order(st["conf"].unsqueeze(0), masked.unsqueeze(0))[0]
+        K = min(st["K"], int(masked.sum()))
+        rank = torch.empty_like(order).scatter_(0, order, torch.arange(bl, device=order.device))
+        k = torch.arange(1, K + 1, device=order.device).unsqueeze(1)
+        commit = masked.unsqueeze(0) & (rank.unsqueeze(0) < k)  # (K, bl)
+        x = canvas.unsqueeze(0).repeat(K, 1)
+        x[:, bs:be] = torch.where(commit, st["tok"].unsqueeze(0), x[:, bs:be])
+        x, terminal = self._stop(core, r, x)
+        term = terminal.tolist()
+        first_terminal = term.index(True) if True in term else K
+        run = list(range(min(first_terminal, K)))
+        completes = ~(x[:, bs:be] == core.mask_id).any(1)
+        nxt = r.block + 1 < len(r.layout.blocks)
+        region_end = r.layout.blocks[r.block + 1][1] if nxt and run and bool(completes[run].any()) else be
+        return _Round(x, commit, order, terminal, run, region_end)
+
+    @staticmethod
+    def _stop(core, r, x: torch.Tensor):
+        """The reference's stopping rules (stop-at-EOS) on draft canvases x (K, L): (x, terminal (K,))."""
+        P, G, K = r.layout.prompt_len, r.layout.gen_length, x.shape[0]
+        dev = x.device
+        ans = Answers(x[:, P : P + G], torch.full((K,), G, device=dev),
+                      torch.tensor([list(r.stop_ids)] * K, device=dev),
+                      torch.full((K,), r.config.stop_at_eos, device=dev), torch.zeros(K, dtype=torch.bool, device=dev),
+                      torch.full((K,), float("inf"), device=dev))
+        tokens, _, _, done, _ = stop_rules(ans, core.mask_id, core.eos_id)
+        x = x.clone()
+        x[:, P : P + G] = tokens
+        return x, done
+
+    def _candidates(self, core, r, logits):
+        c = r.config
+        return compute_candidates(logits.unsqueeze(0), mode="gumbel", ban_ids=(core.eos_id,) if c.logits_eos_inf else (),
+                                  low_confidence_ids=r.stop_ids if c.confidence_eos_eot_inf else (),
+                                  never_ids=(core.mask_id,))
+
+    def _process(self, core, r, rows: list[torch.Tensor]) -> tuple[bool, Any]:
+        st = r.driver_state
+        if rows and bool(torch.isnan(torch.stack([t.amax() for t in rows])).any()):
+            from ..errors import GenerationError
+
+            return True, GenerationError(f"the model produced NaN logits for request {r.id}; check the weights "
+                                         "and the dtype (float16 overflows are a common cause)")
+        st["stats"]["draft_rows"] += len(rows) * r.copies
+        rnd = st["round"]
+        if rnd is None:  # the seed forward: keep the logits, commit nothing
+            c = self._candidates(core, r, rows[0])
+            st["tok"], st["conf"], st["have"] = c.tokens[0], c.confidence[0].float(), True
+            return False, None
+        bs, be = r.block_span()
+        bl = be - bs
+        cands = [self._candidates(core, r, t) for t in rows]
+        a = 1
+        for k, c in zip(rnd.run, cands):  # does the reference, from draft k+1, commit the drafted column k+2?
+            if k + 1 >= rnd.x.shape[0]:
                 break
-            bs = P + b * bl
-            be = bs + bl
-            next_end = be + bl if b + 1 < nb else None
-            active = ~g.done & (g.x[:, bs:be] == mask_id).any(1)
-            need = active & ~have
-            if bool(need.any()):  # the reference's first forward of the block (only the first block needs it)
-                rows = need.nonzero().squeeze(1)
-                c = evaluate(rows, g.x[rows].clone(), bs, be, be)
-                tok[rows], conf[rows] = c.tokens, c.confidence.float()
-                have[rows] = True
-                g.nfe[rows] += g.copies
-            block_rounds = 0
-            while bool(active.any()):
-                # ---- drafts: the top-k of the current ranking, k = 1..K_r, one model row each
-                masked = g.x[:, bs:be] == mask_id  # (B, bl)
-                order = stepwise_order(conf, masked)
-                rank = torch.empty_like(order).scatter_(1, order, torch.arange(bl, device=dev).expand(B, bl))
-                Kr = torch.where(active, torch.minimum(K, masked.sum(1)), 0)  # (B,)
-                src = torch.repeat_interleave(ar_B, Kr)  # (R,) row of each draft
-                starts = Kr.cumsum(0) - Kr
-                k = torch.arange(src.numel(), device=dev) - starts[src] + 1  # (R,) 1-based draft index
-                commit = masked[src] & (rank[src] < k.unsqueeze(1))  # (R, bl)
-                x = g.x[src].clone()
-                x[:, bs:be] = torch.where(commit, tok[src], x[:, bs:be])
-                view = g.rows(src, x)
-                view.apply_stops(None, (bs, be))  # the reference's stopping rules after each step (fills x)
-                terminal = view.done
-                big = torch.full((B,), int(Kr.max()) + 1, dtype=torch.long, device=dev)
-                first_terminal = big.scatter_reduce(0, src, torch.where(terminal, k, big[src]), reduce="amin")
-                keep = k <= first_terminal[src]
-                run_idx = (keep & ~terminal).nonzero().squeeze(1)
-                completes = ~(x[:, bs:be] == mask_id).any(1)
-                re = next_end if next_end is not None and bool(completes[run_idx].any()) else be
-                # ---- ONE forward for every non-terminal draft of every row
-                ok = torch.zeros(src.numel(), dtype=torch.bool, device=dev)
-                c = None
-                if run_idx.numel():
-                    c = evaluate(src[run_idx], x[run_idx], bs, be, re)
-                    took_part = torch.zeros(B, dtype=torch.bool, device=dev)
-                    took_part[src[run_idx]] = True
-                    g.nfe += took_part.long() * g.copies
-                    # ---- verification: does the reference, from draft k, commit the (k+1)-th drafted position?
-                    sr, kr = src[run_idx], k[run_idx]
-                    allowed = x[run_idx, bs:be] == mask_id
-                    ones = torch.ones(run_idx.numel(), dtype=torch.long, device=dev)
-                    pick = select_top(c.confidence[:, :bl], allowed, ones)
-                    pos = pick.to(torch.uint8).argmax(1)
-                    has_next = kr < Kr[sr]
-                    want = order[sr, kr.clamp(max=bl - 1)]
-                    ok[run_idx] = (pick.any(1) & has_next & (pos == want)
-                                   & (c.tokens[:, :bl].gather(1, pos.unsqueeze(1)).squeeze(1) == tok[sr, want]))
-                okmat = torch.zeros(B, int(Kr.max()), dtype=torch.long, device=dev)
-                okmat[src, k - 1] = ok.long()
-                a = torch.where(active, 1 + okmat.cumprod(1).sum(1), 0)  # (B,) accepted drafts per row
-                # ---- move every active row to its longest accepted draft and keep that draft's logits
-                act = active.nonzero().squeeze(1)
-                ai = starts[act] + a[act] - 1
-                g.x[act] = x[ai]
-                g.done[act] = view.done[ai]
-                cs = g.commit_step[act, bs - P : be - P]
-                g.commit_step[act, bs - P : be - P] = torch.where(commit[ai], torch.full_like(cs, rounds), cs)
-                have[act] = False
-                if c is not None:
-                    slot = torch.full((src.numel(),), -1, dtype=torch.long, device=dev)
-                    slot[run_idx] = torch.arange(run_idx.numel(), device=dev)
-                    si = slot[ai]
-                    got = si >= 0
-                    rows_got, si = act[got], si[got]
-                    nxt = completes[ai][got] & (re > be)  # the accepted draft completed the block: next block's
-                    cols = torch.arange(bl, device=dev).unsqueeze(0) + torch.where(nxt, bl, 0).unsqueeze(1)
-                    tok[rows_got] = c.tokens[si].gather(1, cols)
-                    conf[rows_got] = c.confidence[si].float().gather(1, cols)
-                    have[rows_got] = True
-                if prm.adaptive:
-                    full = a == Kr
-                    grown = torch.where(Kr == K, torch.clamp(2 * K, max=prm.max_drafts), K)
-                    K = torch.where(active, torch.where(full, grown, torch.clamp(a + 1, min=2)), K)
-                rounds += 1
-                block_rounds += 1
-                row_rounds += int(act.numel())
-                accepted_total += int(a.sum())
-                drafted_total += int(Kr.sum())
-                if stream is not None:
-                    committed = torch.zeros(B, g.G, dtype=torch.bool, device=dev)
-                    committed[act, bs - P : be - P] = commit[ai]
-                    event = StepEvent(step=rounds, block=b, committed=committed, tokens=g.x[:, P:].clone(),
-                                      done=g.done.clone())
-                    stream(event)
-                    if getattr(event, "stop_requested", False):
-                        stopped = True
-                        break
-                active = ~g.done & (g.x[:, bs:be] == mask_id).any(1)
-            g.block_steps.append(block_rounds)
-        stats = {
-            "rounds": float(rounds),
-            "row_rounds": float(row_rounds),
-            "accepted_tokens": float(accepted_total),
-            "drafted_tokens": float(drafted_total),
-            "block_efficiency": accepted_total / max(1, row_rounds),
-            "forwards": float(g.steps),
-            "draft_rows": float(draft_rows),
-            "nfe_reference": float(accepted_total * g.copies),
-        }
-        return g.output(t0, t_prep, stats)
+            allowed = (rnd.x[k, bs:be] == core.mask_id).unsqueeze(0)
+            pick = select_top(c.confidence[:, :bl], allowed, torch.ones(1, dtype=torch.long, device=allowed.device))
+            want = int(rnd.order[k + 1])
+            if not (bool(pick[0, want]) and int(c.tokens[0, want]) == int(st["tok"][want])):
+                break
+            a += 1
+        return self._accept(core, r, st, rnd, cands, a)
+
+    def _accept(self, core, r, st, rnd: _Round, cands, a: int) -> tuple[bool, Any]:
+        """Move the request to its longest accepted draft and keep that draft's logits."""
+        bs, be = r.block_span()
+        bl = be - bs
+        slot, L = r.slots[0], r.layout.length
+        core.buf.tokens[slot, :L] = rnd.x[a - 1]
+        cs = core.buf.commit_step[slot, bs:be]
+        core.buf.commit_step[slot, bs:be] = torch.where(rnd.commit[a - 1], torch.full_like(cs, r.steps), cs)
+        stats = st["stats"]
+        stats["row_rounds"] += 1
+        stats["accepted_tokens"] += a
+        stats["drafted_tokens"] += rnd.x.shape[0]
+        stats["nfe_reference"] += a * r.copies
+        if self.params.adaptive:
+            K = rnd.x.shape[0]
+            st["K"] = min(2 * st["K"], self.params.max_drafts) if a == K and K == st["K"] else max(2, a + 1)
+        if bool(rnd.terminal[a - 1]):
+            r.block_steps.append(r.block_step + 1)
+            return True, None
+        c = cands[rnd.run.index(a - 1)]
+        if bool((rnd.x[a - 1, bs:be] == core.mask_id).any()):
+            st["tok"], st["conf"] = c.tokens[0, :bl], c.confidence[0, :bl].float()
+            return False, None
+        # the block is complete: the same forward gave the next block's logits
+        r.block_steps.append(r.block_step + 1)
+        r.block, r.block_step = r.block + 1, -1  # the engine counts this step after the driver
+        nbl = r.block_span()[1] - r.block_span()[0]
+        st["tok"], st["conf"] = c.tokens[0, bl : bl + nbl], c.confidence[0, bl : bl + nbl].float()
+        return False, None
+
+    def stats(self, r) -> dict[str, float]:
+        s = dict(self._state(r)["stats"])
+        s["block_efficiency"] = s["accepted_tokens"] / max(1.0, s["row_rounds"])
+        return s

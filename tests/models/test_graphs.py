@@ -1,6 +1,7 @@
-"""The CUDA-graph runner's buffer logic, on CPU: a stand-in "graph" that recomputes the captured closure into
-the same output buffer must give exactly the eager results (so every input really flows through the static
-buffers), for every cache policy, with CFG and padding. The real capture runs in the GPU tests/benchmarks."""
+"""The CUDA-graph runner's buffer logic, on CPU: a stand-in "graph" that recomputes the captured closure into the
+same output buffer must give exactly the eager results (so every input really flows through the static
+buffers), for every cache policy and both attention backends, with guidance and ragged rows. The real capture
+runs in the GPU tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import torch
 
 import dlm
 from dlm import GenerationConfig
-from dlm.models.graphs import GraphRunner
+from dlm.engine.graphs import StepGraphs
 
 from ..conftest import random_prompts
 
 
-class CpuGraphRunner(GraphRunner):
+class CpuStepGraphs(StepGraphs):
     def _make_graph(self, run):
         out = run()
 
@@ -24,20 +25,19 @@ class CpuGraphRunner(GraphRunner):
         return replay, out
 
 
+@pytest.mark.parametrize("attention", ["loop", "padded"])
 @pytest.mark.parametrize("cache", dlm.cache.names())
-def test_replayed_steps_equal_eager(tiny, cache, monkeypatch):
+def test_replayed_steps_equal_eager(tiny, cache, attention):
     prompts = random_prompts(tiny, 3, seed=13, min_len=1, max_len=12)
     cfg = GenerationConfig(gen_length=24, block_length=8, steps=12, cache=cache, stop_at_eos=False, cfg_scale=0.5)
-    eager = tiny.generate(prompts, cfg)
-    runners = []
 
-    def factory():
-        runners.append(CpuGraphRunner())
-        return runners[-1]
+    def run(graphs):
+        engine = dlm.Engine(tiny, max_rows=6, attention=attention, graphs=graphs)
+        reqs = [engine.submit(p, cfg) for p in prompts]
+        engine.run()
+        return torch.cat([r.output.sequences for r in reqs])
 
-    monkeypatch.setattr(tiny, "graph_runner_factory", factory, raising=False)
-    graphed = tiny.generate(prompts, cfg)
-    monkeypatch.setattr(tiny, "graph_runner_factory", None)
-    assert torch.equal(graphed.sequences, eager.sequences)
+    graphs = CpuStepGraphs()
+    assert torch.equal(run(graphs), run(None))
     if cache in ("none", "dual", "prefix"):
-        assert runners[0].replays > 0, "repeated step shapes were not replayed"
+        assert graphs.replays > 0, "repeated step layouts were not replayed"
