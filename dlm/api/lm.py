@@ -94,10 +94,12 @@ class DiffusionLM:
             progress: show a progress bar over batches (default: when there is more than one batch).
         """
         from ..engine import generate as run
+        from .defaults import effective_config
 
         config = config or GenerationConfig()
         if overrides:
             config = config.replace(**overrides)
+        config = effective_config(self, config)  # unset fields: generation_config.json, then the format's defaults
         ids = self.encode(prompts, chat_template=config.chat_template)
         if not ids:
             raise ConfigError("the batch of prompts is empty; pass at least one prompt")
