@@ -1,31 +1,28 @@
-"""The ``learned_filter`` scheduler: its rule, its files and their errors, EoTP and caches, the CLI."""
+"""The ``learned_filter`` scheduler: its rule (threshold 1 is low_confidence, accepted masks plus the quota), any
+block length, the measures its filter needs, caches and EoTP, its parameters and the shipped default filter. The
+filter's files and network are tested in tests/filter; its training in tests/train/filter."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 
 import dlm
-from dlm.cli import main as dlm_main
-from dlm.schedulers import learned_filter as LF
-from dlm.schedulers.learned_filter import FilterConfig, FilterNet, save_filter
+from dlm.filter import FilterConfig, FilterNet, files, read_config, resolve_path, save_filter
 
-from ..schedulers.invariants import PROMPTS, check_run, record
+from ..filter.helpers import make_filter
+from .invariants import PROMPTS, check_run, record
 
 
-def make_filter(tmp_path, name="f", bias: float | None = None, **config) -> str:
-    """A random filter file; ``bias`` sets the output bias (large: accept everything, small: nothing)."""
-    torch.manual_seed(0)
-    net = FilterNet(FilterConfig(**config))
-    if bias is not None:
-        with torch.no_grad():
-            last = net.net[-1]
-            last.weight.zero_()
-            last.bias.fill_(bias)
-    weights, _ = save_filter(net, tmp_path / f"{name}.safetensors")
-    return str(weights)
+@pytest.fixture
+def tiny_llada(peaky_llada):
+    """The peaked tiny LLaDA (the filter's rule shows only when predictions are confident)."""
+    return peaky_llada
+
+
+@pytest.fixture
+def tiny_dream(peaky_dream):
+    return peaky_dream
 
 
 def cfg(path, threshold=None, **changes) -> dlm.GenerationConfig:
@@ -34,7 +31,6 @@ def cfg(path, threshold=None, **changes) -> dlm.GenerationConfig:
                                 return_trace=True, **changes)
 
 
-# ------------------------------------------------------------------------------------------------ the rule
 @pytest.mark.parametrize("steps", [32, 16])
 def test_threshold_one_is_low_confidence(tiny_llada, tiny_dream, tmp_path, steps):
     path = make_filter(tmp_path)
@@ -134,68 +130,6 @@ def test_eotp_with_a_stop_token_the_filter_accepts(tiny_llada, tmp_path):
     assert not (out.sequences == tiny_llada.ids.mask_id).any()
 
 
-# ------------------------------------------------------------------------------------------------ files and errors
-def test_missing_file_is_a_clear_error(tmp_path):
-    missing = tmp_path / "nope.safetensors"
-    with pytest.raises(dlm.ConfigError, match="no filter file at .*nope.safetensors"):
-        cfg(str(missing))
-
-
-def test_not_safetensors_is_a_clear_error(tmp_path):
-    good = make_filter(tmp_path, "good")
-    bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"this is not a safetensors file at all, just bytes" * 3)
-    (tmp_path / "bad.json").write_text((tmp_path / "good.json").read_text())
-    with pytest.raises(dlm.ConfigError, match="not a readable safetensors file"):
-        cfg(str(bad))
-    # a pickle under the right name is not read either
-    torch.save(FilterNet(FilterConfig()).state_dict(), bad)
-    with pytest.raises(dlm.ConfigError, match="not a readable safetensors file"):
-        cfg(str(bad))
-    assert good
-
-
-def test_wrong_feature_size_is_a_clear_error(tmp_path):
-    path = make_filter(tmp_path, "one", features=("confidence",))
-    config = json.loads((tmp_path / "one.json").read_text())
-    config["features"] = ["confidence", "masked"]
-    (tmp_path / "one.json").write_text(json.dumps(config))
-    with pytest.raises(dlm.ConfigError, match=r"does not match its config.*input size is len\(features\) x width = 64"):
-        cfg(path)
-    config["features"], config["width"] = ["confidence"], 16
-    (tmp_path / "one.json").write_text(json.dumps(config))
-    with pytest.raises(dlm.ConfigError, match="does not match its config"):
-        cfg(path)
-
-
-@pytest.mark.parametrize("change,match", [
-    (None, "config .*one.json is missing"),
-    ("{not json", "not valid JSON"),
-    ({"format": "something-else"}, "format"),
-    ({"features": ["colour"]}, "features must be"),
-    ({"threshold": 2}, "threshold must be"),
-    ({"widht": 3}, "unknown field"),
-    ({"features": None}, "missing field.*features"),  # None: the field is dropped
-    ({"hidden": None, "arch": None}, "missing field.*arch, hidden"),
-])
-def test_bad_config_is_a_clear_error(tmp_path, change, match):
-    path = make_filter(tmp_path, "one")
-    if change is None:
-        (tmp_path / "one.json").unlink()
-    elif isinstance(change, str):
-        (tmp_path / "one.json").write_text(change)
-    else:
-        config = json.loads((tmp_path / "one.json").read_text())
-        for k, v in change.items():
-            if v is None:
-                config.pop(k)
-            else:
-                config[k] = v
-        (tmp_path / "one.json").write_text(json.dumps(config))
-    with pytest.raises(dlm.ConfigError, match=match):
-        cfg(path)
-
-
 def test_parameters_are_validated():
     with pytest.raises(dlm.ConfigError, match="threshold must be a probability"):
         dlm.schedulers.create("learned_filter", {"threshold": 1.5})
@@ -203,15 +137,8 @@ def test_parameters_are_validated():
         dlm.schedulers.create("learned_filter", {"path": 3})
 
 
-def test_folder_and_json_paths_name_the_same_filter(tmp_path):
-    make_filter(tmp_path, LF.FILE_STEM)
-    for p in (tmp_path, tmp_path / f"{LF.FILE_STEM}.json", tmp_path / f"{LF.FILE_STEM}.safetensors"):
-        assert LF.resolve_path(str(p))[0] == tmp_path / f"{LF.FILE_STEM}.safetensors"
-        dlm.schedulers.create("learned_filter", {"path": str(p)})
-
-
 def test_missing_default_filter_fails_at_first_use_not_before(tiny_llada, tmp_path, monkeypatch):
-    monkeypatch.setattr(LF, "default_filter_path", lambda: tmp_path / "absent" / "learned_filter.safetensors")
+    monkeypatch.setattr(files, "default_filter_path", lambda: tmp_path / "absent" / "learned_filter.safetensors")
     sched = dlm.schedulers.create("learned_filter", {})  # cheap, and does not fail
     assert sched.config() == {"path": None, "threshold": None}
     config = dlm.GenerationConfig(gen_length=8, scheduler="learned_filter")
@@ -221,71 +148,14 @@ def test_missing_default_filter_fails_at_first_use_not_before(tiny_llada, tmp_pa
 
 def test_default_filter_is_shipped_and_model_agnostic(tiny_llada, tiny_dream):
     # the shipped filter reads only probabilities, so it runs with any model (here random tiny ones)
-    path, cfg_file = LF.resolve_path(None)
+    path, cfg_file = resolve_path(None)
     assert path.is_file() and cfg_file.is_file(), "ship the trained filter (dlm train-filter) with the package"
-    config = LF.read_config(None)
+    config = read_config(None)
     sched = dlm.schedulers.create("learned_filter", {})
     assert sched.threshold == config.threshold
     for lm in (tiny_llada, tiny_dream):
         c = dlm.GenerationConfig(gen_length=32, block_length=8, scheduler="learned_filter", return_trace=True)
         check_run(record(lm, PROMPTS, c), lm, c, "learned_filter")
-
-
-# ------------------------------------------------------------------------------------------------ the command
-def test_train_filter_command(tiny_llada, tmp_path, capsys):
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt_ids": p, "gen_length": 8}) for p in
-                                 [[72, 101, 108], [9, 8], [100, 101, 102], [7, 7, 7], [33, 34], [50, 51, 52, 53]]))
-    out = tmp_path / "filt.safetensors"
-    rc = dlm_main(["train-filter", "--model", str(tiny_llada.path), "--prompts", str(prompts), "--out", str(out),
-                   "--block-length", "8", "--epochs", "3", "--grid", "0.5,0.99", "--device", "cpu",
-                   "--decode-batch-size", "4"])
-    assert rc == 0
-    text = capsys.readouterr().out
-    assert "false-positive rate" in text
-    config = LF.read_config(str(out))
-    assert config.threshold in (0.5, 0.99) and config.info["train_prompts"] == 5 and config.info["val_prompts"] == 1
-    assert len(config.info["threshold_tuning"]) == 2
-    net = LF.load_filter(str(out))
-    assert (config.arch, config.features, config.context, config.hidden) == ("local", ("confidence", "masked"), 4,
-                                                                             (32, 32))
-    assert net.num_parameters == (2 * 9 * 32 + 32) + (32 * 32 + 32) + (32 + 1)
-    c = dlm.GenerationConfig(gen_length=8, scheduler="learned_filter", scheduler_kwargs={"path": str(out)})
-    tiny_llada.generate([[1, 2, 3]], c)
-
-
-def test_train_filter_command_learn2pd_mlp(tiny_llada, tmp_path):
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("\n".join(json.dumps(p) for p in ["abc", "hello", "x y z", "12+3"]))
-    out = tmp_path / "mlp.safetensors"
-    rc = dlm_main(["train-filter", "--model", str(tiny_llada.path), "--prompts", str(prompts), "--out", str(out),
-                   "--gen-length", "8", "--block-length", "8", "--epochs", "2", "--threshold", "0.96",
-                   "--arch", "mlp", "--features", "confidence", "--device", "cpu"])
-    assert rc == 0
-    config = LF.read_config(str(out))
-    assert config.threshold == 0.96 and config.info["threshold_tuning"] == []
-    assert LF.load_filter(str(out)).num_parameters == 2112  # Learn2PD's two-layer MLP over 32 confidences
-
-
-def test_train_filter_rejects_a_bad_out(tmp_path, capsys):
-    rc = dlm_main(["train-filter", "--out", str(tmp_path / "f.pt")])
-    assert rc == 2 and ".safetensors" in capsys.readouterr().err
-
-
-def test_tensors_are_checked_before_anything_is_built(tmp_path):
-    path = make_filter(tmp_path, "one")
-    config = json.loads((tmp_path / "one.json").read_text())
-    config["hidden"] = [10**9]  # building this network would need terabytes: the header check comes first
-    (tmp_path / "one.json").write_text(json.dumps(config))
-    with pytest.raises(dlm.ConfigError, match="does not match its config"):
-        cfg(path)
-    from safetensors.torch import save_file
-
-    net = FilterNet(FilterConfig())
-    save_file({k: v.to(torch.int64) for k, v in net.state_dict().items()}, str(tmp_path / "ints.safetensors"))
-    (tmp_path / "ints.json").write_text(FilterConfig().to_json())
-    with pytest.raises(dlm.ConfigError, match="must be floating point"):
-        cfg(str(tmp_path / "ints.safetensors"))
 
 
 def test_threshold_zero_commits_the_block_even_where_the_filter_says_zero(tiny_llada, tmp_path):

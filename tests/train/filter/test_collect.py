@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from unittest import mock
 
 import pytest
@@ -10,7 +9,9 @@ import torch
 
 import dlm
 from dlm.engine import Generation
-from dlm.train import filter as F
+from dlm.train.filter.collect import collect, collect_parallel
+from dlm.train.filter.dataset import FilterData
+from dlm.train.filter.prompts import Prompt
 
 A, B_, C, D, X, Y = 40, 41, 42, 43, 44, 45  # byte tokens, never special ids of the tiny models
 
@@ -51,7 +52,7 @@ def scripted_forward(lm):
 def test_labels_on_a_hand_checked_decode(tiny_llada):
     lm = tiny_llada
     with mock.patch.object(Generation, "forward", scripted_forward(lm)):
-        data = F.collect(lm, [F.Prompt(ids=(72, 105, 33), gen_length=4)], block_length=4)
+        data = collect(lm, [Prompt(ids=(72, 105, 33), gen_length=4)], block_length=4)
     assert data.references == [FINAL]  # no stop token: the whole answer
     assert len(data) == 4 and data.step.tolist() == [0, 1, 2, 3] and data.block.tolist() == [0, 0, 0, 0]
     for s, expected in enumerate(EXPECTED):
@@ -66,10 +67,10 @@ def test_labels_on_a_hand_checked_decode(tiny_llada):
 
 def test_collection_is_the_reference_decode(tiny_llada):
     lm = tiny_llada
-    prompts = [F.Prompt(ids=(72, 101, 108, 108, 111), gen_length=8), F.Prompt(ids=(9, 8), gen_length=8),
-               F.Prompt(ids=(100, 101, 102, 103), gen_length=16)]
+    prompts = [Prompt(ids=(72, 101, 108, 108, 111), gen_length=8), Prompt(ids=(9, 8), gen_length=8),
+               Prompt(ids=(100, 101, 102, 103), gen_length=16)]
     before = set(dlm.schedulers.names())
-    data = F.collect(lm, prompts, block_length=4, batch_size=2)
+    data = collect(lm, prompts, block_length=4, batch_size=2)
     assert set(dlm.schedulers.names()) == before, "the recording scheduler must be unregistered afterwards"
     for p, ref in zip(prompts, data.references):
         out = lm.generate([list(p.ids)], dlm.GenerationConfig(gen_length=p.gen_length, steps=p.gen_length,
@@ -84,82 +85,25 @@ def test_collection_is_the_reference_decode(tiny_llada):
 
 
 def test_save_load_round_trip(tiny_llada, tmp_path):
-    data = F.collect(tiny_llada, [F.Prompt(ids=(7, 8, 9), gen_length=8)], block_length=8)
+    data = collect(tiny_llada, [Prompt(ids=(7, 8, 9), gen_length=8)], block_length=8)
     data.save(tmp_path / "d.safetensors")
-    again = F.FilterData.load(tmp_path / "d.safetensors")
-    for k in F.FilterData.TENSORS:
+    again = FilterData.load(tmp_path / "d.safetensors")
+    for k in FilterData.TENSORS:
         assert torch.equal(getattr(data, k), getattr(again, k))
     assert again.references == data.references and again.block_length == 8
 
 
-def test_read_prompts(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text("\n".join([json.dumps("add: 1+2 ="), json.dumps({"prompt": "copy: a b =", "gen_length": 64}),
-                               json.dumps({"prompt_ids": [5, 6, 7], "family": "x"}), ""]))
-    ps = F.read_prompts(path, gen_length=32)
-    assert [(p.text, p.ids, p.gen_length, p.family) for p in ps] == [
-        ("add: 1+2 =", None, 32, ""), ("copy: a b =", None, 64, ""), (None, (5, 6, 7), 32, "x")]
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"text": "no prompt key"}))
-    with pytest.raises(dlm.ConfigError, match="prompt"):
-        F.read_prompts(bad)
-
-
-def test_task_prompts_come_from_the_requested_split():
-    train = F.task_prompts("train", 3)
-    test = F.task_prompts("test", 3)
-    assert len(train) == 3 * 6 and all(p.answer is not None for p in train)
-    assert not {p.text for p in train} & {p.text for p in test}
-
-
 def test_parallel_collection_is_the_same_data(tiny_llada):
-    prompts = [F.Prompt(ids=tuple(range(5 + i, 9 + 2 * i)), gen_length=8) for i in range(5)]
-    one = F.collect(tiny_llada, prompts, block_length=4, batch_size=2)
-    two = F.collect_parallel(str(tiny_llada.path), prompts, workers=2, block_length=4, batch_size=2)
+    prompts = [Prompt(ids=tuple(range(5 + i, 9 + 2 * i)), gen_length=8) for i in range(5)]
+    one = collect(tiny_llada, prompts, block_length=4, batch_size=2)
+    two = collect_parallel(str(tiny_llada.path), prompts, workers=2, block_length=4, batch_size=2)
     assert two.references == one.references and two.families == one.families
     for k in ("masked", "label", "prompt", "step", "block"):
         assert torch.equal(getattr(one, k), getattr(two, k)), k
     assert torch.allclose(one.confidence, two.confidence, atol=1e-5)
 
 
-def test_data_dir_is_reused_only_for_the_same_model_prompts_and_block(tiny_llada, tmp_path):
-    a = [F.Prompt(ids=(72, 105), gen_length=8), F.Prompt(ids=(33,), gen_length=8)]
-    b = [F.Prompt(ids=(72, 105), gen_length=16), F.Prompt(ids=(34,), gen_length=16)]  # as many prompts as a
-    fa = F.data_fingerprint(tiny_llada, a, 8)
-    assert fa == F.data_fingerprint(tiny_llada, list(a), 8)
-    assert fa != F.data_fingerprint(tiny_llada, b, 8) and fa != F.data_fingerprint(tiny_llada, a, 4)
-    logs: list[str] = []
-    kw = dict(features=("confidence",), hidden=(4,), block_length=8, settings=F.TrainSettings(epochs=1),
-              threshold=0.9, data_dir=tmp_path / "d", log=logs.append)
-    F.run(tiny_llada, a, a, tmp_path / "f.safetensors", **kw)
-    assert not any("reusing" in line for line in logs)
-    F.run(tiny_llada, a, a, tmp_path / "f.safetensors", **kw)
-    assert sum("reusing" in line for line in logs) == 2  # train and val
-    F.run(tiny_llada, b, b, tmp_path / "f.safetensors", **kw)
-    assert sum("collecting anew" in line for line in logs) == 2
-    saved = F.FilterData.load(tmp_path / "d" / "train.safetensors")
-    assert saved.fingerprint == F.data_fingerprint(tiny_llada, b, 8)
-    assert len(saved.references[0]) == 16  # b's answers, not a's
-
-
-@pytest.mark.parametrize("changes,match", [
-    ({"threshold": 1.5}, "threshold must be"),
-    ({"grid": (0.5, 2.0)}, "threshold must be"),
-    ({"arch": "rnn"}, "arch must be"),
-    ({"features": ("colour",)}, "features must be"),
-    ({"settings": F.TrainSettings(epochs=0)}, "epochs must be"),
-])
-def test_bad_settings_fail_before_collection(tiny_llada, tmp_path, changes, match):
-    logs: list[str] = []
-    prompts = [F.Prompt(ids=(72, 105), gen_length=8)]
-    with mock.patch.object(F, "collect", side_effect=AssertionError("collection must not start")):
-        with pytest.raises(dlm.ConfigError, match=match):
-            F.run(tiny_llada, prompts, prompts, tmp_path / "f.safetensors", block_length=8, log=logs.append,
-                  **changes)
-    assert logs == []
-
-
 def test_loading_something_else_is_a_clear_error(tmp_path):
     (tmp_path / "x.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(dlm.ConfigError, match="is not filter data"):
-        F.FilterData.load(tmp_path / "x.safetensors")
+        FilterData.load(tmp_path / "x.safetensors")

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ConfigError, DlmError
+from ...errors import ConfigError, DlmError
 
 HELP = "train the learned unmasking filter (Learn2PD) of the learned_filter scheduler for a model"
 
@@ -41,8 +41,8 @@ def _names(text: str) -> list[str]:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from ..schedulers.learned_filter import ARCHS, FEATURES
-    from .filter import TrainSettings
+    from ...filter import ARCHS, FEATURES
+    from .fit import TrainSettings
 
     d = TrainSettings()
     p.add_argument("--model", default=None, help="checkpoint folder (default: the bundled dlm-tiny)")
@@ -105,11 +105,32 @@ def _split(prompts: list, fraction: float, seed: int) -> tuple[list, list]:
     return [p for i, p in enumerate(prompts) if i not in val], [p for i, p in enumerate(prompts) if i in val]
 
 
+def prompt_sets(args: argparse.Namespace, lm) -> tuple[list, list]:
+    """(training, validation) prompts the options name: a JSONL file (10% held out unless --val-prompts) or the
+    tasks' train / val splits, plus --code-prompts functions of the standard library's training files."""
+    from .prompts import code_prompts, read_prompts, task_prompts
+
+    if args.prompts is not None:
+        train = read_prompts(args.prompts, args.gen_length)
+        if args.val_prompts is not None:
+            val = read_prompts(args.val_prompts, args.gen_length)
+        else:
+            train, val = _split(train, 0.1, args.seed)
+    else:
+        train = task_prompts("train", args.n_per_family, args.seed, gen_length=args.gen_length)
+        val = (read_prompts(args.val_prompts, args.gen_length) if args.val_prompts is not None
+               else task_prompts("val", args.val_per_family, args.seed, gen_length=args.gen_length))
+    if args.code_prompts:
+        train = train + code_prompts(args.code_prompts, args.seed, args.code_gen_length, lm.tokenizer)
+    return train, val
+
+
 def cmd_train_filter(args: argparse.Namespace) -> int:
     import torch
 
-    from ..api import load
-    from . import filter as F
+    from ...api import load
+    from .fit import TrainSettings
+    from .pipeline import run
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -117,23 +138,11 @@ def cmd_train_filter(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must name a .safetensors file, got {args.out}")
     log = lambda s: print(f"[train-filter] {s}", file=sys.stderr, flush=True)  # noqa: E731
     lm = load(args.model, device=args.device)
-    if args.prompts is not None:
-        train = F.read_prompts(args.prompts, args.gen_length)
-        if args.val_prompts is not None:
-            val = F.read_prompts(args.val_prompts, args.gen_length)
-        else:
-            train, val = _split(train, 0.1, args.seed)
-    else:
-        train = F.task_prompts("train", args.n_per_family, args.seed, gen_length=args.gen_length)
-        val = (F.read_prompts(args.val_prompts, args.gen_length) if args.val_prompts is not None
-               else F.task_prompts("val", args.val_per_family, args.seed, gen_length=args.gen_length))
-    if args.code_prompts:
-        code = F.code_prompts(args.code_prompts, args.seed, args.code_gen_length, lm.tokenizer)
-        train = train + code
-    settings = F.TrainSettings(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+    train, val = prompt_sets(args, lm)
+    settings = TrainSettings(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                                batch_size=args.batch_size, seed=args.seed, max_minutes=args.max_minutes)
     hidden = args.hidden if args.hidden is not None else ([32, 32] if args.arch == "local" else [32])
-    summary = F.run(lm, train, val, args.out, features=args.features, hidden=hidden, width=args.width,
+    summary = run(lm, train, val, args.out, features=args.features, hidden=hidden, width=args.width,
                     block_length=args.block_length, settings=settings, threshold=args.threshold, grid=args.grid,
                     max_disagreement=args.max_disagreement, batch_size=args.decode_batch_size,
                     data_dir=args.data_dir, model_name=str(args.model or "dlm-tiny (bundled)"),
