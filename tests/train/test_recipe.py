@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dlm
-from dlm.bench.tasks import FAMILIES
+from dlm.data import FAMILIES
 from dlm.train.cli import main
 from dlm.train.recipe import PRESETS, RecipeConfig, preset
 
