@@ -17,24 +17,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import GenerationConfig
+from .data.prompts import read_prompt_lines  # noqa: F401 (also the reader of train-filter's prompt files)
 from .errors import ConfigError, DlmError
+from .kvargs import parse_kv
 
 # fields with a hand-written option (the rest are generated from GenerationConfig)
 _MAPPING_FIELDS = {"scheduler_kwargs": "scheduler-arg", "cache_kwargs": "cache-arg", "verify_kwargs": "verify-arg"}
-
-
-def parse_kv(items: Sequence[str] | None, what: str) -> dict[str, Any]:
-    """``key=value`` pairs; values are read as JSON when they parse (numbers, true, null, lists), else strings."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--{what} expects key=value, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -72,36 +60,6 @@ def config_from_args(args: argparse.Namespace) -> GenerationConfig:
         elif value is not None:
             data[f.name] = value
     return GenerationConfig.from_dict(data)
-
-
-def read_prompt_lines(path: Path) -> list[tuple[int, str | list[int], dict[str, Any]]]:
-    """The prompts of a JSONL file, as ``dlm generate --input`` reads it: each line a JSON string, or an object
-    with ``prompt`` (text) or ``prompt_ids`` (token ids). Returns (line number, prompt, the line's object or {})
-    for each non-empty line; ConfigError naming the file and line for anything else."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the prompt file {path}: {exc}") from exc
-    rows: list[tuple[int, str | list[int], dict[str, Any]]] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{n} is not valid JSON: {exc}") from exc
-        if isinstance(item, str):
-            rows.append((n, item, {}))
-        elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
-            rows.append((n, item["prompt"], item))
-        elif isinstance(item, dict) and isinstance(item.get("prompt_ids"), list):
-            rows.append((n, [int(t) for t in item["prompt_ids"]], item))
-        else:
-            raise ConfigError(f"{path}:{n}: each line must be a JSON string or an object with 'prompt' (text) "
-                              "or 'prompt_ids' (token ids)")
-    if not rows:
-        raise ConfigError(f"{path} holds no prompts")
-    return rows
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -221,13 +179,27 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in ("schedulers", "caches", "verifiers"):
         sp = sub.add_parser(kind, help=f"list the registered {kind} and their parameters")
         sp.set_defaults(func=lambda a, k=kind: cmd_list(k))
-    for name, module in (("train", "dlm.train.cli"), ("train-filter", "dlm.train.filter_cli"), ("bench", "dlm.bench.cli")):
+    subcommands = (("train", "dlm.train.cli"), ("train-filter", "dlm.train.filter.cli"), ("bench", "dlm.bench.cli"))
+    for name, module in subcommands:
         try:
             mod = __import__(module, fromlist=["add_parser"])
-        except ImportError:
+        except ImportError as exc:  # an optional dependency is missing: say so instead of hiding the command
+            _unavailable(sub, name, module, exc)
             continue
         mod.add_parser(sub)
     return p
+
+
+def _unavailable(sub, name: str, module: str, exc: ImportError) -> None:
+    """Register ``name`` as a command that reports why it cannot run (its module failed to import)."""
+    why = f"{module} cannot be imported ({type(exc).__name__}: {exc})"
+    p = sub.add_parser(name, help=f"unavailable: {why}", add_help=False, prefix_chars="\x00")
+    p.add_argument("rest", nargs="*")
+
+    def fail(args: argparse.Namespace) -> int:
+        raise DlmError(f"'dlm {name}' is unavailable: {why}")
+
+    p.set_defaults(func=fail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
