@@ -8,7 +8,9 @@ objects. :func:`parse_model_args` accepts both and returns an :class:`EvalSettin
   ``attn_backend``, ``fused_kernels``, ``cuda_graphs`` (see :func:`dlm.load`);
 * batching: ``batch_size`` (prompts per ``generate`` call), ``max_batch_size`` (accepted, unused);
 * likelihood: ``mc_num``, ``mc_batch_size``, ``check_greedy`` (see :mod:`dlm.eval.likelihood`);
-* stop strings: ``stop_strings_as_tokens`` (a stop string that is one token also stops the decoder);
+* prompts: ``add_bos_token`` (start every prompt with BOS when the tokenizer does not, as Dream's evaluation
+  does), ``stop_strings_as_tokens`` (a stop string that is one token also stops the decoder), ``ignore_until``
+  (keep the whole answer: Dream's and Fast-dLLM's ``escape_until`` for code tasks that post-process it);
 * every :class:`~dlm.config.GenerationConfig` field (``scheduler``, ``cache``, ``verify``, ``gen_length``, ...).
   Parameter mappings are JSON (``scheduler_kwargs={"threshold":0.9}``) or dotted keys, which survive lm-eval's
   comma-separated string: ``scheduler.threshold=0.9,cache.refresh_every=4,verify.verifier=PATH``.
@@ -46,7 +48,9 @@ class EvalSettings:
         mc_batch_size: samples per forward pass (divides ``mc_num``).
         check_greedy: also compute lm-eval's ``is_greedy`` flag (one decode per request; LLaDA's
             ``is_check_greedy``, off by default as LLaDA recommends).
+        add_bos_token: prompts start with the BOS token (added when the tokenizer does not add it).
         stop_strings_as_tokens: a stop string of the task that is a single token also becomes a stop token.
+        ignore_until: the task's stop strings are not applied; answers end at the model's stop tokens.
     """
 
     load: Mapping[str, Any] = field(default_factory=dict)
@@ -55,7 +59,9 @@ class EvalSettings:
     mc_num: int = 128
     mc_batch_size: int = 32
     check_greedy: bool = False
+    add_bos_token: bool = False
     stop_strings_as_tokens: bool = True
+    ignore_until: bool = False
 
     @property
     def fixed_gen_length(self) -> int | None:
@@ -82,7 +88,8 @@ class EvalSettings:
 _LOAD_ARGS = {"pretrained": "path", "dtype": "str", "device": "str", "attn_backend": "str",
               "fused_kernels": "bool", "cuda_graphs": "bool"}
 _RUN_ARGS = {"batch_size": "int?", "max_batch_size": "int?", "mc_num": "int", "mc_batch_size": "int",
-             "check_greedy": "bool", "stop_strings_as_tokens": "bool"}
+             "check_greedy": "bool", "add_bos_token": "bool", "stop_strings_as_tokens": "bool",
+             "ignore_until": "bool"}
 
 
 def allowed_args() -> list[str]:

@@ -95,7 +95,17 @@ class DLMEvalLM(LM):
         wraps the text as one user turn; otherwise the tokenizer's defaults (BOS)."""
         if self._chat_applied:
             return list(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return self.lm.encode([text], chat_template=bool(self.settings.generation.get("chat_template")))[0]
+        ids = self.lm.encode([text], chat_template=bool(self.settings.generation.get("chat_template")))[0]
+        return self._bos(ids)
+
+    def _bos(self, ids: list[int]) -> list[int]:
+        """``ids`` starting with BOS when ``add_bos_token`` asks for it (Dream's tokenizer adds none)."""
+        bos = self.lm.ids.bos_id
+        if not self.settings.add_bos_token or (ids and ids[0] == bos):
+            return ids
+        if bos is None:
+            raise ConfigError("add_bos_token=true but this model has no BOS token")
+        return [bos, *ids]
 
     # ----------------------------------------------------------------- generate_until
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
@@ -103,7 +113,7 @@ class DLMEvalLM(LM):
         for i, inst in enumerate(requests):
             context, gen_kwargs = inst.args[0], dict(inst.args[1] or {})
             warn_ignored(gen_kwargs, self._ignored)
-            until = stop_strings(gen_kwargs)
+            until = [] if self.settings.ignore_until else stop_strings(gen_kwargs)
             gen_length = self.settings.gen_length_for(gen_kwargs.get("max_gen_toks") or DEFAULT_MAX_GEN_TOKS)
             ids, cut = fit_prompt(self._encode(context), gen_length, self.lm.max_length)
             stop_ids = single_token_ids(self.lm.tokenizer, until) if self.settings.stop_strings_as_tokens else ()
@@ -124,7 +134,7 @@ class DLMEvalLM(LM):
         tok = self.lm.tokenizer
         whole = list(tok(context + continuation, add_special_tokens=special)["input_ids"])
         prefix = list(tok(context, add_special_tokens=special)["input_ids"])
-        return self._with_start(prefix), whole[len(prefix):]
+        return self._with_start(self._bos(prefix) if special else prefix), whole[len(prefix):]
 
     def _with_start(self, prefix: list[int]) -> list[int]:
         """A shifted model (Dream) predicts token i from i-1, so an empty prefix gets a start token."""

@@ -77,7 +77,8 @@ def model_info(lm, settings: EvalSettings, speed: dict[str, Any]) -> dict[str, A
         "batch_size": settings.batch_size,
         "likelihood": {"mc_num": settings.mc_num, "mc_batch_size": settings.mc_batch_size,
                        "check_greedy": settings.check_greedy},
-        "stop_strings_as_tokens": settings.stop_strings_as_tokens,
+        "prompts": {"add_bos_token": settings.add_bos_token, "stop_strings_as_tokens": settings.stop_strings_as_tokens,
+                    "ignore_until": settings.ignore_until},
         "speed": speed,
     }
 

@@ -53,6 +53,8 @@ def test_generate_until_equals_direct_generation_cut_at_the_stop_strings(bundled
     m2 = DLMEvalLM(lm=bundled, stop_strings_as_tokens=False)
     assert m2.generate_until(reqs) == got
     assert m2.speed()["generate_until"]["nfe"] == int(direct.nfe.sum())
+    # ignore_until (Dream's escape_until): the whole answer
+    assert DLMEvalLM(lm=bundled, ignore_until=True).generate_until(reqs) == direct.texts
 
 
 def test_task_sampling_settings_are_ignored_and_model_args_decide(bundled, caplog):
@@ -101,6 +103,17 @@ def test_check_greedy_reports_whether_the_greedy_decode_gives_the_target(bundled
     right, wrong = m.loglikelihood([_request("loglikelihood", ("add: 1+2 =", "3")),
                                     _request("loglikelihood", ("add: 1+2 =", "7"))])
     assert right[1] is True and wrong[1] is False
+
+
+def test_add_bos_token_starts_prompts_with_bos_once(dream, bundled):
+    bos = dream.ids.bos_id
+    assert bos is not None and dream.encode(["hi"])[0][0] != bos  # the Dream tokenizer adds none
+    m = DLMEvalLM(lm=dream, add_bos_token=True)
+    assert m._encode("hi") == [bos, *dream.encode(["hi"])[0]]
+    prefix, target = m._encode_pair("hi", " there")
+    assert prefix[0] == bos and prefix[1:] + target == dream.tokenizer("hi there")["input_ids"]
+    # the bundled tokenizer adds BOS itself: not twice
+    assert DLMEvalLM(lm=bundled, add_bos_token=True)._encode("x") == bundled.encode(["x"])[0]
 
 
 def test_a_loaded_model_and_loading_arguments_are_exclusive(bundled):
