@@ -86,7 +86,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 130
     except DlmError as exc:
         writer.close()
-        if args.output is None:
+        if args.output is None or not writer.written:
             raise
         raise type(exc)(f"{exc} ({writer.written} of {len(rows)} answers saved to {writer.where})") from exc
     writer.close()

@@ -73,6 +73,28 @@ def test_complete_run_and_nothing_done(llada_path, tmp_path, monkeypatch, capsys
     assert len(out.read_text().splitlines()) == 5 and not (out.parent / "out.jsonl.partial").exists()
 
 
+def test_an_error_mid_run_saves_what_is_done(llada_path, tmp_path, monkeypatch, capsys):
+    inp, out = _prompt_file(tmp_path / "in.jsonl", 5), tmp_path / "out.jsonl"
+    original = DiffusionLM.generate
+    calls = []
+
+    def generate(self, prompts, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise dlm.GenerationError("NaN logits")
+        return original(self, prompts, *a, **k)
+
+    monkeypatch.setattr(DiffusionLM, "generate", generate)
+    args = ["generate", "--model", str(llada_path), "--input", str(inp), "--output", str(out), *GEN]
+    assert cli.main([*args, "--batch-size", "2"]) == 2
+    assert f"dlm: error: NaN logits (2 of 5 answers saved to {out})" in capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == 2
+    calls.clear()
+    calls.append(1)  # the first call fails: nothing saved, nothing claimed, the old file kept
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err.strip() == "dlm: error: NaN logits" and len(out.read_text().splitlines()) == 2
+
+
 def test_batches_are_printed_as_they_finish(llada_path, monkeypatch, capsys):
     _interrupt_after(monkeypatch, 1)
     assert cli.main(["generate", "--model", str(llada_path), "a", "b", "c", "--batch-size", "2", "--json",
