@@ -11,7 +11,7 @@ import functools
 import json
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import save_file
@@ -211,28 +211,53 @@ def read_tensor(path: Path, info: dict[str, Any], data_start: int) -> torch.Tens
     return tensor
 
 
-def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+def _set_tensor(model: nn.Module, target: str | tuple[str, int], tensor: torch.Tensor) -> None:
+    """Put ``tensor`` at ``target``: a parameter name, or (name, row) for one row of a stacked parameter (e.g. one
+    expert of a layer's stacked experts), allocated on the tensor's device when its first row arrives."""
+    name, row = (target, None) if isinstance(target, str) else target
     module_name, _, attr = name.rpartition(".")
     module = model.get_submodule(module_name) if module_name else model
-    module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+    if row is None:
+        module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+        return
+    stacked = module._parameters[attr]
+    if stacked.is_meta:
+        stacked = nn.Parameter(torch.empty(stacked.shape, dtype=tensor.dtype, device=tensor.device), requires_grad=False)
+        module._parameters[attr] = stacked
+    with torch.no_grad():
+        stacked[row].copy_(tensor)
+
+
+def _target_shape(params: dict[str, nn.Parameter], target: str | tuple[str, int]) -> tuple[int, ...]:
+    """The shape a checkpoint tensor must have to fill ``target`` (a row of a stacked parameter: all but its first
+    dimension)."""
+    if isinstance(target, str):
+        return tuple(params[target].shape)
+    return tuple(params[target[0]].shape[1:])
 
 
 def load_weights(
-    model: Transformer, folder: Path, name_map: dict[str, str], dtype: torch.dtype, device: torch.device
+    model: Transformer, folder: Path, name_map: dict[str, str | tuple[str, int]], dtype: torch.dtype,
+    device: torch.device,
+    place: Callable[[str, torch.Tensor, torch.dtype], torch.Tensor] | None = None,
 ) -> None:
     """Stream every tensor into ``model`` (built on the meta device), each converted explicitly from its stored
-    float type to ``dtype``; names, shapes and dtypes of all of them are checked before the first is read."""
+    float type to ``dtype``; names, shapes and dtypes of all of them are checked before the first is read.
+    ``place(internal name, CPU tensor, dtype)``, when given, returns what to install instead of the tensor on
+    ``device`` (its own device under a device map, this rank's shard under tensor parallelism: dlm.parallel)."""
     files = weight_files(folder)
     _check_names(folder, set(name_map), set(files))
     headers = {shard: read_header(shard) for shard in sorted(set(files.values()))}
     params = dict(model.named_parameters())
     order = sorted(name_map, key=lambda n: (str(files[n]), n))
     for name in order:
-        _check_weight(files[name], name, headers[files[name]][0].get(name), tuple(params[name_map[name]].shape))
+        _check_weight(files[name], name, headers[files[name]][0].get(name), _target_shape(params, name_map[name]))
     for name in order:
         header, data_start = headers[files[name]]
         tensor = read_tensor(files[name], header[name], data_start)
-        _set_tensor(model, name_map[name], tensor.to(device=device, dtype=dtype))
+        target = name_map[name]
+        param = target if isinstance(target, str) else target[0]  # a stacked parameter's row is placed like it
+        _set_tensor(model, target, place(param, tensor, dtype) if place else tensor.to(device=device, dtype=dtype))
         del tensor
     still_meta = [n for n, p in model.named_parameters() if p.is_meta]
     if still_meta:  # pragma: no cover - guarded by the name check above
@@ -339,6 +364,24 @@ class _SkipInit(TorchFunctionMode):
 
 
 # --------------------------------------------------------------------------------------------------- saving
+def _checkpoint_tensors(model: Transformer, arch_cls: type[Architecture], cfg: dict[str, Any],
+                        dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The model's tensors on the CPU under the format's names; a stacked parameter gives one tensor per row."""
+    inverse: dict[str, list[tuple[str, int | None]]] = {}
+    for ckpt, target in arch_cls.name_map(model.cfg, cfg).items():
+        name, row = (target, None) if isinstance(target, str) else target
+        inverse.setdefault(name, []).append((ckpt, row))
+    tensors = {}
+    for internal, t in model.state_dict().items():
+        if internal not in inverse:
+            raise CheckpointError(f"parameter {internal!r} has no name in the {arch_cls.model_type} format")
+        t = t.detach().to("cpu")
+        t = t.to(dtype) if dtype is not None else t
+        for ckpt, row in inverse[internal]:
+            tensors[ckpt] = t.contiguous() if row is None else t[row].clone()
+    return tensors
+
+
 def save_checkpoint(
     model: Transformer,
     arch_cls: type[Architecture] | str,
@@ -359,14 +402,7 @@ def save_checkpoint(
     cfg = arch_cls.build_config(model.cfg, ids, **(extra_config or {}))
     if dtype is not None:
         cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
-    inverse = {internal: ckpt for ckpt, internal in arch_cls.name_map(model.cfg, cfg).items()}
-    state = model.state_dict()
-    tensors = {}
-    for internal, t in state.items():
-        if internal not in inverse:
-            raise CheckpointError(f"parameter {internal!r} has no name in the {arch_cls.model_type} format")
-        t = t.detach().to("cpu")
-        tensors[inverse[internal]] = (t.to(dtype) if dtype is not None else t).contiguous()
+    tensors = _checkpoint_tensors(model, arch_cls, cfg, dtype)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name in sorted(tensors):
