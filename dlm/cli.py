@@ -11,30 +11,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
 from typing import Any, Sequence
 
 from .config import GenerationConfig
+from .data.prompts import read_prompt_lines  # noqa: F401 (also the reader of train-filter's prompt files)
 from .errors import ConfigError, DlmError
+from .kvargs import parse_kv
+
+BUILT_IN = ("generate", "schedulers", "caches", "verifiers")
 
 # fields with a hand-written option (the rest are generated from GenerationConfig)
 _MAPPING_FIELDS = {"scheduler_kwargs": "scheduler-arg", "cache_kwargs": "cache-arg", "verify_kwargs": "verify-arg"}
-
-
-def parse_kv(items: Sequence[str] | None, what: str) -> dict[str, Any]:
-    """``key=value`` pairs; values are read as JSON when they parse (numbers, true, null, lists), else strings."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--{what} expects key=value, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -61,9 +52,12 @@ def config_from_args(args: argparse.Namespace) -> GenerationConfig:
     data: dict[str, Any] = {}
     if getattr(args, "config", None):
         try:
-            data = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(Path(args.config).read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read --config {args.config}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config {args.config} must hold a JSON object of GenerationConfig fields, "
+                              f"got a {type(data).__name__}")
     for f in dataclasses.fields(GenerationConfig):
         value = getattr(args, f.name, None)
         if f.name in _MAPPING_FIELDS:
@@ -74,75 +68,115 @@ def config_from_args(args: argparse.Namespace) -> GenerationConfig:
     return GenerationConfig.from_dict(data)
 
 
-def read_prompt_lines(path: Path) -> list[tuple[int, str | list[int], dict[str, Any]]]:
-    """The prompts of a JSONL file, as ``dlm generate --input`` reads it: each line a JSON string, or an object
-    with ``prompt`` (text) or ``prompt_ids`` (token ids). Returns (line number, prompt, the line's object or {})
-    for each non-empty line; ConfigError naming the file and line for anything else."""
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Answers are written batch by batch (see :mod:`dlm.answers`): an interrupt keeps every finished one."""
+    from .answers import AnswerWriter, summary
+
+    config = config_from_args(args)
+    rows = _prompt_rows(args)
+    if args.stream and (len(rows) != 1 or args.json):
+        raise ConfigError("--stream prints one answer as it is decoded: give exactly one prompt and no --json "
+                          f"(got {len(rows)} prompt(s){' and --json' if args.json else ''})")
+    writer = AnswerWriter(args.output, as_json=args.json, quiet=args.stream and args.output is None)
     try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the prompt file {path}: {exc}") from exc
-    rows: list[tuple[int, str | list[int], dict[str, Any]]] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{n} is not valid JSON: {exc}") from exc
-        if isinstance(item, str):
-            rows.append((n, item, {}))
-        elif isinstance(item, dict) and isinstance(item.get("prompt"), str):
-            rows.append((n, item["prompt"], item))
-        elif isinstance(item, dict) and isinstance(item.get("prompt_ids"), list):
-            rows.append((n, [int(t) for t in item["prompt_ids"]], item))
-        else:
-            raise ConfigError(f"{path}:{n}: each line must be a JSON string or an object with 'prompt' (text) "
-                              "or 'prompt_ids' (token ids)")
+        outs = _generate_into(writer, args, config, rows)
+    except KeyboardInterrupt:
+        writer.close()
+        print(f"dlm: interrupted; {writer.written} of {len(rows)} answers saved to {writer.where}", file=sys.stderr)
+        return 130
+    except DlmError as exc:
+        writer.close()
+        if args.output is None or not writer.written:
+            raise
+        raise type(exc)(f"{exc} ({writer.written} of {len(rows)} answers saved to {writer.where})") from exc
+    writer.close()
+    if args.output is not None:
+        print(summary(writer, len(rows), outs), file=sys.stderr)
+    return 0
+
+
+def _prompt_rows(args: argparse.Namespace) -> list[tuple[str | list[int], dict[str, Any]]]:
+    """(prompt, the input line's object or {}) for each prompt of --input or the command line."""
+    if args.input is not None:
+        rows = [(prompt, item) for _, prompt, item in read_prompt_lines(args.input)]
+    else:
+        rows = [(p, {}) for p in args.prompts]
     if not rows:
-        raise ConfigError(f"{path} holds no prompts")
+        raise ConfigError("give a prompt (dlm generate \"text\") or --input FILE.jsonl")
     return rows
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from .api import load
+def _generate_into(writer, args: argparse.Namespace, config: GenerationConfig, rows: list) -> list:
+    """Generate every prompt of ``rows``, feeding each finished batch of records to ``writer``."""
+    from .answers import answer_records
 
-    config = config_from_args(args)
-    if args.input is not None:
-        prompts = [prompt for _, prompt, _ in read_prompt_lines(args.input)]
-    else:
-        prompts = list(args.prompts)
-    if not prompts:
-        raise ConfigError("give a prompt (dlm generate \"text\") or --input FILE.jsonl")
-    model = load(args.model, dtype=args.dtype, device=args.device)
-    stream = None
-    if args.stream and len(prompts) == 1 and model.tokenizer is not None:
-        stream = _TextStream(model, config)
-    out = model.generate(prompts, config, batch_size=args.batch_size, stream=stream)
+    model = _load_model(args)
+    stream = _TextStream(model, config) if args.stream else None
+    outs = []
+    for chunk in _chunks(rows, args.batch_size):
+        prompts = [p for p, _ in chunk]
+        out = model.generate(prompts, config, stream=stream)
+        writer.write(answer_records([e for _, e in chunk], prompts, out))
+        outs.append(out)
     if stream is not None:
         stream.close()
-    records = []
-    for i, p in enumerate(prompts):
-        rec = {"prompt": p if isinstance(p, str) else None, "prompt_ids": out.prompt_ids[i],
-               "text": out.texts[i] if out.texts is not None else None, "tokens": out.sequences[i].tolist(),
-               "nfe": int(out.nfe[i])}
-        if out.trace is not None:
-            rec["commit_step"] = out.trace.commit_step[i].tolist()
-        records.append(rec)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "w") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec) + "\n")
-        print(f"wrote {len(records)} answers to {args.output} ({out.timings['total']:.2f} s, "
-              f"{float(out.nfe.float().mean()):.1f} forward passes per answer)", file=sys.stderr)
-    elif args.json:
-        for rec in records:
-            print(json.dumps(rec))
-    elif stream is None:
-        for rec in records:
-            print(rec["text"] if rec["text"] is not None else rec["tokens"])
-    return 0
+    return outs
+
+
+def _chunks(rows: list, batch_size: int | None):
+    """Batches of ``batch_size`` rows (all at once by default), with a progress bar when there are several."""
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    size = batch_size or len(rows)
+    chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+    if len(chunks) == 1:
+        return chunks
+    from tqdm.auto import tqdm
+
+    return tqdm(chunks, desc="generate", unit="batch")
+
+
+def _load_model(args: argparse.Namespace):
+    import torch
+
+    from .api import load
+
+    device = _device(args.device)
+    if (device or torch.device("cuda" if torch.cuda.is_available() else "cpu")).type == "cpu":
+        torch.set_num_threads(args.threads or default_threads())
+    model = load(args.model, dtype=args.dtype, device=device)
+    if args.stream and model.tokenizer is None:
+        raise ConfigError("--stream prints text, but this model has no tokenizer")
+    return model
+
+
+def _device(name: str | None):
+    """--device as a torch.device, checked: ConfigError for a name torch does not know or a CUDA device this
+    machine does not have, before anything is loaded."""
+    import torch
+
+    if name is None:
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"--device {name!r} is not a device (e.g. cpu, cuda, cuda:1): {exc}") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name} but CUDA is not available here (no GPU, or a CPU-only build of "
+                              "PyTorch); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def default_threads() -> int:
+    """CPU threads when --threads is not given: the cores this process may run on minus those other processes
+    keep busy (the 1-minute load average), at least 1. Threads beyond the free cores make torch's pool spin:
+    on 2 busy cores one bundled generation took 9-44 s with 2 threads and 5 s with 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
+    return max(1, cores - busy)
 
 
 class _TextStream:
@@ -203,7 +237,9 @@ def cmd_list(kind: str) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``dlm`` parser. ``only`` (the command about to run): the other commands' modules (training,
+    benchmarks, eval, and what they import) are not imported, which keeps ``dlm generate``'s start-up short."""
     p = argparse.ArgumentParser(prog="dlm", description="Generation for masked-diffusion language models.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate answers for prompts")
@@ -215,29 +251,53 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true", help="print a single prompt's answer as it is decoded")
     g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     g.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    g.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default: all at once)")
+    g.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default: all at once); "
+                   "with --output, each finished batch is written at once")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores not busy with other "
+                   "processes, see docs/cli.md)")
     _add_config_options(g)
     g.set_defaults(func=cmd_generate)
     for kind in ("schedulers", "caches", "verifiers"):
         sp = sub.add_parser(kind, help=f"list the registered {kind} and their parameters")
         sp.set_defaults(func=lambda a, k=kind: cmd_list(k))
-    for name, module in (("train", "dlm.train.cli"), ("train-filter", "dlm.train.filter_cli"), ("bench", "dlm.bench.cli")):
+    subcommands = (("train", "dlm.train.cli"), ("train-filter", "dlm.train.filter.cli"), ("bench", "dlm.bench.cli"),
+                   ("eval", "dlm.eval.cli"))
+    for name, module in subcommands:
+        if only in BUILT_IN + tuple(n for n, _ in subcommands) and only != name:
+            continue
         try:
             mod = __import__(module, fromlist=["add_parser"])
-        except ImportError:
+        except ImportError as exc:  # an optional dependency is missing: say so instead of hiding the command
+            _unavailable(sub, name, module, exc)
             continue
         mod.add_parser(sub)
     return p
 
 
+def _unavailable(sub, name: str, module: str, exc: ImportError) -> None:
+    """Register ``name`` as a command that reports why it cannot run (its module failed to import)."""
+    why = f"{module} cannot be imported ({type(exc).__name__}: {exc})"
+    p = sub.add_parser(name, help=f"unavailable: {why}", add_help=False, prefix_chars="\x00")
+    p.add_argument("rest", nargs="*")
+
+    def fail(args: argparse.Namespace) -> int:
+        raise DlmError(f"'dlm {name}' is unavailable: {why}")
+
+    p.set_defaults(func=fail)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except DlmError as exc:
         print(f"dlm: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("dlm: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

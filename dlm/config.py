@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from dataclasses import dataclass, field, fields, replace
@@ -12,6 +13,7 @@ from .errors import ConfigError
 from .sampling import SAMPLING_MODES
 
 DEFAULT_BLOCK = 32
+MAX_SEED = 2**64 - 1
 
 
 def _freeze(kwargs: Mapping[str, Any] | None, what: str) -> Mapping[str, Any]:
@@ -43,6 +45,9 @@ class GenerationConfig:
         sampling: ``"auto"`` (the scheduler's own family), ``"gumbel"`` (LLaDA) or ``"categorical"`` (Dream).
         temperature: 0 is greedy; > 0 samples (Gumbel noise in float64 for ``gumbel``).
         top_k, top_p: token filters applied before sampling (only with temperature > 0 for ``gumbel``).
+            ``None`` (unset): the checkpoint's ``generation_config.json``, else its format's official default
+            (Dream: top_k=50, top_p=1.0; see :func:`dlm.api.defaults.effective_config`). ``top_k=0`` and
+            ``top_p=1.0`` switch the filter off explicitly.
         cfg_scale: classifier-free guidance w: logits = uncond + (w + 1)(cond - uncond), with the prompt replaced
             by masks for the unconditional pass. 0 disables it.
         seed: seed of the generation's ``torch.Generator``; ``None`` draws one from torch's global generator.
@@ -114,7 +119,7 @@ class GenerationConfig:
             raise ConfigError(f"sampling must be one of auto, {', '.join(SAMPLING_MODES)}; got {self.sampling!r}")
         _float("temperature", self.temperature, minimum=0.0)
         if self.top_k is not None:
-            _int("top_k", self.top_k, minimum=1)
+            _int("top_k", self.top_k, minimum=0)
         if self.top_p is not None:
             _float("top_p", self.top_p, minimum=0.0)
             if not 0 < self.top_p <= 1:
@@ -122,6 +127,8 @@ class GenerationConfig:
         _float("cfg_scale", self.cfg_scale, minimum=0.0)
         if self.seed is not None:
             _int("seed", self.seed, minimum=0)
+            if self.seed > MAX_SEED:  # what torch.Generator.manual_seed accepts
+                raise ConfigError(f"seed must be <= 2**64 - 1, got {self.seed}")
         for name in ("chat_template", "return_trace", "stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf", "eotp"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -169,6 +176,7 @@ class GenerationConfig:
 
     def replace(self, **changes: Any) -> "GenerationConfig":
         """A copy with some fields changed (validated again)."""
+        _check_names(changes)
         return replace(self, **changes)
 
     # ----------------------------------------------------------------- JSON
@@ -185,15 +193,31 @@ class GenerationConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GenerationConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown GenerationConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a GenerationConfig is read from a JSON object of fields; got {type(d).__name__}")
+        _check_names(d)
         return cls(**dict(d))
 
     @classmethod
     def from_json(cls, text: str) -> "GenerationConfig":
-        return cls.from_dict(json.loads(text))
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"a GenerationConfig must be a JSON object of fields: {exc}") from exc
+        return cls.from_dict(d)
+
+
+def _check_names(d: Mapping[str, Any]) -> None:
+    """ConfigError for names that are not fields, with the closest field name (``gen_lenght`` -> ``gen_length``)."""
+    known = [f.name for f in fields(GenerationConfig)]
+    unknown = [k for k in d if k not in known]
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ConfigError(f"unknown GenerationConfig field(s): {', '.join(hints)}; known: {', '.join(sorted(known))}")
 
 
 def _int(name: str, value: Any, minimum: int) -> None:
@@ -206,5 +230,7 @@ def _int(name: str, value: Any, minimum: int) -> None:
 def _float(name: str, value: Any, minimum: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ConfigError(f"{name} must be a number, got {value!r}")
+    if math.isinf(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")

@@ -3,8 +3,8 @@
 Accepted, exactly:
 
 * a string, or a list (or tuple) of strings: tokenised by the model's tokenizer;
-* a list of token-id lists (each a list or tuple of Python or NumPy integers); a single flat list of ids is one
-  prompt, like a 1-D tensor;
+* a list of token-id lists (each a list or tuple of Python or NumPy integers), which may be mixed with strings
+  (as lines of a ``dlm generate --input`` file are); a single flat list of ids is one prompt, like a 1-D tensor;
 * a 1-D (one prompt) or 2-D (B, P) tensor of an integer dtype.
 
 Everything else is a :class:`~dlm.errors.ConfigError` naming the type found, never a guess: bytes are not
@@ -86,10 +86,6 @@ def normalize(prompts: Any) -> list[str | list[int]]:
             out.append(_id_list(i, p))
         else:
             raise _reject(f"prompt {i}", p, "a string or a list of token ids")
-    if len({isinstance(p, str) for p in out}) > 1:
-        first_ids = next(i for i, p in enumerate(out) if not isinstance(p, str))
-        raise ConfigError(f"a batch of prompts must be all strings or all token-id lists, not a mix; prompt "
-                          f"{first_ids} is a list of ids while others are strings")
     return out
 
 
@@ -125,9 +121,8 @@ def encode(prompts: Any, tokenizer: Any | None, *, vocab_size: int, mask_id: int
            min_length: int = 0) -> list[list[int]]:
     """Check ``prompts`` (see the module doc) and return the token ids of each, checked against the model."""
     batch = normalize(prompts)
-    if batch and isinstance(batch[0], str):
-        ids = tokenize(batch, tokenizer, chat_template)  # type: ignore[arg-type]
-    else:
-        ids = batch  # type: ignore[assignment]
+    texts = [p for p in batch if isinstance(p, str)]
+    encoded = iter(tokenize(texts, tokenizer, chat_template) if texts else [])
+    ids = [next(encoded) if isinstance(p, str) else p for p in batch]
     check_ids(ids, vocab_size, mask_id, min_length=min_length)
     return ids

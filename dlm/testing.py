@@ -49,16 +49,23 @@ def _byte_level_bpe():
     return tok
 
 
+def tokenizer_with(specials: list[str]):
+    """The byte-level tokenizer with ``specials`` added as special tokens, and their ids."""
+    from tokenizers import AddedToken
+
+    tok = _byte_level_bpe()
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    return tok, {s: tok.token_to_id(s) for s in specials}
+
+
 def write_tokenizer(folder: str | Path, model_type: str = "llada") -> dict[str, int]:
     """Write a byte-level tokenizer in the format's layout; return the ids of its special tokens."""
-    from tokenizers import AddedToken, processors
+    from tokenizers import processors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = _byte_level_bpe()
     specials = SPECIALS[model_type]
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
-    ids = {s: tok.token_to_id(s) for s in specials}
+    tok, ids = tokenizer_with(specials)
     if model_type == "llada":
         bos = "<|startoftext|>"
         tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
@@ -105,9 +112,10 @@ def tiny_arch(model_type: str = "llada", *, layers: int = 2, hidden: int = 64, h
                       rope_full_precision=False)
 
 
-def random_model(arch: ArchConfig, seed: int = 0, std: float = 0.2) -> Transformer:
+def random_model(arch: ArchConfig, seed: int = 0, std: float = 0.2,
+                 model_class: type[Transformer] = Transformer) -> Transformer:
     """A Transformer with random weights (biases and norm weights random too, so nothing is trivially 0/1)."""
-    model = Transformer(arch)
+    model = model_class(arch)
     g = torch.Generator().manual_seed(seed)
     init_weights(model, std=std, generator=g)
     with torch.no_grad():
@@ -122,7 +130,13 @@ def random_model(arch: ArchConfig, seed: int = 0, std: float = 0.2) -> Transform
 def write_tiny_checkpoint(folder: str | Path, model_type: str = "llada", *, seed: int = 0,
                           dtype: torch.dtype = torch.float32, max_shard_bytes: int = 96 * 1024,
                           std: float = 0.2, **arch_kwargs: Any) -> Path:
-    """Write a tiny random checkpoint of ``model_type`` ("llada" or "Dream") into ``folder``; return it."""
+    """Write a tiny random checkpoint of ``model_type`` into ``folder``; return it. "llada" and "Dream" here;
+    the block-diffusion formats "llada2_moe", "sdar" and "sdar_moe" in :mod:`dlm.testing_block`."""
+    from .testing_block import BLOCK_FORMATS, write_block_checkpoint
+
+    if model_type in BLOCK_FORMATS:
+        return write_block_checkpoint(folder, model_type, seed=seed, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                                      std=std, **arch_kwargs)
     folder = Path(folder)
     ids = write_tokenizer(folder, model_type)
     arch = tiny_arch(model_type, **arch_kwargs)

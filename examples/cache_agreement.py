@@ -19,7 +19,7 @@ import time
 import torch
 
 import dlm
-from dlm.bench.tasks import FAMILIES, get_task, score, stdlib_code_completion
+from dlm.data import FAMILIES, get_task, score, stdlib_code_completion
 
 
 def answer_tokens(seq: list[int], stops: set[int]) -> list[int]:

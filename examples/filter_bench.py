@@ -1,6 +1,6 @@
 """The learned unmasking filter (``learned_filter``, Learn2PD) against ``threshold`` and the reference decode.
 
-    python examples/filter_bench.py --n 200 --code-n 64           the table of notes/README-filter.md
+    python examples/filter_bench.py --n 200 --code-n 64           the table of docs/learned-filter.md
     python examples/filter_bench.py sweep --n 50                  thresholds of both schedulers on the val split
     python examples/filter_bench.py ablation --data-dir DIR       filter variants trained on collected data
 
@@ -47,7 +47,7 @@ def log(msg: str) -> None:
 def measure(lm, prompts, ids, scheduler, kwargs=None, references=None, batch_size=64, **fields):
     """Decode metrics (F.decode_metrics) plus per family: exact-match accuracy of the tasks, and for ``code`` the
     share of completions identical to the reference decode's (``references``; 1.0 for the reference itself)."""
-    from dlm.bench.tasks import exact_match
+    from dlm.data import exact_match
 
     t0 = time.perf_counter()
     tokens, texts, nfe = F.decode(lm, prompts, scheduler, kwargs, batch_size=batch_size, ids=ids, **fields)
@@ -85,7 +85,7 @@ def cmd_bench(args, lm):
     if args.code_n:
         prompts += F.code_prompts(args.code_n, args.seed, 64, lm.tokenizer, split="heldout")
     ids = F.encode_prompts(lm, prompts)
-    stored = dlm.schedulers.learned_filter.read_config(args.filter).threshold
+    stored = dlm.filter.read_config(args.filter).threshold
     fkw = {} if args.filter is None else {"path": args.filter}
     configs = [
         ("reference: low_confidence, 1 token/step", "low_confidence", {}, {}),
@@ -166,7 +166,7 @@ VARIANTS = {
 
 
 def cmd_ablation(args, lm):
-    from dlm.schedulers.learned_filter import FilterConfig, save_filter
+    from dlm.filter import FilterConfig, save_filter
 
     train = F.FilterData.load(Path(args.data_dir) / "train.safetensors")
     val = F.FilterData.load(Path(args.data_dir) / "val.safetensors")

@@ -41,7 +41,7 @@ def test_config_defaults_and_round_trip():
         ({"gen_length": 16.0}, "gen_length must be an integer"),
         ({"temperature": -1.0}, "temperature must be >= 0.0"),
         ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
-        ({"top_k": 0}, "top_k must be >= 1"),
+        ({"top_k": -1}, "top_k must be >= 0"),
         ({"cfg_scale": float("nan")}, "cfg_scale must be a number"),
         ({"sampling": "beam"}, "sampling must be one of auto, gumbel, categorical"),
         ({"eotp_threshold": 0.9}, "eotp_threshold is set but eotp is False"),

@@ -106,8 +106,10 @@ def llada_official(lm, prompts, *, steps, gen_length, block_length, temperature=
     return x[:, P:]
 
 
-def dream_official(lm, prompts, *, steps, gen_length, alg="maskgit_plus", eps=1e-3, temperature=0.0, top_p=None,
-                   top_k=None, seed=0):
+def dream_official(lm, prompts, *, steps, gen_length, alg="maskgit_plus", eps=1e-3, temperature=0.0, top_p=1.0,
+                   top_k=50, seed=0):
+    # top_p=1.0, top_k=50: what diffusion_generate uses when they are not passed (DreamGenerationConfig is built
+    # from the model config, which carries transformers' old generation defaults); None switches a filter off
     g = torch.Generator().manual_seed(seed)
     mask_id = lm.ids.mask_id
     x, valid, P = canvas(prompts, gen_length, mask_id, lm.ids.pad_id)
@@ -227,10 +229,11 @@ def test_dream_sampler_equals_official(dream, case):
         seed = 100 * trial + B + 7
         lo = 5 if equal else 1
         prompts = random_prompts(dream, B, seed=seed, min_len=lo, max_len=lo if equal else 14)
+        given = {k: v for k, v in (("top_p", top_p), ("top_k", top_k)) if v is not None}  # else: both defaults
         ref = per_prompt(prompts, temp > 0 or alg == "origin", lambda ps: dream_official(
-            dream, ps, steps=steps, gen_length=gen, alg=alg, temperature=temp, top_p=top_p, top_k=top_k, seed=seed))
+            dream, ps, steps=steps, gen_length=gen, alg=alg, temperature=temp, seed=seed, **given))
         cfgn = GenerationConfig(gen_length=gen, block_length=gen, steps=steps, scheduler=alg, temperature=temp,
-                                top_p=top_p, top_k=top_k, seed=seed, stop_at_eos=False)
+                                seed=seed, stop_at_eos=False, **given)
         out = dream.generate(prompts, cfgn)
         assert torch.equal(out.sequences, ref), f"trial {trial}: dlm {out.sequences.tolist()} != ref {ref.tolist()}"
         # dlm never spends a forward pass on a step that commits nothing

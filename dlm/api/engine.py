@@ -33,6 +33,7 @@ from ..engine.core import EngineCore
 from ..engine.request import Request, Status
 from ..errors import ConfigError
 from ..outputs import StepEvent
+from .defaults import effective_config
 
 ATTENTION = ("auto", "loop", "padded")
 
@@ -91,7 +92,7 @@ class Engine:
         """A checked :class:`Request` for token ids, not yet queued (``generate`` prepares all before queueing);
         ``name`` is how error messages call the prompt."""
         lm = self.model
-        config = lm.effective_config(config) if hasattr(lm, "effective_config") else config
+        config = effective_config(lm, config)  # unset fields: generation_config.json, then the format's defaults
         driver = None
         if config.verify is not None:
             config, driver = self._verifier(config)

@@ -164,6 +164,9 @@ def load(
     attn_backend: str = "sdpa",
     cuda_graphs: bool = False,
     fused_kernels: bool = False,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    tensor_parallel: Any = None,
 ) -> DiffusionLM:
     """Load a LLaDA- or Dream-format checkpoint folder (config.json + safetensors + tokenizer).
 
@@ -179,6 +182,13 @@ def load(
         fused_kernels: fuse the elementwise parts of each layer (RMSNorm, RoPE, SwiGLU) with ``torch.compile``
             (see :mod:`dlm.models.elementwise`); compiled on first use (Triton on CUDA, a C++ compiler on CPU).
             Same arithmetic as the eager functions up to floating-point rounding.
+        device_map: spread whole layers over devices, for a model larger than one GPU: ``"auto"`` (balanced over
+            the GPUs within ``max_memory``), ``"sequential"``, or a dict ``{"embed": 0, "layers.0": 0, ...}``;
+            each weight is streamed straight to its device (see :mod:`dlm.parallel.placement`).
+        max_memory: per-device budget of ``device_map``, e.g. ``{0: "20GiB", 1: "20GiB"}``.
+        tensor_parallel: split every layer over this many processes launched with torchrun (or pass a
+            :class:`dlm.parallel.TensorParallel` for another mode, see :mod:`dlm.parallel.tensor`); every rank
+            must run the same generation.
     """
     from ..models.attention import BACKENDS, flash_attn_available
     from ..models.loading import build_model, load_tokenizer, load_weights, parse_dtype, read_config, weight_files
@@ -188,6 +198,13 @@ def load(
 
         path = default_model_path()
     folder, cfg, arch_cls = read_config(path)
+    par = None
+    if device_map is not None or max_memory is not None or tensor_parallel is not None:
+        from ..parallel.load import ParallelLoad
+
+        par = ParallelLoad.create(device=device, device_map=device_map, max_memory=max_memory,
+                                  tensor_parallel=tensor_parallel, cuda_graphs=cuda_graphs)
+        device = device if par is None else par.device
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dt = parse_dtype(dtype, device)
     if attn_backend not in BACKENDS:
@@ -206,7 +223,10 @@ def load(
         tok = tokenizer
     ids = arch_cls.special_ids(cfg, tok)
     model = build_model(arch, device="meta", model_class=arch_cls.model_class)
-    load_weights(model, folder, arch_cls.name_map(arch, cfg), dt, device)
+    place = par.prepare(model, dt) if par is not None else None
+    load_weights(model, folder, arch_cls.name_map(arch, cfg), dt, device, place=place)
+    if par is not None:
+        par.finish(model)
     model.attn_backend = attn_backend
     if tok is not None and len(tok) > (arch.valid_vocab or arch.vocab_size):
         raise CheckpointError(f"the tokenizer has {len(tok)} tokens but the model's vocabulary has "

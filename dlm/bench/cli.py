@@ -36,7 +36,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     w = p.add_argument_group("what to run")
     w.add_argument("--preset", default=None, help="grid preset: quick (default) or full")
     w.add_argument("--grid", type=Path, default=None, help="grid file (JSON, or YAML with PyYAML): suite settings, "
-                   "configs, grid; see notes/README-bench.md")
+                   "configs, grid; see docs/benchmarks.md")
     w.add_argument("--configs", nargs="+", default=None, metavar="NAME",
                    help="named configurations (dlm bench --list): llada-reference, fast-dllm, dkv, prophet, learn2pd, "
                    "lossless-stepwise, lossless-causal, best")
@@ -101,9 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------------------ resolution
 def suite_from_args(args: argparse.Namespace):
-    """The suite the options describe (see notes/README-bench.md for the precedence rules)."""
-    from ..cli import parse_kv
-    from .presets import SUITES, dedupe, grid_methods, named, read_grid_file, suite_from_mapping, suite_preset
+    """The suite the options describe (see docs/benchmarks.md for the precedence rules)."""
+    from ..kvargs import parse_kv
+    from .gridfile import dedupe, read_grid_file, suite_from_mapping
+    from .methods import grid_methods
+    from .presets import SUITES, named, suite_preset
 
     data: dict[str, Any] = read_grid_file(args.grid) if args.grid is not None else {}
     preset = args.preset or data.get("preset")

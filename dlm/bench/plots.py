@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 MARKERS = "osD^vP*Xh<>"
+PLOT_FILES = {"accuracy_vs_nfe": "accuracy_vs_nfe.png", "tokens_per_s": "tokens_per_s.png",
+              "trajectory": "trajectory.png"}
 
 
 def _plt():
@@ -197,11 +199,9 @@ def trajectory(results: dict[str, Any], path: Path) -> Path | None:
 
 def write_plots(results: dict[str, Any], out: Path) -> dict[str, Path]:
     """Every plot into ``out``; returns {kind: path} of those written."""
-    from .report import FILES
-
-    written = {"accuracy_vs_nfe": accuracy_vs_nfe(results, out / FILES["accuracy_vs_nfe"]),
-               "tokens_per_s": tokens_per_s(results, out / FILES["tokens_per_s"])}
-    t = trajectory(results, out / FILES["trajectory"])
+    written = {"accuracy_vs_nfe": accuracy_vs_nfe(results, out / PLOT_FILES["accuracy_vs_nfe"]),
+               "tokens_per_s": tokens_per_s(results, out / PLOT_FILES["tokens_per_s"])}
+    t = trajectory(results, out / PLOT_FILES["trajectory"])
     if t is not None:
         written["trajectory"] = t
     return written

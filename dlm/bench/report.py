@@ -21,11 +21,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .presets import CODE
-from .tasks import FAMILIES
+from ..data import CODE, FAMILIES
+from .plots import PLOT_FILES, write_plots
 
-FILES = {"json": "results.json", "markdown": "results.md", "accuracy_vs_nfe": "accuracy_vs_nfe.png",
-         "tokens_per_s": "tokens_per_s.png", "trajectory": "trajectory.png"}
+FILES = {"json": "results.json", "markdown": "results.md", **PLOT_FILES}
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
@@ -258,9 +257,7 @@ def write_report(results: dict[str, Any], out: str | Path, plots: bool = True) -
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     if plots:
-        from . import plots as plots_mod
-
-        written.update(plots_mod.write_plots(results, out))
+        written.update(write_plots(results, out))
     results["files"] = {k: p.name for k, p in written.items()}
     results["files"].update(json=FILES["json"], markdown=FILES["markdown"])
     md = out / FILES["markdown"]

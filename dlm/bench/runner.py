@@ -35,12 +35,11 @@ Metrics (``rows[i]["metrics"]``):
   token) equals the reference's.
 * ``code_exact_vs_reference``, ``code_token_agreement``: the same two on code completion only: the code task's
   score, agreement with the one-token-per-step decode. ``code_parse_rate``: completions whose body parses
-  (:func:`dlm.bench.tasks.completion_parses`), for information.
+  (:func:`dlm.data.code.completion_parses`), for information.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -51,193 +50,16 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import CheckpointError, ConfigError, RegistryError
-from .presets import CODE, REFERENCE, Method, Suite
-from .tasks import completion_parses, exact_match, get_task
+from ..data import CODE, exact_match
+from .items import KINDS, Item, count_families, load_items
+from .measure import PeakMemory, load_average, sync
+from .methods import REFERENCE, Method
+from .presets import Suite
+from .scoring import Decoded, compute_ratios, generated_length, score
+from .trajectory import trajectories
 
-#: metrics that get a ratio against the reference row of their group
-RATIO_METRICS = ("accuracy", "nfe_per_token", "tokens_per_s", "wall_s", "ms_per_step", "peak_mem_mb",
-                 "token_agreement", "exact_match_vs_reference", "code_exact_vs_reference", "code_token_agreement",
-                 "code_parse_rate")
 # errors that mean "this configuration does not apply to this model / machine": reported as skipped
 NOT_APPLICABLE = (ConfigError, CheckpointError, RegistryError)
-KINDS = ("task", CODE)
-
-
-@dataclass(frozen=True)
-class Item:
-    """One example: its ``family`` (a synthetic family or ``"code"``), ``prompt`` text and exact ``answer``
-    (``None`` for code, which is scored against the reference decode); ``name`` identifies code functions."""
-
-    family: str
-    prompt: str
-    answer: str | None
-    name: str = ""
-
-    @property
-    def kind(self) -> str:
-        return CODE if self.family == CODE else "task"
-
-
-def load_items(suite: Suite, tokenizer=None) -> list[Item]:
-    """The suite's examples: ``n`` test-split examples per synthetic family, then ``code_n`` held-out functions
-    whose prompt fits ``code_prompt_tokens`` and reference body fits ``code_gen_length - 1`` tokens."""
-    items: list[Item] = []
-    for fam in suite.tasks:
-        if fam == CODE or suite.n == 0:
-            continue
-        items += [Item(e.family, e.prompt, e.answer) for e in get_task(fam).generate("test", suite.n, suite.seed)]
-    if CODE in suite.tasks and suite.code_n > 0:
-        from .tasks import stdlib_code_completion
-
-        count = None
-        if tokenizer is not None:
-            count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-        code = stdlib_code_completion("heldout", n=suite.code_n, seed=suite.seed, count_tokens=count,
-                                      max_prompt_tokens=suite.code_prompt_tokens,
-                                      max_body_tokens=suite.code_gen_length - 1)
-        items += [Item(CODE, c.prompt, None, f"{c.path}:{c.name}") for c in code]
-    if not items:
-        raise ConfigError("the suite selects no examples; raise n / code_n or name more tasks")
-    return items
-
-
-# ------------------------------------------------------------------------------------------------ measurement
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class PeakMemory:
-    """Peak memory of a stretch of work: CUDA max allocated, or the CPU process's peak RSS."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_rss_peak"
-
-    def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        try:  # Linux >= 4.0: "5" resets the peak resident set size (VmHWM) of the process
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-            self.kind = "cpu_rss_peak"
-        except OSError:
-            self.kind = "cpu_rss_peak_since_start"
-
-    def peak_mb(self) -> float | None:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        try:
-            with open("/proc/self/status") as fh:
-                for line in fh:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        try:
-            import resource
-
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            self.kind = "cpu_rss_peak_since_start"
-            return rss / 2**20 if sys.platform == "darwin" else rss / 1024
-        except (ImportError, OSError):
-            return None
-
-
-def generated_length(row: Sequence[int], stop_ids: set[int]) -> int:
-    """Generated tokens of one answer: up to and including its first stop token, else all of it."""
-    return next((i + 1 for i, t in enumerate(row) if t in stop_ids), len(row))
-
-
-@dataclass
-class Decoded:
-    """One example's output: answer ``tokens`` (gen_length), ``text``, ``nfe``, generated length ``n_gen``,
-    and whether a stop token ended it (``finished``)."""
-
-    tokens: list[int]
-    text: str
-    nfe: int
-    n_gen: int
-    finished: bool
-
-
-def agreement(a: Decoded, ref: Decoded) -> tuple[int, int, bool]:
-    """(matching positions, compared positions, exact) of an answer against the reference's."""
-    n = max(a.n_gen, ref.n_gen)
-    same = sum(x == y for x, y in zip(a.tokens[:n], ref.tokens[:n]))
-    exact = a.n_gen == ref.n_gen and a.tokens[: a.n_gen] == ref.tokens[: ref.n_gen]
-    return same, n, exact
-
-
-def _ratio(value: Any, ref: Any) -> float | None:
-    if value is None or ref is None:
-        return None
-    try:
-        if ref == 0:
-            return 1.0 if value == 0 else None
-        return float(value) / float(ref)
-    except (TypeError, ValueError):
-        return None
-
-
-def compute_ratios(rows: list[dict[str, Any]]) -> None:
-    """Set ``row["ratios"]`` of every measured row to its metrics over those of the reference row of the same
-    group (``row["group"]``); the reference row's ratios are 1.0 (``None`` where a value is missing or the
-    reference's is 0 and the row's is not). Rows of a group without a measured reference get no ratios."""
-    refs = {r["group"]: r for r in rows if r.get("is_reference") and r.get("status") == "ok"}
-    for r in rows:
-        ref = refs.get(r["group"])
-        if r.get("status") != "ok" or ref is None:
-            r["ratios"] = {}
-            continue
-        r["ratios"] = {k: _ratio(r["metrics"].get(k), ref["metrics"].get(k)) for k in RATIO_METRICS}
-        r["reference"] = ref["name"]
-
-
-def score(items: Sequence[Item], decoded: Sequence[Decoded], ref: Sequence[Decoded] | None) -> dict[str, Any]:
-    """Accuracy, agreement with ``ref`` and code parse rate, overall and per family."""
-    fams: dict[str, dict[str, Any]] = {}
-    tot = {"correct": 0, "n_task": 0, "same": 0, "compared": 0, "exact": 0, "n": 0}
-    code = {"same": 0, "compared": 0, "exact": 0, "n": 0, "parses": 0}
-    for i, (it, d) in enumerate(zip(items, decoded)):
-        f = fams.setdefault(it.family, {"n": 0, "correct": 0 if it.answer is not None else None,
-                                        "same": 0, "compared": 0, "exact": 0})
-        f["n"] += 1
-        if it.answer is not None:
-            ok = exact_match(d.text, it.answer)
-            f["correct"] += ok
-            tot["correct"] += ok
-            tot["n_task"] += 1
-        if ref is not None:
-            same, n, exact = agreement(d, ref[i])
-            for acc in (f, tot) + ((code,) if it.kind == CODE else ()):
-                acc["same"] += same
-                acc["compared"] += n
-                acc["exact"] += exact
-        tot["n"] += 1
-        if it.kind == CODE:
-            code["n"] += 1
-            code["parses"] += completion_parses(it.prompt, d.text, d.finished)
-    per_family = {}
-    for name, f in fams.items():
-        per_family[name] = {
-            "n": f["n"], "correct": f["correct"],
-            "accuracy": None if f["correct"] is None else f["correct"] / f["n"],
-            "token_agreement": f["same"] / f["compared"] if ref is not None and f["compared"] else None,
-            "exact_match_vs_reference": f["exact"] / f["n"] if ref is not None else None,
-        }
-    if code["n"]:
-        per_family[CODE]["parse_rate"] = code["parses"] / code["n"]
-    return {
-        "accuracy": tot["correct"] / tot["n_task"] if tot["n_task"] else None,
-        "token_agreement": tot["same"] / tot["compared"] if ref is not None and tot["compared"] else None,
-        "exact_match_vs_reference": tot["exact"] / tot["n"] if ref is not None else None,
-        "code_exact_vs_reference": code["exact"] / code["n"] if ref is not None and code["n"] else None,
-        "code_token_agreement": code["same"] / code["compared"] if ref is not None and code["compared"] else None,
-        "code_parse_rate": code["parses"] / code["n"] if code["n"] else None,
-        "families": per_family,
-    }
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -361,15 +183,15 @@ class Bench:
     def timed_pass(self, run: "_Run") -> None:
         """One timed pass over every example (CUDA synchronised around each kind)."""
         torch.manual_seed(self.suite.seed)
-        _sync(self.device)
+        sync(self.device)
         run.peak.reset()
         outs, total = {}, 0.0
         for k in self.order:
-            _sync(self.device)
+            sync(self.device)
             t0 = self.clock()
             outs[k] = self.lm.generate([self.prompt_ids[i] for i in self.order[k]], run.configs[k],
                                        batch_size=run.batch_size, progress=False)
-            _sync(self.device)
+            sync(self.device)
             dt = self.clock() - t0
             run.kind_walls[k].append(dt)
             total += dt
@@ -438,7 +260,7 @@ class Bench:
         go round-robin over the configurations, so a slow drift of the machine (other load, clocks, heat) spreads
         over all of them instead of favouring whichever ran in a quiet moment."""
         rows: list[dict[str, Any]] = []
-        load_start = _load_average()
+        load_start = load_average()
         methods = self.suite.with_reference()
         shapes = self.suite.shapes
         total = len(methods) * len(shapes)
@@ -470,52 +292,12 @@ class Bench:
                 self.log(f"  {progress_line(row)}")
             rows += group_rows
         compute_ratios(rows)
-        trajectories = self.trajectories(rows)
-        return {"suite": self.suite.to_dict(), "rows": rows, "trajectories": trajectories,
-                "examples": {"n": len(self.items), "per_family": _count_families(self.items),
+        pictures = trajectories(self.lm, self.items, self.prompt_ids, rows, self.log)
+        return {"suite": self.suite.to_dict(), "rows": rows, "trajectories": pictures,
+                "examples": {"n": len(self.items), "per_family": count_families(self.items),
                              "code_functions": [it.name for it in self.items if it.kind == CODE]},
                 "seconds": time.perf_counter() - t_start,
-                "load_average": {"start": load_start, "end": _load_average()}}
-
-    def trajectories(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Commit steps of one example under the reference and one fast configuration (of the first group):
-        ``best`` when it ran, else the fastest measured configuration."""
-        first_group = rows[0]["group"]
-        ok = [r for r in rows if r["group"] == first_group and r["status"] == "ok" and not r["is_reference"]]
-        if not ok:
-            return []
-        fast = next((r for r in ok if r["name"] == "best"), None) or max(
-            ok, key=lambda r: r["metrics"].get("tokens_per_s") or 0.0)
-        idx = self.trajectory_item()
-        kind = self.items[idx].kind
-        out = []
-        for r in (rows[0], fast):
-            cfg = _config_from_row(r, kind)
-            try:
-                o = self.lm.generate([self.prompt_ids[idx]], cfg.replace(return_trace=True), progress=False)
-            except Exception as exc:  # noqa: BLE001 - a picture is not worth ending the run
-                self.log(f"trajectory of {r['name']} failed: {type(exc).__name__}: {exc}")
-                continue
-            if o.trace is None:
-                continue
-            toks = o.sequences[0].tolist()
-            stops = set(cfg.stop_token_ids or self.lm.ids.stop_ids)
-            out.append({"name": r["name"], "label": r["label"], "family": self.items[idx].family,
-                        "prompt": self.items[idx].prompt, "answer": self.items[idx].answer,
-                        "text": o.texts[0] if o.texts else "", "tokens": toks,
-                        "token_strs": [_token_str(self.lm.tokenizer, t) for t in toks],
-                        "commit_step": o.trace.commit_step[0].tolist(), "steps": int(o.steps),
-                        "n_gen": generated_length(toks, stops)})
-        return out
-
-    def trajectory_item(self) -> int:
-        """The example drawn in the trajectory picture: the first of a family whose answer tokens depend on each
-        other (add, then sort, cumsum), else the first example."""
-        for fam in ("add", "sort", "cumsum"):
-            for i, it in enumerate(self.items):
-                if it.family == fam:
-                    return i
-        return 0
+                "load_average": {"start": load_start, "end": load_average()}}
 
 
 @dataclass
@@ -531,38 +313,6 @@ class _Run:
     first: dict[str, Any] | None = None
     deterministic: bool = True
     peak_mb: float | None = None
-
-
-def _load_average() -> list[float] | None:
-    """The machine's 1/5/15-minute load averages (other jobs competing for the CPU), where the OS tells."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _config_from_row(row: dict[str, Any], kind: str):
-    from ..config import GenerationConfig
-
-    return GenerationConfig.from_dict(row["config"][kind])
-
-
-def _token_str(tokenizer, token: int) -> str:
-    """The text of one token; its vocabulary entry when the text alone is not readable (a partial UTF-8 byte)."""
-    try:
-        s = tokenizer.decode([token], skip_special_tokens=False)
-        if not s or "\ufffd" in s:
-            s = tokenizer.convert_ids_to_tokens(token) or s
-    except Exception:  # noqa: BLE001 - a label is not worth failing for
-        s = str(token)
-    return s
-
-
-def _count_families(items: Sequence[Item]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for it in items:
-        out[it.family] = out.get(it.family, 0) + 1
-    return out
 
 
 def group_name(shape: tuple[int, int | None, int]) -> str:
@@ -581,7 +331,3 @@ def progress_line(row: dict[str, Any]) -> str:
     return (f"{row['name']}: accuracy {_fmt(m['accuracy'])}, NFE/token {_fmt(m['nfe_per_token'])}, "
             f"{_fmt(m['tokens_per_s'], '.1f')} tokens/s (x{_fmt(r.get('tokens_per_s'), '.2f')}), "
             f"wall {_fmt(m['wall_s'], '.2f')} s, exact vs reference {_fmt(m['exact_match_vs_reference'])}")
-
-
-__all__ = ["Bench", "Decoded", "Item", "PeakMemory", "RATIO_METRICS", "agreement", "compute_ratios",
-           "generated_length", "group_name", "load_items", "score"]

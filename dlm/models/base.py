@@ -82,6 +82,9 @@ class Architecture:
             raise CheckpointError(f"cannot find the mask token id: config.json has no 'mask_token_id' and the "
                                   f"tokenizer has no {cls.mask_token!r} token")
         eos = cfg.get("eos_token_id")
+        more_eos = []
+        if isinstance(eos, list):  # several end tokens (Hugging Face style): the first is EOS, all stop
+            eos, more_eos = (eos[0], eos[1:]) if eos else (None, [])
         if eos is None and tokenizer is not None:
             eos = tokenizer.eos_token_id
         if eos is None:
@@ -89,13 +92,20 @@ class Architecture:
         pad = cfg.get("pad_token_id")
         if pad is None:
             pad = eos
-        stops = [eos] + [i for t in cls.end_of_turn_tokens if (i := token_id(tokenizer, t)) is not None]
+        stops = [eos, *more_eos] + [i for t in cls.end_of_turn_tokens if (i := token_id(tokenizer, t)) is not None]
         return SpecialIds(mask_id=int(mask), eos_id=int(eos), pad_id=int(pad),
                           bos_id=cfg.get("bos_token_id"), stop_ids=tuple(dict.fromkeys(stops)))
 
     @classmethod
     def max_length(cls, cfg: dict[str, Any]) -> int:
         raise NotImplementedError
+
+    @classmethod
+    def generation_defaults(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The format's official sampling defaults for GenerationConfig fields left unset (``None``), as its
+        reference sampler applies them; a checkpoint's ``generation_config.json`` overrides them (see
+        :func:`dlm.api.defaults.effective_config`). None by default."""
+        return {}
 
     @classmethod
     def block_size(cls, cfg: dict[str, Any]) -> int | None:
@@ -109,14 +119,13 @@ class Architecture:
         raise NotImplementedError
 
 
-def require(cfg: dict[str, Any], key: str, model_type: str, types: type | tuple[type, ...] = int) -> Any:
-    """A required config field with a clear error when it is missing or of the wrong type."""
-    if key not in cfg or cfg[key] is None:
-        raise CheckpointError(f"config.json of a {model_type!r} checkpoint has no {key!r} field")
-    value = cfg[key]
-    if isinstance(value, bool) and types is int or not isinstance(value, types):
-        raise CheckpointError(f"config.json field {key!r} must be {types}, got {value!r}")
-    return value
+def make_arch(**fields: Any) -> ArchConfig:
+    """An ArchConfig read from a checkpoint; its consistency errors (heads not a multiple of the key/value
+    heads, an odd head size) become CheckpointErrors naming config.json."""
+    try:
+        return ArchConfig(**fields)
+    except ValueError as exc:
+        raise CheckpointError(f"config.json describes a model that cannot be built: {exc}") from exc
 
 
 def token_id(tokenizer: Any | None, token: str) -> int | None:

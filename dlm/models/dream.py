@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import CheckpointError
-from .base import Architecture, SpecialIds, register_model, require
+from .base import Architecture, SpecialIds, make_arch, register_model
+from .fields import bool_field, check_token_ids, float_field, int_field, sampling_defaults
 from .transformer import ArchConfig
 
 _LAYER_NAMES = {
@@ -41,33 +42,40 @@ class Dream(Architecture):
 
     @classmethod
     def parse_config(cls, cfg: dict[str, Any]) -> ArchConfig:
-        t = cls.model_type
-        d = require(cfg, "hidden_size", t)
-        heads = require(cfg, "num_attention_heads", t)
-        kv = cfg.get("num_key_value_heads") or heads
+        d, heads = int_field(cfg, "hidden_size"), int_field(cfg, "num_attention_heads")
         if cfg.get("rope_scaling") not in (None, {}):
             raise CheckpointError(f"Dream config rope_scaling={cfg['rope_scaling']!r} is not supported (only none)")
         if cfg.get("hidden_act", "silu") != "silu":
             raise CheckpointError(f"Dream config hidden_act={cfg['hidden_act']!r} is not supported (only 'silu')")
-        if cfg.get("use_sliding_window", False):
+        if bool_field(cfg, "use_sliding_window", False):
             raise CheckpointError("Dream config use_sliding_window=true is not supported")
         if d % heads:
-            raise CheckpointError(f"hidden_size ({d}) is not a multiple of num_attention_heads ({heads})")
-        return ArchConfig(
-            vocab_size=require(cfg, "vocab_size", t),
+            raise CheckpointError(f"config.json: hidden_size ({d}) is not a multiple of num_attention_heads ({heads})")
+        vocab = int_field(cfg, "vocab_size")
+        check_token_ids(cfg, vocab)
+        return make_arch(
+            vocab_size=vocab,
             hidden_size=d,
-            num_layers=require(cfg, "num_hidden_layers", t),
+            num_layers=int_field(cfg, "num_hidden_layers"),
             num_heads=heads,
-            num_kv_heads=kv,
+            num_kv_heads=int_field(cfg, "num_key_value_heads", heads),
             head_dim=d // heads,
-            intermediate_size=require(cfg, "intermediate_size", t),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            max_position=int(cfg.get("max_position_embeddings", 32768)),
+            intermediate_size=int_field(cfg, "intermediate_size"),
+            norm_eps=float_field(cfg, "rms_norm_eps", 1e-6),
+            rope_theta=float_field(cfg, "rope_theta", 10000.0),
+            max_position=cls.max_length(cfg),
             qkv_bias=True,
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            tie_embeddings=bool_field(cfg, "tie_word_embeddings", False),
             rope_full_precision=False,
         )
+
+    @classmethod
+    def generation_defaults(cls, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Dream's ``diffusion_generate`` builds its settings with ``DreamGenerationConfig.from_model_config``;
+        under the transformers versions Dream pins (4.46-4.49) every model config carries the old generation
+        defaults top_k=50 and top_p=1.0 (unless config.json sets them), so the official sampler renormalises
+        over the top 50 logits even at temperature 0."""
+        return {"top_k": 50, "top_p": 1.0, **sampling_defaults(cfg, "config.json")}
 
     @classmethod
     def name_map(cls, arch: ArchConfig, cfg: dict[str, Any]) -> dict[str, str]:
@@ -81,7 +89,7 @@ class Dream(Architecture):
 
     @classmethod
     def max_length(cls, cfg: dict[str, Any]) -> int:
-        return int(cfg.get("max_position_embeddings", 32768))
+        return int_field(cfg, "max_position_embeddings", 32768)
 
     @classmethod
     def build_config(cls, arch: ArchConfig, ids: SpecialIds, **extra: Any) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import math
 from typing import Any
 
 from ..errors import CheckpointError
-from .base import Architecture, SpecialIds, register_model, require
+from .base import Architecture, SpecialIds, make_arch, register_model
+from .fields import bool_field, check_token_ids, float_field, int_field
 from .transformer import ArchConfig
 
 _LAYER_NAMES = {
@@ -26,6 +27,30 @@ _LAYER_NAMES = {
 }
 
 
+# OLMo options dlm does not implement, with the values it does (LLaDA-8B's)
+_SUPPORTED = {
+    "block_type": ("llama", {"llama"}),
+    "activation_type": ("silu", {"silu", "swiglu"}),
+    "layer_norm_type": ("rms", {"rms"}),
+    "rope": (True, {True}),
+    "alibi": (False, {False}),
+    "attention_layer_norm": (False, {False}),
+    "include_bias": (False, {False}),
+    "block_group_size": (1, {1}),
+}
+
+
+def _check_supported(cfg: dict[str, Any]) -> None:
+    for key, (default, allowed) in _SUPPORTED.items():
+        value = cfg.get(key, default)
+        same_kind = isinstance(value, (str, int)) and isinstance(value, bool) == isinstance(default, bool)
+        if not same_kind or value not in allowed:
+            raise CheckpointError(
+                f"LLaDA config field {key}={value!r} is not supported (supported: {sorted(map(str, allowed))}); "
+                "dlm implements the LLaDA-8B architecture (Llama-style blocks, RMSNorm, RoPE)"
+            )
+
+
 @register_model("llada")
 class LLaDA(Architecture):
     model_type = "llada"
@@ -35,52 +60,40 @@ class LLaDA(Architecture):
 
     @classmethod
     def parse_config(cls, cfg: dict[str, Any]) -> ArchConfig:
-        t = cls.model_type
-        d = require(cfg, "d_model", t)
-        n_heads = require(cfg, "n_heads", t)
-        n_layers = require(cfg, "n_layers", t)
-        n_kv = cfg.get("n_kv_heads") or (1 if cfg.get("multi_query_attention") else n_heads)
-        mlp = cfg.get("mlp_hidden_size") or cfg.get("mlp_ratio", 4) * d
-        vocab = require(cfg, "vocab_size", t)
-        emb = cfg.get("embedding_size") or vocab
-        unsupported = {
-            "block_type": (cfg.get("block_type", "llama"), {"llama"}),
-            "activation_type": (cfg.get("activation_type", "silu"), {"silu", "swiglu"}),
-            "layer_norm_type": (cfg.get("layer_norm_type", "rms"), {"rms"}),
-            "rope": (cfg.get("rope", True), {True}),
-            "alibi": (cfg.get("alibi", False), {False}),
-            "attention_layer_norm": (cfg.get("attention_layer_norm", False), {False}),
-            "include_bias": (cfg.get("include_bias", False), {False}),
-            "block_group_size": (cfg.get("block_group_size", 1), {1}),
-        }
-        for key, (value, allowed) in unsupported.items():
-            if value not in allowed:
-                raise CheckpointError(
-                    f"LLaDA config field {key}={value!r} is not supported (supported: {sorted(map(str, allowed))}); "
-                    "dlm implements the LLaDA-8B architecture (Llama-style blocks, RMSNorm, RoPE)"
-                )
+        _check_supported(cfg)
+        d, n_heads = int_field(cfg, "d_model"), int_field(cfg, "n_heads")
+        n_kv = int_field(cfg, "n_kv_heads", 1 if bool_field(cfg, "multi_query_attention", False) else n_heads)
+        vocab = int_field(cfg, "vocab_size")
+        emb = int_field(cfg, "embedding_size", vocab)
         if d % n_heads:
-            raise CheckpointError(f"d_model ({d}) is not a multiple of n_heads ({n_heads})")
+            raise CheckpointError(f"config.json: d_model ({d}) is not a multiple of n_heads ({n_heads})")
         if emb < vocab:
-            raise CheckpointError(f"embedding_size ({emb}) is smaller than vocab_size ({vocab})")
-        return ArchConfig(
+            raise CheckpointError(f"config.json: embedding_size ({emb}) is smaller than vocab_size ({vocab})")
+        check_token_ids(cfg, emb)
+        return make_arch(
             vocab_size=emb,
             valid_vocab=vocab,
             hidden_size=d,
-            num_layers=n_layers,
+            num_layers=int_field(cfg, "n_layers"),
             num_heads=n_heads,
             num_kv_heads=n_kv,
             head_dim=d // n_heads,
-            intermediate_size=mlp,
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            max_position=int(cfg.get("max_sequence_length", 4096)),
-            qkv_bias=bool(cfg.get("include_qkv_bias", False)),
-            tie_embeddings=bool(cfg.get("weight_tying", False)),
-            logit_scale=1.0 / math.sqrt(d) if cfg.get("scale_logits", False) else None,
-            embed_scale=math.sqrt(d) if cfg.get("input_emb_norm", False) else None,
-            rope_full_precision=bool(cfg.get("rope_full_precision", True)),
+            intermediate_size=cls._mlp_size(cfg, d),
+            norm_eps=float_field(cfg, "rms_norm_eps", 1e-5),
+            rope_theta=float_field(cfg, "rope_theta", 10000.0),
+            max_position=cls.max_length(cfg),
+            qkv_bias=bool_field(cfg, "include_qkv_bias", False),
+            tie_embeddings=bool_field(cfg, "weight_tying", False),
+            logit_scale=1.0 / math.sqrt(d) if bool_field(cfg, "scale_logits", False) else None,
+            embed_scale=math.sqrt(d) if bool_field(cfg, "input_emb_norm", False) else None,
+            rope_full_precision=bool_field(cfg, "rope_full_precision", True),
         )
+
+    @staticmethod
+    def _mlp_size(cfg: dict[str, Any], d: int) -> int:
+        if cfg.get("mlp_hidden_size") is not None:  # OLMo ignores mlp_ratio when this is set
+            return int_field(cfg, "mlp_hidden_size")
+        return int_field(cfg, "mlp_ratio", 4) * d
 
     @classmethod
     def name_map(cls, arch: ArchConfig, cfg: dict[str, Any]) -> dict[str, str]:
@@ -98,7 +111,7 @@ class LLaDA(Architecture):
 
     @classmethod
     def max_length(cls, cfg: dict[str, Any]) -> int:
-        return int(cfg.get("max_sequence_length", 4096))
+        return int_field(cfg, "max_sequence_length", 4096)
 
     @classmethod
     def build_config(cls, arch: ArchConfig, ids: SpecialIds, **extra: Any) -> dict[str, Any]:

@@ -7,22 +7,26 @@ copy of the weights exist.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..errors import CheckpointError
 from .base import MODELS, Architecture, SpecialIds
+from .fields import sampling_defaults
 from .transformer import ArchConfig, Transformer
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+GENERATION_CONFIG = "generation_config.json"
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -43,6 +47,38 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
     return DTYPES[dtype]
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file of the checkpoint that must hold an object; CheckpointError naming the file otherwise
+    (unreadable, not UTF-8, not JSON, or a list / string / number)."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path} is not UTF-8 text (byte {exc.start}): not a JSON file") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object ({{...}}), got a {type(data).__name__}")
+    return data
+
+
+def read_generation_config(folder: Path) -> dict[str, Any]:
+    """The sampling defaults (top_k, top_p) the checkpoint's ``generation_config.json`` sets, checked; {} when
+    there is no such file. Cached per file version: the generate path asks once per request."""
+    path = folder / GENERATION_CONFIG
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    return dict(_generation_config(str(path), stamp))
+
+
+@functools.lru_cache(maxsize=64)
+def _generation_config(path: str, stamp: int) -> tuple[tuple[str, Any], ...]:
+    return tuple(sampling_defaults(read_json_object(Path(path)), GENERATION_CONFIG).items())
+
+
 def read_config(path: str | os.PathLike) -> tuple[Path, dict[str, Any], type[Architecture]]:
     """Check the folder and its config.json; return (folder, config dict, architecture class)."""
     folder = Path(path)
@@ -53,17 +89,15 @@ def read_config(path: str | os.PathLike) -> tuple[Path, dict[str, Any], type[Arc
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise CheckpointError(f"checkpoint folder {str(folder)!r} has no config.json")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_file} is not valid JSON: {exc}") from exc
+    cfg = read_json_object(cfg_file)
     model_type = cfg.get("model_type")
     if model_type is None:
         raise CheckpointError(f"{cfg_file} has no 'model_type' field; known model types: {', '.join(MODELS.names())}")
-    if model_type not in MODELS:
+    if not isinstance(model_type, str) or model_type not in MODELS:
         raise CheckpointError(
             f"unknown model_type {model_type!r} in {cfg_file}; known model types: {', '.join(MODELS.names())}"
         )
+    read_generation_config(folder)  # a broken generation_config.json fails now, not at the first request
     return folder, cfg, MODELS.get(model_type)
 
 
@@ -71,11 +105,11 @@ def weight_files(folder: Path) -> dict[str, Path]:
     """Map every weight name to the safetensors file holding it; refuse pickle-only checkpoints."""
     index = folder / INDEX_FILE
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise CheckpointError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {exc}") from exc
-        files = {name: folder / fname for name, fname in weight_map.items()}
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index} is not a valid safetensors index: it needs a 'weight_map' object "
+                                  "of weight name -> shard file")
+        files = {name: folder / shard_name(index, name, fname) for name, fname in weight_map.items()}
         missing = sorted({str(p.name) for p in files.values() if not p.is_file()})
         if missing:
             raise CheckpointError(f"{index} lists shard(s) that are not in the folder: {', '.join(missing)}")
@@ -99,10 +133,23 @@ def weight_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+def shard_name(index: Path, name: str, fname: Any) -> str:
+    """An index entry's shard file, which must be a plain ``*.safetensors`` name inside the checkpoint folder:
+    never an absolute path or one climbing out with ``..`` (a hostile index could point at any file)."""
+    parts = PurePosixPath(fname.replace("\\", "/")).parts if isinstance(fname, str) else ()
+    if not parts or parts[0] == "/" or ".." in parts or PureWindowsPath(fname).drive:
+        raise CheckpointError(f"{index}: weight {name!r} points at {fname!r}, outside the checkpoint folder; "
+                              "shard entries must be file names inside it")
+    if not fname.endswith(".safetensors"):
+        raise CheckpointError(f"{index}: weight {name!r} points at {fname!r}, not a .safetensors file")
+    return fname
+
+
 SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 
 def read_header(path: Path) -> tuple[dict[str, Any], int]:
@@ -119,8 +166,29 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{path.name} has a corrupt safetensors header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path.name} has a corrupt safetensors header: not a JSON object")
     header.pop("__metadata__", None)
+    for name, info in header.items():
+        _check_entry(path, name, info)
     return header, 8 + n
+
+
+def _check_entry(path: Path, name: str, info: Any) -> None:
+    """A header entry must be {dtype: known name, shape: [ints >= 0], data_offsets: [begin <= end]}."""
+    ok = (isinstance(info, dict) and info.get("dtype") in SAFETENSORS_DTYPES
+          and isinstance(info.get("shape"), list) and _ints(info["shape"])
+          and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+          and _ints(info["data_offsets"]) and info["data_offsets"][0] <= info["data_offsets"][1])
+    if not ok:
+        dtype = info.get("dtype") if isinstance(info, dict) else None
+        why = f"unsupported dtype {dtype!r}" if isinstance(info, dict) and dtype not in SAFETENSORS_DTYPES else \
+            "needs dtype, shape (integers >= 0) and data_offsets [begin, end]"
+        raise CheckpointError(f"{path.name}: tensor {name!r} has a corrupt header entry ({why}): {info!r}"[:400])
+
+
+def _ints(values: list) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
 
 
 def read_tensor(path: Path, info: dict[str, Any], data_start: int) -> torch.Tensor:
@@ -143,19 +211,60 @@ def read_tensor(path: Path, info: dict[str, Any], data_start: int) -> torch.Tens
     return tensor
 
 
-def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+def _set_tensor(model: nn.Module, target: str | tuple[str, int], tensor: torch.Tensor) -> None:
+    """Put ``tensor`` at ``target``: a parameter name, or (name, row) for one row of a stacked parameter (e.g. one
+    expert of a layer's stacked experts), allocated on the tensor's device when its first row arrives."""
+    name, row = (target, None) if isinstance(target, str) else target
     module_name, _, attr = name.rpartition(".")
     module = model.get_submodule(module_name) if module_name else model
-    module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+    if row is None:
+        module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+        return
+    stacked = module._parameters[attr]
+    if stacked.is_meta:
+        stacked = nn.Parameter(torch.empty(stacked.shape, dtype=tensor.dtype, device=tensor.device), requires_grad=False)
+        module._parameters[attr] = stacked
+    with torch.no_grad():
+        stacked[row].copy_(tensor)
+
+
+def _target_shape(params: dict[str, nn.Parameter], target: str | tuple[str, int]) -> tuple[int, ...]:
+    """The shape a checkpoint tensor must have to fill ``target`` (a row of a stacked parameter: all but its first
+    dimension)."""
+    if isinstance(target, str):
+        return tuple(params[target].shape)
+    return tuple(params[target[0]].shape[1:])
 
 
 def load_weights(
-    model: Transformer, folder: Path, name_map: dict[str, str], dtype: torch.dtype, device: torch.device
+    model: Transformer, folder: Path, name_map: dict[str, str | tuple[str, int]], dtype: torch.dtype,
+    device: torch.device,
+    place: Callable[[str, torch.Tensor, torch.dtype], torch.Tensor] | None = None,
 ) -> None:
-    """Stream every tensor into ``model`` (built on the meta device); check names and shapes first."""
+    """Stream every tensor into ``model`` (built on the meta device), each converted explicitly from its stored
+    float type to ``dtype``; names, shapes and dtypes of all of them are checked before the first is read.
+    ``place(internal name, CPU tensor, dtype)``, when given, returns what to install instead of the tensor on
+    ``device`` (its own device under a device map, this rank's shard under tensor parallelism: dlm.parallel)."""
     files = weight_files(folder)
-    expected = set(name_map)
-    present = set(files)
+    _check_names(folder, set(name_map), set(files))
+    headers = {shard: read_header(shard) for shard in sorted(set(files.values()))}
+    params = dict(model.named_parameters())
+    order = sorted(name_map, key=lambda n: (str(files[n]), n))
+    for name in order:
+        _check_weight(files[name], name, headers[files[name]][0].get(name), _target_shape(params, name_map[name]))
+    for name in order:
+        header, data_start = headers[files[name]]
+        tensor = read_tensor(files[name], header[name], data_start)
+        target = name_map[name]
+        param = target if isinstance(target, str) else target[0]  # a stacked parameter's row is placed like it
+        _set_tensor(model, target, place(param, tensor, dtype) if place else tensor.to(device=device, dtype=dtype))
+        del tensor
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if still_meta:  # pragma: no cover - guarded by the name check above
+        raise CheckpointError(f"parameters left unloaded: {', '.join(still_meta[:5])}")
+
+
+def _check_names(folder: Path, expected: set[str], present: set[str]) -> None:
     missing, unexpected = sorted(expected - present), sorted(present - expected)
     if missing or unexpected:
         parts = []
@@ -166,69 +275,113 @@ def load_weights(
                 f"unexpected {len(unexpected)} weight(s): {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
             )
         raise CheckpointError(f"checkpoint {str(folder)!r} does not match its config.json: " + "; ".join(parts))
-    params = dict(model.named_parameters())
-    headers: dict[Path, tuple[dict[str, Any], int]] = {}
-    for name in sorted(expected, key=lambda n: (str(files[n]), n)):
-        shard = files[name]
-        if shard not in headers:
-            headers[shard] = read_header(shard)
-        header, data_start = headers[shard]
-        target = params[name_map[name]]
-        shape = tuple(header[name]["shape"])
-        if shape != tuple(target.shape):
-            raise CheckpointError(
-                f"weight {name!r} in {shard.name} has shape {list(shape)} but config.json implies {list(target.shape)}"
-            )
-        tensor = read_tensor(shard, header[name], data_start)
-        _set_tensor(model, name_map[name], tensor.to(device=device, dtype=dtype))
-        del tensor
-    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
-    if still_meta:  # pragma: no cover - guarded by the name check above
-        raise CheckpointError(f"parameters left unloaded: {', '.join(still_meta[:5])}")
+
+
+def _check_weight(shard: Path, name: str, info: dict[str, Any] | None, shape: tuple[int, ...]) -> None:
+    """A weight must be in the shard the index names, stored as a float type (an integer tensor, e.g. of an
+    int8 / uint8 quantised export, would be cast value by value into garbage weights), with the config's shape."""
+    if info is None:
+        raise CheckpointError(f"{INDEX_FILE} puts weight {name!r} in {shard.name}, which does not hold it")
+    if info["dtype"] not in FLOAT_DTYPES:
+        raise CheckpointError(
+            f"{shard.name}: weight {name!r} is stored as {info['dtype']}, not a floating-point type; dlm loads "
+            f"float weights only ({', '.join(FLOAT_DTYPES)}) and does not dequantise integer (e.g. int8) exports"
+        )
+    if tuple(info["shape"]) != shape:
+        raise CheckpointError(
+            f"weight {name!r} in {shard.name} has shape {list(info['shape'])} but config.json implies {list(shape)}"
+        )
 
 
 def load_tokenizer(folder: Path, arch: type[Architecture]):
-    """transformers' AutoTokenizer from the folder, never with remote code."""
-    from transformers import AutoTokenizer
-
+    """The folder's tokenizer through transformers, never with remote code: the class ``tokenizer_config.json``
+    names (its fast variant when there is one, or the transformers class a remote-code class copies), else
+    AutoTokenizer. Naming the class skips AutoTokenizer's model-type lookup, seconds of start-up."""
     tc_file = folder / "tokenizer_config.json"
-    tc = json.loads(tc_file.read_text()) if tc_file.is_file() else {}
+    tc = read_json_object(tc_file) if tc_file.is_file() else {}
     has_files = any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer.model"))
     if not has_files:
         raise CheckpointError(
             f"{str(folder)!r} has no tokenizer (tokenizer.json, vocab.json+merges.txt or tokenizer.model); "
             "pass tokenizer=PATH or tokenizer=False to work with token ids only"
         )
-    cls_name = tc.get("tokenizer_class")
-    fallback = arch.tokenizer_fallbacks.get(cls_name) if cls_name else None
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # transformers peeks at config.json and warns about model_type "llada"
     try:
-        if fallback is not None:
-            import transformers
-
-            cls = getattr(transformers, fallback + "Fast", None) or getattr(transformers, fallback)
+        cls = _tokenizer_class(tc.get("tokenizer_class"), arch)
+        if cls is not None:
             return cls.from_pretrained(str(folder))
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoTokenizer
 
-        level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # AutoTokenizer peeks at config.json and warns about model_type "llada"
-        try:
-            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-        finally:
-            hf_logging.set_verbosity(level)
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - re-raised with the folder named
         raise CheckpointError(f"could not load the tokenizer of {str(folder)!r}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _tokenizer_class(name: Any, arch: type[Architecture]) -> type | None:
+    """The transformers tokenizer class called ``name`` (or the one a remote-code class copies), preferring its
+    fast variant as AutoTokenizer does; None when transformers has no such tokenizer class."""
+    if not isinstance(name, str) or not name.isidentifier():
+        return None
+    import transformers
+
+    name = arch.tokenizer_fallbacks.get(name, name)
+    for candidate in (name.removesuffix("Fast") + "Fast", name):
+        cls = getattr(transformers, candidate, None)
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedTokenizerBase):
+            return cls
+    return None
 
 
 def build_model(arch: ArchConfig, device: torch.device | str = "meta", dtype: torch.dtype = torch.float32,
                 model_class: type[Transformer] = Transformer) -> Transformer:
+    """The model with random weights on ``device``; on ``meta`` (shapes only, weights loaded next) without
+    running the initialisers, whose first call on meta tensors costs seconds of imports."""
+    if str(device) == "meta":
+        with torch.device("meta"), _SkipInit():
+            return model_class(arch)
     with torch.device(device):
         model = model_class(arch)
-    if str(device) != "meta":
-        model.to(dtype)
+    model.to(dtype)
     return model
 
 
+class _SkipInit(TorchFunctionMode):
+    """Turns the initialisers (``torch.nn.init.*`` and the in-place random fills) into no-ops."""
+
+    SKIPPED = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        in_place_init = getattr(func, "__module__", None) == "torch.nn.init" and func.__name__.endswith("_")
+        if func in self.SKIPPED or in_place_init:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
 # --------------------------------------------------------------------------------------------------- saving
+def _checkpoint_tensors(model: Transformer, arch_cls: type[Architecture], cfg: dict[str, Any],
+                        dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """The model's tensors on the CPU under the format's names; a stacked parameter gives one tensor per row."""
+    inverse: dict[str, list[tuple[str, int | None]]] = {}
+    for ckpt, target in arch_cls.name_map(model.cfg, cfg).items():
+        name, row = (target, None) if isinstance(target, str) else target
+        inverse.setdefault(name, []).append((ckpt, row))
+    tensors = {}
+    for internal, t in model.state_dict().items():
+        if internal not in inverse:
+            raise CheckpointError(f"parameter {internal!r} has no name in the {arch_cls.model_type} format")
+        t = t.detach().to("cpu")
+        t = t.to(dtype) if dtype is not None else t
+        for ckpt, row in inverse[internal]:
+            tensors[ckpt] = t.contiguous() if row is None else t[row].clone()
+    return tensors
+
+
 def save_checkpoint(
     model: Transformer,
     arch_cls: type[Architecture] | str,
@@ -249,14 +402,7 @@ def save_checkpoint(
     cfg = arch_cls.build_config(model.cfg, ids, **(extra_config or {}))
     if dtype is not None:
         cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
-    inverse = {internal: ckpt for ckpt, internal in arch_cls.name_map(model.cfg, cfg).items()}
-    state = model.state_dict()
-    tensors = {}
-    for internal, t in state.items():
-        if internal not in inverse:
-            raise CheckpointError(f"parameter {internal!r} has no name in the {arch_cls.model_type} format")
-        t = t.detach().to("cpu")
-        tensors[inverse[internal]] = (t.to(dtype) if dtype is not None else t).contiguous()
+    tensors = _checkpoint_tensors(model, arch_cls, cfg, dtype)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name in sorted(tensors):

@@ -132,28 +132,47 @@ def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float) -> tup
 class Block(nn.Module):
     """One pre-norm layer: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``.
 
-    Subclasses for other families override :meth:`qk_norm` (e.g. Qwen3's per-head RMSNorm of q and k) and
-    :meth:`mlp` (e.g. a mixture of experts); the attention itself is the :class:`Attention` passed in. Head
+    Subclasses for other families override :meth:`qk_norm` (e.g. Qwen3's per-head RMSNorm of q and k),
+    :meth:`mlp` (e.g. a mixture of experts), :meth:`init_qkv` with :meth:`project_qkv` (a fused QKV projection)
+    and :meth:`rotate` (partial rotary embeddings); the attention itself is the :class:`Attention` passed in. Head
     counts are read from the projections' outputs, so a tensor-parallel shard of the layer (fewer local heads)
     runs the same code.
     """
 
-    def __init__(self, cfg: ArchConfig):
+    def __init__(self, cfg: ArchConfig, index: int = 0):
         super().__init__()
         d, hd = cfg.hidden_size, cfg.head_dim
         self.cfg = cfg
+        self.index = index  # layer number: families whose first layers differ (dense before MoE) read it
         self.attn_norm = RMSNorm(d, cfg.norm_eps)
-        self.q = nn.Linear(d, cfg.num_heads * hd, bias=cfg.qkv_bias)
-        self.k = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
-        self.v = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.init_qkv(cfg)
         self.o = nn.Linear(cfg.num_heads * hd, d, bias=cfg.out_bias)
         self.mlp_norm = RMSNorm(d, cfg.norm_eps)
         self.init_mlp(cfg)
+
+    def init_qkv(self, cfg: ArchConfig) -> None:
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.q = nn.Linear(d, cfg.num_heads * hd, bias=cfg.qkv_bias)
+        self.k = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.v = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
 
     def init_mlp(self, cfg: ArchConfig) -> None:
         self.gate = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def project_qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hook: normalised hidden states h (B, Q, d) -> q (B, Q, H, D), k and v (B, Q, Hkv, D); separate
+        projections here (a fused QKV projection overrides it)."""
+        B, Q, _ = h.shape
+        hd = self.cfg.head_dim
+        return self.q(h).view(B, Q, -1, hd), self.k(h).view(B, Q, -1, hd), self.v(h).view(B, Q, -1, hd)
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               ops: ew.Ops) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hook: RoPE of q (B, H, Q, D) and k (B, Hkv, Q, D) with cos/sin from :meth:`Transformer.rope`; all of
+        the head here (partial rotary embeddings override it)."""
+        return ops.rope(q, k, cos, sin, self.cfg.rope_full_precision)
 
     def qk_norm(self, q: torch.Tensor, k: torch.Tensor, ops: ew.Ops) -> tuple[torch.Tensor, torch.Tensor]:
         """Hook between the projections and RoPE; q (B, Q, H, D), k (B, Q, Hkv, D). Identity here."""
@@ -173,13 +192,11 @@ class Block(nn.Module):
         ops: ew.Ops = ew.EAGER,
     ) -> torch.Tensor:
         B, Q, _ = x.shape
-        hd = self.cfg.head_dim
         h = ops.rms_norm(x, self.attn_norm.weight, self.attn_norm.eps)
-        q = self.q(h).view(B, Q, -1, hd)
-        k = self.k(h).view(B, Q, -1, hd)
-        v = self.v(h).view(B, Q, -1, hd).transpose(1, 2)
+        q, k, v = self.project_qkv(h)
+        v = v.transpose(1, 2)
         q, k = self.qk_norm(q, k, ops)
-        q, k = ops.rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin, self.cfg.rope_full_precision)
+        q, k = self.rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin, ops)
         a = attention(layer, q, k, v)  # (B, H, Q, D)
         x = x + self.o(a.transpose(1, 2).reshape(B, Q, -1))
         h = ops.rms_norm(x, self.mlp_norm.weight, self.mlp_norm.eps)
@@ -207,7 +224,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(self.block_class(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(self.block_class(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         if not cfg.tie_embeddings:
             self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
@@ -215,6 +232,10 @@ class Transformer(nn.Module):
         # key/value heads this process computes: all of them, or its shard under tensor parallelism
         self.kv_heads = cfg.num_kv_heads
         self.ops: ew.Ops = ew.EAGER  # ew.fused_ops() with dlm.load(..., fused_kernels=True)
+
+    def rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin (B, 1, Q, D) of the fed positions (B, Q); a family with partial rotary embeddings overrides it."""
+        return rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
 
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.cfg.tie_embeddings else self.head.weight
@@ -236,7 +257,7 @@ class Transformer(nn.Module):
         x = self.embed(input_ids)
         if cfg.embed_scale is not None:
             x = x * cfg.embed_scale
-        cos, sin = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta)
+        cos, sin = self.rope(position_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, i, attention, self.ops)
         return x

@@ -116,7 +116,7 @@ def cmd_recipe(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from ..bench.tasks import make_splits, stdlib_code_completion
+    from ..data import make_splits, stdlib_code_completion
     from .evaluate import evaluate_causal, evaluate_diffusion, format_table, load_causal, write_results
 
     families = [f for f in args.families.split(",") if f]
@@ -153,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from .corpus import stdlib_corpus
+    from ..data import stdlib_corpus
 
     corpus = stdlib_corpus(heldout_fraction=args.heldout_fraction)
     m = corpus.manifest()["counts"]
@@ -166,7 +166,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 def _add_commands(p: argparse.ArgumentParser) -> None:
     """The ``recipe``, ``evaluate`` and ``corpus`` subcommands under ``p``."""
-    from ..bench.tasks import FAMILIES
+    from ..data import FAMILIES
 
     sub = p.add_subparsers(dest="train_command", required=True)
     r = sub.add_parser("recipe", help="build tokenizer + corpus, train both models, evaluate, write model cards")

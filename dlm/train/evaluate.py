@@ -5,8 +5,8 @@
   reference decode of the project.
 * dlm-tiny-ar decodes greedily with transformers' ``model.generate(do_sample=False)`` (left-padded batches).
 
-Synthetic tasks are scored by exact match after stripping (:func:`dlm.bench.tasks.exact_match`). Code completion
-is scored by :func:`dlm.bench.tasks.completion_parses`: the completion, cut at the first end-of-text token, is
+Synthetic tasks are scored by exact match after stripping (:func:`dlm.data.tasks.exact_match`). Code completion
+is scored by :func:`dlm.data.code.completion_parses`: the completion, cut at the first end-of-text token, is
 taken up to the first non-indented line; if neither ended it (the generation ran out of positions) its last line
 is dropped when it has no newline; the header + body must parse with :mod:`ast` as one function with at least one
 statement besides the docstring.
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..bench.tasks import CodeExample, Example, completion_parses, exact_match
+from ..data import CodeExample, Example, completion_parses, exact_match
 
 N_SAMPLES = 3  # examples of predictions kept in the report, per family
 

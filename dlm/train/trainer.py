@@ -18,69 +18,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
-from ..errors import ConfigError
+from .curves import plot_curve
 from .data import Batch, Mixture
+from .optim import TrainConfig, lr_at, make_optimizer
+from .state import load_state, save_state
 
 MAX_BAD_STEPS = 25
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings of one model.
-
-    ``max_minutes`` and ``max_steps`` bound the run (at least one is required); the run ends at whichever comes
-    first. ``val_every`` and ``log_every`` count steps; ``export_every_minutes`` and ``state_every_minutes`` are
-    wall-clock intervals (0 disables them; the end of the run always exports and writes the state).
-    """
-
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 200
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    val_every: int = 500
-    log_every: int = 50
-    export_every_minutes: float = 2.0
-    state_every_minutes: float = 0.0
-    seed: int = 0
-    compile: bool = False
-    bf16: bool = True
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_steps is None and self.max_minutes is None:
-            raise ConfigError("give max_steps or max_minutes (or both) to bound the training run")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ConfigError(f"max_minutes must be > 0, got {self.max_minutes}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        for name in ("val_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.grad_clip < 0:
-            raise ConfigError(f"grad_clip must be >= 0 (0: no clipping), got {self.grad_clip}")
 
 
 @dataclass
@@ -107,23 +58,24 @@ class TrainResult:
         return d
 
 
-def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
-    """Learning rate: linear warm-up over ``warmup_steps``, then cosine from lr to lr * min_lr_ratio on progress."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    p = min(max(progress, 0.0), 1.0)
-    cosine = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-    return cfg.lr * warm * cosine
+@dataclass
+class _Progress:
+    """The counters of a run in progress: steps, tokens fed, loss targets, skipped steps, the metrics history, the
+    train losses summed since the last log line (on the device) and the clocks."""
 
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (embeddings, projections, head) and none on norms and biases."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2)}
-    if device.type == "cuda":
-        kwargs["fused"] = True
-    return torch.optim.AdamW(groups, **kwargs)
+    step: int = 0
+    tokens: int = 0
+    targets: int = 0
+    elapsed0: float = 0.0  # seconds spent before a resume
+    skipped: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    window: dict[str, torch.Tensor] = field(default_factory=dict)
+    window_steps: int = 0
+    bad_in_a_row: int = 0
+    last_train: float | None = None
+    t_start: float = 0.0
+    last_export: float = 0.0
+    last_state: float = 0.0
 
 
 class Trainer:
@@ -185,54 +137,13 @@ class Trainer:
         with open(self.metrics_file, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
-    # ------------------------------------------------------------------ state (resume)
     def save_state(self, optimizer: torch.optim.Optimizer, meta: dict[str, Any], generator: torch.Generator) -> None:
-        """Model, optimizer moments and loop counters, as safetensors + JSON (written then renamed)."""
-        from safetensors.torch import save_file
-
-        tmp = self.state_dir.with_name(self.state_dir.name + ".partial")
-        tmp.mkdir(parents=True, exist_ok=True)
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        save_file({n: p.detach().float().cpu().contiguous() for n, p in self.model.named_parameters()},
-                  str(tmp / "model.safetensors"))
-        moments: dict[str, torch.Tensor] = {}
-        steps: dict[str, float] = {}
-        for p, st in optimizer.state.items():
-            n = names[id(p)]
-            for key in ("exp_avg", "exp_avg_sq"):
-                moments[f"{n}.{key}"] = st[key].detach().float().cpu().contiguous()
-            steps[n] = float(st["step"])
-        moments["__generator__"] = generator.get_state().cpu()
-        save_file(moments, str(tmp / "optimizer.safetensors"))
-        (tmp / "trainer.json").write_text(json.dumps({**meta, "adam_steps": steps}, indent=1))
-        if self.state_dir.exists():
-            shutil.rmtree(self.state_dir)
-        os.replace(tmp, self.state_dir)
+        """Model, optimizer moments and loop counters into ``log_dir/{name}_state`` (:mod:`dlm.train.state`)."""
+        save_state(self.state_dir, self.model, optimizer, meta, generator)
 
     def load_state(self, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> dict[str, Any]:
         """Restore what :meth:`save_state` wrote into the model, ``optimizer`` and ``generator``; return the meta."""
-        from safetensors.torch import load_file
-
-        meta = json.loads((self.state_dir / "trainer.json").read_text())
-        weights = load_file(str(self.state_dir / "model.safetensors"))
-        params = dict(self.model.named_parameters())
-        if set(weights) != set(params):
-            raise ValueError(f"the training state in {self.state_dir} does not match the model "
-                             f"({len(weights)} saved tensors vs {len(params)} parameters)")
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(weights[n])
-        moments = load_file(str(self.state_dir / "optimizer.safetensors"))
-        step_device = self.device if self.device.type == "cuda" else "cpu"  # fused AdamW keeps steps on the GPU
-        for n, p in params.items():
-            if f"{n}.exp_avg" in moments:
-                optimizer.state[p] = {
-                    "step": torch.tensor(meta["adam_steps"][n], dtype=torch.float32, device=step_device),
-                    "exp_avg": moments[f"{n}.exp_avg"].to(self.device),
-                    "exp_avg_sq": moments[f"{n}.exp_avg_sq"].to(self.device),
-                }
-        generator.set_state(moments["__generator__"].to(torch.uint8))
-        return meta
+        return load_state(self.state_dir, self.model, optimizer, generator, self.device)
 
     def _check_compiled(self, gen: torch.Generator) -> None:
         """Compile now (one forward/backward per group shape); fall back to eager mode if compilation fails."""
@@ -257,175 +168,171 @@ class Trainer:
         With ``resume``, continue from the state in ``log_dir/{name}_state`` (step, tokens, elapsed time, AdamW
         moments, sampling generator) when there is one.
         """
-        cfg, model = self.cfg, self.model
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        model.train()
-        t_begin = time.perf_counter()  # compilation counts against the budget
-        self.objective.prepare(model, compile=cfg.compile)
-        if cfg.compile:
-            self._check_compiled(gen)
-        optimizer = make_optimizer(model, cfg, self.device)
-        budget = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
-        step, tokens, targets, elapsed0, skipped = 0, 0, 0, 0.0, 0
-        history: list[dict[str, Any]] = []
-        if resume and (self.state_dir / "trainer.json").is_file():
-            meta = self.load_state(optimizer, gen)
-            step, tokens, targets, elapsed0 = meta["step"], meta["tokens"], meta["targets"], meta["elapsed"]
-            skipped = meta.get("skipped", 0)
-            history = meta.get("history", [])
-            print(f"[{self.name}] resumed from step {step} ({elapsed0:.0f} s already spent)", file=sys.stderr)
-        elif not resume and self.metrics_file.exists():
-            self.metrics_file.unlink()
-        result = TrainResult(self.name, step, tokens, targets, elapsed0, None, history=history)
-        window: dict[str, torch.Tensor] = {}  # sum of each group's loss since the last log line (on the device)
-        window_steps = bad_in_a_row = 0
-        last_train: float | None = next((h["train_loss"] for h in reversed(history) if "train_loss" in h), None)
-        t_start = t_begin - elapsed0
-        last_export = last_state = time.perf_counter()
-
-        def progress_of(s: int, seconds: float) -> float:
-            p = 0.0
-            if cfg.max_steps:
-                p = max(p, s / cfg.max_steps)
-            if budget:
-                p = max(p, seconds / budget)
-            return p
-
-        bar = None
-        if cfg.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.max_steps, initial=step, desc=self.name, unit="step", mininterval=2.0,
-                       file=sys.stderr, dynamic_ncols=True)
-        stopped_by = "max_steps"
+        gen, optimizer, run = self._begin(resume)
+        result = TrainResult(self.name, run.step, run.tokens, run.targets, run.elapsed0, None, history=run.history)
+        bar = self._progress_bar(run.step)
         while True:
-            seconds = time.perf_counter() - t_start
-            if cfg.max_steps is not None and step >= cfg.max_steps:
-                stopped_by = "max_steps"
+            seconds = time.perf_counter() - run.t_start
+            stopped_by = self._stop_reason(run.step, seconds)
+            if stopped_by is not None:
                 break
-            if budget is not None and seconds >= budget:
-                stopped_by = "max_minutes"
-                break
-            lr = lr_at(cfg, step, progress_of(step, seconds))
+            lr = lr_at(self.cfg, run.step, self._progress(run.step, seconds))
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            step_loss: dict[str, torch.Tensor] = {}
-            for group, batch, weight in self.mixture.sample(gen):
-                with self._autocast():
-                    loss, n_targets = self.objective.loss(model, batch, gen)
-                (loss * weight).backward()
-                step_loss[group] = loss.detach()
-                tokens += batch.ids.numel()
-                targets += n_targets
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                       cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            if bool(torch.isfinite(grad_norm)):
-                optimizer.step()
-                for group, value in step_loss.items():
-                    window[group] = window[group] + value if group in window else value
-                window_steps += 1
-                bad_in_a_row = 0
-            else:
-                # a non-finite loss or gradient (a bf16 overflow): skip the update rather than poison the weights
-                skipped += 1
-                bad_in_a_row += 1
-                if bad_in_a_row >= MAX_BAD_STEPS:
-                    raise FloatingPointError(f"[{self.name}] {bad_in_a_row} steps in a row had non-finite gradients "
-                                             f"(up to step {step}); lower the learning rate (lr={cfg.lr})")
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+            grad_norm = self.step(optimizer, gen, run)
+            run.step += 1
             if bar is not None:
                 bar.update(1)
-            if (step % cfg.log_every == 0 or step == 1) and window_steps:
-                values = {g: float(v) / window_steps for g, v in window.items()}
-                total = sum(self.weights[g] * v for g, v in values.items())
-                window, window_steps = {}, 0
-                last_train = total
-                seconds = time.perf_counter() - t_start
-                record = {"step": step, "seconds": round(seconds, 2), "tokens": tokens, "lr": lr,
-                          "train_loss": total, **{f"train_{g}": v for g, v in values.items()}}
-                if math.isfinite(norm := float(grad_norm)):
-                    record["grad_norm"] = norm
-                if skipped:
-                    record["skipped_steps"] = skipped
-                if step % cfg.val_every == 0:
-                    record.update({f"val_{g}": v for g, v in self.validate().items()})
-                history.append(record)
-                self._log(record)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.1e}", t=f"{seconds:.0f}s", refresh=False)
-            elif step % cfg.val_every == 0:
-                record = {"step": step, "seconds": round(time.perf_counter() - t_start, 2), "tokens": tokens,
-                          **{f"val_{g}": v for g, v in self.validate().items()}}
-                history.append(record)
-                self._log(record)
-            now = time.perf_counter()
-            export_due = cfg.export_every_minutes > 0 and now - last_export >= cfg.export_every_minutes * 60
-            if self.export is not None and export_due:
-                self._update(result, step, tokens, targets, now - t_start, last_train, history, "running", skipped)
-                self.export(model, result)
-                last_export = time.perf_counter()
-            if cfg.state_every_minutes > 0 and now - last_state >= cfg.state_every_minutes * 60:
-                self.save_state(optimizer, self._meta(step, tokens, targets, now - t_start, history, skipped), gen)
-                last_state = time.perf_counter()
+            self._record(run, lr, grad_norm, bar)
+            self.checkpoint(optimizer, gen, run, result)
         if bar is not None:
             bar.close()
-        seconds = time.perf_counter() - t_start
+        return self._finish(optimizer, gen, run, result, stopped_by)
+
+    def _begin(self, resume: bool) -> tuple[torch.Generator, torch.optim.Optimizer, _Progress]:
+        """Seeds, compilation, the optimizer, and the counters (restored from the saved state with ``resume``)."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.model.train()
+        t_begin = time.perf_counter()  # compilation counts against the budget
+        self.objective.prepare(self.model, compile=cfg.compile)
+        if cfg.compile:
+            self._check_compiled(gen)
+        optimizer = make_optimizer(self.model, cfg, self.device)
+        run = _Progress()
+        if resume and (self.state_dir / "trainer.json").is_file():
+            meta = self.load_state(optimizer, gen)
+            run.step, run.tokens, run.targets, run.elapsed0 = meta["step"], meta["tokens"], meta["targets"], \
+                meta["elapsed"]
+            run.skipped, run.history = meta.get("skipped", 0), meta.get("history", [])
+            print(f"[{self.name}] resumed from step {run.step} ({run.elapsed0:.0f} s already spent)", file=sys.stderr)
+        elif not resume and self.metrics_file.exists():
+            self.metrics_file.unlink()
+        run.last_train = next((h["train_loss"] for h in reversed(run.history) if "train_loss" in h), None)
+        run.t_start = t_begin - run.elapsed0
+        run.last_export = run.last_state = time.perf_counter()
+        return gen, optimizer, run
+
+    def _progress_bar(self, initial: int):
+        if not self.cfg.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.cfg.max_steps, initial=initial, desc=self.name, unit="step", mininterval=2.0,
+                    file=sys.stderr, dynamic_ncols=True)
+
+    def _progress(self, step: int, seconds: float) -> float:
+        """How far the run is, in [0, 1]: the larger of the steps and the time budget used."""
+        p = 0.0
+        if self.cfg.max_steps:
+            p = max(p, step / self.cfg.max_steps)
+        if self.cfg.max_minutes is not None:
+            p = max(p, seconds / (self.cfg.max_minutes * 60))
+        return p
+
+    def _stop_reason(self, step: int, seconds: float) -> str | None:
+        if self.cfg.max_steps is not None and step >= self.cfg.max_steps:
+            return "max_steps"
+        if self.cfg.max_minutes is not None and seconds >= self.cfg.max_minutes * 60:
+            return "max_minutes"
+        return None
+
+    def step(self, optimizer: torch.optim.Optimizer, gen: torch.Generator, run: _Progress) -> torch.Tensor:
+        """One optimisation step over one batch of every group; returns the gradient norm (before clipping). A
+        non-finite gradient (a bf16 overflow) skips the update rather than poison the weights."""
+        step_loss: dict[str, torch.Tensor] = {}
+        for group, batch, weight in self.mixture.sample(gen):
+            with self._autocast():
+                loss, n_targets = self.objective.loss(self.model, batch, gen)
+            (loss * weight).backward()
+            step_loss[group] = loss.detach()
+            run.tokens += batch.ids.numel()
+            run.targets += n_targets
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if bool(torch.isfinite(grad_norm)):
+            optimizer.step()
+            for group, value in step_loss.items():
+                run.window[group] = run.window[group] + value if group in run.window else value
+            run.window_steps += 1
+            run.bad_in_a_row = 0
+        else:
+            run.skipped += 1
+            run.bad_in_a_row += 1
+            if run.bad_in_a_row >= MAX_BAD_STEPS:
+                raise FloatingPointError(f"[{self.name}] {run.bad_in_a_row} steps in a row had non-finite gradients "
+                                         f"(up to step {run.step}); lower the learning rate (lr={self.cfg.lr})")
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _record(self, run: _Progress, lr: float, grad_norm: torch.Tensor, bar) -> None:
+        """The metrics line of a logging step (mean train losses of the window, validation when due), or the
+        validation line of a validation step."""
+        cfg = self.cfg
+        if (run.step % cfg.log_every == 0 or run.step == 1) and run.window_steps:
+            values = {g: float(v) / run.window_steps for g, v in run.window.items()}
+            total = sum(self.weights[g] * v for g, v in values.items())
+            run.window, run.window_steps, run.last_train = {}, 0, total
+            seconds = time.perf_counter() - run.t_start
+            record = {"step": run.step, "seconds": round(seconds, 2), "tokens": run.tokens, "lr": lr,
+                      "train_loss": total, **{f"train_{g}": v for g, v in values.items()}}
+            if math.isfinite(norm := float(grad_norm)):
+                record["grad_norm"] = norm
+            if run.skipped:
+                record["skipped_steps"] = run.skipped
+            if run.step % cfg.val_every == 0:
+                record.update({f"val_{g}": v for g, v in self.validate().items()})
+            if bar is not None:
+                bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.1e}", t=f"{seconds:.0f}s", refresh=False)
+        elif run.step % cfg.val_every == 0:
+            record = {"step": run.step, "seconds": round(time.perf_counter() - run.t_start, 2), "tokens": run.tokens,
+                      **{f"val_{g}": v for g, v in self.validate().items()}}
+        else:
+            return
+        run.history.append(record)
+        self._log(record)
+
+    def checkpoint(self, optimizer: torch.optim.Optimizer, gen: torch.Generator, run: _Progress,
+                   result: TrainResult) -> None:
+        """Export the model every ``export_every_minutes`` and save the state every ``state_every_minutes``."""
+        cfg, now = self.cfg, time.perf_counter()
+        export_due = cfg.export_every_minutes > 0 and now - run.last_export >= cfg.export_every_minutes * 60
+        if self.export is not None and export_due:
+            self._update(result, run, now - run.t_start, "running")
+            self.export(self.model, result)
+            run.last_export = time.perf_counter()
+        if cfg.state_every_minutes > 0 and now - run.last_state >= cfg.state_every_minutes * 60:
+            self.save_state(optimizer, self._meta(run, now - run.t_start), gen)
+            run.last_state = time.perf_counter()
+
+    def _finish(self, optimizer: torch.optim.Optimizer, gen: torch.Generator, run: _Progress, result: TrainResult,
+                stopped_by: str) -> TrainResult:
+        """The final validation, the curve, the state and the last export."""
+        seconds = time.perf_counter() - run.t_start
         val = self.validate()
-        final = {"step": step, "seconds": round(seconds, 2), "tokens": tokens,
+        final = {"step": run.step, "seconds": round(seconds, 2), "tokens": run.tokens,
                  **{f"val_{g}": v for g, v in val.items()}}
-        history.append(final)
+        run.history.append(final)
         self._log(final)
-        self._update(result, step, tokens, targets, seconds, last_train, history, stopped_by, skipped)
+        self._update(result, run, seconds, stopped_by)
         result.val_loss = val
-        result.curve = str(plot_curve(history, self.curve_file, self.name))
-        self.save_state(optimizer, self._meta(step, tokens, targets, seconds, history, skipped), gen)
+        result.curve = str(plot_curve(run.history, self.curve_file, self.name))
+        self.save_state(optimizer, self._meta(run, seconds), gen)
         if self.export is not None:
-            self.export(model, result)
+            self.export(self.model, result)
         return result
 
     @staticmethod
-    def _meta(step, tokens, targets, seconds, history, skipped) -> dict[str, Any]:
-        return {"step": step, "tokens": tokens, "targets": targets, "elapsed": seconds, "skipped": skipped,
-                "history": history}
+    def _meta(run: _Progress, seconds: float) -> dict[str, Any]:
+        return {"step": run.step, "tokens": run.tokens, "targets": run.targets, "elapsed": seconds,
+                "skipped": run.skipped, "history": run.history}
 
     @staticmethod
-    def _update(result: TrainResult, step, tokens, targets, seconds, train_loss, history, stopped_by,
-                skipped) -> None:
-        result.steps, result.tokens, result.targets, result.seconds = step, tokens, targets, seconds
-        result.train_loss, result.history, result.stopped_by = train_loss, history, stopped_by
-        result.skipped_steps = skipped
-        vals = [h for h in history if any(k.startswith("val_") for k in h)]
+    def _update(result: TrainResult, run: _Progress, seconds: float, stopped_by: str) -> None:
+        result.steps, result.tokens, result.targets, result.seconds = run.step, run.tokens, run.targets, seconds
+        result.train_loss, result.history, result.stopped_by = run.last_train, run.history, stopped_by
+        result.skipped_steps = run.skipped
+        vals = [h for h in run.history if any(k.startswith("val_") for k in h)]
         if vals:
             result.val_loss = {k[4:]: v for k, v in vals[-1].items() if k.startswith("val_")}
-
-
-def plot_curve(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str) -> Path:
-    """Train loss (mean per log window) and validation losses against tokens seen, as a PNG (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    tr = [(h["tokens"], h["train_loss"]) for h in history if "train_loss" in h]
-    if tr:
-        ax.plot([x / 1e6 for x, _ in tr], [y for _, y in tr], label="train (weighted total, mean per log window)",
-                lw=1.4)
-    keys = sorted({k for h in history for k in h if k.startswith("val_") and ":" not in k})
-    for k in keys:
-        pts = [(h["tokens"], h[k]) for h in history if k in h]
-        ax.plot([x / 1e6 for x, _ in pts], [y for _, y in pts], marker="o", ms=3, lw=1,
-                label=k.replace("val_", "val ").replace("total", "(weighted total)"))
-    ax.set_xlabel("tokens seen (millions)")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path

@@ -201,3 +201,122 @@ def test_loading_never_holds_two_copies(tmp_path, stored):
     r = json.loads(out.stdout)
     assert r["weights_bytes"] > 50e6
     assert r["ratio"] < 1.5, f"peak grew by {r['peak_growth_bytes'] / 1e6:.1f} MB for {r['weights_bytes'] / 1e6:.1f} MB"
+
+
+# ------------------------------------------------------------------------ fault sweep: files that lie or break
+def _edit_config(d: Path, **changes) -> None:
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(changes)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def test_config_json_that_is_not_an_object(tmp_path, llada_path):
+    d = copy_ckpt(llada_path, tmp_path / "c")
+    (d / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"config.json must hold a JSON object \(\{...\}\), got a list"):
+        dlm.load(d)
+    (d / "config.json").write_bytes(b'{"model_type": "llada\xff"}')
+    with pytest.raises(CheckpointError, match=r"config.json is not UTF-8 text \(byte 21\)"):
+        dlm.load(d)
+    (d / "config.json").write_text(json.dumps({"model_type": ["llada"]}))
+    with pytest.raises(CheckpointError, match=r"unknown model_type \['llada'\]"):
+        dlm.load(d)
+
+
+@pytest.mark.parametrize("fmt, changes, match", [
+    ("llada", {"n_heads": 0}, r"config.json field 'n_heads' must be >= 1, got 0"),
+    ("llada", {"n_layers": -2}, r"'n_layers' must be >= 1, got -2"),
+    ("llada", {"d_model": "256"}, r"'d_model' must be an integer, got '256'"),
+    ("llada", {"max_sequence_length": -5}, r"'max_sequence_length' must be >= 1, got -5"),
+    ("llada", {"mask_token_id": 10**6}, r"'mask_token_id' must be a token id in \[0, \d+\) \(the vocabulary\)"),
+    ("llada", {"pad_token_id": -1}, r"'pad_token_id' must be a token id"),
+    ("llada", {"weight_tying": "false"}, r"'weight_tying' must be true or false, got 'false'"),
+    ("llada", {"rms_norm_eps": 0}, r"'rms_norm_eps' must be a finite number > 0"),
+    ("llada", {"rope_theta": "big"}, r"'rope_theta' must be a finite number > 0"),
+    ("llada", {"n_kv_heads": 3}, r"cannot be built: num_heads \(\d+\) must be a multiple of num_kv_heads \(3\)"),
+    ("llada", {"block_type": ["llama"]}, r"block_type=\['llama'\] is not supported"),
+    ("llada", {"rope": 1}, r"rope=1 is not supported"),
+    ("Dream", {"num_attention_heads": 0}, r"'num_attention_heads' must be >= 1, got 0"),
+    ("Dream", {"max_position_embeddings": -1}, r"'max_position_embeddings' must be >= 1"),
+    ("Dream", {"eos_token_id": [5, 10**7]}, r"'eos_token_id' must be a token id in \[0, \d+\)"),
+    ("Dream", {"use_sliding_window": "no"}, r"'use_sliding_window' must be true or false"),
+])
+def test_config_fields_are_checked_at_load(tmp_path, llada_path, dream_path, fmt, changes, match):
+    d = copy_ckpt(llada_path if fmt == "llada" else dream_path, tmp_path / "c")
+    _edit_config(d, **changes)
+    with pytest.raises(CheckpointError, match=match):
+        dlm.load(d)
+
+
+def test_eos_token_id_may_be_a_list(tmp_path, dream_path, dream):
+    d = copy_ckpt(dream_path, tmp_path / "c")
+    _edit_config(d, eos_token_id=[dream.ids.eos_id, 7])
+    lm = dlm.load(d)
+    assert lm.ids.eos_id == dream.ids.eos_id and 7 in lm.ids.stop_ids
+
+
+def _rewrite_shard(d: Path, name: str, fn) -> None:
+    shard = d / json.loads((d / "model.safetensors.index.json").read_text())["weight_map"][name]
+    tensors = load_file(str(shard))
+    tensors[name] = fn(tensors[name])
+    save_file(tensors, str(shard))
+
+
+def test_integer_weights_are_refused_float_ones_converted(tmp_path, llada_path, llada):
+    name = "model.transformer.blocks.0.q_proj.weight"
+    d = copy_ckpt(llada_path, tmp_path / "int8")
+    _rewrite_shard(d, name, lambda t: (t * 100).to(torch.int8))  # what an int8 export stores
+    with pytest.raises(CheckpointError, match=rf"weight '{name}' is stored as I8, not a floating-point type"):
+        dlm.load(d)
+    d = copy_ckpt(llada_path, tmp_path / "f64")
+    _rewrite_shard(d, name, lambda t: t.to(torch.float64))
+    lm = dlm.load(d, dtype="float32")
+    q = lm.model.layers[0].q.weight
+    assert q.dtype == torch.float32 and torch.equal(q, llada.model.layers[0].q.weight)
+
+
+@pytest.mark.parametrize("target, match", [
+    ("../../etc/passwd", "outside the checkpoint folder"),
+    ("/etc/passwd", "outside the checkpoint folder"),
+    ("sub/../../x.safetensors", "outside the checkpoint folder"),
+    ("..\\..\\x.safetensors", "outside the checkpoint folder"),
+    ("C:/x.safetensors", "outside the checkpoint folder"),
+    (42, "outside the checkpoint folder"),
+    ("pytorch_model.bin", "not a .safetensors file"),
+])
+def test_index_entries_stay_inside_the_folder(tmp_path, llada_path, target, match):
+    d = copy_ckpt(llada_path, tmp_path / "c")
+    _edit_index(d, lambda wm: wm.__setitem__("model.transformer.wte.weight", target))
+    with pytest.raises(CheckpointError, match=rf"weight 'model.transformer.wte.weight' points at .*{match}"):
+        dlm.load(d)
+
+
+def test_broken_index_and_headers(tmp_path, llada_path):
+    d = copy_ckpt(llada_path, tmp_path / "index")
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a"]}))
+    with pytest.raises(CheckpointError, match="needs a 'weight_map' object"):
+        dlm.load(d)
+    d = copy_ckpt(llada_path, tmp_path / "moved")
+    shards = sorted(p.name for p in d.glob("model-*.safetensors"))
+    name = "model.transformer.wte.weight"
+    _edit_index(d, lambda wm: wm.__setitem__(name, next(s for s in shards if s != wm[name])))
+    with pytest.raises(CheckpointError, match=rf"puts weight '{name}' in model-.*, which does not hold it"):
+        dlm.load(d)
+    d = tmp_path / "single"
+    d.mkdir()
+    shutil.copy(llada_path / "config.json", d / "config.json")
+    header = json.dumps({"x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}).encode()
+    (d / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    with pytest.raises(CheckpointError, match=r"tensor 'x' has a corrupt header entry \(needs dtype, shape"):
+        dlm.load(d, tokenizer=False)
+    header = json.dumps({"x": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    (d / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    with pytest.raises(CheckpointError, match=r"unsupported dtype 'Q4'"):
+        dlm.load(d, tokenizer=False)
+
+
+def test_tokenizer_config_that_is_not_an_object(tmp_path, llada_path):
+    d = copy_ckpt(llada_path, tmp_path / "c")
+    (d / "tokenizer_config.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(CheckpointError, match="tokenizer_config.json is not UTF-8"):
+        dlm.load(d)

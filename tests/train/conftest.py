@@ -17,7 +17,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def small_tokenizer(tmp_path_factory):
     """A 400-token tokenizer trained on a little code and task text; returns its folder."""
-    from dlm.bench.tasks import make_splits
+    from dlm.data import make_splits
     from dlm.train.tokenizer import save_tokenizer, train_tokenizer
 
     texts = ["def add(a, b):\n    return a + b\n", "class A:\n    def f(self, x=1):\n        return [x, 'y']\n"] * 20
