@@ -188,7 +188,7 @@ class _TextStream:
         self.printed = 0
 
     def __call__(self, event) -> None:
-        row = event.tokens[0].tolist()
+        row = event.tokens.tolist()
         end = next((i for i, t in enumerate(row) if t == self.mask or t in self.stops), len(row))
         if end > self.printed:
             text = self.model.tokenizer.decode(row[:end], skip_special_tokens=True)

@@ -26,7 +26,7 @@ import torch
 
 from ..cache.base import CacheContext
 from ..cache.store import KVPool, PoolShape
-from ..errors import ConfigError, GenerationError, SchedulerError
+from ..errors import ConfigError, DlmError, GenerationError, SchedulerError
 from ..models.ragged import RaggedAttention
 from ..outputs import GenerationOutput, StepEvent, StepTrace
 from ..sampling import Draws, compute_candidates
@@ -55,7 +55,7 @@ class EngineCore:
         self.attention = attention
         self.pad_rows = pad_rows
         model = lm.model
-        devices = [layer.q.weight.device for layer in model.layers]
+        devices = [next(layer.parameters()).device for layer in model.layers]
         shape = PoolShape(len(model.layers), max_rows, slot_len, model.kv_heads, lm.arch.head_dim)
         self.pool = KVPool(shape, lm.dtype, devices)
         self.buf = SlotBuffers(max_rows, slot_len, self.device)
@@ -241,7 +241,7 @@ class EngineCore:
     def _broken(self, reqs: list[Request], exc: Exception) -> GroupCommit:
         """The requests of a scheduler call that raised: nothing committed, each failed with the error."""
         name = reqs[0].scheduler.name
-        err = exc if isinstance(exc, SchedulerError) else SchedulerError(
+        err = exc if isinstance(exc, DlmError) else SchedulerError(
             f"scheduler {name!r} raised {type(exc).__name__}: {exc}")
         if err is not exc:
             err.__cause__ = exc

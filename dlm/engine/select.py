@@ -137,9 +137,10 @@ def decide(reqs: list[Request], buf: SlotBuffers, mask_id: int) -> GroupCommit:
         fresh_states = split_state(sched.init_state(info.rows(idx)), len(starting))
         for i, s in zip(starting, fresh_states):
             reqs[i].sched_state, reqs[i].needs_init = s, False
-    steps = torch.tensor([[r.block_step, r.steps] for r in reqs], dtype=torch.long).to(dev)
+    steps = torch.tensor([[r.block_step, r.steps, r.id] for r in reqs], dtype=torch.long).to(dev)
     view = StepView(masked=masked, in_block=in_block, active=torch.ones(B, dtype=torch.bool, device=dev),
-                    step=steps[:, 0], row_steps=steps[:, 1], block=info, generators=[r.generator for r in reqs])
+                    step=steps[:, 0], row_steps=steps[:, 1], block=info, generators=[r.generator for r in reqs],
+                    request_ids=steps[:, 2])
     cand = buf.candidates(slots, n, sched.measures)
     state = stack_states([r.sched_state for r in reqs])
     if sched.full_region or width == n:

@@ -84,6 +84,8 @@ class StepView:
         row_steps: (B,) long, forward passes each row has taken part in so far (its own progress).
         block: the rows' :class:`BlockInfo`.
         generators: each row's random generator (its request's), for schedulers that draw random numbers.
+        request_ids: (B,) long, the id of each row's request (for schedulers that record or log per request;
+            a decision must not depend on it).
     """
 
     masked: torch.Tensor
@@ -93,6 +95,7 @@ class StepView:
     row_steps: torch.Tensor
     block: BlockInfo
     generators: list[torch.Generator | None]
+    request_ids: torch.Tensor | None = None
 
     @property
     def masked_in_block(self) -> torch.Tensor:

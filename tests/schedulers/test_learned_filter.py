@@ -45,7 +45,7 @@ def test_threshold_one_is_low_confidence(tiny_llada, tiny_dream, tmp_path, steps
 def test_accept_everything_commits_the_block_in_one_step(tiny_llada, tmp_path):
     everything = make_filter(tmp_path, "all", bias=30.0)
     out = tiny_llada.generate(PROMPTS, cfg(everything, stop_at_eos=False))
-    assert out.trace.block_steps == [1, 1, 1, 1] and out.nfe.tolist() == [4, 4, 4]
+    assert out.trace.block_steps == [[1, 1, 1, 1]] * 3 and out.nfe.tolist() == [4, 4, 4]
     # the accepted positions are committed with their candidates: the same as threshold 0 (every mask passes)
     zero = tiny_llada.generate(PROMPTS, dlm.GenerationConfig(gen_length=32, block_length=8, scheduler="threshold",
                                                              scheduler_kwargs={"threshold": 0.0},
@@ -76,10 +76,11 @@ def test_commits_exactly_the_accepted_masks_plus_the_best(tiny_llada, tmp_path):
 
     conf = torch.tensor([[0.2, 0.7, 0.4, 0.9, 0.3, 0.1], [0.2, 0.3, 0.1, 0.4, 0.45, 0.3]])
     masked = torch.tensor([[True, True, True, False, True, True], [True] * 6])
-    block = BlockInfo(index=0, num_blocks=1, start=5, end=11, region_start=5, region_end=11, steps=6,
-                      masks=masked.sum(1), total_steps=6, canvas_length=11, answer_start=5)
-    view = StepView(masked=masked, in_block=torch.ones(6, dtype=torch.bool), active=torch.ones(2, dtype=torch.bool),
-                    step=0, global_step=0, block=block, generator=None)
+    rows = lambda v: torch.full((2,), v)  # noqa: E731
+    block = BlockInfo(index=rows(0), num_blocks=rows(1), steps=rows(6), masks=masked.sum(1), total_steps=rows(6),
+                      width=rows(6), start=rows(5), canvas_length=rows(11), answer_start=rows(5))
+    view = StepView(masked=masked, in_block=torch.ones(2, 6, dtype=torch.bool), active=torch.ones(2, dtype=torch.bool),
+                    step=rows(0), row_steps=rows(0), block=block, generators=[None, None])
     cand = Candidates(tokens=torch.zeros(2, 6, dtype=torch.long), confidence=conf)
     decision, _ = sched.step(cand, view, sched.init_state(block))
     # row 0: 0.7 is accepted (0.9 is committed already); row 1: nothing passes, the quota takes the best (0.45)
@@ -118,7 +119,7 @@ def test_caches_and_eotp(tiny_llada, tmp_path, cache, eotp):
     if eotp:
         out = tiny_llada.generate(PROMPTS, config)
         assert not (out.sequences == tiny_llada.ids.mask_id).any()
-        assert all(s <= 8 for s in out.trace.block_steps)
+        assert all(s <= 8 for row in out.trace.block_steps for s in row)
     else:
         check_run(record(tiny_llada, PROMPTS, config), tiny_llada, config, "learned_filter")
 

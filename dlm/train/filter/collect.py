@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from ...api import Engine
 from ...config import GenerationConfig
 from ...errors import ConfigError
 from ...schedulers.base import SCHEDULERS
@@ -26,11 +27,13 @@ from .prompts import Prompt, answer_tokens, batches, encode_prompts
 
 @dataclass
 class StepRecord:
-    """What the recorder saw at one step of one batch (tensors (B, n) over the active block, on the CPU)."""
+    """What the recorder saw in one call: per row (B,) its request, block, step and the answer position of the
+    block's first column; (B, n) tensors over the active block. On the CPU."""
 
-    block: int
-    start: int  # answer position of the block's first column
-    step: int
+    request: torch.Tensor
+    block: torch.Tensor
+    start: torch.Tensor
+    step: torch.Tensor
     active: torch.Tensor  # (B,) bool
     masked: torch.Tensor  # (B, n) bool
     tokens: torch.Tensor  # (B, n) long
@@ -52,11 +55,13 @@ class ReferenceRecorder(LowConfidence):
     def step(self, cand, view, state):
         decision, state = super().step(cand, view, state)
         if self.sink is not None:
-            cols = view.block.in_block
+            b = view.block
+            cols = slice(0, int(b.width.max()))
             cpu = lambda t: t[:, cols].detach().to("cpu", copy=True)  # noqa: E731
+            row = lambda t: t.detach().to("cpu", copy=True)  # noqa: E731
             self.sink.append(StepRecord(
-                block=view.block.index, start=view.block.start - view.block.answer_start, step=view.step,
-                active=view.active.detach().to("cpu", copy=True), masked=cpu(view.masked),
+                request=row(view.request_ids), block=row(b.index), start=row(b.start - b.answer_start),
+                step=row(view.step), active=row(view.active), masked=cpu(view.masked_in_block),
                 tokens=cpu(cand.tokens), confidence=cpu(cand.confidence).float(), margin=cpu(cand.margin).float(),
                 neg_entropy=cpu(cand.neg_entropy).float()))
         return decision, state
@@ -96,10 +101,14 @@ def collect(lm, prompts: Sequence[Prompt], block_length: int = 32, batch_size: i
             config = GenerationConfig(gen_length=g, steps=g, block_length=block_length, scheduler=name,
                                       temperature=0.0)
             sink.clear()
-            final = lm.generate([ids[j] for j in batch], config).sequences.cpu()
+            engine = Engine(lm, max_rows=len(batch))
+            reqs = [engine.submit(ids[j], config) for j in batch]
+            engine.run()
+            final = torch.cat([r.output.sequences for r in reqs]).cpu()
+            row_of = {r.id: i for i, r in enumerate(reqs)}
             index = torch.tensor(batch, dtype=torch.long)
             for rec in sink:
-                add_labelled(parts, rec, final, index)
+                add_labelled(parts, rec, final, index, row_of)
             for r, j in enumerate(batch):
                 references[j] = answer_tokens(final[r].tolist(), stop_ids)
             done += len(batch)
@@ -111,21 +120,23 @@ def collect(lm, prompts: Sequence[Prompt], block_length: int = 32, batch_size: i
 
 
 def add_labelled(parts: dict[str, list[torch.Tensor]], rec: StepRecord, final: torch.Tensor,
-                 index: torch.Tensor) -> None:
-    """Append the rows of one recorded step that still had masks, each position labelled "its candidate equals the
-    final output" (``final``: (B, gen_length) answers of the batch; ``index``: (B,) prompt index of each row)."""
+                 index: torch.Tensor, row_of: dict[int, int]) -> None:
+    """Append the rows of one recorded call that still had masks, each position labelled "its candidate equals
+    the final output" (``final``: (B, gen_length) answers of the batch; ``index``: (B,) prompt index of each
+    answer row; ``row_of``: request id -> answer row)."""
     n = rec.masked.shape[1]
-    label = rec.tokens == final[:, rec.start : rec.start + n]
+    rows = torch.tensor([row_of[int(i)] for i in rec.request], dtype=torch.long)
+    cols = rec.start.unsqueeze(1) + torch.arange(n).unsqueeze(0)
+    label = rec.tokens == final[rows.unsqueeze(1), cols.clamp(max=final.shape[1] - 1)]
     keep = (rec.masked & rec.active.unsqueeze(1)).any(1)
     if not bool(keep.any()):
         return
     for k, v in (("confidence", rec.confidence), ("margin", rec.margin), ("neg_entropy", rec.neg_entropy),
                  ("masked", rec.masked), ("label", label)):
         parts[k].append(v[keep])
-    m = int(keep.sum())
-    parts["prompt"].append(index[keep])
-    parts["step"].append(torch.full((m,), rec.step, dtype=torch.long))
-    parts["block"].append(torch.full((m,), rec.block, dtype=torch.long))
+    parts["prompt"].append(index[rows][keep])
+    parts["step"].append(rec.step[keep])
+    parts["block"].append(rec.block[keep])
 
 
 def _collect_shard(model: str | None, device: str, prompts: Sequence[Prompt], block_length: int, batch_size: int,
