@@ -291,7 +291,7 @@ def bench_larger_than_one(setup: Setup, caches) -> dict:
     cfg["n_layers"] = int((1.25 * gpu - 2 * base.vocab_size * base.hidden_size * elt) // per_layer) + 1
     model = build_model(arch_cls.parse_config(cfg), device="meta")
     placement = DevicePlacement.create(model, "auto", budget, setup.dtype)
-    materialize(model, lambda n, t, dt: placement.place(n, t, dt), setup.devices[0], setup.dtype)
+    materialize(model, placement.place, setup.devices[0], setup.dtype)
     placement.attach(model)
     lm = from_model(model.eval(), arch_cls, special_ids(setup.arch))
     lm.max_length = arch_cls.max_length(cfg)
@@ -322,8 +322,8 @@ def table(results: dict) -> str:
     lines = ["| part | figure | value |", "|---|---|---|"]
     dp, tp = results.get("data_parallel", {}), results.get("tensor_parallel", {})
     if "speedup" in dp:
-        lines += [f"| data parallel | tokens/s 1 GPU -> 2 GPUs | {dp['one_tok_s']:.0f} -> {dp['two_tok_s']:.0f} "
-                  f"({dp['speedup']:.2f}x, identical: {dp['identical']}) |"]
+        lines.append(f"| data parallel | tokens/s 1 GPU -> 2 GPUs | {dp['one_tok_s']:.0f} -> {dp['two_tok_s']:.0f} "
+                     f"({dp['speedup']:.2f}x, identical: {dp['identical']}) |")
     for r in tp.get("rows", []):
         lines.append(f"| tensor parallel | TP{r['tp']} {r['mode']} {r['cache']} graphs={r['graphs']} ms/step "
                      f"(batch 1) | {r['ms_per_step']:.2f} |")

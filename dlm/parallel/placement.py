@@ -118,9 +118,9 @@ def param_devices(model: nn.Module, device_map: Mapping[str, Any]) -> dict[str, 
     for pname, _ in model.named_parameters():
         best = None
         for mname in entries:
-            if mname == "" or pname == mname or pname.startswith(mname + "."):
-                if best is None or len(mname) > len(best):
-                    best = mname
+            covers = mname == "" or pname == mname or pname.startswith(mname + ".")
+            if covers and (best is None or len(mname) > len(best)):
+                best = mname
         if best is None:
             uncovered.append(pname)
         else:

@@ -149,9 +149,9 @@ def _local_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
         dev = torch.device(device)
         if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     elif torch.cuda.is_available():
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     else:
         dev = torch.device("cpu")
     if dev.type == "cuda":

@@ -8,7 +8,7 @@ import torch
 
 import dlm
 from dlm.errors import ConfigError
-from dlm.models.loading import build_model, read_config
+from dlm.models.loading import build_model
 from dlm.parallel.load import ParallelLoad
 from dlm.parallel.placement import DevicePlacement, infer_device_map
 from dlm.testing import tiny_arch
