@@ -97,9 +97,10 @@ def bench_data_parallel(setup: Setup) -> dict:
     loader = functools.partial(random_replica, setup.arch, setup.dtype)
     work, cfg = prompts(setup, setup.dp_prompts), config(setup)
     with ReplicaPool(loader, list(setup.devices), start_timeout=900) as pool:
-        pool.generate(work[: 2 * setup.dp_batch], config(setup, gen=64), batch_size=setup.dp_batch)  # warm-up
-        one = pool.generate(work, cfg, batch_size=setup.dp_batch, replicas=[0])
-        two = pool.generate(work, cfg, batch_size=setup.dp_batch)
+        warm = config(setup, gen=64)
+        pool.generate(work[: 2 * setup.dp_batch], warm, batch_size=setup.dp_batch, timeout=300)
+        one = pool.generate(work, cfg, batch_size=setup.dp_batch, replicas=[0], timeout=300)
+        two = pool.generate(work, cfg, batch_size=setup.dp_batch, timeout=300)
     tokens = len(work) * cfg.gen_length
     differ = int((one.sequences != two.sequences).any(1).sum())
     return {"prompts": len(work), "batch": setup.dp_batch, "gen": cfg.gen_length, "cache": cfg.cache,
@@ -155,35 +156,42 @@ def time_cases(lm, label: dict, cases, rows: list, errors: dict) -> None:
 
 
 def tp_worker(setup: Setup, caches, out: Path) -> None:
-    """One rank of ``torchrun --nproc-per-node 2``: TP2 in both modes (graphs last: a failed capture may leave the
-    group unusable), then one GPU on rank 0 while rank 1 waits."""
+    """One rank of ``torchrun --nproc-per-node 2``. One GPU first (rank 0 while rank 1 waits), then TP2 in both
+    modes, the CUDA-graph cases last (a capture that fails on one rank can leave the other waiting for ever);
+    rank 0 rewrites ``out`` after each stage so that a killed run keeps what it measured."""
     from datetime import timedelta
 
     import torch.distributed as dist
 
     if setup.cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if setup.cuda else "gloo", timeout=timedelta(seconds=300))
+    dist.init_process_group("nccl" if setup.cuda else "gloo", timeout=timedelta(seconds=120))
     tp = TensorParallel.init(2, None if setup.cuda else "cpu")
-    rows, errors = [], {}
+    res: dict = {"rows": [], "errors": {}}
+    save = (lambda: out.write_text(json.dumps(res))) if tp.rank == 0 else (lambda: None)
     eager = [(c, False) for c in caches]
     graphed = [(c, True) for c in caches] if setup.cuda else []
-    dt = random_tp_lm(setup.arch, dataclasses.replace(tp, mode="dtensor"), setup.dtype)
-    time_cases(dt, {"tp": 2, "mode": "dtensor"}, eager, rows, errors)
-    del dt
-    lm = random_tp_lm(setup.arch, tp, setup.dtype)
-    tp_logits = probe_logits(lm)
-    time_cases(lm, {"tp": 2, "mode": "local"}, eager + graphed, rows, errors)
-    del lm
-    if setup.cuda:
-        torch.cuda.empty_cache()
-    dist.barrier()
+    ref = None
     if tp.rank == 0:
         one = random_lm(setup.arch, device=str(tp.device), dtype=setup.dtype)
-        diff = (probe_logits(one) - tp_logits).abs()
-        time_cases(one, {"tp": 1, "mode": "-"}, eager + graphed, rows, errors)
-        out.write_text(json.dumps({"rows": rows, "errors": errors,
-                                   "max_logit_diff_tp2_vs_1": float(diff[torch.isfinite(diff)].max())}))
+        ref = probe_logits(one)
+        time_cases(one, {"tp": 1, "mode": "-"}, eager + graphed, res["rows"], res["errors"])
+        del one
+        save()
+    dist.barrier()
+    for mode in ("dtensor", "local"):
+        if setup.cuda:
+            torch.cuda.empty_cache()
+        lm = random_tp_lm(setup.arch, dataclasses.replace(tp, mode=mode), setup.dtype)
+        logits = probe_logits(lm)
+        if ref is not None:
+            diff = (logits - ref).abs()
+            res[f"max_logit_diff_tp2_{mode}_vs_1"] = float(diff[torch.isfinite(diff)].max())
+        cases = eager + (graphed if mode == "local" else [])
+        for case in cases:
+            time_cases(lm, {"tp": 2, "mode": mode}, [case], res["rows"], res["errors"])
+            save()
+        del lm
     dist.barrier()
     dist.destroy_process_group()
 
@@ -199,14 +207,17 @@ def bench_tensor_parallel(setup: Setup, caches, tiny: bool) -> dict:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
         try:
-            log, _ = proc.communicate(timeout=480)
+            log, _ = proc.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             log, _ = proc.communicate()
-            raise RuntimeError(f"torchrun did not finish within 480 s:\n{log[-3000:]}") from None
-        if proc.returncode != 0 or not out.exists():
-            raise RuntimeError(f"torchrun exited with {proc.returncode}:\n{log[-3000:]}")
-        return json.loads(out.read_text())
+            log += "\n[killed after 300 s]"
+        if not out.exists():
+            raise RuntimeError(f"torchrun exited with {proc.returncode} before measuring anything:\n{log[-3000:]}")
+        res = json.loads(out.read_text())
+        if proc.returncode != 0:
+            res["error"] = f"torchrun exited with {proc.returncode} (partial results kept):\n{log[-3000:]}"
+        return res
 
 
 # ------------------------------------------------------------------------------------------- (c) device map
@@ -280,7 +291,7 @@ def bench_larger_than_one(setup: Setup, caches) -> dict:
     cfg["n_layers"] = int((1.25 * gpu - 2 * base.vocab_size * base.hidden_size * elt) // per_layer) + 1
     model = build_model(arch_cls.parse_config(cfg), device="meta")
     placement = DevicePlacement.create(model, "auto", budget, setup.dtype)
-    materialize(model, lambda n, t, dt: placement.place(n, t, dt), setup.devices[0], setup.dtype)
+    materialize(model, placement.place, setup.devices[0], setup.dtype)
     placement.attach(model)
     lm = from_model(model.eval(), arch_cls, special_ids(setup.arch))
     lm.max_length = arch_cls.max_length(cfg)
@@ -311,15 +322,15 @@ def table(results: dict) -> str:
     lines = ["| part | figure | value |", "|---|---|---|"]
     dp, tp = results.get("data_parallel", {}), results.get("tensor_parallel", {})
     if "speedup" in dp:
-        lines += [f"| data parallel | tokens/s 1 GPU -> 2 GPUs | {dp['one_tok_s']:.0f} -> {dp['two_tok_s']:.0f} "
-                  f"({dp['speedup']:.2f}x, identical: {dp['identical']}) |"]
+        lines.append(f"| data parallel | tokens/s 1 GPU -> 2 GPUs | {dp['one_tok_s']:.0f} -> {dp['two_tok_s']:.0f} "
+                     f"({dp['speedup']:.2f}x, identical: {dp['identical']}) |")
     for r in tp.get("rows", []):
         lines.append(f"| tensor parallel | TP{r['tp']} {r['mode']} {r['cache']} graphs={r['graphs']} ms/step "
                      f"(batch 1) | {r['ms_per_step']:.2f} |")
     for case, err in tp.get("errors", {}).items():
         lines.append(f"| tensor parallel | {case} | {err[:200]} |")
-    if "max_logit_diff_tp2_vs_1" in tp:
-        lines.append(f"| tensor parallel | max logit diff TP2 vs 1 | {tp['max_logit_diff_tp2_vs_1']:.4f} |")
+    for key in sorted(k for k in tp if k.startswith("max_logit_diff")):
+        lines.append(f"| tensor parallel | {key} | {tp[key]:.4f} |")
     for key in ("split_checkpoint", "larger_than_one"):
         r = results.get(key, {})
         for cache, c in r.get("caches", {}).items():

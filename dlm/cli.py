@@ -110,6 +110,16 @@ def _generate_into(writer, args: argparse.Namespace, config: GenerationConfig, r
     """Generate every prompt of ``rows``, feeding each finished batch of records to ``writer``."""
     from .answers import answer_records
 
+    if args.data_parallel is not None:
+        from .parallel.data import generate_data_parallel, replica_devices
+
+        if args.stream:
+            raise ConfigError("--stream prints one answer as it is decoded; it does not combine with --data-parallel")
+        prompts = [p for p, _ in rows]
+        out = generate_data_parallel(args.model, prompts, config, replica_devices(args.data_parallel, args.device),
+                                     batch_size=args.batch_size, dtype=args.dtype)
+        writer.write(answer_records([e for _, e in rows], prompts, out))
+        return [out]
     model = _load_model(args)
     stream = _TextStream(model, config) if args.stream else None
     outs = []
@@ -255,6 +265,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                    "with --output, each finished batch is written at once")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores not busy with other "
                    "processes, see docs/cli.md)")
+    g.add_argument("--data-parallel", metavar="N", default=None,
+                   help="one replica per GPU on N GPUs ('auto': all visible), prompts split between them; "
+                        "with --device cpu, N CPU processes (docs/parallel.md)")
     _add_config_options(g)
     g.set_defaults(func=cmd_generate)
     for kind in ("schedulers", "caches", "verifiers"):

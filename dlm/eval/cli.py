@@ -1,8 +1,8 @@
 """``dlm eval`` and ``dlm eval-data``.
 
     dlm eval --tasks dlm_synthetic --limit 20                 the bundled dlm-tiny on the local tasks
-    dlm eval --model PATH --tasks gsm8k --num-fewshot 5 --gen-length 256 --block-length 32 \
-        --scheduler threshold --scheduler-arg threshold=0.9 --cache dual --output results/gsm8k
+    dlm eval --model PATH --tasks gsm8k --num-fewshot 5 --gen-length 256 --scheduler threshold
+             --scheduler-arg threshold=0.9 --cache dual --output results/gsm8k   (one command line)
     dlm eval --model PATH --tasks mmlu --num-fewshot 5 --mc-num 1 --mc-batch-size 1
     dlm eval --config results/.../generation_config_<date>.json --tasks ...   rerun with a saved config
     dlm eval-data DIR [--n 100]                              write the local tasks' JSONL files

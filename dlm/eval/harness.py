@@ -1,7 +1,7 @@
 """The lm-eval model ``dlm``: a :class:`lm_eval.api.model.LM` over :func:`dlm.load` and ``DiffusionLM.generate``.
 
-    lm_eval --model dlm --model_args pretrained=PATH,scheduler=threshold,scheduler.threshold=0.9,cache=dual \
-        --tasks gsm8k                        # lm-eval releases that load entry points; else python -m dlm.eval
+    lm_eval --model dlm --model_args pretrained=PATH,scheduler=threshold,scheduler.threshold=0.9 --tasks gsm8k
+    python -m dlm.eval run --model dlm ...   (the same, for lm-eval releases that do not load entry points)
     dlm eval --model PATH --tasks gsm8k --scheduler threshold --cache dual
 
 model_args: :mod:`dlm.eval.args`. generate_until: :mod:`dlm.eval.generation`. loglikelihood:

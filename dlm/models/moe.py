@@ -145,7 +145,9 @@ class ExpertBank(nn.Module):
         T, k = ids.shape
         flat = ids.reshape(-1)
         order = flat.argsort(stable=True)  # token copies grouped by expert, in token order inside a group
-        counts = torch.bincount(flat, minlength=self.gate.shape[0])
+        # tokens per expert without torch.bincount, which reads the largest id on the host (a sync)
+        counts = torch.zeros(self.gate.shape[0], dtype=torch.int64, device=x.device).scatter_add_(
+            0, flat, torch.ones_like(flat))
         xs = x[order // k]
         impl = self.impl
         if impl == "auto":

@@ -15,7 +15,7 @@ _EXPORTS = {
     "DevicePlacement": "placement", "infer_device_map": "placement", "TensorParallel": "tensor",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):

@@ -66,7 +66,7 @@ class ParallelLoad:
             raise ConfigError(f"cuda_graphs=True cannot capture a forward that crosses devices ({', '.join(sorted(used))}); "
                               "drop cuda_graphs or keep the model on one device")
         self.device = self.placement.main
-        return lambda name, tensor, dtype: self.placement.place(name, tensor, dtype)
+        return self.placement.place
 
     def finish(self, model: nn.Module) -> None:
         if self.tp is not None:

@@ -75,11 +75,13 @@ def _budget(max_memory: Mapping[Any, Any]) -> dict[int | str, int]:
 
 def _ordered_view(model: nn.Module) -> nn.Module:
     """A container over ``model``'s children in the order the map fills them: the main-device modules (embedding,
-    final norm, head) first, then the layers. Module names are unchanged (``layers.3`` stays ``layers.3``)."""
+    final norm, head, any other module outside the layers) first, then the layers. Module names are unchanged
+    (``layers.3`` stays ``layers.3``)."""
     view = nn.Module()
-    for name in ("embed", "norm", "head"):
-        if hasattr(model, name):
-            view.add_module(name, getattr(model, name))
+    children = dict(model.named_children())
+    for name in ("embed", "norm", "head", *sorted(children)):
+        if name in children and name != "layers" and not hasattr(view, name):
+            view.add_module(name, children[name])
     view.add_module("layers", model.layers)
     return view
 
@@ -116,9 +118,9 @@ def param_devices(model: nn.Module, device_map: Mapping[str, Any]) -> dict[str, 
     for pname, _ in model.named_parameters():
         best = None
         for mname in entries:
-            if mname == "" or pname == mname or pname.startswith(mname + "."):
-                if best is None or len(mname) > len(best):
-                    best = mname
+            covers = mname == "" or pname == mname or pname.startswith(mname + ".")
+            if covers and (best is None or len(mname) > len(best)):
+                best = mname
         if best is None:
             uncovered.append(pname)
         else:
@@ -153,11 +155,11 @@ class DevicePlacement:
                               f"got {type(device_map).__name__}")
         devices = param_devices(model, device_map)
         main = devices["embed.weight"]
-        off_main = sorted({n.split(".")[0] for n, d in devices.items()
-                           if n.startswith(("norm.", "head.")) and d != main})
+        off_main = sorted({n.split(".")[0] for n, d in devices.items() if not n.startswith("layers.") and d != main})
         if off_main:
             raise ConfigError(f"device_map puts {' and '.join(off_main)} on another device than embed ({main}); "
-                              "dlm keeps the final norm and the head with the embedding, where the canvas lives")
+                              "dlm keeps every module outside the layers (final norm, head) with the embedding, "
+                              "where the canvas lives")
         layers = [cls._layer_device(devices, i, layer) for i, layer in enumerate(model.layers)]
         return cls(devices, main, layers)
 

@@ -82,11 +82,13 @@ class TensorParallel:
             if n % self.size:
                 raise ConfigError(f"tensor_parallel={self.size} does not divide the model's {n} {what}; use a "
                                   "divisor of it")
-        for layer in model.layers:
-            if any(not isinstance(getattr(layer, n, None), nn.Linear) for n in COLWISE + ROWWISE) \
-                    or type(layer).mlp is not _dense_mlp():
-                raise ConfigError(f"tensor parallelism splits dense layers only; {type(layer).__name__} has another "
-                                  "feed-forward (expert parallelism is not implemented); use device_map instead")
+        for i, layer in enumerate(model.layers):
+            missing = [n for n in COLWISE + ROWWISE if not isinstance(getattr(layer, n, None), nn.Linear)]
+            if missing or type(layer).mlp is not _dense_mlp():
+                what = f"has no separate {', '.join(missing)} projection(s)" if missing else "has experts"
+                raise ConfigError(f"tensor parallelism splits layers with separate q/k/v/o projections and a dense "
+                                  f"SwiGLU; layer {i} ({type(layer).__name__}) {what} (fused QKV and expert "
+                                  "parallelism are not implemented); use device_map instead")
 
     # ----------------------------------------------------------------- sharding
     def parallelize(self, model: nn.Module) -> None:
@@ -147,9 +149,9 @@ def _local_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
         dev = torch.device(device)
         if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     elif torch.cuda.is_available():
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     else:
         dev = torch.device("cpu")
     if dev.type == "cuda":

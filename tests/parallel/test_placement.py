@@ -8,7 +8,7 @@ import torch
 
 import dlm
 from dlm.errors import ConfigError
-from dlm.models.loading import build_model, read_config
+from dlm.models.loading import build_model
 from dlm.parallel.load import ParallelLoad
 from dlm.parallel.placement import DevicePlacement, infer_device_map
 from dlm.testing import tiny_arch
@@ -38,6 +38,20 @@ def test_cpu_map_generates_like_no_map(peaky_llada, device_map):
     with torch.no_grad():
         ids = torch.tensor(prompts[0]).unsqueeze(0)
         torch.testing.assert_close(lm.model(ids), ref_lm.model(ids), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_type", ["llada2_moe", "sdar_moe"])
+def test_block_and_moe_families(tmp_path, model_type):
+    """Fused QKV, QK-norm and stacked experts (each expert's tensor streamed into its row) load under a map."""
+    from dlm.testing import write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(tmp_path, model_type, seed=1)
+    ref_lm, lm = dlm.load(path, device="cpu"), dlm.load(path, device_map="auto", max_memory={"cpu": "1GiB"})
+    ids = torch.randint(0, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids), ref_lm.model(ids), rtol=0, atol=0)
+    cfg = dlm.GenerationConfig(gen_length=16)
+    assert torch.equal(lm.generate([[1, 2, 3]], cfg).sequences, ref_lm.generate([[1, 2, 3]], cfg).sequences)
 
 
 @pytest.mark.parametrize("strategy", ["auto", "balanced", "sequential"])

@@ -137,6 +137,18 @@ def test_sizes_must_divide_heads(peaky_llada):
         TensorParallel(size=3, rank=0, device=torch.device("cpu"), mesh=None).check(model)
 
 
+@pytest.mark.parametrize("model_type, match", [("llada2_moe", "no separate q, k, v projection"),
+                                               ("sdar_moe", "has experts")])
+def test_refuses_layers_it_cannot_split(tmp_path, model_type, match):
+    from dlm.models.loading import build_model, read_config
+    from dlm.testing import write_tiny_checkpoint
+
+    _, cfg, arch_cls = read_config(write_tiny_checkpoint(tmp_path, model_type, seed=1))
+    model = build_model(arch_cls.parse_config(cfg), device="meta", model_class=arch_cls.model_class)
+    with pytest.raises(ConfigError, match=match):
+        TensorParallel(size=1, rank=0, device=torch.device("cpu"), mesh=None).check(model)
+
+
 def test_not_with_a_device_map(peaky_llada):
     with pytest.raises(ConfigError, match="not both"):
         dlm.load(peaky_llada, device_map="auto", tensor_parallel=2)

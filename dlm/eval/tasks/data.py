@@ -96,8 +96,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
-        raise ConfigError(f"cannot read task data {path}: {exc}; write it with `dlm eval-data {path.parent}`") \
-            from exc
+        raise ConfigError(f"cannot read task data {path}: {exc}; write it with "
+                          f"`dlm eval-data {path.parent}`") from exc
     try:
         return [json.loads(line) for line in lines if line.strip()]
     except json.JSONDecodeError as exc:
