@@ -110,6 +110,13 @@ class Engine:
         verifier.check(config)
         return verifier.reference_config(config), self._drivers[key]
 
+    def reset_components(self) -> None:
+        """Forget the scheduler and verifier objects built for earlier requests, so that the next requests build
+        their own (``generate`` does this per call, as each call used to build its components)."""
+        self._builder.reset()
+        self._verifiers.clear()
+        self._drivers.clear()
+
     def enqueue(self, request: Request) -> None:
         with self._lock:
             self.core.submit(request)

@@ -113,6 +113,7 @@ class DiffusionLM:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         rows = min(batch_size or len(ids), len(ids)) * (2 if config.cfg_scale > 0 else 1)
         engine = self.engine_for(rows, max(len(p) for p in ids) + config.gen_length)
+        engine.reset_components()
         requests = [engine.prepare(p, config, tag=i, name=f"prompt {i}") for i, p in enumerate(ids)]
         steps0 = engine.core.steps
         for r in requests:

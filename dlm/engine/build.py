@@ -22,6 +22,10 @@ class RequestBuilder:
         self._schedulers: dict[str, Any] = {}
         self._next_id = 0
 
+    def reset(self) -> None:
+        """Build new scheduler objects from now on (request ids keep counting)."""
+        self._schedulers.clear()
+
     def scheduler(self, config: GenerationConfig) -> tuple[str, Any]:
         key = json.dumps([config.scheduler, dict(config.scheduler_kwargs)], sort_keys=True)
         if key not in self._schedulers:
