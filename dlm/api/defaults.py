@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..config import GenerationConfig
 from ..errors import ConfigError
-from ..models.loading import read_generation_config
+from ..models.files import read_generation_config
 
 if TYPE_CHECKING:
     from .lm import DiffusionLM
