@@ -8,6 +8,9 @@ Two sampling families, matching the official samplers:
 ``categorical`` (Dream's ``generation_utils.py``)
     logits / T, then top-p, then top-k filtering; probs = softmax; token ~ Categorical(probs) (argmax at
     T = 0); confidence = probs[token]; margin and entropy are measured on the same processed probs.
+``multinomial`` (the block-diffusion samplers: LLaDA2's ``generate``, SDAR's ``generate.py``)
+    at T = 0: argmax, confidence = softmax(l)[token] (no filters); else logits / T, then top-k, then top-p,
+    probs = softmax, token ~ Categorical(probs), confidence = probs[token].
 
 At temperature 0 without top-k/top-p both families give the same tokens and confidences. Random draws come
 from the ``torch.Generator`` of each request (:class:`Draws`), over its candidate positions only, so a request's
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-SAMPLING_MODES = ("gumbel", "categorical")
+SAMPLING_MODES = ("gumbel", "categorical", "multinomial")
 MEASURES = ("margin", "entropy", "logit_gap")
 
 
@@ -182,6 +185,24 @@ def compute_candidates(
             tokens = draws.multinomial(pick)
         else:
             tokens = pick.argmax(-1)
+        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    elif mode == "multinomial":
+        if temperature > 0:
+            proc = raw / temperature
+            if top_k is not None:
+                proc = top_k_filter(proc, top_k)
+            if top_p is not None and top_p < 1:
+                proc = top_p_filter(proc, top_p)
+            probs = torch.softmax(proc, dim=-1)
+            pick = probs
+            if never_ids:
+                pick = probs.clone()
+                pick[..., list(never_ids)] = 0.0
+            draws = generator if isinstance(generator, Draws) else Draws.single(generator, pick.shape[0])
+            tokens = draws.multinomial(pick)
+        else:
+            probs = torch.softmax(raw, dim=-1)
+            tokens = choice.argmax(-1)
         confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     else:
         raise ValueError(f"unknown sampling mode {mode!r}; allowed: {', '.join(SAMPLING_MODES)}")

@@ -8,7 +8,8 @@ A :class:`GenerationConfig` field left unset (``None``) is filled in this order,
    ``diffusion_generate`` effectively uses, see :mod:`dlm.models.dream`).
 
 Resolved fields: ``top_k`` and ``top_p``. ``top_k=0`` and ``top_p=1.0`` switch a filter off explicitly, so
-"unset" and "off" stay distinct. The result is what the engine runs: in it, ``None`` means no filter.
+"unset" and "off" stay distinct. The result is what the engine runs: in it, ``None`` means no filter. For a
+block-diffusion model (LLaDA2, SDAR) an unset ``block_length`` is the model's own block.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def effective_config(lm: "DiffusionLM", config: GenerationConfig) -> GenerationC
     """``config`` with its unset fields resolved for ``lm`` (see the module doc) and checked against it."""
     defaults = format_defaults(lm)
     changes = {name: defaults[name] for name in RESOLVED_FIELDS if getattr(config, name) is None and name in defaults}
+    block = getattr(lm, "block_size", None)
+    if block is not None and config.block_length is None:  # a block-diffusion model decodes its own blocks
+        if config.gen_length % block:
+            raise ConfigError(f"gen_length={config.gen_length} must be a multiple of {lm.model_type}'s block of "
+                              f"{block} (e.g. {-(-config.gen_length // block) * block}), or set block_length")
+        changes["block_length"] = block
     if changes.get("top_k", config.top_k) == 0:
         changes["top_k"] = None  # off: the engine's filters read None as no filter
     check_stop_ids(lm, config)

@@ -51,6 +51,11 @@ class DiffusionLM:
         return self.arch_cls.model_type
 
     @property
+    def block_size(self) -> int | None:
+        """Block-diffusion models (LLaDA2, SDAR): the block their attention is built on; None: bidirectional."""
+        return self.arch_cls.block_size(self.hf_config)
+
+    @property
     def device(self) -> torch.device:
         return self.model.embed.weight.device
 
@@ -112,7 +117,11 @@ class DiffusionLM:
                                        or batch_size < 1):
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         rows = min(batch_size or len(ids), len(ids)) * (2 if config.cfg_scale > 0 else 1)
-        engine = self.engine_for(rows, max(len(p) for p in ids) + config.gen_length)
+        from .defaults import effective_config
+        from ..engine.build import canvas_length
+
+        length = canvas_length(self, max(len(p) for p in ids), effective_config(self, config))
+        engine = self.engine_for(rows, length)
         engine.reset_components()
         requests = [engine.prepare(p, config, tag=i, name=f"prompt {i}") for i, p in enumerate(ids)]
         steps0 = engine.core.steps

@@ -43,7 +43,10 @@ class StepInfo:
         step: steps this request has taken in the current block (0 at the block's first step).
         block_start, block_end: canvas positions of the active block.
         region_start, region_end: positions that need candidates (their logits come from ``pos - shift``).
-        length: effective canvas length (positions at or beyond it are dropped, see EoTP).
+        length: canvas positions the model sees (positions at or beyond it are dropped by EoTP, or, for a
+            block-diffusion model, lie after the active block).
+        exact_prefix: leading positions whose stored keys/values are final and exact (a block-diffusion model's
+            finished blocks; 0 for bidirectional models): a refresh need not feed them.
         masked: still-masked positions.
         committed_last: positions committed by the request's previous step.
         confidence: (1, region) confidence of the previous step's candidates, or None at a block start.
@@ -53,8 +56,9 @@ class StepInfo:
     """
 
     def __init__(self, *, step: int, block_start: int, block_end: int, region_start: int, region_end: int,
-                 length: int, masked: Lazy, committed_last: Lazy = None, confidence: Lazy = None):
-        self.step, self.length = step, length
+                 length: int, masked: Lazy, committed_last: Lazy = None, confidence: Lazy = None,
+                 exact_prefix: int = 0):
+        self.step, self.length, self.exact_prefix = step, length, exact_prefix
         self.block_start, self.block_end = block_start, block_end
         self.region_start, self.region_end = region_start, region_end
         self._lazy = {"masked": masked, "committed_last": committed_last, "confidence": confidence}
@@ -128,10 +132,12 @@ class CachePolicy(Configurable):
         """(1, L) bool: positions committed by the step just taken."""
 
     # ----------------------------------------------------------------- shared plans
-    @staticmethod
-    def full_plan(info: StepInfo, shift: int) -> Plan:
-        """Feed the whole (effective) canvas; logits for the region's source positions."""
-        return Plan(slice(0, info.length), slice(info.region_start - shift, info.region_end - shift), refresh=True)
+    def full_plan(self, info: StepInfo, shift: int) -> Plan:
+        """A refresh: feed the whole (effective) canvas, after the exact prefix for a policy that keeps storage;
+        logits for the region's source positions."""
+        start = min(info.exact_prefix, info.region_start - shift) if self.uses_storage else 0
+        return Plan(slice(start, info.length), slice(info.region_start - shift - start, info.region_end - shift - start),
+                    refresh=True)
 
     @staticmethod
     def indexed_plan(info: StepInfo, shift: int, extra: torch.Tensor) -> Plan:

@@ -41,10 +41,18 @@ class RequestBuilder:
         if driver is not None:
             driver.check_prompt(prompt_ids, config, name)
         key, scheduler = self.scheduler(config)
+        if scheduler.edits and config.eotp:
+            raise ConfigError(f"eotp=True does not combine with the editing scheduler {config.scheduler!r}: an edit "
+                              "may change a token after end-of-text was predicted from it; use stop_at_eos")
         seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
         rid, self._next_id = self._next_id, self._next_id + 1
+        block = lm.block_size
+        if block is None:
+            layout = Layout.semi_autoregressive(len(prompt_ids), config)
+        else:
+            layout = Layout.block_aligned(len(prompt_ids), config, config.effective_block_length)
         return Request(
-            id=rid, prompt_ids=list(prompt_ids), config=config, layout=Layout.semi_autoregressive(len(prompt_ids), config),
+            id=rid, prompt_ids=list(prompt_ids), config=config, layout=layout,
             scheduler=scheduler, policy=cache_mod.create(config.cache, dict(config.cache_kwargs)),
             mode=scheduler.sampling if config.sampling == "auto" else config.sampling,
             measures=frozenset(scheduler.measures),
@@ -56,10 +64,24 @@ class RequestBuilder:
         )
 
 
+def canvas_length(lm, prompt_len: int, config: GenerationConfig) -> int:
+    """Canvas positions a request needs: prompt + answer, up to the end of the answer's last block for a
+    block-diffusion model."""
+    need = prompt_len + config.gen_length
+    if lm.block_size is not None:
+        block = config.effective_block_length
+        need = -(-need // block) * block
+    return need
+
+
 def check_prompt(lm, p: list[int], config: GenerationConfig, name: str = "the prompt") -> None:
     if lm.logits_shift and len(p) == 0:
         raise ConfigError(f"{name} is empty; {lm.model_type} predicts token i from position i-1, so a prompt "
                           "needs at least one token (e.g. BOS)")
-    if len(p) + config.gen_length > lm.max_length:
+    need = canvas_length(lm, len(p), config)
+    if need > lm.max_length:
         raise ConfigError(f"{name} has {len(p)} tokens; with gen_length={config.gen_length} the canvas needs "
-                          f"{len(p) + config.gen_length} positions but the model's context is {lm.max_length}")
+                          f"{need} positions but the model's context is {lm.max_length}")
+    if lm.block_size is not None and config.cfg_scale > 0:
+        raise ConfigError(f"cfg_scale={config.cfg_scale}: classifier-free guidance is not supported for the "
+                          f"block-diffusion model {lm.model_type}; use cfg_scale=0")

@@ -33,7 +33,7 @@ from ..sampling import Draws, compute_candidates
 from .buffers import SlotBuffers
 from .pack import Packed, RowPlan, host_plan, pack, step_info
 from .request import Request, Status
-from .select import EMPTY, FINISH_WITHOUT_REGION, OUTSIDE, GroupCommit, decide, group_key
+from .select import BAD_EDIT, EMPTY, FINISH_WITHOUT_REGION, HELD_TOO_LONG, OUTSIDE, GroupCommit, decide, group_key
 from .stops import apply_stops
 
 
@@ -118,7 +118,8 @@ class EngineCore:
 
     def _start(self, r: Request, slots: list[int]) -> None:
         r.slots = slots
-        canvas = torch.tensor(r.prompt_ids + [self.mask_id] * r.layout.gen_length, dtype=torch.long)
+        canvas = torch.tensor(r.prompt_ids + [self.mask_id] * (r.layout.length - r.layout.prompt_len),
+                              dtype=torch.long)
         copies = [canvas]
         if r.copies == 2:  # the unconditional copy: the prompt replaced by masks
             copies.append(canvas.clone())
@@ -158,13 +159,13 @@ class EngineCore:
             for r, rows in zip(reqs, per_request):
                 r.fed_this_step = bool(rows)
             plans += [p for rows in per_request for p in rows]
-        packed = pack(plans, None, self.pad_rows) if plans else None
+        packed = pack(plans, self.pad_rows) if plans else None
         logits = self._forward(packed) if plans else None  # no rows: every driven request finishes from drafts
         flags = {}
         if plain:
             nan = self._sample(packed, logits)
             groups = self._select(plain)
-            stop = apply_stops(plain, self.buf, self.mask_id, self.eos_id)
+            stop = apply_stops(plain, self.buf, self.mask_id, self.eos_id, self._deferred(plain, groups))
             flags.update(zip(map(id, plain), self._flags(plain, groups, stop, nan)))
         for driver, reqs in driven.items():
             outcomes = driver.process(self, reqs, _driver_logits(packed, logits, reqs))
@@ -249,21 +250,30 @@ class EngineCore:
             r.pending_error = err
         B, dev = len(reqs), self.device
         zeros = torch.zeros(B, dtype=torch.long, device=dev)
-        return GroupCommit(reqs, zeros, zeros, torch.zeros(B, 1, dtype=torch.bool, device=dev),
-                           torch.zeros(B, dtype=torch.bool, device=dev), zeros)
+        no = torch.zeros(B, dtype=torch.bool, device=dev)
+        return GroupCommit(reqs, zeros, zeros, torch.zeros(B, 1, dtype=torch.bool, device=dev), no, zeros, no, no)
+
+    def _deferred(self, reqs, groups: list[GroupCommit]) -> torch.Tensor | None:
+        """(R,) bool: requests of editing schedulers whose block is still open (their stop-at-EOS waits)."""
+        if not any(r.scheduler.edits for r in reqs):
+            return None
+        return self._gather(reqs, groups, "open", torch.bool) & torch.tensor(
+            [r.scheduler.edits for r in reqs], device=self.device)
+
+    def _gather(self, reqs, groups: list[GroupCommit], field: str, dtype) -> torch.Tensor:
+        """A per-row field of the scheduler calls, in the order of ``reqs``."""
+        order = {id(r): i for i, r in enumerate(reqs)}
+        out = torch.zeros(len(reqs), dtype=dtype, device=self.device)
+        for g in groups:
+            out[torch.tensor([order[id(r)] for r in g.requests], device=self.device)] = getattr(g, field)
+        return out
 
     def _flags(self, reqs, groups: list[GroupCommit], stop, nan) -> list[list[int]]:
-        """One transfer to the host: per request (done, first mask column, length, error code, NaN, finished)."""
-        order = {id(r): i for i, r in enumerate(reqs)}
-        dev = self.device
-        error = torch.zeros(len(reqs), dtype=torch.long, device=dev)
-        finish = torch.zeros(len(reqs), dtype=torch.bool, device=dev)
-        for g in groups:
-            idx = torch.tensor([order[id(r)] for r in g.requests], device=dev)
-            error[idx] = g.error
-            finish[idx] = g.finish
-        done = stop.done | finish
-        return torch.stack([done.long(), stop.first_mask, stop.length, error, nan.long()], 1).tolist()
+        """One transfer to the host: per request (done, first mask column, length, error code, NaN, held)."""
+        error = self._gather(reqs, groups, "error", torch.long)
+        done = stop.done | self._gather(reqs, groups, "finish", torch.bool)
+        hold = self._gather(reqs, groups, "hold", torch.bool)
+        return torch.stack([done.long(), stop.first_mask, stop.length, error, nan.long(), hold.long()], 1).tolist()
 
     # ----------------------------------------------------------------- emit
     def _emit(self, reqs: list[Request], flags: list[list[int]]) -> list[StepEvent]:
@@ -279,7 +289,7 @@ class EngineCore:
                 self._end_driven(r, *flag)
                 ev.done = r.done
                 continue
-            done, first_mask, length, error, nan = flag
+            done, first_mask, length, error, nan, hold = flag
             if nan:
                 self._fail(r, GenerationError(f"the model produced NaN logits for request {r.id} at its step "
                                               f"{r.steps}; check the weights and the dtype (float16 overflows are "
@@ -293,7 +303,7 @@ class EngineCore:
                 self._end(r, Status.DONE)
             else:
                 r.length = length
-                self._advance(r, r.layout.prompt_len + first_mask)
+                self._advance(r, r.layout.prompt_len + first_mask, bool(hold))
             ev.done = r.done
         return [ev for ev, r in zip(events, reqs) if not r.borrowed]
 
@@ -303,10 +313,14 @@ class EngineCore:
         elif done:
             self._end(r, Status.DONE)
 
-    def _advance(self, r: Request, first_mask_pos: int) -> None:
-        """Move to the block of the first remaining mask once the active block has none."""
+    def _advance(self, r: Request, first_mask_pos: int, hold: bool = False) -> None:
+        """Move to the block of the first remaining mask once the active block has none (and is not held)."""
         if first_mask_pos < r.block_span()[1]:
             return
+        if hold:
+            r.held_steps += 1
+            return
+        r.held_steps = 0
         r.block_steps.append(r.block_step)
         r.block = r.layout.block_of(first_mask_pos)
         r.block_step = 0
@@ -391,6 +405,12 @@ def _scheduler_error(r: Request, code: int) -> SchedulerError:
         return SchedulerError(f"scheduler {name!r} committed nothing in request {r.id} at step {r.block_step - 1} "
                               f"of block {b} while masks remain; every step must commit at least one masked "
                               "position of the active block")
+    if code == BAD_EDIT:
+        return SchedulerError(f"scheduler {name!r} edited a prompt position, a mask or a position outside the active "
+                              f"block, or edits/holds without declaring edits = True (request {r.id}, block {b})")
+    if code == HELD_TOO_LONG:
+        return SchedulerError(f"scheduler {name!r} held block {b} of request {r.id} for more than its "
+                              f"max_hold_steps={r.scheduler.max_hold_steps} steps after its last mask")
     assert code == FINISH_WITHOUT_REGION
     return SchedulerError(f"scheduler {name!r} set Decision.finish but is not full_region: finishing commits the "
                           "rest of the answer, so its candidates must cover it; set full_region = True on the "

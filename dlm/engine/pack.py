@@ -61,7 +61,7 @@ class RowPlan:
 
     @property
     def keys(self) -> int:
-        return self.fed.numel() if self.ids is not None else self.request.length
+        return self.fed.numel() if self.ids is not None else self.request.visible
 
 
 @dataclass
@@ -109,25 +109,26 @@ def host_plan(request: Request, plan: Plan, shift: int) -> RowPlan:
         cols = fed[logit_src] + shift - region_start
     else:
         cols = plan.targets[0].cpu()
-    fresh = fed.numel() == request.length and bool((fed == torch.arange(request.length)).all())
+    fresh = fed.numel() == request.visible and bool((fed == torch.arange(request.visible)).all())
     return RowPlan(request, fed, logit_src, cols, fresh, request.policy.uses_storage)
 
 
 def step_info(request: Request, tokens: torch.Tensor, committed: torch.Tensor, confidence: torch.Tensor,
               mask_id: int) -> StepInfo:
     """What the request's cache policy sees (device tensors computed only if the policy reads them)."""
-    slot, length = request.slots[0], request.length
+    slot, length = request.slots[0], request.visible
     bs, be = request.block_span()
     rs, re = request.region_span()
     return StepInfo(
         step=request.block_step, block_start=bs, block_end=be, region_start=rs, region_end=re, length=length,
+        exact_prefix=request.exact_prefix,
         masked=lambda: (tokens[slot, :length] == mask_id).unsqueeze(0),
         committed_last=lambda: committed[slot, :length].unsqueeze(0),
         confidence=(lambda: confidence[slot, : re - rs].unsqueeze(0)) if request.block_step > 0 else None,
     )
 
 
-def pack(plans: list[RowPlan], block_size: int | None, pad_rows: bool) -> Packed:
+def pack(plans: list[RowPlan], pad_rows: bool) -> Packed:
     """Pack the plans into one ragged forward (see the module doc)."""
     q_start, q_len, k_len, slot, fresh, write, block, min_pos = [], [], [], [], [], [], [], []
     pos_parts, slot_parts = [], []
@@ -146,7 +147,7 @@ def pack(plans: list[RowPlan], block_size: int | None, pad_rows: bool) -> Packed
             slot.append(s)
             fresh.append(p.fresh)
             write.append(p.write)
-            block.append(block_size)
+            block.append(r.layout.block_causal)
             min_pos.append(int(p.fed.min()))
             pos_parts.append(p.fed)
             slot_parts.append(torch.full((p.fed.numel(),), max(s, r.slots[0] if r.slots else 0), dtype=torch.long))

@@ -37,6 +37,9 @@ class Layout:
         blocks: canvas [start, end) of every block, decoded left to right.
         steps_per_block: the step budget of a block.
         total_steps: the step budget of the whole answer.
+        block_causal: for block-diffusion models, the block size of their attention (None: bidirectional).
+            Blocks then start at multiples of it from canvas position 0, the first decoded block may hold the
+            end of the prompt, and the canvas runs to the end of the block that holds the answer's last position.
     """
 
     prompt_len: int
@@ -44,10 +47,12 @@ class Layout:
     blocks: tuple[tuple[int, int], ...]
     steps_per_block: int
     total_steps: int
+    block_causal: int | None = None
 
     @property
     def length(self) -> int:
-        return self.prompt_len + self.gen_length
+        """Canvas positions: the prompt and the answer (up to a block boundary for block-diffusion models)."""
+        return self.blocks[-1][1] if self.block_causal else self.prompt_len + self.gen_length
 
     @property
     def answer_end(self) -> int:
@@ -59,6 +64,17 @@ class Layout:
         bl = config.effective_block_length
         blocks = tuple((prompt_len + b * bl, prompt_len + (b + 1) * bl) for b in range(config.num_blocks))
         return cls(prompt_len, config.gen_length, blocks, config.steps_per_block, config.effective_steps)
+
+    @classmethod
+    def block_aligned(cls, prompt_len: int, config: GenerationConfig, block: int) -> "Layout":
+        """Block-diffusion models (LLaDA2, SDAR): blocks of ``block`` positions from canvas position 0, decoding
+        from the block that holds the prompt's end to the one that holds the answer's last position (the
+        official samplers' layout, see docs/block-diffusion.md)."""
+        first = prompt_len // block
+        last = -(-(prompt_len + config.gen_length) // block)
+        blocks = tuple((b * block, (b + 1) * block) for b in range(first, last))
+        spb = config.steps_per_block
+        return cls(prompt_len, config.gen_length, blocks, spb, spb * len(blocks), block)
 
     def block_of(self, position: int) -> int:
         """Index of the block holding canvas ``position`` (the last block for positions past the end)."""
@@ -108,6 +124,7 @@ class Request:
     sched_state: Any = None
     needs_init: bool = True
     block_masks: torch.Tensor | None = None  # (1,) masks of the active block when it started
+    held_steps: int = 0  # steps the active block has been held after its last mask (token editing)
     cancel_requested: bool = False
     error: BaseException | None = None
     pending_error: BaseException | None = None  # raised during a step; fails the request when the step ends
@@ -132,11 +149,29 @@ class Request:
         return start, min(end, self.length)
 
     def region_span(self) -> tuple[int, int]:
-        """Canvas [start, end) of the positions that get candidates this step."""
+        """Canvas [start, end) of the positions that get candidates this step (a block-diffusion model sees
+        nothing after the active block, so its region is the block)."""
         start, end = self.block_span()
-        if self.full_region:
+        if self.full_region and not self.layout.block_causal:
             end = min(self.layout.answer_end, self.length)
         return start, end
+
+    @property
+    def visible(self) -> int:
+        """Canvas positions the model sees this step: the effective length, or, for a block-diffusion model, up
+        to the end of the active block."""
+        return self.block_span()[1] if self.layout.block_causal else self.length
+
+    @property
+    def exact_prefix(self) -> int:
+        """Leading positions whose stored keys/values are final and exact. Block-diffusion models: the blocks
+        before the active one once it has taken a step (the previous block's last commits are stored by the
+        active block's first forward); bidirectional models: none (every key may change)."""
+        if not self.layout.block_causal:
+            return 0
+        if self.block_step > 0:
+            return self.layout.blocks[self.block][0]
+        return self.layout.blocks[self.block - 1][0] if self.block > 0 else 0
 
     def __repr__(self) -> str:
         return (f"Request(id={self.id}, status={self.status.value}, prompt={len(self.prompt_ids)} tokens, "

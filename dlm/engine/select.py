@@ -24,7 +24,7 @@ from .buffers import SlotBuffers
 from .request import Request
 
 # error codes of a row's decision (0: fine)
-OUTSIDE, EMPTY, FINISH_WITHOUT_REGION = 1, 2, 3
+OUTSIDE, EMPTY, FINISH_WITHOUT_REGION, BAD_EDIT, HELD_TOO_LONG = 1, 2, 3, 4, 5
 
 
 @dataclass
@@ -37,6 +37,8 @@ class GroupCommit:
         commit: (B, n) bool, positions committed (a finishing row's remaining masks included).
         finish: (B,) bool, rows the scheduler finished.
         error: (B,) long, the invariant a row broke (0: none).
+        hold: (B,) bool, rows whose block stays active at the next step even without masks.
+        open: (B,) bool, rows whose block still has masks after this step, or is held.
     """
 
     requests: list[Request]
@@ -45,6 +47,8 @@ class GroupCommit:
     commit: torch.Tensor
     finish: torch.Tensor
     error: torch.Tensor
+    hold: torch.Tensor
+    open: torch.Tensor
 
 
 def group_key(r: Request) -> tuple:
@@ -96,15 +100,16 @@ def block_info(reqs: list[Request], masks: torch.Tensor, device) -> BlockInfo:
 
 
 def region(reqs: list[Request], buf: SlotBuffers, mask_id: int):
-    """(slots, starts, cols, current tokens, masked) of the rows' regions: (B,), (B,), (B, n), (B, n), (B, n)."""
+    """(slots, starts, cols, current tokens, masked, prompt) of the rows' regions: (B,), (B,), then (B, n)."""
     dev = buf.device
     n = reqs[0].region_span()[1] - reqs[0].region_span()[0]
-    meta = torch.tensor([[r.slots[0], r.region_span()[0], r.length] for r in reqs], dtype=torch.long).to(dev)
+    meta = torch.tensor([[r.slots[0], r.region_span()[0], r.length, r.layout.prompt_len] for r in reqs],
+                        dtype=torch.long).to(dev)
     slots, starts, lengths = meta[:, 0], meta[:, 1], meta[:, 2]
     cols = starts.unsqueeze(1) + torch.arange(n, device=dev).unsqueeze(0)
     cur = buf.tokens[slots.unsqueeze(1), cols]
     masked = (cur == mask_id) & (cols < lengths.unsqueeze(1))
-    return slots, starts, cols, cur, masked
+    return slots, starts, cols, cur, masked, cols < meta[:, 3:4]
 
 
 def _check_decision(d: Any, name: str, shape: tuple[int, int]) -> Decision:
@@ -121,7 +126,7 @@ def decide(reqs: list[Request], buf: SlotBuffers, mask_id: int) -> GroupCommit:
     commits written into the canvases (see the module doc)."""
     sched = reqs[0].scheduler
     dev = buf.device
-    slots, starts, cols, cur, masked = region(reqs, buf, mask_id)
+    slots, starts, cols, cur, masked, prompt = region(reqs, buf, mask_id)
     B, n = masked.shape
     width = reqs[0].block_span()[1] - reqs[0].block_span()[0]
     in_block = (torch.arange(n, device=dev) < width).unsqueeze(0).expand(B, n)
@@ -140,7 +145,7 @@ def decide(reqs: list[Request], buf: SlotBuffers, mask_id: int) -> GroupCommit:
     steps = torch.tensor([[r.block_step, r.steps, r.id] for r in reqs], dtype=torch.long).to(dev)
     view = StepView(masked=masked, in_block=in_block, active=torch.ones(B, dtype=torch.bool, device=dev),
                     step=steps[:, 0], row_steps=steps[:, 1], block=info, generators=[r.generator for r in reqs],
-                    request_ids=steps[:, 2])
+                    request_ids=steps[:, 2], tokens=cur, prompt=prompt)
     cand = buf.candidates(slots, n, sched.measures)
     state = stack_states([r.sched_state for r in reqs])
     if sched.full_region or width == n:
@@ -152,15 +157,23 @@ def decide(reqs: list[Request], buf: SlotBuffers, mask_id: int) -> GroupCommit:
         decision = _check_decision(decision, sched.name, (B, width))
         wide = torch.zeros(B, n, dtype=torch.bool, device=dev)
         wide[:, cut] = decision.commit
-        decision = Decision(wide, decision.finish)
+        edit = None
+        if decision.edit is not None:
+            edit = torch.zeros(B, n, dtype=torch.bool, device=dev)
+            edit[:, cut] = decision.edit
+        decision = Decision(wide, decision.finish, edit, decision.hold)
     for r, s in zip(reqs, split_state(state, B)):
         r.sched_state = s
     if any(r.config.eotp for r in reqs):  # EoTP's prediction reads the candidates the scheduler decided on
         buf.cand_tokens[slots, :n] = cand.tokens
         buf.cand_confidence[slots, :n] = cand.confidence.float()
     commit, finish, error = _validate(decision, masked, in_block, sched.full_region)
-    _write(reqs, buf, slots, cols, cur, commit, cand.tokens)
-    return GroupCommit(reqs, slots, starts, commit, finish, error)
+    edit, hold, error = _edits(reqs, decision, masked, in_block, prompt, error, sched)
+    if bool(reqs[0].layout.block_causal):  # finishing a block-diffusion row finishes its block, not the row
+        finish = torch.zeros_like(finish)
+    _write(reqs, buf, slots, cols, cur, commit | edit, cand.tokens)
+    still = (masked & ~commit & in_block).any(1) | hold
+    return GroupCommit(reqs, slots, starts, commit, finish, error, hold, still)
 
 
 def _validate(decision: Decision, masked, in_block, full_region: bool):
@@ -182,8 +195,24 @@ def _validate(decision: Decision, masked, in_block, full_region: bool):
     return commit, finish, error
 
 
+def _edits(reqs, decision: Decision, masked, in_block, prompt, error, sched):
+    """The edits and holds of a decision, checked: only answer tokens of the active block, only from schedulers
+    that declare ``edits``, and a block held at most ``max_hold_steps`` steps after its last mask."""
+    B, dev = masked.shape[0], masked.device
+    edit = torch.zeros_like(masked) if decision.edit is None else decision.edit.bool()
+    hold = torch.zeros(B, dtype=torch.bool, device=dev) if decision.hold is None else decision.hold.bool()
+    if decision.edit is None and decision.hold is None:
+        return edit, hold, error
+    bad = (edit & (masked | prompt | ~in_block)).any(1) | ((edit.any(1) | hold) & (not sched.edits))
+    too_long = hold & torch.tensor([r.held_steps >= sched.max_hold_steps for r in reqs], device=dev)
+    error = torch.where((error == 0) & bad, BAD_EDIT, error)
+    error = torch.where((error == 0) & too_long, HELD_TOO_LONG, error)
+    return edit & ~masked & ~prompt & in_block, hold, error
+
+
 def _write(reqs, buf: SlotBuffers, slots, cols, cur, commit, tokens) -> None:
-    """Write committed tokens (and the unconditional copies' answers), commit steps and the committed mask."""
+    """Write committed (and edited) tokens, the unconditional copies' answers, commit steps and the committed
+    mask."""
     dev = buf.device
     new = torch.where(commit, tokens, cur)
     rows = slots.unsqueeze(1)

@@ -107,8 +107,11 @@ def stop_rules(a: Answers, mask_id: int, eos_id: int):
     return ans, at_p, p, stopped | ~masked.any(1), first(masked)
 
 
-def apply_stops(reqs: list[Request], buf: SlotBuffers, mask_id: int, eos_id: int) -> StopResult:
-    """Apply the stopping rules of every request in ``reqs`` to its canvas (see the module doc)."""
+def apply_stops(reqs: list[Request], buf: SlotBuffers, mask_id: int, eos_id: int,
+                defer: torch.Tensor | None = None) -> StopResult:
+    """Apply the stopping rules of every request in ``reqs`` to its canvas (see the module doc). ``defer`` (R,)
+    bool: requests whose stop-at-EOS waits for their block to close (a scheduler that edits may still change
+    the block)."""
     dev = buf.device
     t, stops, thr = _settings(reqs, dev)
     slot, P, G, length, rs, rw = (t[:, i] for i in range(6))
@@ -125,7 +128,11 @@ def apply_stops(reqs: list[Request], buf: SlotBuffers, mask_id: int, eos_id: int
         rc = rc.clamp(0, buf.slot_len - 1)
         answers.pred_tokens = torch.where(in_region, buf.cand_tokens[rows, rc], eos_id)
         answers.pred_confidence = torch.where(in_region, buf.cand_confidence[rows, rc], float("-inf"))
+    if defer is not None:
+        answers.stop_at_eos = answers.stop_at_eos & ~defer
     ans, at_p, p, done, first_mask = stop_rules(answers, mask_id, eos_id)
+    if defer is not None:  # the open block may still edit the answer
+        done = done & ~defer
     if bool(eotp.any()):
         buf.commit_step[rows, pos] = torch.where(at_p, step.unsqueeze(1).int(), buf.commit_step[rows, pos])
         length = torch.where(p < G, torch.minimum(length, P + p + 1), length)

@@ -24,6 +24,7 @@ from .base import (
 # built-in schedulers: importing a module registers it
 from . import low_confidence, random_remasking, maskgit_plus, topk_margin, entropy, origin  # noqa: E402,F401
 from . import threshold, factor, margin_threshold, entropy_threshold, early_commit, learned_filter  # noqa: E402,F401
+from . import block_threshold, edit_threshold  # noqa: E402,F401
 
 __all__ = [
     "SCHEDULERS", "BlockInfo", "Decision", "Scheduler", "StepView", "at_least_one", "create", "get",

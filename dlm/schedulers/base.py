@@ -21,8 +21,11 @@ which other rows share the call.
 Invariants every scheduler keeps (the engine checks them and the common tests run them on every registered
 scheduler): only masked positions are committed; at least one per row and step while the active block of that
 row has masks; nothing outside the active block unless ``Decision.finish`` is set for the row; a row's decision
-depends only on that row's inputs (its candidates, view and state, and draws from its own generator). Prompt and
-committed tokens never change because the engine only writes where a decision commits a masked position.
+depends only on that row's inputs (its candidates, view and state, and draws from its own generator). Prompt
+tokens never change. Committed tokens change only by ``Decision.edit`` of a scheduler that declares ``edits``
+(token editing, LLaDA2.1): an edit replaces an answer token of the active block with its current candidate, and
+``Decision.hold`` keeps a block active after its last mask (for edits to follow) for at most ``max_hold_steps``
+steps.
 
 Parameters are a frozen dataclass ``Params`` whose fields are the constructor's keyword arguments; every field
 has a default, so a scheduler can be built by name alone and its config round-trips through JSON.
@@ -78,6 +81,9 @@ class StepView:
 
     Attributes:
         masked: still-masked positions (only these may be committed); False on padding columns.
+        tokens: the tokens the region holds now (mask id where masked).
+        prompt: region columns that are prompt positions (the first block of a block-diffusion model may hold
+            the end of the prompt); never committed or edited.
         in_block: region columns inside each row's active block.
         active: (B,) bool, rows to decide for (decisions for other rows are ignored).
         step: (B,) long, steps each row has taken in its current block (0 at the block's first step).
@@ -96,6 +102,8 @@ class StepView:
     block: BlockInfo
     generators: list[torch.Generator | None]
     request_ids: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    prompt: torch.Tensor | None = None
 
     @property
     def masked_in_block(self) -> torch.Tensor:
@@ -109,11 +117,18 @@ class Decision:
     Attributes:
         commit: (B, n) bool, masked positions to commit with their candidate tokens.
         finish: (B,) bool or None. A finishing row commits every masked position of the region with its current
-            candidate and stops (early commit); requires ``full_region``.
+            candidate and stops (early commit); requires ``full_region``. For a block-diffusion model, whose
+            region is the active block, the row finishes the block and goes on with the next one.
+        edit: (B, n) bool or None: committed answer positions of the active block to replace with their current
+            candidate (schedulers that declare ``edits`` only).
+        hold: (B,) bool or None: keep the row's block active at the next step even if it has no mask left (for
+            edits; schedulers that declare ``edits`` only, within their ``max_hold_steps``).
     """
 
     commit: torch.Tensor
     finish: torch.Tensor | None = None
+    edit: torch.Tensor | None = None
+    hold: torch.Tensor | None = None
 
 
 class Scheduler(Configurable):
@@ -121,10 +136,12 @@ class Scheduler(Configurable):
 
     Class attributes (capability flags; a wrapper may set them per instance):
         measures: extra candidate measures the scheduler reads (``margin``, ``entropy``, ``logit_gap``).
-        sampling: the sampling family it was defined with (``gumbel`` or ``categorical``); the engine uses it
+        sampling: the sampling family it was defined with (``gumbel``, ``categorical``, ``multinomial``); the engine uses it
             when the generation config says ``sampling="auto"``.
         deterministic: the decision is a function of the candidates alone (no random draws).
         full_region: needs candidates for every position from the block start to the end of the answer.
+        edits: may replace committed tokens (``Decision.edit``) and hold a block (``Decision.hold``).
+        max_hold_steps: the most steps a held block may take after its last mask (the engine's bound).
     """
 
     kind: ClassVar[str] = "scheduler"
@@ -132,6 +149,8 @@ class Scheduler(Configurable):
     sampling: str = "gumbel"
     deterministic: bool = True
     full_region: bool = False
+    edits: bool = False
+    max_hold_steps: int = 0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Scheduler":

@@ -172,10 +172,11 @@ class CausalVerifier(Verifier):
         return CausalDriver(self, model, tok)
 
     # ----------------------------------------------------------------- drafting
-    def draft_distribution(self, logits: torch.Tensor, lm, config: GenerationConfig) -> torch.Tensor:
+    def draft_distribution(self, logits: torch.Tensor, lm, config: GenerationConfig,
+                           mode: str = "gumbel") -> torch.Tensor:
         """The drafter's token distribution per position, (n, V) float64, from its logits (n, V): the
-        generation's temperature, top-k/top-p (in the order of the sampling family, see :mod:`dlm.sampling`),
-        ``logits_eos_inf``, and never the mask token."""
+        generation's temperature, top-k/top-p (in the order of the sampling family ``mode``, see
+        :mod:`dlm.sampling`), ``logits_eos_inf``, and never the mask token."""
         raw = logits.double().clone()
         if config.logits_eos_inf:
             raw[:, lm.ids.eos_id] = float("-inf")
@@ -183,7 +184,6 @@ class CausalVerifier(Verifier):
         T = config.temperature
         if T == 0:
             return torch.nn.functional.one_hot(raw.argmax(-1), raw.shape[-1]).double()
-        mode = "gumbel" if config.sampling in ("auto", "gumbel") else "categorical"
         if mode == "gumbel":  # LLaDA: filters read the untempered logits; argmax(l + T * gumbel) ~ softmax(l / T)
             if config.top_p is not None and config.top_p < 1:
                 raw = top_p_filter(raw, config.top_p)
@@ -191,8 +191,10 @@ class CausalVerifier(Verifier):
                 raw = top_k_filter(raw, config.top_k)
             return torch.softmax(raw / T, -1)
         proc = raw / T
+        if mode == "multinomial" and config.top_k is not None:  # the block samplers filter top-k first
+            proc = top_k_filter(proc, config.top_k)
         if config.top_p is not None and config.top_p < 1:
             proc = top_p_filter(proc, config.top_p)
-        if config.top_k is not None:
+        if mode == "categorical" and config.top_k is not None:
             proc = top_k_filter(proc, config.top_k)
         return torch.softmax(proc, -1)

@@ -125,7 +125,7 @@ class CausalDriver(Driver):
 
     def _draft(self, core, r, logits: torch.Tensor):
         """Draft tokens (n,) and their proposal distributions (n, V) from the drafter's logits (n, V)."""
-        q = self.verifier.draft_distribution(logits, core.lm, r.config)
+        q = self.verifier.draft_distribution(logits, core.lm, r.config, r.mode)
         if r.config.temperature == 0:
             tokens = q.argmax(-1)
         else:

@@ -71,7 +71,8 @@ def test_block_within_step_budget(peaky, name):
     run = record(peaky, PROMPTS, cfg)
     check_run(run, peaky, cfg, name)
     if {e.name: e.source for e in SCHEDULERS.entries()}[name] == "dlm":
-        assert max(max(s) for s in run.out.trace.block_steps) <= cfg.steps_per_block, run.out.trace.block_steps
+        bound = cfg.steps_per_block + dlm.schedulers.create(name).max_hold_steps  # edits may hold a block
+        assert max(max(s) for s in run.out.trace.block_steps) <= bound, run.out.trace.block_steps
 
 
 @pytest.mark.parametrize("name,kwargs", CONFIGS, ids=IDS)
@@ -91,4 +92,4 @@ def test_config_json_round_trip(name, kwargs):
 def test_class_is_documented(name):
     cls = dlm.schedulers.get(name)
     assert (cls.__doc__ or "").strip(), f"scheduler {name!r} ({cls.__name__}) has no class docstring"
-    assert cls.sampling in ("gumbel", "categorical")
+    assert cls.sampling in dlm.sampling.SAMPLING_MODES
