@@ -153,7 +153,7 @@ class Engine:
         if request.status != Status.RUNNING:
             raise ConfigError(f"request {request.id} is {request.status.value}, not running; read request.output")
         with self._lock:
-            return self.core.buf.tokens[request.slots[0], : request.layout.length].cpu()
+            return self.core.buf.tokens[request.slots[0], : request.layout.length].to("cpu", copy=True)
 
     def stats(self) -> dict[str, float]:
         """Queue depth, running requests, rows of the pool in use and its size."""

@@ -361,7 +361,8 @@ class EngineCore:
 
     def _output(self, r: Request) -> GenerationOutput:
         s, P, G = r.slots[0], r.layout.prompt_len, r.layout.gen_length
-        seq = self.buf.tokens[s, P : P + G].unsqueeze(0).cpu()
+        # copies: on a CPU .cpu() would return views of the slot, which the next request overwrites
+        seq = self.buf.tokens[s, P : P + G].unsqueeze(0).to("cpu", copy=True)
         texts = None
         tok = self.lm.tokenizer
         if tok is not None:
@@ -370,7 +371,8 @@ class EngineCore:
             texts = [tok.decode([t for t in row[:cut] if t != self.mask_id], skip_special_tokens=True)]
         trace = None
         if r.config.return_trace:
-            trace = StepTrace(self.buf.commit_step[s, P : P + G].unsqueeze(0).cpu(), [list(r.block_steps)])
+            trace = StepTrace(self.buf.commit_step[s, P : P + G].unsqueeze(0).to("cpu", copy=True),
+                              [list(r.block_steps)])
         start = r.t_start or r.t_end
         timings = {"total": r.t_end - r.t_submit, "queued": start - r.t_submit, "decode": r.t_end - start}
         stats = {"fed_positions": float(r.policy.fed_positions), "forwards": float(r.policy.forwards)}
