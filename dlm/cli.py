@@ -4,6 +4,7 @@
     dlm generate --input prompts.jsonl --output out.jsonl
     dlm schedulers | dlm caches | dlm verifiers       list what is registered, with parameters
     dlm train ... | dlm train-filter ... | dlm bench ...   (see their own --help)
+    dlm serve ... | dlm bench serve ...               the OpenAI-compatible server and its load test (docs/serving.md)
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         sp = sub.add_parser(kind, help=f"list the registered {kind} and their parameters")
         sp.set_defaults(func=lambda a, k=kind: cmd_list(k))
     subcommands = (("train", "dlm.train.cli"), ("train-filter", "dlm.train.filter.cli"), ("bench", "dlm.bench.cli"),
-                   ("eval", "dlm.eval.cli"))
+                   ("eval", "dlm.eval.cli"), ("serve", "dlm.serve.cli"), ("bench-serve", "dlm.serve.bench"))
     for name, module in subcommands:
         if only in BUILT_IN + tuple(n for n, _ in subcommands) and only != name:
             continue
@@ -301,6 +302,8 @@ def _unavailable(sub, name: str, module: str, exc: ImportError) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["bench", "serve"]:  # the serving benchmark lives with the server (dlm.serve.bench)
+        argv = ["bench-serve", *argv[2:]]
     parser = build_parser(only=next((a for a in argv if not a.startswith("-")), None))
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,156 @@
+"""``dlm serve``: the OpenAI-compatible server (needs the ``dlm[serve]`` extra).
+
+    dlm serve                                        the bundled dlm-tiny on http://127.0.0.1:8000
+    dlm serve --model PATH --max-rows 32 --max-queue 256 --api-key KEY
+    dlm serve --random-weights llada-8b --max-context 512     random LLaDA-8B geometry on the GPU (benchmarks)
+
+See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError, DlmError
+
+HELP = "serve a model over an OpenAI-compatible HTTP API (continuous batching, streaming, playground)"
+RANDOM_ARCHS = ("llada-8b", "dream-7b", "llada-tiny", "dream-tiny")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default=None, help="checkpoint folder (default: the bundled dlm-tiny)")
+    m.add_argument("--random-weights", choices=RANDOM_ARCHS, default=None,
+                   help="serve this geometry with random weights built on the device (no tokenizer: prompts are "
+                        "token ids); for benchmarks")
+    m.add_argument("--served-model-name", default=None, help="the model id of /v1/models (default: the folder name)")
+    m.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    m.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16")
+    m.add_argument("--cuda-graphs", action="store_true", help="load with cuda_graphs=True")
+    m.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    m.add_argument("--data-parallel", metavar="N", default=None,
+                   help="one engine per GPU on N GPUs ('auto': all visible) behind one HTTP front, requests to the "
+                        "least loaded; with --device cpu, N engines on the CPU")
+    e = p.add_argument_group("engine")
+    e.add_argument("--max-rows", type=int, default=32, help="requests decoding at once per engine (default 32)")
+    e.add_argument("--max-context", type=int, default=None,
+                   help="positions per request (prompt + answer canvas); default: the model's context")
+    e.add_argument("--max-queue", type=int, default=256,
+                   help="requests that may wait beyond the running ones; more get 429 (default 256)")
+    h = p.add_argument_group("HTTP")
+    h.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    h.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    h.add_argument("--api-key", default=os.environ.get("DLM_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $DLM_API_KEY; none)")
+    h.add_argument("--request-timeout", type=float, default=600.0,
+                   help="seconds before a request is cancelled (0: never; default 600)")
+    h.add_argument("--shutdown-grace", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish on shutdown (default 30)")
+    h.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
+    p.set_defaults(func=cmd_serve)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Called by :mod:`dlm.cli` to add ``dlm serve``."""
+    p = subparsers.add_parser("serve", help=HELP, description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure(p)
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for name, low in (("max_rows", 1), ("max_queue", 0), ("port", 0)):
+        if getattr(args, name) < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if args.max_context is not None and args.max_context < 2:
+        raise ConfigError(f"--max-context must be >= 2, got {args.max_context}")
+    if args.request_timeout < 0 or args.shutdown_grace < 0:
+        raise ConfigError("--request-timeout and --shutdown-grace must be >= 0")
+    if args.model is not None and args.random_weights is not None:
+        raise ConfigError("give --model or --random-weights, not both")
+
+
+def _devices(args: argparse.Namespace) -> list:
+    import torch
+
+    if args.data_parallel is not None:
+        from ..parallel.data import replica_devices
+
+        return replica_devices(args.data_parallel, args.device)
+    if args.device is not None:
+        return [torch.device(args.device)]
+    return [torch.device("cuda" if torch.cuda.is_available() else "cpu")]
+
+
+def load_model(args: argparse.Namespace, device):
+    """The model of one replica: a checkpoint, or random weights of a named geometry built on ``device``."""
+    import torch
+
+    if args.random_weights is not None:
+        from ..bench.scale import random_lm
+
+        dtypes = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
+                  "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if args.dtype not in dtypes:
+            raise ConfigError(f"unknown --dtype {args.dtype!r}; allowed: {', '.join(dtypes)}")
+        return random_lm(args.random_weights, device=str(device), dtype=dtypes[args.dtype])
+    from ..api import load
+
+    return load(args.model, device=device, dtype=args.dtype, cuda_graphs=args.cuda_graphs)
+
+
+def build_server(args: argparse.Namespace):
+    """Load one model per replica, build an engine for each, and the server around them."""
+    import torch
+
+    from ..api import Engine
+    from .server import Server, ServerSettings
+
+    check_args(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    engines = []
+    for device in _devices(args):
+        lm = load_model(args, device)
+        context = min(args.max_context or lm.max_length, lm.max_length)
+        engines.append(Engine(lm, max_rows=args.max_rows, max_tokens=args.max_rows * context))
+    name = args.served_model_name or args.random_weights or (Path(args.model).name if args.model else "dlm-tiny")
+    settings = ServerSettings(model_name=name, max_queue=args.max_queue, api_key=args.api_key or None,
+                              request_timeout=args.request_timeout or None, shutdown_grace=args.shutdown_grace)
+    return Server(engines, settings)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    server = build_server(args)
+    lm, loop = server.lm, server.loops[0]
+    print(f"dlm serve: {server.model_name}: {lm!r}; {len(server.loops)} engine(s) of {loop.max_rows} rows x "
+          f"{loop.slot_len} positions; http://{args.host}:{args.port} (playground at /)", file=sys.stderr,
+          flush=True)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO))
+    uvicorn.run(create_app(server), host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=args.shutdown_grace + 1.0)
+    return 0
+
+
+def run_main(prog: str, doc: str | None, configure_parser, argv: list[str] | None) -> int:
+    """Parse ``argv`` with the options ``configure_parser`` adds and run the command; a DlmError is one line."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure_parser(p)
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DlmError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("python -m dlm.serve", __doc__, configure, argv)
