@@ -39,7 +39,7 @@ def add_noise(batch: Batch, mask_id: int, t: torch.Tensor, generator: torch.Gene
     Args:
         batch: rows (B, L) with their lengths.
         mask_id: the mask token.
-        t: (B,) masking probability of each row.
+        t: (B,) masking probability of each row, or (B, L) of each position (block diffusion: one per block).
 
     Returns:
         noisy: (B, L) ids with the masked positions replaced by ``mask_id``.
@@ -51,7 +51,7 @@ def add_noise(batch: Batch, mask_id: int, t: torch.Tensor, generator: torch.Gene
     pos = torch.arange(L, device=ids.device).unsqueeze(0)
     maskable = (pos >= batch.prompt_len.unsqueeze(1)) & (pos < batch.valid_len.unsqueeze(1))
     draw = torch.rand(B, L, device=ids.device, generator=generator)
-    masked = (draw < t.unsqueeze(1)) & maskable
+    masked = (draw < (t if t.dim() == 2 else t.unsqueeze(1))) & maskable
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
     return noisy, masked, maskable
 
@@ -70,9 +70,13 @@ def masked_diffusion_loss(logits: torch.Tensor, targets: torch.Tensor, rows: tor
     Returns:
         scalar: ``mean over rows of sum_masked CE / (t * n_maskable)``.
     """
+    return weighted_ce(logits, targets, t[rows] * n_maskable[rows].clamp(min=1).to(t.dtype), t.shape[0])
+
+
+def weighted_ce(logits: torch.Tensor, targets: torch.Tensor, divisor: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """``sum(CE / divisor) / n_rows`` over N targets: logits (N, V) (computed in float32), targets and divisor (N,)."""
     ce = F.cross_entropy(logits.float(), targets, reduction="none")
-    weight = 1.0 / (t[rows] * n_maskable[rows].clamp(min=1).to(t.dtype))
-    return (ce * weight).sum() / t.shape[0]
+    return (ce / divisor).sum() / n_rows
 
 
 def _valid_mask(batch: Batch) -> torch.Tensor | None:

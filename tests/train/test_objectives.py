@@ -58,9 +58,11 @@ class _Uniform(torch.nn.Module):
         super().__init__()
         self.vocab = vocab
         self.seen: list[tuple] = []
+        self.positions: list[torch.Tensor] = []
 
     def hidden_states(self, ids, pos, key_mask):
         self.seen.append((ids.clone(), key_mask))
+        self.positions.append(pos.clone())
         return torch.zeros(*ids.shape, 4)
 
     def logits(self, h):
