@@ -5,7 +5,8 @@
   reference decode of the project.
 * dlm-tiny-ar decodes greedily with transformers' ``model.generate(do_sample=False)`` (left-padded batches).
 
-Synthetic tasks are scored by exact match after stripping (:func:`dlm.data.tasks.exact_match`). Code completion
+Synthetic tasks are scored by exact match after stripping (:func:`dlm.data.check_answer`; ``pick``, which has
+several right answers, by its own check). Code completion
 is scored by :func:`dlm.data.code.completion_parses`: the completion, cut at the first end-of-text token, is
 taken up to the first non-indented line; if neither ended it (the generation ran out of positions) its last line
 is dropped when it has no newline; the header + body must parse with :mod:`ast` as one function with at least one
@@ -21,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..data import CodeExample, Example, completion_parses, exact_match
+from ..data import CodeExample, Example, check_answer, completion_parses
 
 N_SAMPLES = 3  # examples of predictions kept in the report, per family
 
@@ -31,22 +32,32 @@ def _by_length(items: Sequence[Any], key) -> list[int]:
     return sorted(range(len(items)), key=lambda i: len(key(items[i])))
 
 
+def in_batches(prompts: Sequence[str], batch_size: int, run) -> tuple[list[str], list[bool]]:
+    """``run(prompts) -> (texts, finished)`` over batches of prompts of similar lengths; results in the order of
+    ``prompts``."""
+    order = _by_length(prompts, lambda p: p)
+    texts: list[str] = [""] * len(prompts)
+    finished: list[bool] = [False] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        got_texts, got_finished = run([prompts[i] for i in idx])
+        for j, i in enumerate(idx):
+            texts[i], finished[i] = got_texts[j], bool(got_finished[j])
+    return texts, finished
+
+
 def generate_diffusion(lm, prompts: Sequence[str], gen_length: int, batch_size: int) -> tuple[list[str], list[bool]]:
     """Texts (cut at the first stop token) and whether a stop token ended each, one token per step."""
     from ..config import GenerationConfig
 
     config = GenerationConfig(gen_length=gen_length, steps=gen_length, scheduler="low_confidence")
-    order = _by_length(prompts, lambda p: p)
-    texts: list[str] = [""] * len(prompts)
-    finished: list[bool] = [False] * len(prompts)
     stops = torch.tensor(lm.ids.stop_ids)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        out = lm.generate([prompts[i] for i in idx], config)
-        ended = torch.isin(out.sequences, stops).any(1).tolist()
-        for j, i in enumerate(idx):
-            texts[i], finished[i] = out.texts[j], bool(ended[j])
-    return texts, finished
+
+    def run(batch: list[str]) -> tuple[list[str], list[bool]]:
+        out = lm.generate(batch, config)
+        return out.texts, torch.isin(out.sequences, stops).any(1).tolist()
+
+    return in_batches(prompts, batch_size, run)
 
 
 @torch.no_grad()
@@ -81,7 +92,7 @@ def score_tasks(examples: Sequence[Example], texts: Sequence[str]) -> dict[str, 
     out: dict[str, dict[str, Any]] = {}
     for ex, text in zip(examples, texts):
         r = out.setdefault(ex.family, {"n": 0, "correct": 0, "samples": []})
-        ok = exact_match(text, ex.answer)
+        ok = check_answer(ex.family, ex.prompt, text, ex.answer)  # exact match, or pick's several right answers
         r["n"] += 1
         r["correct"] += int(ok)
         if len(r["samples"]) < N_SAMPLES:
