@@ -1,9 +1,11 @@
-"""Building and saving the two shipped models.
+"""Building and saving the shipped models.
 
 * dlm-tiny: a :class:`dlm.models.Transformer` saved with :func:`dlm.models.save_checkpoint` as a genuine LLaDA
   checkpoint (``model_type`` "llada", OLMo-style fields, LLaDA weight names, bf16 safetensors shards < 15 MiB).
 * dlm-tiny-ar: a ``transformers.LlamaForCausalLM`` of the same geometry and tokenizer, saved with
   ``save_pretrained`` (safetensors shards < 15 MiB) so that ``AutoModelForCausalLM`` loads it without remote code.
+* dlm-tiny-block: a block-diffusion model of the same geometry and tokenizer in the SDAR format (Qwen3 layout with
+  QK-norm, ``model_type`` "sdar", ``block_size`` and ``mask_token_id`` in config.json like SDAR's training config).
 
 Folders are written next to their final place and then swapped in, so a run killed while saving still leaves the
 previous complete folder.
@@ -80,6 +82,24 @@ def build_causal(size: ModelSize, n_tokens: int, ids: TokenIds, seed: int = 0):
     return LlamaForCausalLM(cfg)
 
 
+def block_arch(size: ModelSize, n_tokens: int) -> ArchConfig:
+    """The SDAR (Qwen3) geometry of dlm-tiny-block: dlm-tiny's sizes, per-head QK-norm, RoPE in the model dtype
+    (as SDAR computes it); exactly what :class:`dlm.models.sdar.SDAR` reads back from the saved config.json."""
+    return ArchConfig(vocab_size=padded_vocab(n_tokens), hidden_size=size.d_model, num_layers=size.n_layers,
+                      num_heads=size.n_heads, num_kv_heads=size.n_heads, head_dim=size.d_model // size.n_heads,
+                      intermediate_size=size.mlp_hidden, norm_eps=size.norm_eps, rope_theta=size.rope_theta,
+                      max_position=size.max_seq_len, rope_full_precision=False)
+
+
+def build_block(size: ModelSize, n_tokens: int, seed: int = 0) -> Transformer:
+    """dlm-tiny-block (an :class:`~dlm.models.sdar.SDARModel`) initialised like dlm-tiny, float32 on the CPU."""
+    from ..models.sdar import SDARModel
+
+    model = SDARModel(block_arch(size, n_tokens))
+    init_weights(model, std=0.02, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -117,6 +137,21 @@ def save_diffusion(model: Transformer, ids: TokenIds, tokenizer_dir: str | os.Pa
     special = SpecialIds(mask_id=ids.mask, eos_id=ids.eos, pad_id=ids.pad, bos_id=ids.bos)
     save_checkpoint(model, "llada", special, tmp, dtype=torch.bfloat16, max_shard_bytes=SHARD_BYTES,
                     extra_config={"max_sequence_length": model.cfg.max_position})
+    copy_tokenizer(Path(tokenizer_dir), tmp)
+    _write_extra(tmp, extra_files)
+    return _swap_in(tmp, folder)
+
+
+def save_block(model: Transformer, ids: TokenIds, block_size: int, tokenizer_dir: str | os.PathLike,
+               folder: str | os.PathLike, extra_files: dict[str, str | bytes] | None = None) -> Path:
+    """Write dlm-tiny-block (SDAR format, bf16) + tokenizer (+ extra files) into ``folder``. The tokenizer is
+    dlm-tiny's: its mask token ``<|mdm_mask|>`` is declared as the tokenizer's ``mask_token`` (what SDAR's
+    ``generate.py`` reads) and as ``mask_token_id`` in config.json (what SDAR's training code and dlm read)."""
+    folder = Path(folder)
+    tmp = _fresh(folder)
+    special = SpecialIds(mask_id=ids.mask, eos_id=ids.eos, pad_id=ids.pad, bos_id=ids.bos)
+    save_checkpoint(model, "sdar", special, tmp, dtype=torch.bfloat16, max_shard_bytes=SHARD_BYTES,
+                    extra_config={"block_size": block_size, "mask_token_id": ids.mask})
     copy_tokenizer(Path(tokenizer_dir), tmp)
     _write_extra(tmp, extra_files)
     return _swap_in(tmp, folder)

@@ -2,7 +2,8 @@
 
     dlm train recipe --out /tmp/dlm-run --pack-dir $OUT        the GPU run (every RecipeConfig field is an option)
     dlm train recipe --preset smoke --out /tmp/dlm-smoke       a CPU run in seconds
-    dlm train evaluate --dlm PATH --ar PATH                    re-evaluate exported models
+    dlm train recipe --only dlm-tiny-block --out /tmp/run      one model of the recipe (block diffusion, SDAR format)
+    dlm train evaluate --dlm PATH --ar PATH --block PATH       re-evaluate exported models
     dlm train corpus --manifest corpus_manifest.json           list the corpus split (with SHA-256)
 """
 
@@ -21,6 +22,7 @@ from .recipe import PRESETS, RecipeConfig
 
 _HELP = {
     "out": "output folder (models, tokenizer, logs, eval)",
+    "only": "comma-separated models to train, of dlm-tiny, dlm-tiny-ar, dlm-tiny-block (none: all, in that order)",
     "device": "auto (cuda when available), cuda, cpu",
     "deadline_minutes": "wall-clock bound of the whole run from its first log line (imports take ~10 s more); "
                         "training budgets shrink to fit (none: no bound)",
@@ -39,12 +41,17 @@ _HELP = {
     "code_task_fraction": "share of the code batch made of task pairs in code-length rows (long canvases)",
     "long_task_pairs": "training task pairs kept for the code-length rows",
     "family_weights": "sampling weights of task families in the task batch, e.g. add=3,cumsum=3 (others 1)",
+    "stress_families": "new stress task families added to the task mix (dlm.data.stress: pick, count, brackets, "
+                       "wordrev, add-long; default none, as the bundled dlm-tiny was trained)",
     "code_body_tokens": "longest held-out reference body (tokens); the code generation length is this + 1 rounded "
                         "up to a multiple of 32",
     "minutes_diffusion": "training budget of dlm-tiny in minutes (none: steps only)",
     "minutes_ar": "training budget of dlm-tiny-ar in minutes (none: steps only)",
+    "minutes_block": "training budget of dlm-tiny-block in minutes (none: steps only)",
+    "block_size": "dlm-tiny-block's attention block (tokens; SDAR's own models use 4)",
     "compile_diffusion": "torch.compile dlm-tiny's transformer body (about 2x faster steps on a GPU after ~35 s)",
     "compile_ar": "torch.compile dlm-tiny-ar's body (little gain for its ~40 s of compilation)",
+    "compile_block": "torch.compile dlm-tiny-block's transformer body",
     "eval_gen_length": "generation length of the synthetic tasks",
 }
 
@@ -123,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     examples = make_splits(families, 0, 0, args.test_per_task, args.seed)["test"] if families else []
     code = []
     if args.code_n > 0:
-        tok_path = args.dlm or args.ar
+        tok_path = args.dlm or args.ar or args.block
         from .tokenizer import load_fast
 
         tok = load_fast(tok_path) if tok_path else None
@@ -142,8 +149,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model, tok = load_causal(args.ar, device=args.device)
         results["dlm-tiny-ar"] = evaluate_causal(model, tok, examples, code, args.gen_length, args.code_gen_length,
                                                  args.batch_size)
+    if args.block:
+        from ..api import load
+        from .block_decode import evaluate_block
+
+        results["dlm-tiny-block"] = evaluate_block(load(args.block, device=args.device), examples, code,
+                                                   args.gen_length, args.code_gen_length, args.batch_size)
     if not results:
-        raise SystemExit("give --dlm PATH and/or --ar PATH")
+        raise SystemExit("give --dlm PATH, --ar PATH and/or --block PATH")
     print(format_table(results))
     if args.output:
         write_results(results, args.output)
@@ -169,13 +182,14 @@ def _add_commands(p: argparse.ArgumentParser) -> None:
     from ..data import FAMILIES
 
     sub = p.add_subparsers(dest="train_command", required=True)
-    r = sub.add_parser("recipe", help="build tokenizer + corpus, train both models, evaluate, write model cards")
+    r = sub.add_parser("recipe", help="build tokenizer + corpus, train the models, evaluate, write model cards")
     add_recipe_options(r)
     r.set_defaults(func=cmd_recipe)
 
     e = sub.add_parser("evaluate", help="evaluate exported models on the held-out tasks")
     e.add_argument("--dlm", type=Path, help="a dlm-tiny folder (LLaDA format)")
     e.add_argument("--ar", type=Path, help="a dlm-tiny-ar folder (transformers format)")
+    e.add_argument("--block", type=Path, help="a dlm-tiny-block folder (SDAR format)")
     e.add_argument("--families", default=",".join(FAMILIES), help="comma-separated task families ('' for none)")
     e.add_argument("--test-per-task", type=int, default=500)
     e.add_argument("--code-n", type=int, default=300, help="held-out functions to complete (0: none)")
@@ -197,8 +211,9 @@ def _add_commands(p: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``train`` (with ``recipe``, ``evaluate``, ``corpus``) to the ``dlm`` command's subparsers."""
-    p = subparsers.add_parser("train", help="train and evaluate the project's models (dlm-tiny, dlm-tiny-ar)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("train", help="train and evaluate the project's models (dlm-tiny, dlm-tiny-ar, "
+                              "dlm-tiny-block)", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_commands(p)
     return p
 

@@ -34,19 +34,21 @@ def model_card(phase: Phase, cfg: RecipeConfig, prep: Prepared, result: TrainRes
                evals: dict[str, Any] | None, command: str, device_name: str) -> str:
     """The MODEL_CARD.md of ``phase``'s model; ``result`` None: not trained yet, ``evals`` None: not evaluated."""
     size = cfg.size
+    settings = card_settings(cfg)
     m = prep.corpus.manifest()["counts"]
     s = prep.stats
     return template().substitute(
         name=phase.name, intro=phase.card.intro, usage=phase.card.usage,
         parameters=f"{params:,} ({params / 1e6:.1f}M)", n_layers=size.n_layers, d_model=size.d_model,
         n_heads=size.n_heads, mlp_hidden=size.mlp_hidden, n_tokens=prep.n_tokens,
-        embedding_rows=padded_vocab(prep.n_tokens), attention=phase.card.attention, rope_theta=f"{size.rope_theta:g}",
+        embedding_rows=padded_vocab(prep.n_tokens), attention=Template(phase.card.attention).substitute(settings),
+        rope_theta=f"{size.rope_theta:g}",
         task_len=cfg.task_len, code_len=cfg.code_len, max_seq_len=size.max_seq_len,
         tokenizer_task_examples=cfg.tokenizer_task_examples, bos=prep.ids.bos, eos=prep.ids.eos, eot=prep.ids.eot,
         mask=prep.ids.mask, python=s["python"], train_files=m["train_files"], train_mb=f"{m['train_bytes'] / 1e6:.1f}",
         train_code_tokens=f"{s['train_code_tokens'] / 1e6:.2f}M", heldout_files=m["heldout_files"],
         function_pairs=s["function_pairs"], families=", ".join(cfg.family_list), train_per_task=cfg.train_per_task,
-        mixture=mixture_text(cfg), objective=Template(phase.card.objective).substitute(mask_eps=cfg.mask_eps),
+        mixture=mixture_text(cfg), objective=Template(phase.card.objective).substitute(settings),
         lr=f"{phase.lr(cfg):g}", beta1=cfg.beta1, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_steps, min_lr_ratio=f"{cfg.min_lr_ratio:g}", grad_clip=cfg.grad_clip,
         device=device_name, result=result_text(cfg, result), evaluation=evaluation_text(cfg, prep, evals),
@@ -83,9 +85,15 @@ def evaluation_text(cfg: RecipeConfig, prep: Prepared, evals: dict[str, Any] | N
     """The evaluation section: how every phase's model was decoded and the accuracy table of those evaluated."""
     if not evals:
         return NOT_EVALUATED
-    lengths = {"gen_length": cfg.eval_gen_length, "code_gen_length": cfg.eval_code_gen_length}
-    decodes = " ".join(f"{p.name}: {Template(p.card.decode).substitute(lengths)}." for p in PHASES)
+    decodes = " ".join(f"{p.name}: {Template(p.card.decode).substitute(card_settings(cfg))}." for p in PHASES
+                       if p.name in evals)
     return EVALUATION.substitute(n_code=len(prep.code_eval), decodes=decodes, table=format_table(evals))
+
+
+def card_settings(cfg: RecipeConfig) -> dict[str, Any]:
+    """The settings a phase's own card text may name (see :class:`~dlm.train.recipe.phases.Card`)."""
+    return {"mask_eps": cfg.mask_eps, "block_size": cfg.block_size, "gen_length": cfg.eval_gen_length,
+            "code_gen_length": cfg.eval_code_gen_length}
 
 
 def fmt_loss(x: float | None) -> str:

@@ -6,13 +6,13 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ...data import FAMILIES
+from ...data import FAMILIES, NEW_FAMILIES
 from ...errors import ConfigError
 from ..builders import ModelSize
 
 #: the training budgets: each names the ``minutes_X``, ``steps_X``, ``lr_X`` and ``compile_X`` fields of a phase
 #: (:data:`dlm.train.recipe.phases.PHASES`); a new phase adds its key here and its four fields below
-BUDGETS = ("diffusion", "ar")
+BUDGETS = ("diffusion", "ar", "block")
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,10 @@ class RecipeConfig:
     """Every setting of the recipe (each is a command-line option: ``--field-name``)."""
 
     out: str = "out/dlm-train"
+    only: str | None = None
     device: str = "auto"
     seed: int = 0
-    deadline_minutes: float | None = 9.2
+    deadline_minutes: float | None = 15.0
     eval_reserve_minutes: float = 0.4
     resume: bool = False
     pack_dir: str | None = None
@@ -39,6 +40,7 @@ class RecipeConfig:
     # synthetic tasks
     families: str = ",".join(FAMILIES)
     family_weights: str = "add=3,cumsum=3"
+    stress_families: str = ""
     train_per_task: int = 100_000
     val_per_task: int = 256
     test_per_task: int = 500
@@ -57,19 +59,23 @@ class RecipeConfig:
     task_weight: float = 1.0
     code_weight: float = 0.5
     val_batches: int = 2
-    # model (both)
+    # model (every phase; block_size: dlm-tiny-block's attention blocks)
     d_model: int = 256
     n_layers: int = 8
     n_heads: int = 4
     mlp_hidden: int = 704
     max_seq_len: int = 1024
-    # optimisation (both); each phase of :data:`BUDGETS` has its minutes_, steps_, lr_ and compile_ fields
+    block_size: int = 4
+    # optimisation (every phase); each phase of :data:`BUDGETS` has its minutes_, steps_, lr_ and compile_ fields
     minutes_diffusion: float | None = 5.7
     steps_diffusion: int | None = None
     lr_diffusion: float = 1.5e-3
     minutes_ar: float | None = 2.1
     steps_ar: int | None = None
     lr_ar: float = 2e-3
+    minutes_block: float | None = 5.0
+    steps_block: int | None = None
+    lr_block: float = 2e-3
     warmup_steps: int = 300
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
@@ -79,6 +85,7 @@ class RecipeConfig:
     mask_eps: float = 1e-3
     compile_diffusion: bool = True
     compile_ar: bool = False
+    compile_block: bool = True
     val_every: int = 500
     log_every: int = 50
     export_every_minutes: float = 2.0
@@ -90,10 +97,10 @@ class RecipeConfig:
     skip_eval: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.family_list if f not in FAMILIES]
+        unknown = [f for f in self.family_list if f not in FAMILIES + NEW_FAMILIES]
         if unknown:
-            raise ConfigError(f"unknown task families {unknown} in families={self.families!r}; "
-                             f"known: {', '.join(FAMILIES)}")
+            raise ConfigError(f"unknown task families {unknown} in families={self.families!r} / stress_families="
+                             f"{self.stress_families!r}; known: {', '.join(FAMILIES)}; stress: {', '.join(NEW_FAMILIES)}")
         if not self.family_list:
             raise ConfigError("families must name at least one task family")
         self.family_weight  # validates family_weights
@@ -106,14 +113,23 @@ class RecipeConfig:
         if self.code_body_tokens + 1 > self.eval_code_gen_length:
             raise ConfigError("code_body_tokens + 1 must fit the code generation length")
         for name in ("task_len", "code_len", "task_batch", "code_batch", "eval_gen_length", "eval_batch", "val_batches",
-                     "train_per_task", "test_per_task"):
+                     "train_per_task", "test_per_task", "block_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         ModelSize(self.d_model, self.n_layers, self.n_heads, self.mlp_hidden, self.max_seq_len)
 
     @property
+    def phase_names(self) -> list[str] | None:
+        """The phases named by ``only`` (checked against the recipe's phases when the run starts); None: all."""
+        if self.only is None:
+            return None
+        return [n.strip() for n in self.only.split(",") if n.strip()]
+
+    @property
     def family_list(self) -> list[str]:
-        return [f.strip() for f in self.families.split(",") if f.strip()]
+        # the new stress families (dlm.data.stress) join the task mix only when asked for: default off
+        names = f"{self.families},{self.stress_families}"
+        return list(dict.fromkeys(f.strip() for f in names.split(",") if f.strip()))
 
     @property
     def family_weight(self) -> dict[str, float]:
@@ -125,7 +141,7 @@ class RecipeConfig:
                 w = float(value)
             except ValueError:
                 w = -1.0
-            if not sep or name.strip() not in FAMILIES or w < 0:
+            if not sep or name.strip() not in FAMILIES + NEW_FAMILIES or w < 0:
                 raise ConfigError(f"family_weights must be 'family=weight,...' with known families and weights >= 0, "
                                  f"got {item!r} in {self.family_weights!r}")
             if name.strip() in weights:
@@ -156,8 +172,9 @@ SMOKE = dict(
     train_per_task=300, val_per_task=8, test_per_task=6, code_prompt_tokens=64, code_body_tokens=31, code_eval_n=4,
     task_len=48, code_len=96, task_batch=16, code_batch=8, val_batches=1, d_model=64, n_layers=2, n_heads=4,
     mlp_hidden=160, max_seq_len=256, minutes_diffusion=None, steps_diffusion=30, minutes_ar=None, steps_ar=30,
-    lr_diffusion=3e-3, lr_ar=3e-3, warmup_steps=5, val_every=15, log_every=5, export_every_minutes=0.0,
-    progress=False, eval_gen_length=16, eval_batch=64, compile_diffusion=False, cpu_threads=1,
+    minutes_block=None, steps_block=30, lr_diffusion=3e-3, lr_ar=3e-3, lr_block=3e-3, warmup_steps=5, val_every=15,
+    log_every=5, export_every_minutes=0.0, progress=False, eval_gen_length=16, eval_batch=64, compile_diffusion=False,
+    compile_block=False, cpu_threads=1,
 )
 PRESETS: dict[str, dict[str, Any]] = {"gpu": {}, "smoke": SMOKE}
 

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ...errors import ConfigError
 from .. import builders
 from ..curves import plot_curve
 from ..evaluate import format_table, write_results
@@ -64,15 +65,29 @@ def run_recipe(cfg: RecipeConfig, command: str | None = None) -> dict[str, Any]:
 
 
 def _run(cfg: RecipeConfig, command: str | None) -> dict[str, Any]:
+    phases = selected_phases(cfg)
     run = start(cfg, command)
     run.prep = prepare(cfg, run.out, run.log, run.device)
     run.packer.report()
-    for i, phase in enumerate(PHASES):
-        train_phase(run, phase, reserve_s=reserve_seconds(cfg, PHASES[i:]))
+    for i, phase in enumerate(phases):
+        train_phase(run, phase, reserve_s=reserve_seconds(cfg, phases[i:]))
         if not cfg.skip_eval:
-            evaluate_phase(run, phase, done=PHASES[: i + 1])
+            evaluate_phase(run, phase, done=phases[: i + 1])
         run.packer.report()
     return finish(run)
+
+
+def selected_phases(cfg: RecipeConfig) -> tuple[Phase, ...]:
+    """The phases ``cfg.only`` names, in the recipe's order (all of them without ``only``)."""
+    names = cfg.phase_names
+    if names is None:
+        return PHASES
+    known = [p.name for p in PHASES]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ConfigError(f"--only {cfg.only!r} must name phases of the recipe, comma-separated; unknown: "
+                          f"{unknown}; known: {', '.join(known)}")
+    return tuple(p for p in PHASES if p.name in names)
 
 
 def start(cfg: RecipeConfig, command: str | None) -> Run:
@@ -147,7 +162,7 @@ def export(run: Run, phase: Phase, model: torch.nn.Module, result: TrainResult) 
     files: dict[str, str | bytes] = {"MODEL_CARD.md": card(run, phase)}
     if result.curve and Path(result.curve).is_file():
         files["loss_curve.png"] = Path(result.curve).read_bytes()
-    phase.save(model, run.prep, run.out / phase.name, files)
+    phase.save(run.cfg, model, run.prep, run.out / phase.name, files)
     run.packer.folder(run.out / phase.name, phase.name)
     run.log(f"exported {phase.name} at step {result.steps} ({result.stopped_by})")
 
