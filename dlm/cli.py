@@ -72,7 +72,9 @@ def config_from_args(args: argparse.Namespace) -> GenerationConfig:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Answers are written batch by batch (see :mod:`dlm.answers`): an interrupt keeps every finished one."""
     from .answers import AnswerWriter, summary
+    from .assets import resolve_model
 
+    args.model = resolve_model(args.model)
     config = config_from_args(args)
     rows = _prompt_rows(args)
     if args.stream and (len(rows) != 1 or args.json):
@@ -255,7 +257,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate answers for prompts")
     g.add_argument("prompts", nargs="*", help="prompt text(s)")
-    g.add_argument("--model", default=None, help="checkpoint folder (default: the bundled dlm-tiny)")
+    g.add_argument("--model", default=None, help="checkpoint folder, or the name of a bundled model: dlm-tiny "
+                   "(the default), dlm-tiny-block")
     g.add_argument("--input", type=Path, help="JSONL file of prompts (strings or {'prompt': ...} / {'prompt_ids': [...]})")
     g.add_argument("--output", type=Path, help="write answers as JSONL here")
     g.add_argument("--json", action="store_true", help="print one JSON record per answer")
