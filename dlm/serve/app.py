@@ -162,15 +162,15 @@ async def _disconnect(request: Request) -> None:
 
 
 def model_card(server: Server) -> dict:
-    lm = server.lm
+    """The served model as /v1/models lists it, with dlm's facts under ``dlm``."""
+    lm, loops = server.lm, server.loops
     tok = lm.tokenizer
-    return {"id": server.model_name, "object": "model", "created": int(time.time()), "owned_by": "dlm",
-            "dlm": {"model_type": lm.model_type, "context": server.slot_len, "max_rows": sum(
-                loop.max_rows for loop in server.loops), "replicas": len(server.loops),
-                "chat_template": bool(tok is not None and getattr(tok, "chat_template", None)),
-                "tokenizer": tok is not None, "vocab_size": lm.arch.valid_vocab or lm.arch.vocab_size,
-                "mask_id": lm.ids.mask_id, "default_block_length": params.DEFAULT_BLOCK,
-                "default_max_tokens": params.DEFAULT_MAX_TOKENS}}
+    info = {"model_type": lm.model_type, "context": server.slot_len, "max_rows": sum(lp.max_rows for lp in loops),
+            "replicas": len(loops), "chat_template": bool(tok is not None and getattr(tok, "chat_template", None)),
+            "tokenizer": tok is not None, "vocab_size": lm.arch.valid_vocab or lm.arch.vocab_size,
+            "mask_id": lm.ids.mask_id, "batch_invariant": all(lp.engine.batch_invariant for lp in loops),
+            "default_block_length": params.DEFAULT_BLOCK, "default_max_tokens": params.DEFAULT_MAX_TOKENS}
+    return {"id": server.model_name, "object": "model", "created": int(time.time()), "owned_by": "dlm", "dlm": info}
 
 
 def registered_components() -> dict:

@@ -192,7 +192,8 @@ def environment(device) -> dict[str, Any]:
         name = torch.cuda.get_device_name(device)
     else:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        name = f"CPU ({os.cpu_count()} cores, load average {load:.1f} at start, torch threads {torch.get_num_threads()})"
+        name = (f"CPU ({os.cpu_count()} cores, load average {load:.1f} at start, "
+                f"torch threads {torch.get_num_threads()})")
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "device": name, "torch": torch.__version__,
             "python": platform.python_version(), "command": shlex.join(["dlm", "bench", "serve", *sys.argv[3:]])
             if sys.argv[1:3] == ["bench", "serve"] else shlex.join(sys.argv)}

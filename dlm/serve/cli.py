@@ -39,6 +39,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     e.add_argument("--max-rows", type=int, default=32, help="requests decoding at once per engine (default 32)")
     e.add_argument("--max-context", type=int, default=None,
                    help="positions per request (prompt + answer canvas); default: the model's context")
+    e.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=None,
+                   help="batch-invariant numerics (answers bitwise independent of traffic on a GPU too, slower); "
+                        "default: the engine's (on for CPU, off for CUDA)")
     e.add_argument("--max-queue", type=int, default=256,
                    help="requests that may wait beyond the running ones; more get 429 (default 256)")
     h = p.add_argument_group("HTTP")
@@ -117,7 +120,8 @@ def build_server(args: argparse.Namespace):
     for device in _devices(args):
         lm = load_model(args, device)
         context = min(args.max_context or lm.max_length, lm.max_length)
-        engines.append(Engine(lm, max_rows=args.max_rows, max_tokens=args.max_rows * context))
+        engines.append(Engine(lm, max_rows=args.max_rows, max_tokens=args.max_rows * context,
+                              batch_invariant=args.batch_invariant))
     name = args.served_model_name or args.random_weights or (Path(args.model).name if args.model else "dlm-tiny")
     settings = ServerSettings(model_name=name, max_queue=args.max_queue, api_key=args.api_key or None,
                               request_timeout=args.request_timeout or None, shutdown_grace=args.shutdown_grace)

@@ -65,7 +65,8 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
 
 async def one_request(http: httpx.AsyncClient, body: dict[str, Any]) -> RequestResult:
     """POST one streamed completion and time it."""
-    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    # token ids ride along so that a model without a tokenizer (random weights) has a first token too
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}, "return_token_ids": True}
     t0 = time.perf_counter()
     ttft, usage, error = None, None, None
     try:

@@ -65,7 +65,8 @@ class ServerProcess:
         raise RuntimeError(f"dlm serve did not start within {START_TIMEOUT_S} s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def metric(self, name: str, headers: dict | None = None) -> float:

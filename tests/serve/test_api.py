@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 
 import dlm
 
@@ -120,7 +119,7 @@ def test_dlm_canvas_stream_reports_every_commit(client, model):
     seen = {}
     for s in steps:
         for pos, tok, piece in s["committed"]:
-            assert pos not in seen
+            assert pos not in seen and piece == model.tokenizer.decode([tok])
             seen[pos] = tok
     assert seen == dict(enumerate(ids)) and steps[-1]["nfe"] == nfe == 8
     assert all(len(s["committed"]) == 4 for s in steps)

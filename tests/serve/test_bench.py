@@ -1,0 +1,40 @@
+"""dlm bench serve: a short sweep against a server it starts, the static baseline, and its three files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dlm.serve.loadgen import LevelResult, RequestResult, percentile
+
+
+def test_percentiles_and_level_summary():
+    assert percentile([], 50) is None and percentile([2.0], 99) == 2.0
+    assert percentile([1.0, 2.0, 3.0], 50) == 2.0
+    level = LevelResult(2, 2.0, [RequestResult(True, 1.0, 0.1, 10, 5, 4), RequestResult(True, 2.0, 0.3, 30, 15, 6),
+                                 RequestResult(False, 0.5, error="HTTP 429: full")])
+    s = level.summary()
+    assert (s["requests"], s["errors"], s["output_tokens"], s["output_tokens_per_s"]) == (3, 1, 40, 20.0)
+    assert s["nfe_per_token"] == 0.5 and s["requests_per_s"] == 1.0 and s["first_errors"] == ["HTTP 429: full"]
+
+
+@pytest.mark.slow
+def test_bench_serve_end_to_end(chat_path, tmp_path, capsys):
+    from dlm.cli import main
+
+    out = tmp_path / "bench"
+    code = main(["bench", "serve", "--model", str(chat_path), "--device", "cpu", "--concurrency", "1", "3",
+                 "--requests", "3", "--max-tokens", "16", "--threads", "1", "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [s["concurrency"] for s in results["served"]] == [1, 3] == [s["concurrency"] for s in results["static"]]
+    for served, static in zip(results["served"], results["static"]):
+        assert served["errors"] == 0 and served["requests"] == 3
+        # every answer is max_tokens long (logits_eos_inf), on both sides
+        assert served["output_tokens"] == static["output_tokens"] == 3 * 16
+        assert served["ttft_p50_s"] <= served["latency_p50_s"]
+    table = (out / "results.md").read_text()
+    assert "| 3 |" in table and "served / static" in table
+    assert (out / "serve.png").stat().st_size > 10_000
+    assert "served / static" in capsys.readouterr().out
