@@ -13,11 +13,31 @@ from dlm.serve.loop import EngineLoop
 
 CFG = dlm.GenerationConfig(gen_length=32, steps=8)
 LONG = dlm.GenerationConfig(gen_length=256, logits_eos_inf=True)
+PROMPT = "def add(a, b):"
 
 
 @pytest.fixture
 def engine(model):
     return dlm.Engine(model, max_rows=4, max_tokens=4 * 300)
+
+
+def with_loop(engine, work):
+    """Run the coroutine function ``work(loop)`` with a started EngineLoop, stopped afterwards; its result."""
+
+    async def main():
+        loop = EngineLoop(engine)
+        loop.start(asyncio.get_running_loop())
+        try:
+            return await work(loop)
+        finally:
+            await asyncio.to_thread(loop.stop)
+
+    return asyncio.run(main())
+
+
+def submit(loop: EngineLoop, ids, config, wants_steps: bool = True):
+    queue: asyncio.Queue = asyncio.Queue()
+    return loop.submit(ids, config, wants_steps=wants_steps, events=queue), queue
 
 
 async def drain(queue: asyncio.Queue, job) -> list:
@@ -32,48 +52,33 @@ async def drain(queue: asyncio.Queue, job) -> list:
 
 
 def test_events_reach_asyncio_and_the_answer_is_generates(engine, model):
-    ids = model.encode("def add(a, b):")[0]
-
-    async def main():
-        loop = EngineLoop(engine)
-        loop.start(asyncio.get_running_loop())
-        q = asyncio.Queue()
-        job = loop.submit(ids, CFG, wants_steps=True, events=q)
+    async def work(loop):
+        job, q = submit(loop, model.encode(PROMPT)[0], CFG)
         request = await job.accepted
-        events = await drain(q, job)
-        loop.stop()
-        return request, events, loop
+        return request, await drain(q, job), loop
 
-    request, events, loop = asyncio.run(main())
+    request, events, loop = with_loop(engine, work)
     assert [e.step for e in events] == list(range(1, len(events) + 1)) and events[-1].done
-    assert request.output.texts == model.generate("def add(a, b):", CFG).texts
+    assert request.output.texts == model.generate(PROMPT, CFG).texts
     assert loop.in_flight == 0 and not loop.alive
 
 
 def test_cancel_frees_the_rows(engine, model):
-    ids = model.encode("def add(a, b):")[0]
-
-    async def main():
-        loop = EngineLoop(engine)
-        loop.start(asyncio.get_running_loop())
-        q = asyncio.Queue()
-        job = loop.submit(ids, LONG, wants_steps=True, events=q)
+    async def work(loop):
+        job, q = submit(loop, model.encode(PROMPT)[0], LONG)
         await job.accepted
         for _ in range(2):
             await q.get()
         assert engine.stats()["rows_in_use"] == 1
         loop.cancel(job)
-        while (await q.get())[1] is not None:
-            pass
-        loop.stop()
+        await drain(q, job)
         return job
 
-    job = asyncio.run(main())
+    job = with_loop(engine, work)
     assert job.request.status.value == "cancelled" and engine.stats()["rows_in_use"] == 0
 
 
 def test_a_step_that_raises_ends_its_requests_and_the_loop_goes_on(engine, model):
-    ids = model.encode("def add(a, b):")[0]
     step, calls = engine.step, {"n": 0}
 
     def broken():
@@ -84,52 +89,39 @@ def test_a_step_that_raises_ends_its_requests_and_the_loop_goes_on(engine, model
 
     engine.step = broken
 
-    async def main():
-        loop = EngineLoop(engine)
-        loop.start(asyncio.get_running_loop())
-        q = asyncio.Queue()
-        first = loop.submit(ids, LONG, wants_steps=False, events=q)
-        await first.accepted
-        await drain(q, first)
-        second = loop.submit(ids, CFG, wants_steps=False, events=q)
-        await second.accepted
-        await drain(q, second)
-        loop.stop()
-        return first, second
+    async def work(loop):
+        jobs = []
+        for config in (LONG, CFG):  # the first is running when the step raises, the second comes after
+            job, q = submit(loop, model.encode(PROMPT)[0], config, wants_steps=False)
+            await job.accepted
+            await drain(q, job)
+            jobs.append(job)
+        return jobs
 
-    first, second = asyncio.run(main())
+    first, second = with_loop(engine, work)
     assert isinstance(first.error, GenerationError) and "kaput" in str(first.error)
-    assert second.error is None and second.request.output.texts == model.generate("def add(a, b):", CFG).texts
+    assert second.error is None and second.request.output.texts == model.generate(PROMPT, CFG).texts
     assert engine.stats()["rows_in_use"] == 0
 
 
-def test_a_refused_request_comes_back_as_its_error(engine, model):
-    async def main():
-        loop = EngineLoop(engine)
-        loop.start(asyncio.get_running_loop())
-        job = loop.submit(list(range(5, 400)), dlm.GenerationConfig(gen_length=320), wants_steps=False,
-                          events=asyncio.Queue())
+def test_a_refused_request_comes_back_as_its_error(engine):
+    async def work(loop):
+        job, _ = submit(loop, list(range(5, 400)), dlm.GenerationConfig(gen_length=320), wants_steps=False)
         with pytest.raises(dlm.ConfigError, match="slot of this engine holds 300"):
             await job.accepted
-        loop.stop()
         return loop
 
-    assert asyncio.run(main()).in_flight == 0
+    assert with_loop(engine, work).in_flight == 0
 
 
 def test_stop_cancels_what_still_runs(engine, model):
-    ids = model.encode("def add(a, b):")[0]
-
-    async def main():
-        loop = EngineLoop(engine)
-        loop.start(asyncio.get_running_loop())
-        q = asyncio.Queue()
-        job = loop.submit(ids, LONG, wants_steps=True, events=q)
+    async def work(loop):
+        job, q = submit(loop, model.encode(PROMPT)[0], LONG)
         await job.accepted
         await q.get()
         await asyncio.to_thread(loop.stop)
         await drain(q, job)
         return job, loop
 
-    job, loop = asyncio.run(main())
+    job, loop = with_loop(engine, work)
     assert job.request.status.value == "cancelled" and not loop.alive and engine.stats()["rows_in_use"] == 0
