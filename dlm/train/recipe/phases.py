@@ -90,8 +90,6 @@ def _evaluate_loaded(evaluate_lm: Callable[..., dict[str, Any]]):
 
 
 # ------------------------------------------------------------------------------------------------ dlm-tiny
-
-
 DLM_TINY = Phase(
     name="dlm-tiny", budget="diffusion",
     build=lambda cfg, prep: builders.build_diffusion(cfg.size, prep.n_tokens, seed=cfg.seed),
