@@ -186,12 +186,26 @@ TASKS: dict[str, Task] = {
 FAMILIES: tuple[str, ...] = tuple(TASKS)
 
 
+#: families registered by other modules of dlm.data (the stress families, :mod:`dlm.data.stress`, which subclass
+#: Task and so import this module): get_task finds them beside the trained ones
+EXTRA_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Make ``task`` known to :func:`get_task` (and so to :func:`make_splits`); names are unique."""
+    if task.name in TASKS or task.name in EXTRA_TASKS:
+        raise ValueError(f"a task family named {task.name!r} already exists")
+    EXTRA_TASKS[task.name] = task
+    return task
+
+
 def get_task(name: str) -> Task:
-    """The task family ``name``; the error lists the known families."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task family {name!r}; known: {', '.join(FAMILIES)}") from None
+    """The task family ``name``: a trained family or a registered one (the stress families); the error lists the
+    known families."""
+    task = TASKS.get(name) or EXTRA_TASKS.get(name)
+    if task is None:
+        raise ValueError(f"unknown task family {name!r}; known: {', '.join(FAMILIES + tuple(EXTRA_TASKS))}")
+    return task
 
 
 def make_splits(families: Iterable[str] = FAMILIES, n_train: int = 1000, n_val: int = 100, n_test: int = 100,
