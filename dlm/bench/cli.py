@@ -6,6 +6,8 @@
     dlm bench --schedulers low_confidence threshold:threshold=0.8 --caches none dual --gen-length 32 64
     dlm bench --grid grid.yaml                        a grid file (JSON, or YAML when PyYAML is installed)
     dlm bench --list                                  the named configurations and grid presets
+    dlm bench --preset stress                         stress families, accuracy by answer length and dependency
+    dlm bench choose-best                             re-choose the best preset by its rule (dlm.bench.choose)
     dlm bench scale --arch llada-8b --batch 1 8       scale runs on a GPU (dlm.bench.scale; see its --help)
 """
 
@@ -34,7 +36,7 @@ def _block(text: str) -> int | None:
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the options of ``dlm bench`` to ``p`` (and its ``scale`` subcommand)."""
     w = p.add_argument_group("what to run")
-    w.add_argument("--preset", default=None, help="grid preset: quick (default) or full")
+    w.add_argument("--preset", default=None, help="grid preset: quick (default), full or stress")
     w.add_argument("--grid", type=Path, default=None, help="grid file (JSON, or YAML with PyYAML): suite settings, "
                    "configs, grid; see docs/benchmarks.md")
     w.add_argument("--configs", nargs="+", default=None, metavar="NAME",
@@ -45,6 +47,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     w.add_argument("--caches", nargs="+", default=None, metavar="SPEC", help="grid axis: NAME[:key=value,...]")
     w.add_argument("--verifiers", nargs="+", default=None, metavar="SPEC",
                    help="grid axis: none, stepwise, causal[:verifier=PATH]")
+    w.add_argument("--no-verifiers", action="store_true",
+                   help="leave out the configurations with a verifier (as choose-best's tuning run does)")
     w.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE", dest="set_fields",
                    help="GenerationConfig fields for every grid configuration (e.g. eotp=true tokens_per_step=2)")
     s = p.add_argument_group("tasks and shapes (override the preset)")
@@ -60,6 +64,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--warmup-rows", type=int, default=None,
                    help="rows of the warm-up batch (default: the preset's; a full batch for full)")
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--split", choices=("test", "val"), default=None,
+                   help="split of the synthetic examples: test (default; evaluation) or val (tuning, as choose-best)")
+    s.add_argument("--breakdown", action="store_true", default=None,
+                   help="report accuracy and NFE by answer length and dependency (on in the stress preset)")
     m = p.add_argument_group("model and output")
     m.add_argument("--model", default=None, help="checkpoint folder (default: the bundled dlm-tiny)")
     m.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
@@ -76,11 +84,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     m.add_argument("--out", type=Path, default=None, help="results folder (default: results/bench-<date>-<time>)")
     m.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     m.add_argument("--list", action="store_true", help="list named configurations and grid presets, then exit")
-    sub = p.add_subparsers(dest="bench_command", required=False, metavar="{scale}")
+    sub = p.add_subparsers(dest="bench_command", required=False, metavar="{scale,choose-best}")
     # every argument after "scale" goes to dlm.bench.scale unparsed (no prefix char, so nothing is an option here)
     sc = sub.add_parser("scale", add_help=False, prefix_chars="\x00",
                         help="GPU scale runs of LLaDA-8B / Dream-7B geometries (dlm bench scale --help)")
     sc.add_argument("scale_args", nargs="*")
+    cb = sub.add_parser("choose-best", add_help=False, prefix_chars="\x00",
+                        help="choose the best preset by its rule on the val split (dlm bench choose-best --help)")
+    cb.add_argument("choose_args", nargs="*")
     p.set_defaults(func=cmd_bench)
 
 
@@ -125,9 +136,11 @@ def suite_from_args(args: argparse.Namespace):
         methods += grid_methods(grid)
     if not methods:
         methods = list(SUITES["quick"].methods)
+    if getattr(args, "no_verifiers", False):
+        methods = [m for m in methods if not m.fields.get("verify")]
     changes: dict[str, Any] = {}
     for key in ("tasks", "n", "code_n", "gen_length", "code_gen_length", "block_length", "batch_size", "repeats",
-                "warmup", "warmup_rows", "seed"):
+                "warmup", "warmup_rows", "seed", "split", "breakdown"):
         value = getattr(args, key)
         if value is not None:
             changes[key] = value
@@ -173,6 +186,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         scale_main(list(args.scale_args))
         return 0
+    if getattr(args, "bench_command", None) == "choose-best":
+        from .choose import main as choose_main
+
+        return choose_main(list(args.choose_args), bench_main=main)
     if args.list:
         print(list_presets())
         return 0

@@ -28,13 +28,14 @@ class Item:
 
 
 def load_items(suite: Suite, tokenizer=None) -> list[Item]:
-    """The suite's examples: ``n`` test-split examples per synthetic family, then ``code_n`` held-out functions
+    """The suite's examples: ``n`` examples of the suite's split (test or val) per synthetic family, then ``code_n`` held-out functions
     whose prompt fits ``code_prompt_tokens`` and reference body fits ``code_gen_length - 1`` tokens."""
     items: list[Item] = []
     for fam in suite.tasks:
         if fam == CODE or suite.n == 0:
             continue
-        items += [Item(e.family, e.prompt, e.answer) for e in get_task(fam).generate("test", suite.n, suite.seed)]
+        items += [Item(e.family, e.prompt, e.answer)
+                  for e in get_task(fam).generate(suite.split, suite.n, suite.seed)]
     if CODE in suite.tasks and suite.code_n > 0:
         count = None
         if tokenizer is not None:

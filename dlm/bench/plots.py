@@ -3,6 +3,8 @@
 * ``accuracy_vs_nfe.png``: accuracy and exact match with the reference against NFE per generated token, one
   point per configuration (marker per shape group; the reference drawn as a star).
 * ``tokens_per_s.png``: tokens/s per configuration, annotated with the ratio to the reference of its group.
+* ``stress.png`` (suites with ``breakdown``): accuracy and NFE per token of every configuration by answer-length
+  and dependency bucket: where each rule starts to fail.
 * ``trajectory.png``: for one example, which answer position was committed at which step, under the reference
   and one fast configuration (``GenerationOutput.trace.commit_step``).
 """
@@ -14,7 +16,7 @@ from typing import Any
 
 MARKERS = "osD^vP*Xh<>"
 PLOT_FILES = {"accuracy_vs_nfe": "accuracy_vs_nfe.png", "tokens_per_s": "tokens_per_s.png",
-              "trajectory": "trajectory.png"}
+              "trajectory": "trajectory.png", "stress": "stress.png"}
 
 
 def _plt():
@@ -197,10 +199,58 @@ def trajectory(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def stress_buckets(results: dict[str, Any], path: Path) -> Path | None:
+    """Accuracy (top) and NFE per token (bottom) of every configuration per answer-length bucket (left) and
+    per dependency bucket (right), over the families the model can do, first shape group: where each rule starts
+    to fail. The reference is the thick black line."""
+    from .breakdown import bucket_order, capable_families, pooled
+
+    group = results["rows"][0]["group"]
+    rows = [r for r in _ok(results) if r["group"] == group and "breakdown" in r]
+    if not rows or not rows[0]["is_reference"]:
+        return None
+    families, _ = capable_families(rows[0])
+    if not families:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9), sharex="col")
+    cmap = plt.get_cmap("tab20")
+    for col, axis in enumerate(("length", "dependency")):
+        buckets = [b for b in bucket_order(axis) if b in pooled(rows[0], axis, families)]
+        for i, r in enumerate(rows):
+            cells = pooled(r, axis, families)
+            xs = [j for j, b in enumerate(buckets) if b in cells]
+            style = dict(color="black", lw=3, zorder=5) if r["is_reference"] else dict(
+                color=cmap(i % 20), lw=1.3, ls=("-", "--", ":")[i // 20 % 3], marker=MARKERS[i % len(MARKERS)], ms=4)
+            for row_ax, key in ((0, "accuracy"), (1, "nfe_per_token")):
+                ys = [cells[buckets[j]][key] for j in xs]
+                axes[row_ax][col].plot(xs, ys, label=r["name"] if col == 0 and row_ax == 0 else None, **style)
+        for row_ax, label in ((0, "accuracy"), (1, "NFE per generated token (log)")):
+            ax = axes[row_ax][col]
+            ax.set_xticks(range(len(buckets)))
+            ax.set_xticklabels(buckets)
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        axes[1][col].set_yscale("log")
+        axes[1][col].set_xlabel("answer length (units)" if axis == "length" else
+                                "dependency (answer units that change together)")
+    fig.legend(loc="center right", fontsize=7)
+    fig.suptitle(f"where each rule starts to fail ({group}; families the model can do: {', '.join(families)})",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.74, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(results: dict[str, Any], out: Path) -> dict[str, Path]:
     """Every plot into ``out``; returns {kind: path} of those written."""
     written = {"accuracy_vs_nfe": accuracy_vs_nfe(results, out / PLOT_FILES["accuracy_vs_nfe"]),
                "tokens_per_s": tokens_per_s(results, out / PLOT_FILES["tokens_per_s"])}
+    if results["suite"].get("breakdown"):
+        s = stress_buckets(results, out / PLOT_FILES["stress"])
+        if s is not None:
+            written["stress"] = s
     t = trajectory(results, out / PLOT_FILES["trajectory"])
     if t is not None:
         written["trajectory"] = t

@@ -17,16 +17,17 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ..data import CODE, FAMILIES
+from ..data import CODE, FAMILIES, STRESS_FAMILIES
 from ..errors import ConfigError
+from .best import best_fields
 from .methods import REFERENCE, Method, grid_methods
 
-#: The project's recommended fast setting (the ``best`` preset): the learned filter (Learn2PD; the filter shipped
-#: for dlm-tiny unless ``scheduler_kwargs={"path": ...}`` names another) with the dual block cache and end-of-text
-#: prediction. On dlm-tiny it needs about half the forward passes of Fast-dLLM's threshold 0.9 + dual at the same
-#: or better accuracy; without EoTP the dual cache lost 2 points at gen_length 128 (BENCHMARKS.md). For a model
-#: without a filter of its own, ``fast-dllm`` (threshold 0.9 + dual) is the filter-free choice.
-BEST: dict[str, Any] = {"scheduler": "learned_filter", "cache": "dual", "eotp": True}
+#: The project's recommended fast setting (the ``best`` preset): the method chosen by ``dlm bench choose-best``
+#: (:mod:`dlm.bench.choose`: the fewest forward passes within 0.5 points of the reference decode on every
+#: family and length bucket of the stress families' tuning split), read from ``dlm/bench/best.json``
+#: (:mod:`dlm.bench.best`). Never edit it by hand: rerun the command. For a model without a learned filter of its
+#: own, ``fast-dllm`` (threshold 0.9 + dual) is the filter-free choice.
+BEST: dict[str, Any] = best_fields()
 
 
 # ------------------------------------------------------------------------------------------------ named methods
@@ -76,6 +77,9 @@ class Suite:
         warmup_rows: rows of that warm-up batch (``None``: a full batch, the same shape as the timed batches,
             which a GPU needs; on a CPU a couple of rows warm up as well and cost less).
         seed: seed of the task examples, of every GenerationConfig and of torch.
+        split: the split the synthetic examples are drawn from: ``test`` (evaluation) or ``val`` (tuning; the
+            stress families draw other lengths there, :mod:`dlm.data.stress`).
+        breakdown: report accuracy and NFE by answer length and dependency bucket (:mod:`dlm.bench.breakdown`).
         methods: the configurations; the reference is added in front when missing.
     """
 
@@ -91,6 +95,8 @@ class Suite:
     warmup: int = 1
     warmup_rows: int | None = None
     seed: int = 0
+    split: str = "test"
+    breakdown: bool = False
     methods: tuple[Method, ...] = ()
 
     def __post_init__(self) -> None:
@@ -98,9 +104,12 @@ class Suite:
         for name in ("tasks", "gen_length", "block_length", "batch_size", "methods"):
             value = getattr(self, name)
             set_(name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
-        unknown = [t for t in self.tasks if t not in FAMILIES and t != CODE]
+        known = FAMILIES + STRESS_FAMILIES + (CODE,)
+        unknown = [t for t in self.tasks if t not in known]
         if unknown:
-            raise ConfigError(f"unknown task(s) {unknown}; known: {', '.join(FAMILIES + (CODE,))}")
+            raise ConfigError(f"unknown task(s) {unknown}; known: {', '.join(known)}")
+        if self.split not in ("val", "test"):
+            raise ConfigError(f"split must be 'test' (evaluation) or 'val' (tuning), got {self.split!r}")
         if not self.tasks:
             raise ConfigError("the suite needs at least one task")
         for name, lo in (("n", 0), ("code_n", 0), ("code_gen_length", 1), ("code_prompt_tokens", 1), ("repeats", 1),
@@ -168,15 +177,36 @@ def _full_methods() -> tuple[Method, ...]:
     return tuple(NAMED.values()) + tuple(grid)
 
 
+def _stress_methods() -> tuple[Method, ...]:
+    """The named methods; with the dual cache and EoTP (``best``'s setting), the threshold rule from 0.7 to 0.99,
+    the learned filter at three thresholds, factor, early commit and LLaDA's fixed 4 tokens per step: the
+    candidates ``dlm bench choose-best`` picks ``best`` from. Short names (``threshold-0.9``): each of them runs
+    with ``dual`` + ``eotp``."""
+    specs = [(f"threshold-{t}", "threshold", {"threshold": t}, {}) for t in (0.7, 0.8, 0.9, 0.95, 0.99)]
+    specs += [(f"filter-{t}", "learned_filter", {"threshold": t}, {}) for t in (0.9, 0.96, 0.99)]
+    specs += [("factor-1.0", "factor", {"factor": 1.0}, {}),
+              ("early-commit-0.9", "early_commit", {"inner": "threshold", "inner_kwargs": {"threshold": 0.9}}, {}),
+              ("4-per-step", "low_confidence", {}, {"tokens_per_step": 4})]
+    grid = [Method(name, {"scheduler": s, "scheduler_kwargs": kw, "cache": "dual", "eotp": True, **extra},
+                   f"{s} with the dual cache and EoTP (a candidate of the best preset)", "preset")
+            for name, s, kw, extra in specs]
+    named_fields = [dict(m.fields) for m in NAMED.values()]
+    return tuple(NAMED.values()) + tuple(m for m in grid if dict(m.fields) not in named_fields)
+
+
 #: Grid presets. ``quick``: every named method on 28 examples (4 per family + 4 functions), two timed repeats and
 #: a 2-row warm-up; on a CPU with a dlm-tiny-sized model it runs in about 7 minutes (``--threads 1`` on a shared
 #: machine). ``full``: 64 test examples per family + 64 functions, two generation lengths, the named methods plus
-#: 14 scheduler x cache combinations, three repeats and full-batch warm-up (meant for a GPU).
+#: 14 scheduler x cache combinations, three repeats and full-batch warm-up (meant for a GPU). ``stress``: the
+#: stress families (:mod:`dlm.data.stress`), 8 per family, every named method and the candidates of ``best``,
+#: with the breakdown by answer length and dependency; one timed pass (the figures are accuracy and NFE).
 SUITES: dict[str, Suite] = {
     "quick": Suite(n=4, code_n=4, gen_length=(32,), batch_size=(16,), repeats=2, warmup=1, warmup_rows=2,
                    methods=tuple(NAMED.values())),
     "full": Suite(n=64, code_n=64, gen_length=(32, 128), batch_size=(64,), repeats=3, warmup=1,
                   methods=_full_methods()),
+    "stress": Suite(tasks=STRESS_FAMILIES, n=8, gen_length=(32,), batch_size=(64,), repeats=1, warmup=1,
+                    warmup_rows=2, breakdown=True, methods=_stress_methods()),
 }
 
 

@@ -3,7 +3,8 @@
 ``results.json`` holds ``environment`` (date, hardware, versions, the exact command), ``model``, ``suite``,
 ``rows`` (one per configuration and shape; see :mod:`dlm.bench.runner` for the metrics), ``trajectories`` and
 ``files``. ``results.md`` holds one table per shape group with every metric and its ratio against the group's
-reference row, a per-family accuracy table, the skipped and failed configurations with the reason, and a legend.
+reference row, a per-family accuracy table, the stress sections when the suite asks for the breakdown
+(:mod:`dlm.bench.stress_report`), the skipped and failed configurations with the reason, and a legend.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..data import CODE, FAMILIES
+from ..data import CODE, FAMILIES, STRESS_FAMILIES
 from .plots import PLOT_FILES, write_plots
+from .stress_report import stress_markdown
 
 FILES = {"json": "results.json", "markdown": "results.md", **PLOT_FILES}
 
@@ -194,7 +196,10 @@ def markdown(results: dict[str, Any]) -> str:
             cells = [_cell(r, key, spec, ratio) for _, key, spec, ratio in MAIN_COLUMNS]
             lines.append(f"| {_md(r['name'])} | {_md(r['label'])} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += _family_table(rows, groups)
+    if results["suite"].get("breakdown"):
+        lines += stress_markdown(results)  # holds the per-family accuracies too
+    else:
+        lines += _family_table(rows, groups)
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         lines += ["## Skipped and failed configurations", ""]
@@ -216,7 +221,7 @@ def _examples_line(results: dict[str, Any]) -> str:
 
 
 def _family_table(rows: list[dict[str, Any]], groups: list[str]) -> list[str]:
-    fams = [f for f in FAMILIES + (CODE,) if any(f in r.get("families", {}) for r in rows)]
+    fams = [f for f in FAMILIES + STRESS_FAMILIES + (CODE,) if any(f in r.get("families", {}) for r in rows)]
     if not fams:
         return []
     head = [f for f in fams if f != CODE]

@@ -50,7 +50,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import CheckpointError, ConfigError, RegistryError
-from ..data import CODE, exact_match
+from ..data import CODE, check_answer
+from .breakdown import breakdown, measures
 from .items import KINDS, Item, count_families, load_items
 from .measure import PeakMemory, load_average, sync
 from .methods import REFERENCE, Method
@@ -93,6 +94,7 @@ class Bench:
         self.order = {k: sorted((i for i, it in enumerate(self.items) if it.kind == k), key=lambda i: len(ids[i]))
                       for k in KINDS}
         self.order = {k: v for k, v in self.order.items() if v}
+        self.measures = measures(self.items)  # answer length and dependency of every example
 
     # ----------------------------------------------------------------- one configuration
     def resolve(self, method: Method) -> tuple[Method | None, str | None]:
@@ -231,6 +233,7 @@ class Bench:
             "code_parse_rate": scored["code_parse_rate"],
         }
         row["families"] = scored["families"]
+        row["breakdown"] = breakdown(self.items, decoded, decoded if row["is_reference"] else ref, self.measures)
         row["counts"] = {"examples": len(decoded), "generated_tokens": n_gen, "nfe": nfe, "steps": steps}
         row["timings"] = {"wall_s_repeats": list(run.walls),
                           **{f"{k}_wall_s": statistics.median(v) for k, v in run.kind_walls.items()}}
@@ -248,7 +251,7 @@ class Bench:
             seen[it.family] = seen.get(it.family, 0) + 1
             rec = {"family": it.family, "prompt": it.prompt, "prediction": d.text}
             if it.answer is not None:
-                rec.update(answer=it.answer, correct=exact_match(d.text, it.answer))
+                rec.update(answer=it.answer, correct=check_answer(it.family, it.prompt, d.text, it.answer))
             else:
                 rec["name"] = it.name
             out.append(rec)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..data import CODE, completion_parses, exact_match
+from ..data import CODE, check_answer, completion_parses
 from .items import Item
 
 #: metrics that get a ratio against the reference row of their group
@@ -76,7 +76,7 @@ def score(items: Sequence[Item], decoded: Sequence[Decoded], ref: Sequence[Decod
                                         "same": 0, "compared": 0, "exact": 0})
         f["n"] += 1
         if it.answer is not None:
-            ok = exact_match(d.text, it.answer)
+            ok = check_answer(it.family, it.prompt, d.text, it.answer)
             f["correct"] += ok
             tot["correct"] += ok
             tot["n_task"] += 1

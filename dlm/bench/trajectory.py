@@ -12,8 +12,8 @@ from .scoring import generated_length
 
 def trajectory_item(items: Sequence[Item]) -> int:
     """The example drawn in the trajectory picture: the first of a family whose answer tokens depend on each
-    other (add, then sort, cumsum), else the first example."""
-    for fam in ("add", "sort", "cumsum"):
+    other (add, then sort, cumsum, then their stress variants), else the first example."""
+    for fam in ("add", "sort", "cumsum", "add-carry", "cumsum-long", "sort-long"):
         for i, it in enumerate(items):
             if it.family == fam:
                 return i

@@ -31,5 +31,5 @@ def test_reference_always_first():
     assert [m.name for m in s.with_reference()] == [REFERENCE, "best"]
     s = Suite(methods=(NAMED["best"], NAMED[REFERENCE]))
     assert [m.name for m in s.with_reference()] == [REFERENCE, "best"]
-    assert set(presets.SUITES) == {"quick", "full"}
+    assert set(presets.SUITES) == {"quick", "full", "stress"}
     assert {m.name for m in presets.SUITES["quick"].methods} == set(NAMED)
