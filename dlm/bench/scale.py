@@ -165,13 +165,14 @@ def time_config(lm, *, cache: str, batch: int, gen_length: int, block_length: in
     warm, timed = warmup_blocks * steps_per_block, timed_blocks * steps_per_block
     marks: dict[str, float] = {}
 
-    def stream(event):
-        if event.step == warm:
+    def stream(event):  # every request takes the same steps (a fixed schedule): time request 0, stop them all
+        if event.tag == 0 and event.step == warm:
             _sync(device)
             marks["t0"] = time.perf_counter()
-        if event.step == warm + timed:
+        if event.tag == 0 and event.step == warm + timed:
             _sync(device)
             marks["t1"] = time.perf_counter()
+        if event.step >= warm + timed:
             event.stop()
 
     cuda = device.type == "cuda"

@@ -2,9 +2,10 @@
 
 Storage only; which positions a step recomputes is a cache *policy*'s decision (:mod:`dlm.cache.base`).
 
-Each layer owns two tensors ``(num_slots, kv_heads, slot_len, head_dim)`` (keys and values), allocated once
-when the engine is built, on the device of that layer's weights (so a model split across devices keeps each
-layer's keys next to its weights). A request holds one slot per model row (two under classifier-free guidance)
+Each layer owns two tensors ``(num_slots, slot_len, kv_heads, head_dim)`` (keys and values; token-major, so a
+position's keys for every head are one contiguous row that a forward writes in one piece), allocated once when
+the engine is built, on the device of that layer's weights (so a model split across devices keeps each layer's
+keys next to its weights). A request holds one slot per model row (two under classifier-free guidance)
 from admission to its end; its canvas position ``p`` lives at index ``p`` of its slot. Nothing is allocated or
 moved per step: a forward writes the keys/values of the positions it feeds (:meth:`KVPool.write`) and attends
 over views of the slots (:meth:`KVPool.keys`, :meth:`KVPool.values`).
@@ -51,13 +52,12 @@ class KVPool:
             raise ValueError(f"need one device per layer ({shape.num_layers}), got {len(devices)}")
         self.shape = shape
         self.dtype = dtype
-        dims = (shape.num_slots, shape.kv_heads, shape.slot_len, shape.head_dim)
+        dims = (shape.num_slots, shape.slot_len, shape.kv_heads, shape.head_dim)
         # zeros, not empty: attention may read (masked) positions nothing wrote, and 0 * NaN would poison it
         self.k = [torch.zeros(dims, dtype=dtype, device=d) for d in devices]
         self.v = [torch.zeros(dims, dtype=dtype, device=d) for d in devices]
         self._free = list(range(shape.num_slots))
         heapq.heapify(self._free)
-        self.writes = 0  # positions written, summed over layers (statistics)
 
     # ----------------------------------------------------------------- slots
     @property
@@ -84,18 +84,17 @@ class KVPool:
     def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor,
               v: torch.Tensor) -> None:
         """Store keys/values of T positions: slots, positions (T,) long; k, v (T, kv_heads, head_dim)."""
-        self.k[layer][slots, :, positions] = k
-        self.v[layer][slots, :, positions] = v
-        self.writes += int(positions.numel())
+        self.k[layer][slots, positions] = k
+        self.v[layer][slots, positions] = v
 
     def keys(self, layer: int, slots: slice | int, length: int) -> torch.Tensor:
         """A view (rows, kv_heads, length, head_dim) of a slot (int) or a contiguous range of slots (slice)."""
         sel = slice(slots, slots + 1) if isinstance(slots, int) else slots
-        return self.k[layer][sel, :, :length]
+        return self.k[layer][sel, :length].transpose(1, 2)
 
     def values(self, layer: int, slots: slice | int, length: int) -> torch.Tensor:
         sel = slice(slots, slots + 1) if isinstance(slots, int) else slots
-        return self.v[layer][sel, :, :length]
+        return self.v[layer][sel, :length].transpose(1, 2)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)

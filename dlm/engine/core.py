@@ -28,6 +28,7 @@ from ..cache.base import CacheContext
 from ..cache.store import KVPool, PoolShape
 from ..errors import ConfigError, DlmError, GenerationError, SchedulerError
 from ..models.ragged import RaggedAttention
+from ..models.transfer import to_device
 from ..outputs import GenerationOutput, StepEvent, StepTrace
 from ..sampling import Draws, compute_candidates
 from .buffers import SlotBuffers
@@ -51,6 +52,8 @@ class EngineCore:
     def __init__(self, lm, max_rows: int, slot_len: int, attention: str, pad_rows: bool, graphs=None):
         self.lm = lm
         self.graphs = graphs  # a StepGraphs replaying repeated step layouts, or None
+        self.batch_invariant = pad_rows  # set by build(); on a CPU the padding is what invariance needs
+        self.tiled = False  # GPU batch invariance: tiled dense operations, per-request candidates and decisions
         self.device = lm.device
         self.attention = attention
         self.pad_rows = pad_rows
@@ -79,8 +82,9 @@ class EngineCore:
             from .graphs import StepGraphs
 
             graphs = StepGraphs()
-        core = cls(lm, max_rows, slot_len, attention, pad_rows=cpu, graphs=graphs)
+        core = cls(lm, max_rows, slot_len, attention, pad_rows=cpu, graphs=None if invariant and not cpu else graphs)
         core.batch_invariant = invariant
+        core.tiled = invariant and not cpu
         return core
 
     @property
@@ -161,18 +165,19 @@ class EngineCore:
             plans += [p for rows in per_request for p in rows]
         packed = pack(plans, self.pad_rows) if plans else None
         logits = self._forward(packed) if plans else None  # no rows: every driven request finishes from drafts
-        flags = {}
+        outcomes, flags = {}, None
         if plain:
             nan = self._sample(packed, logits)
             groups = self._select(plain)
             stop = apply_stops(plain, self.buf, self.mask_id, self.eos_id, self._deferred(plain, groups))
-            flags.update(zip(map(id, plain), self._flags(plain, groups, stop, nan)))
+            flags = self._flags(plain, groups, stop, nan)
         for driver, reqs in driven.items():
-            outcomes = driver.process(self, reqs, _driver_logits(packed, logits, reqs))
-            flags.update(zip(map(id, reqs), outcomes))
+            outcomes.update(zip(map(id, reqs), driver.process(self, reqs, _driver_logits(packed, logits, reqs))))
         self.steps += 1
         reqs = plain + [r for rs in driven.values() for r in rs]
-        return self._emit(reqs, [flags[id(r)] for r in reqs])
+        events, host_flags = self._transfer(reqs, flags)
+        return self._emit(reqs, [host_flags[i] if i < len(plain) else outcomes[id(r)] for i, r in enumerate(reqs)],
+                          events)
 
     def _plan(self, r: Request) -> RowPlan:
         info = step_info(r, self.buf.tokens, self.buf.committed, self.buf.cand_confidence, self.mask_id)
@@ -183,22 +188,28 @@ class EngineCore:
     def _forward(self, p: Packed) -> torch.Tensor:
         """(Nc, V) logits of every candidate position (guidance applied)."""
         dev = self.device
-        slot, position = p.slot.to(dev), p.position.to(dev)
+        slot, position = to_device(p.slot, dev), to_device(p.position, dev)
         ids = self.buf.tokens[slot, position].unsqueeze(0)
         if p.explicit_ids is not None:  # drafts feed their own canvases
-            ids[0].index_copy_(0, p.explicit_index.to(dev), p.explicit_ids)
-        index = p.logits_index.to(dev).unsqueeze(0)
-        if self.graphs is not None:
+            ids[0].index_copy_(0, to_device(p.explicit_index, dev), p.explicit_ids)
+        index = to_device(p.logits_index, dev).unsqueeze(0)
+        if self.tiled:  # batch-invariant numerics on a GPU (see dlm.engine.numerics)
+            from .numerics import invariant_forward
+
+            with invariant_forward(self.lm.model):
+                attention = RaggedAttention(p.rows, self.pool, self.attention)
+                logits = self.lm.model(ids, position.unsqueeze(0), attention=attention, logits_index=index)[0]
+        elif self.graphs is not None:
             logits = self.graphs.forward(self.lm.model, self.pool, self.attention, p.rows, ids,
                                          position.unsqueeze(0), index)
         else:
             attention = RaggedAttention(p.rows, self.pool, self.attention)
             logits = self.lm.model(ids, position.unsqueeze(0), attention=attention, logits_index=index)[0]
-        cond = logits[p.cond.to(dev)]
-        if not bool((p.cfg_scale > 0).any()):
-            return cond
-        uncond = logits[p.uncond.to(dev)]
-        w = p.cfg_scale.to(dev, logits.dtype).unsqueeze(1)
+        if not bool((p.cfg_scale > 0).any()):  # the conditional logits are the first ones, in order
+            return logits[: p.cond.numel()]
+        cond = logits[to_device(p.cond, dev)]
+        uncond = logits[to_device(p.uncond, dev)]
+        w = to_device(p.cfg_scale, dev, logits.dtype).unsqueeze(1)
         mixed = uncond + (w + 1) * (cond - uncond)
         # ids outside the vocabulary are -inf in both; keep them -inf instead of inf - inf = nan
         mixed = torch.where(torch.isneginf(cond) & torch.isneginf(uncond), cond, mixed)
@@ -209,11 +220,12 @@ class EngineCore:
         dev = self.device
         segments = [(plan.request, a, n) for plan, a, n in p.segments if plan.request.driver is None]
         groups: dict[tuple, list[tuple[Request, int, int]]] = {}
-        for seg in segments:
-            groups.setdefault(_sampling_key(seg[0]), []).append(seg)
+        for seg in segments:  # requests with the same sampling settings share the call (each its own, if tiled)
+            groups.setdefault(_sampling_key(seg[0]) + ((seg[0].id,) if self.tiled else ()), []).append(seg)
+        cand_slot, cand_col = to_device(p.cand_slot, dev), to_device(p.cand_col, dev)
         for segs in groups.values():
             r0 = segs[0][0]
-            index = torch.cat([torch.arange(a, a + n) for _, a, n in segs]).to(dev)
+            index = to_device(torch.cat([torch.arange(a, a + n) for _, a, n in segs]), dev)
             c = r0.config
             cand = compute_candidates(
                 logits[index], mode=r0.mode, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
@@ -221,16 +233,16 @@ class EngineCore:
                 measures=set().union(*(r.measures for r, _, _ in segs)),
                 ban_ids=(self.eos_id,) if c.logits_eos_inf else (),
                 low_confidence_ids=r0.stop_ids if c.confidence_eos_eot_inf else (), never_ids=(self.mask_id,))
-            self.buf.store_candidates(p.cand_slot.to(dev)[index], p.cand_col.to(dev)[index], cand)
-        index = torch.cat([torch.arange(a, a + n) for _, a, n in segments]).to(dev)
+            self.buf.store_candidates(cand_slot[index], cand_col[index], cand)
+        index = to_device(torch.cat([torch.arange(a, a + n) for _, a, n in segments]), dev)
         bad = torch.isnan(logits[index].amax(-1)).long()
-        seg_of = torch.cat([torch.full((n,), i) for i, (_, _, n) in enumerate(segments)]).to(dev)
+        seg_of = to_device(torch.cat([torch.full((n,), i) for i, (_, _, n) in enumerate(segments)]), dev)
         return torch.zeros(len(segments), dtype=torch.long, device=dev).index_add_(0, seg_of, bad) > 0
 
     def _select(self, reqs: list[Request]) -> list[GroupCommit]:
         groups: dict[tuple, list[Request]] = {}
-        for r in reqs:
-            groups.setdefault(group_key(r), []).append(r)
+        for r in reqs:  # one scheduler call per configuration and width (per request, if tiled)
+            groups.setdefault(group_key(r) + ((r.id,) if self.tiled else ()), []).append(r)
         out = []
         for g in groups.values():
             try:
@@ -257,28 +269,47 @@ class EngineCore:
         """(R,) bool: requests of editing schedulers whose block is still open (their stop-at-EOS waits)."""
         if not any(r.scheduler.edits for r in reqs):
             return None
-        return self._gather(reqs, groups, "open", torch.bool) & torch.tensor(
-            [r.scheduler.edits for r in reqs], device=self.device)
+        return self._gather(reqs, groups, "open", torch.bool) & to_device([r.scheduler.edits for r in reqs],
+                                                                           self.device)
 
     def _gather(self, reqs, groups: list[GroupCommit], field: str, dtype) -> torch.Tensor:
         """A per-row field of the scheduler calls, in the order of ``reqs``."""
         order = {id(r): i for i, r in enumerate(reqs)}
         out = torch.zeros(len(reqs), dtype=dtype, device=self.device)
         for g in groups:
-            out[torch.tensor([order[id(r)] for r in g.requests], device=self.device)] = getattr(g, field)
+            out[to_device([order[id(r)] for r in g.requests], self.device)] = getattr(g, field)
         return out
 
-    def _flags(self, reqs, groups: list[GroupCommit], stop, nan) -> list[list[int]]:
-        """One transfer to the host: per request (done, first mask column, length, error code, NaN, held)."""
+    def _flags(self, reqs, groups: list[GroupCommit], stop, nan) -> torch.Tensor:
+        """(R, 6) long on the device: per request done, first mask column, length, error code, NaN, held."""
         error = self._gather(reqs, groups, "error", torch.long)
         done = stop.done | self._gather(reqs, groups, "finish", torch.bool)
         hold = self._gather(reqs, groups, "hold", torch.bool)
-        return torch.stack([done.long(), stop.first_mask, stop.length, error, nan.long(), hold.long()], 1).tolist()
+        return torch.stack([done.long(), stop.first_mask, stop.length, error, nan.long(), hold.long()], 1)
+
+    def _transfer(self, reqs: list[Request], flags: torch.Tensor | None):
+        """The step's ONE transfer to the host: every request's answer and what this step committed (for the
+        events), with the plain requests' flags. Returns (events, flags as lists)."""
+        dev = self.device
+        Gmax = max(r.layout.gen_length for r in reqs)
+        meta = to_device([[r.slots[0], r.layout.prompt_len, r.steps] for r in reqs], dev, torch.long)
+        pos = meta[:, 1:2] + torch.arange(Gmax, device=dev)
+        rows = meta[:, :1]
+        parts = [self.buf.tokens[rows, pos], (self.buf.commit_step[rows, pos] == meta[:, 2:3]).long()]
+        if flags is not None:
+            parts.append(torch.cat([flags, flags.new_zeros(len(reqs) - flags.shape[0], flags.shape[1])]))
+        host = torch.cat(parts, 1).cpu()
+        tokens, committed = host[:, :Gmax], host[:, Gmax : 2 * Gmax].bool()
+        events = []
+        for i, r in enumerate(reqs):
+            G = r.layout.gen_length
+            events.append(StepEvent(request_id=r.id, step=r.steps + 1, block=r.block, committed=committed[i, :G],
+                                    tokens=tokens[i, :G], done=False, tag=r.tag, request=r))
+        return events, host[:, 2 * Gmax :].tolist()
 
     # ----------------------------------------------------------------- emit
-    def _emit(self, reqs: list[Request], flags: list[list[int]]) -> list[StepEvent]:
+    def _emit(self, reqs: list[Request], flags: list, events: list[StepEvent]) -> list[StepEvent]:
         now = time.perf_counter()
-        events = self._events(reqs)
         for r, flag, ev in zip(reqs, flags, events):
             r.steps += 1
             r.forwards += 1 if r.driver is None or r.fed_this_step else 0
@@ -326,22 +357,6 @@ class EngineCore:
         r.block_step = 0
         r.needs_init = True
         r.policy.begin_block(*r.block_span())
-
-    def _events(self, reqs: list[Request]) -> list[StepEvent]:
-        """Each request's answer and the positions this step committed, in one transfer."""
-        dev = self.device
-        Gmax = max(r.layout.gen_length for r in reqs)
-        meta = torch.tensor([[r.slots[0], r.layout.prompt_len, r.steps] for r in reqs], dtype=torch.long).to(dev)
-        pos = meta[:, 1:2] + torch.arange(Gmax, device=dev)
-        rows = meta[:, :1]
-        tokens = self.buf.tokens[rows, pos].cpu()
-        committed = (self.buf.commit_step[rows, pos] == meta[:, 2:3]).cpu()
-        out = []
-        for i, r in enumerate(reqs):
-            G = r.layout.gen_length
-            out.append(StepEvent(request_id=r.id, step=r.steps + 1, block=r.block, committed=committed[i, :G],
-                                 tokens=tokens[i, :G], done=False, tag=r.tag, request=r))
-        return out
 
     # ----------------------------------------------------------------- endings
     def _fail(self, r: Request, error: BaseException) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import SchedulerError
+from ..models.transfer import to_device
 from ..schedulers.base import BlockInfo, Decision, StepView, slice_candidates, slice_view
 from .buffers import SlotBuffers
 from .request import Request
@@ -94,7 +95,7 @@ def block_info(reqs: list[Request], masks: torch.Tensor, device) -> BlockInfo:
         bs, be = r.block_span()
         rows.append([r.block, len(r.layout.blocks), r.layout.steps_per_block, r.layout.total_steps, be - bs, bs,
                      r.layout.length, r.layout.prompt_len])
-    t = torch.tensor(rows, dtype=torch.long).to(device)
+    t = to_device(rows, device, torch.long)
     return BlockInfo(index=t[:, 0], num_blocks=t[:, 1], steps=t[:, 2], masks=masks, total_steps=t[:, 3],
                      width=t[:, 4], start=t[:, 5], canvas_length=t[:, 6], answer_start=t[:, 7])
 
@@ -103,8 +104,8 @@ def region(reqs: list[Request], buf: SlotBuffers, mask_id: int):
     """(slots, starts, cols, current tokens, masked, prompt) of the rows' regions: (B,), (B,), then (B, n)."""
     dev = buf.device
     n = reqs[0].region_span()[1] - reqs[0].region_span()[0]
-    meta = torch.tensor([[r.slots[0], r.region_span()[0], r.length, r.layout.prompt_len] for r in reqs],
-                        dtype=torch.long).to(dev)
+    meta = to_device([[r.slots[0], r.region_span()[0], r.length, r.layout.prompt_len] for r in reqs], dev,
+                     torch.long)
     slots, starts, lengths = meta[:, 0], meta[:, 1], meta[:, 2]
     cols = starts.unsqueeze(1) + torch.arange(n, device=dev).unsqueeze(0)
     cur = buf.tokens[slots.unsqueeze(1), cols]
@@ -138,11 +139,11 @@ def decide(reqs: list[Request], buf: SlotBuffers, mask_id: int) -> GroupCommit:
     info = block_info(reqs, masks, dev)
     starting = [i for i, r in enumerate(reqs) if r.needs_init]
     if starting:
-        idx = torch.tensor(starting, device=dev)
+        idx = to_device(starting, dev, torch.long)
         fresh_states = split_state(sched.init_state(info.rows(idx)), len(starting))
         for i, s in zip(starting, fresh_states):
             reqs[i].sched_state, reqs[i].needs_init = s, False
-    steps = torch.tensor([[r.block_step, r.steps, r.id] for r in reqs], dtype=torch.long).to(dev)
+    steps = to_device([[r.block_step, r.steps, r.id] for r in reqs], dev, torch.long)
     view = StepView(masked=masked, in_block=in_block, active=torch.ones(B, dtype=torch.bool, device=dev),
                     step=steps[:, 0], row_steps=steps[:, 1], block=info, generators=[r.generator for r in reqs],
                     request_ids=steps[:, 2], tokens=cur, prompt=prompt)
@@ -204,7 +205,7 @@ def _edits(reqs, decision: Decision, masked, in_block, prompt, error, sched):
     if decision.edit is None and decision.hold is None:
         return edit, hold, error
     bad = (edit & (masked | prompt | ~in_block)).any(1) | ((edit.any(1) | hold) & (not sched.edits))
-    too_long = hold & torch.tensor([r.held_steps >= sched.max_hold_steps for r in reqs], device=dev)
+    too_long = hold & to_device([r.held_steps >= sched.max_hold_steps for r in reqs], dev)
     error = torch.where((error == 0) & bad, BAD_EDIT, error)
     error = torch.where((error == 0) & too_long, HELD_TOO_LONG, error)
     return edit & ~masked & ~prompt & in_block, hold, error
@@ -219,9 +220,9 @@ def _write(reqs, buf: SlotBuffers, slots, cols, cur, commit, tokens) -> None:
     buf.tokens[rows, cols] = new
     uncond = [(i, r.slots[1]) for i, r in enumerate(reqs) if r.copies == 2]
     if uncond:  # the unconditional canvas mirrors the answer (only its prompt differs)
-        idx = torch.tensor([i for i, _ in uncond], device=dev)
-        buf.tokens[torch.tensor([s for _, s in uncond], device=dev).unsqueeze(1), cols[idx]] = new[idx]
-    step = torch.tensor([r.steps for r in reqs], dtype=torch.int32).to(dev).unsqueeze(1)
+        idx = to_device([i for i, _ in uncond], dev, torch.long)
+        buf.tokens[to_device([s for _, s in uncond], dev, torch.long).unsqueeze(1), cols[idx]] = new[idx]
+    step = to_device([r.steps for r in reqs], dev, torch.int32).unsqueeze(1)
     buf.commit_step[rows, cols] = torch.where(commit, step, buf.commit_step[rows, cols])
     buf.committed[slots] = False
     buf.committed[rows, cols] = commit

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.transfer import to_device
 from .buffers import SlotBuffers
 from .request import Request
 
@@ -37,11 +38,11 @@ def _settings(reqs: list[Request], dev):
     rows = [[r.slots[0], r.layout.prompt_len, r.layout.gen_length, r.length, r.region_span()[0],
              r.region_span()[1] - r.region_span()[0], int(r.config.eotp), int(r.config.stop_at_eos), r.steps]
             for r in reqs]
-    t = torch.tensor(rows, dtype=torch.long).to(dev)
+    t = to_device(rows, dev, torch.long)
     width = max(len(r.stop_ids) for r in reqs)
-    stops = torch.tensor([list(r.stop_ids) + [-1] * (width - len(r.stop_ids)) for r in reqs]).to(dev)
-    thr = torch.tensor([r.config.eotp_threshold if r.config.eotp_threshold is not None else float("inf")
-                        for r in reqs], dtype=torch.float32).to(dev)
+    stops = to_device([list(r.stop_ids) + [-1] * (width - len(r.stop_ids)) for r in reqs], dev, torch.long)
+    thr = to_device([r.config.eotp_threshold if r.config.eotp_threshold is not None else float("inf")
+                     for r in reqs], dev, torch.float32)
     return t, stops, thr
 
 
@@ -67,6 +68,7 @@ class Answers:
     threshold: torch.Tensor
     pred_tokens: torch.Tensor | None = None
     pred_confidence: torch.Tensor | None = None
+    any_eotp: bool | None = None  # whether some row has eotp, when known on the host (saves a device sync)
 
 
 def stop_rules(a: Answers, mask_id: int, eos_id: int):
@@ -86,7 +88,7 @@ def stop_rules(a: Answers, mask_id: int, eos_id: int):
     first_stop = first(is_stop(ans) & ~masked & valid)
     at_p = torch.zeros_like(masked)
     p = a.G.clone()
-    if bool(a.eotp.any()):
+    if a.any_eotp if a.any_eotp is not None else bool(a.eotp.any()):
         if a.pred_tokens is not None:
             p = torch.minimum(first_stop, _predicted_end(ans, masked, valid, is_stop(a.pred_tokens),
                                                          a.pred_confidence, a.threshold, is_stop, cols, a.G))
@@ -121,8 +123,9 @@ def apply_stops(reqs: list[Request], buf: SlotBuffers, mask_id: int, eos_id: int
     valid = cols < G.unsqueeze(1)
     pos = P.unsqueeze(1) + cols
     rows = slot.unsqueeze(1)
-    answers = Answers(buf.tokens[rows, pos], G, stops, stop_at_eos, eotp, thr)
-    if bool(eotp.any()):
+    any_eotp = any(r.config.eotp for r in reqs)
+    answers = Answers(buf.tokens[rows, pos], G, stops, stop_at_eos, eotp, thr, any_eotp=any_eotp)
+    if any_eotp:
         rc = pos - rs.unsqueeze(1)  # the region column of each answer position
         in_region = (rc >= 0) & (rc < rw.unsqueeze(1))
         rc = rc.clamp(0, buf.slot_len - 1)
@@ -133,7 +136,7 @@ def apply_stops(reqs: list[Request], buf: SlotBuffers, mask_id: int, eos_id: int
     ans, at_p, p, done, first_mask = stop_rules(answers, mask_id, eos_id)
     if defer is not None:  # the open block may still edit the answer
         done = done & ~defer
-    if bool(eotp.any()):
+    if any_eotp:
         buf.commit_step[rows, pos] = torch.where(at_p, step.unsqueeze(1).int(), buf.commit_step[rows, pos])
         length = torch.where(p < G, torch.minimum(length, P + p + 1), length)
     _write_answers(reqs, buf, rows, pos, ans, valid)
@@ -156,6 +159,6 @@ def _write_answers(reqs, buf: SlotBuffers, rows, pos, ans, valid) -> None:
     buf.tokens[rows, pos] = torch.where(valid, ans, cur)
     uncond = [(i, r.slots[1]) for i, r in enumerate(reqs) if r.copies == 2]
     if uncond:
-        idx = torch.tensor([i for i, _ in uncond], device=buf.device)
-        urows = torch.tensor([s for _, s in uncond], device=buf.device).unsqueeze(1)
+        idx = to_device([i for i, _ in uncond], buf.device, torch.long)
+        urows = to_device([s for _, s in uncond], buf.device, torch.long).unsqueeze(1)
         buf.tokens[urows, pos[idx]] = torch.where(valid[idx], ans[idx], buf.tokens[urows, pos[idx]])

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import attend
+from .transfer import to_device
 
 BACKENDS = ("loop", "padded")
 
@@ -95,8 +96,8 @@ class _Index:
     lists; nothing here reads the positions, so a captured graph can replay them with new positions)."""
 
     positions: torch.Tensor
-    write_src: torch.Tensor  # packed positions whose keys/values are stored
-    write_slot: torch.Tensor
+    write_src: object  # packed positions whose keys/values are stored (a tensor, ALL, or None)
+    write_slot: torch.Tensor | None
     groups: dict = field(default_factory=dict)  # padded backend: per kind of row, its scatter indices
 
     @staticmethod
@@ -106,9 +107,14 @@ class _Index:
             if rows.write[r] and rows.slot[r] >= 0:
                 src.append(torch.arange(rows.q_start[r], rows.q_start[r] + rows.q_len[r]))
                 slot.append(torch.full((rows.q_len[r],), rows.slot[r]))
-        write_src = torch.cat(src).to(device) if src else torch.zeros(0, dtype=torch.long, device=device)
-        write_slot = torch.cat(slot).to(device) if slot else write_src
-        return _Index(rows.positions.to(device), write_src, write_slot)
+        positions = to_device(rows.positions, device)
+        if not src:
+            return _Index(positions, None, None)
+        write_src = torch.cat(src)
+        write_slot = to_device(torch.cat(slot), device)
+        if write_src.numel() == positions.numel():  # every fed position is stored, in packed order
+            return _Index(positions, ALL, write_slot)
+        return _Index(positions, to_device(write_src, device), write_slot)
 
     def masks(self, rows: RaggedRows) -> dict[int, torch.Tensor]:
         """Row -> (Q, L) bool block-causal mask of the rows that need one (computed from the positions)."""
@@ -129,6 +135,9 @@ class RaggedAttention:
         pool: an object with ``write(layer, slots, positions, k, v)``, ``keys(layer, slots, length)`` and
             ``values(layer, slots, length)`` (:class:`dlm.cache.store.KVPool`), or None when no row uses a slot.
         backend: ``"loop"`` or ``"padded"`` (see the module doc).
+
+    Internally the fed positions are token-major, (T, heads, D): a position's keys are one contiguous row, so the
+    pool writes rows, and rows of equal length in slot order (a batch in lockstep) are views, not copies.
     """
 
     def __init__(self, rows: RaggedRows, pool, backend: str = "loop"):
@@ -137,59 +146,68 @@ class RaggedAttention:
         self.rows, self.pool, self.backend = rows, pool, backend
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q: (1, H, T, D); k, v: (1, Hkv, T, D)
+        # q: (1, H, T, D); k, v: (1, Hkv, T, D) -> token-major (T, heads, D)
+        qt, kt, vt = q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1)
         idx = self.rows.index(q.device)
-        if idx.write_src.numel():
-            self.pool.write(layer, idx.write_slot, idx.positions[idx.write_src],
-                            k[0, :, idx.write_src].transpose(0, 1), v[0, :, idx.write_src].transpose(0, 1))
+        if idx.write_src is not None:
+            src = idx.write_src
+            self.pool.write(layer, idx.write_slot, idx.positions[src] if src is not ALL else idx.positions,
+                            kt if src is ALL else kt[src], vt if src is ALL else vt[src])
         masks = idx.masks(self.rows) if any(b is not None for b in self.rows.block) else {}
+        out = torch.empty_like(qt)
         if self.backend == "loop":
-            return self._loop(layer, q, k, v, masks)
-        return self._padded(layer, q, k, v, idx, masks)
+            self._loop(layer, qt, kt, vt, masks, out)
+        else:
+            self._padded(layer, qt, kt, vt, idx, masks, out)
+        return out.transpose(0, 1).unsqueeze(0)
 
     # ----------------------------------------------------------------- loop (reference)
-    def _row_kv(self, layer: int, r: int, k: torch.Tensor, v: torch.Tensor):
+    def _loop(self, layer, qt, kt, vt, masks: dict, out: torch.Tensor) -> None:
         rows = self.rows
-        if rows.fresh[r]:
-            s = slice(rows.q_start[r], rows.q_start[r] + rows.q_len[r])
-            return k[:, :, s], v[:, :, s]
-        return self.pool.keys(layer, rows.slot[r], rows.k_len[r]), self.pool.values(layer, rows.slot[r], rows.k_len[r])
-
-    def _loop(self, layer, q, k, v, masks: dict) -> torch.Tensor:
-        rows, outs = self.rows, []
         for r in range(len(rows.q_len)):
             s = slice(rows.q_start[r], rows.q_start[r] + rows.q_len[r])
-            kr, vr = self._row_kv(layer, r, k, v)
+            if rows.fresh[r]:
+                kr, vr = kt[s].transpose(0, 1).unsqueeze(0), vt[s].transpose(0, 1).unsqueeze(0)
+            else:
+                kr = self.pool.keys(layer, rows.slot[r], rows.k_len[r])
+                vr = self.pool.values(layer, rows.slot[r], rows.k_len[r])
             mask = masks.get(r)
-            outs.append(attend(q[:, :, s], kr, vr, None if mask is None else mask.unsqueeze(0)))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+            o = attend(qt[s].transpose(0, 1).unsqueeze(0), kr, vr, None if mask is None else mask.unsqueeze(0))
+            out[s] = o[0].transpose(0, 1)
 
     # ----------------------------------------------------------------- padded (one call per kind of row)
-    def _padded(self, layer, q, k, v, idx: _Index, masks: dict) -> torch.Tensor:
+    def _padded(self, layer, qt, kt, vt, idx: _Index, masks: dict, out: torch.Tensor) -> None:
         rows = self.rows
-        out = torch.empty_like(q)
         for pooled_keys in (False, True):
             if pooled_keys not in idx.groups:
                 group = [r for r in range(len(rows.q_len)) if rows.fresh[r] != pooled_keys]
-                idx.groups[pooled_keys] = _Group.build(rows, group, pooled_keys, q.device) if group else None
+                idx.groups[pooled_keys] = _Group.build(rows, group, pooled_keys, qt.device) if group else None
             g = idx.groups[pooled_keys]
             if g is not None:
-                self._padded_group(layer, q, k, v, g, masks, out)
-        return out
+                self._padded_group(layer, qt, kt, vt, g, masks, out)
 
-    def _padded_group(self, layer, q, k, v, g: "_Group", masks: dict, out: torch.Tensor) -> None:
-        H, D, Hkv = q.shape[1], q.shape[3], k.shape[1]
+    def _padded_group(self, layer, qt, kt, vt, g: "_Group", masks: dict, out: torch.Tensor) -> None:
+        H, D = qt.shape[1], qt.shape[2]
+        Hkv = kt.shape[1]
         if g.pooled_keys:  # one view over the contiguous range of slots the group occupies
             keys = self.pool.keys(layer, slice(g.lo, g.lo + g.n_rows), g.Lmax)
             values = self.pool.values(layer, slice(g.lo, g.lo + g.n_rows), g.Lmax)
+        elif g.uniform is not None:  # equal rows, consecutive: the fresh keys are a view
+            a, b = g.uniform
+            keys = kt[a:b].view(g.n_rows, g.Lmax, Hkv, D).transpose(1, 2)
+            values = vt[a:b].view(g.n_rows, g.Lmax, Hkv, D).transpose(1, 2)
         else:
-            keys = k.new_zeros(g.n_rows, Hkv, g.Lmax, D)
-            values = v.new_zeros(g.n_rows, Hkv, g.Lmax, D)
-            keys[g.row_of, :, g.col_of] = k[0, :, g.packed].transpose(0, 1)
-            values[g.row_of, :, g.col_of] = v[0, :, g.packed].transpose(0, 1)
-        qp = q.new_zeros(g.n_rows, H, g.Qmax, D)
-        qp[g.row_of, :, g.col_of] = q[0, :, g.packed].transpose(0, 1)
-        mask = g.key_ok[:, None, None, :]
+            keys = kt.new_zeros(g.n_rows * g.Lmax, Hkv, D).index_copy_(0, g.dest, kt[g.packed])
+            values = vt.new_zeros(g.n_rows * g.Lmax, Hkv, D).index_copy_(0, g.dest, vt[g.packed])
+            keys = keys.view(g.n_rows, g.Lmax, Hkv, D).transpose(1, 2)
+            values = values.view(g.n_rows, g.Lmax, Hkv, D).transpose(1, 2)
+        if g.uniform is not None:
+            a, b = g.uniform
+            qp = qt[a:b].view(g.n_rows, g.Qmax, H, D).transpose(1, 2)
+        else:
+            qp = qt.new_zeros(g.n_rows * g.Qmax, H, D).index_copy_(0, g.qdest, qt[g.packed])
+            qp = qp.view(g.n_rows, g.Qmax, H, D).transpose(1, 2)
+        mask = None if g.all_keys else g.key_ok[:, None, None, :]
         mine = [(r, p) for r, p in zip(g.members, g.place) if r in masks]
         if mine:  # block-causal rows: a mask per query
             full = g.key_ok[:, None, :].expand(g.n_rows, g.Qmax, g.Lmax).clone()
@@ -197,13 +215,24 @@ class RaggedAttention:
                 m = masks[r]
                 full[p, : m.shape[0], : m.shape[1]] = m
             mask = full[:, None]
-        o = _attend_folded(qp, keys, values, mask, Hkv)
-        out[0, :, g.packed] = o[g.row_of, :, g.col_of].transpose(0, 1)
+        o = _attend_folded(qp, keys, values, mask, Hkv).transpose(1, 2)  # (rows, Qmax, H, D)
+        if g.uniform is not None:
+            a, b = g.uniform
+            out[a:b] = o.reshape(b - a, H, D)
+        else:
+            out[g.packed] = o.reshape(g.n_rows * g.Qmax, H, D)[g.qdest]
+
+
+ALL = object()  # marker: every fed position is written, in packed order
 
 
 @dataclass
 class _Group:
-    """The padded layout of one kind of row (fresh or pooled): scatter indices and key masks, on the device."""
+    """The padded layout of one kind of row (fresh or pooled): indices and key masks, on the device.
+
+    ``uniform`` is (first, end) packed position when the rows have equal query (and, fresh, key) lengths, come
+    one after the other in the packed sequence and occupy consecutive padded rows: then queries, fresh keys and
+    outputs are views, with no index kernels at all (a batch in lockstep)."""
 
     members: list[int]
     place: list[int]
@@ -212,10 +241,12 @@ class _Group:
     n_rows: int
     Qmax: int
     Lmax: int
-    row_of: torch.Tensor
-    col_of: torch.Tensor
-    packed: torch.Tensor
-    key_ok: torch.Tensor
+    packed: torch.Tensor  # packed positions of the group's fed positions
+    qdest: torch.Tensor  # their rows in the padded (rows * Qmax) query layout
+    dest: torch.Tensor  # their rows in the padded (rows * Lmax) fresh-key layout
+    key_ok: torch.Tensor  # (rows, Lmax) bool
+    all_keys: bool
+    uniform: tuple[int, int] | None
 
     @classmethod
     def build(cls, rows: RaggedRows, group: list[int], pooled_keys: bool, device) -> "_Group":
@@ -225,30 +256,38 @@ class _Group:
             place = [rows.slot[r] - lo for r in group]
         else:
             lo, n_rows, place = 0, len(group), list(range(len(group)))
+        Qmax = max(rows.q_len[r] for r in group)
         Lmax = max(rows.k_len[r] for r in group)
-        r_idx, c_idx, p_idx = [], [], []
+        packed, qdest, dest = [], [], []
         k_len = torch.full((n_rows,), Lmax, dtype=torch.long)
         for r, p in zip(group, place):
             n = rows.q_len[r]
-            r_idx.append(torch.full((n,), p))
-            c_idx.append(torch.arange(n))
-            p_idx.append(torch.arange(rows.q_start[r], rows.q_start[r] + n))
+            packed.append(torch.arange(rows.q_start[r], rows.q_start[r] + n))
+            qdest.append(p * Qmax + torch.arange(n))
+            dest.append(p * Lmax + torch.arange(n))
             k_len[p] = rows.k_len[r]
         key_ok = torch.arange(Lmax).unsqueeze(0) < k_len.unsqueeze(1)
-        return cls(group, place, pooled_keys, lo, n_rows, max(rows.q_len[r] for r in group), Lmax,
-                   torch.cat(r_idx).to(device), torch.cat(c_idx).to(device), torch.cat(p_idx).to(device),
-                   key_ok.to(device))
+        starts = [rows.q_start[r] for r in group]
+        uniform = None
+        if (place == list(range(n_rows)) and all(rows.q_len[r] == Qmax for r in group)
+                and all(b - a == Qmax for a, b in zip(starts, starts[1:]))
+                and (pooled_keys or all(rows.k_len[r] == Qmax for r in group))):
+            uniform = (starts[0], starts[0] + n_rows * Qmax)
+        return cls(group, place, pooled_keys, lo, n_rows, Qmax, Lmax, to_device(torch.cat(packed), device),
+                   to_device(torch.cat(qdest), device), to_device(torch.cat(dest), device), to_device(key_ok, device),
+                   bool(key_ok.all()), uniform)
 
 
-def _attend_folded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, kv_heads: int):
+def _attend_folded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, kv_heads: int):
     """SDPA with the query heads of each key/value group folded into the query dimension: q (R, H, Q, D) over
-    k/v (R, Hkv, L, D), mask (R, 1, 1 or Q, L). Returns (R, H, Q, D); keys/values are never copied."""
+    k/v (R, Hkv, L, D), mask (R, 1, 1 or Q, L) or None (every key). Returns (R, H, Q, D); keys/values are never
+    copied."""
     R, H, Q, D = q.shape
     g = H // kv_heads
     if g == 1:
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     qf = q.reshape(R, kv_heads, g * Q, D)
-    if mask.shape[2] != 1:
+    if mask is not None and mask.shape[2] != 1:
         mask = mask.repeat(1, 1, g, 1)
     o = torch.nn.functional.scaled_dot_product_attention(qf, k, v, attn_mask=mask)
     return o.reshape(R, H, Q, D)

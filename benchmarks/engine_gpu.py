@@ -1,0 +1,300 @@
+"""GPU figures of the continuous-batching engine in one run (LLaDA-8B geometry with random bf16 weights, and the
+bundled dlm-tiny / dlm-tiny-ar for what needs trained models).
+
+Parts (``--parts``; each writes its JSON to --out as soon as it is done, and a failing part is recorded, not
+fatal):
+
+static      a static batch of 32 (prompt 128, gen 256, dual cache, 4 tokens per step): tokens/s and the share of
+            the schedule's compute ceiling (its matrix FLOPs over the bf16 matmul rate measured in the same run);
+            both attention backends (loop, padded)
+staggered   96 requests arriving one per engine step into an engine of 32 rows vs static batches of 32 of the same
+            requests: throughput ratio
+batch1      per-step latency at batch 1 (dual cache, gen 256 and 1024, eager and CUDA graphs) of this engine and of
+            the previous one (``--old PATH``: a copy of the package before the redesign, run in a subprocess)
+invariant   dlm-tiny in bf16: 64 task prompts alone vs in a batch of 64 without and with batch_invariant=True
+            (agreement), and the cost of batch_invariant=True at 8B geometry (batch 32)
+causal      verify="causal" (dlm-tiny drafting, dlm-tiny-ar verifying) at batch 64 vs the causal model's own
+            batched greedy generate: time and identical outputs
+profile     torch.profiler over a few steps of the static batch: the top kernels and host time
+
+    python benchmarks/engine_gpu.py --out results/engine_gpu.json --old .old
+    python benchmarks/engine_gpu.py --device cpu --tiny --out /tmp/e.json        # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+import dlm
+from dlm.bench.scale import copy_bandwidth, forward_flops, matmul_rate, random_lm
+
+RESULTS: dict = {}
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def save(out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(RESULTS, indent=2, default=str))
+
+
+def random_prompts(lm, n: int, length: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    vocab = min(lm.arch.valid_vocab or lm.arch.vocab_size, 100_000)
+    p = torch.randint(0, vocab, (n, length), generator=g)
+    p[p == lm.ids.mask_id] = 1
+    return p.tolist()
+
+
+def schedule_config(gen: int, tps: int, cache: str = "dual") -> dlm.GenerationConfig:
+    return dlm.GenerationConfig(gen_length=gen, block_length=32, steps=gen // tps, scheduler="low_confidence",
+                                cache=cache, stop_at_eos=False)
+
+
+def timed_generate(lm, prompts, cfg, device, **kw):
+    sync(device)
+    t0 = time.perf_counter()
+    out = lm.generate(prompts, cfg, **kw)
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------ parts
+def part_static(lm, args, rate):
+    rows = []
+    prompts = random_prompts(lm, args.batch, args.prompt)
+    cfg = schedule_config(args.gen, args.tps)
+    for attention in ("padded", "loop"):
+        engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen),
+                            attention=attention)
+        for _ in range(2):  # the first run warms the allocator and kernels up
+            sync(args.device)
+            t0 = time.perf_counter()
+            reqs = [engine.submit(p, cfg) for p in prompts]
+            engine.run()
+            sync(args.device)
+            wall = time.perf_counter() - t0
+        fed = sum(r.output.stats["fed_positions"] for r in reqs)
+        forwards = sum(r.output.stats["forwards"] for r in reqs)
+        flops = forward_flops(lm.arch, fed, args.prompt + args.gen, forwards * 32)
+        rows.append({"attention": attention, "batch": args.batch, "gen": args.gen, "wall_s": wall,
+                     "tokens_per_s": args.batch * args.gen / wall, "engine_steps": engine.core.steps,
+                     "ceiling_s": flops / rate, "share_of_ceiling": flops / rate / wall})
+        print(f"static {attention}: {rows[-1]['tokens_per_s']:.0f} tok/s, {100 * rows[-1]['share_of_ceiling']:.1f}% "
+              "of the compute ceiling", flush=True)
+    return rows
+
+
+def part_staggered(lm, args):
+    n = 3 * args.batch
+    prompts = random_prompts(lm, n, args.prompt, seed=1)
+    cfg = schedule_config(args.gen, args.tps)
+    engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen))
+    reqs = [engine.submit(p, cfg) for p in prompts[: args.batch]]  # warm-up
+    engine.run()
+    sync(args.device)
+    t0 = time.perf_counter()
+    todo, reqs = list(prompts), []
+    while todo or engine.pending:
+        if todo:  # one arrival per engine step
+            reqs.append(engine.submit(todo.pop(0), cfg))
+        engine.step()
+    sync(args.device)
+    stream_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(0, n, args.batch):
+        lm.generate(prompts[i : i + args.batch], cfg)
+    sync(args.device)
+    static_s = time.perf_counter() - t0
+    res = {"requests": n, "max_rows": args.batch, "staggered_tokens_per_s": n * args.gen / stream_s,
+           "static_tokens_per_s": n * args.gen / static_s, "ratio": static_s / stream_s}
+    print(f"staggered: {res['staggered_tokens_per_s']:.0f} vs static {res['static_tokens_per_s']:.0f} tok/s "
+          f"({100 * res['ratio']:.1f}%)", flush=True)
+    return res
+
+
+def batch1_rows(arch: str, device: str, gens, pythonpath: str | None, out: Path) -> list[dict]:
+    """The scale runner (per-step latency, mid-answer blocks) in a subprocess (old or new package)."""
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    cmd = [sys.executable, "-m", "dlm.bench.scale", "--arch", arch, "--batch", "1", "--gen", *map(str, gens),
+           "--cache", "dual", "--graphs", "both" if device == "cuda" else "off", "--device", device, "--out", str(out)]
+    subprocess.run(cmd, env=env, check=True, timeout=400)
+    return json.loads(out.read_text())
+
+
+def part_batch1(args):
+    arch = "llada-tiny" if args.tiny else "llada-8b"
+    gens = [256] if args.tiny else [256, 1024]
+    res = {"new": batch1_rows(arch, args.device, gens, None, args.out.with_suffix(".b1new.json"))}
+    if args.old:
+        res["old"] = batch1_rows(arch, args.device, gens, str(Path(args.old).resolve()),
+                                 args.out.with_suffix(".b1old.json"))
+    for key in ("new", "old"):
+        for r in res.get(key, []):
+            print(f"batch1 {key} gen {r['gen_length']} graphs {r['graphs']}: {r['ms_per_step']:.2f} ms/step",
+                  flush=True)
+    return res
+
+
+def task_prompts(n: int, seed: int = 7) -> list[str]:
+    from dlm.data import FAMILIES, get_task
+
+    per = -(-n // len(FAMILIES))
+    items = [e.prompt for fam in FAMILIES for e in get_task(fam).generate("test", per, seed)]
+    return items[:n]
+
+
+def part_invariant(lm8b, args):
+    tiny = dlm.load(device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32")
+    prompts = task_prompts(64)
+    cfg = dlm.GenerationConfig(gen_length=32, scheduler="threshold", cache="dual")
+    res = {}
+    for invariant in (False, True):
+        batch = dlm.Engine(tiny, max_rows=64, batch_invariant=invariant)
+        reqs = [batch.submit(p, cfg) for p in prompts]
+        batch.run()
+        alone = dlm.Engine(tiny, max_rows=1, batch_invariant=invariant)
+        same = 0
+        for p, r in zip(prompts, reqs):
+            a = alone.submit(p, cfg)
+            alone.run()
+            same += torch.equal(a.output.sequences, r.output.sequences)
+        res[f"agreement_invariant_{invariant}"] = same / len(prompts)
+    prompts8 = random_prompts(lm8b, args.batch, args.prompt, seed=3)
+    cfg8 = schedule_config(64, args.tps)
+    for invariant in (False, True):
+        engine = dlm.Engine(lm8b, max_rows=args.batch, max_tokens=args.batch * (args.prompt + 64),
+                            batch_invariant=invariant)
+        for _ in range(2):
+            sync(args.device)
+            t0 = time.perf_counter()
+            reqs = [engine.submit(p, cfg8) for p in prompts8]
+            engine.run()
+            sync(args.device)
+            wall = time.perf_counter() - t0
+        res[f"tokens_per_s_invariant_{invariant}"] = args.batch * 64 / wall
+    res["cost"] = res["tokens_per_s_invariant_False"] / res["tokens_per_s_invariant_True"]
+    print(f"invariant: agreement {res['agreement_invariant_False']:.3f} -> {res['agreement_invariant_True']:.3f}, "
+          f"cost {res['cost']:.2f}x", flush=True)
+    return res
+
+
+def part_causal(args):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dlm.assets import default_verifier_path
+
+    dev = args.device
+    drafter = dlm.load(device=dev, dtype="float32")
+    prompts = task_prompts(64, seed=11)
+    ids = drafter.encode(prompts)
+    G = 32
+    cfg = dlm.GenerationConfig(gen_length=G, verify="causal", verify_kwargs={"dtype": "float32", "draft_length": 8})
+    drafter.generate(ids[:4], cfg)  # warm-up (loads the verifier)
+    out, t_dlm = timed_generate(drafter, ids, cfg, dev)
+    path = default_verifier_path()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(dev).eval()
+    tok = AutoTokenizer.from_pretrained(str(path))
+    eos = model.generation_config.eos_token_id
+    P = max(len(p) for p in ids)
+    batch = torch.full((len(ids), P), eos)
+    mask = torch.zeros((len(ids), P), dtype=torch.long)
+    for i, p in enumerate(ids):
+        batch[i, P - len(p):] = torch.tensor(p)
+        mask[i, P - len(p):] = 1
+    with torch.no_grad():
+        model.generate(batch[:4].to(dev), attention_mask=mask[:4].to(dev), do_sample=False, max_new_tokens=G,
+                       pad_token_id=eos)
+        sync(dev)
+        t0 = time.perf_counter()
+        hf = model.generate(batch.to(dev), attention_mask=mask.to(dev), do_sample=False, max_new_tokens=G,
+                            pad_token_id=eos)
+        sync(dev)
+        t_hf = time.perf_counter() - t0
+    same = 0
+    for r in range(len(ids)):
+        ref = hf[r, P:].tolist()
+        ref = ref[: next((i for i, t in enumerate(ref) if t == eos), len(ref) - 1) + 1]
+        same += out.sequences[r, : len(ref)].tolist() == ref
+    res = {"batch": len(ids), "gen": G, "dlm_causal_s": t_dlm, "hf_generate_s": t_hf, "speedup": t_hf / t_dlm,
+           "identical_rows": same / len(ids), "block_efficiency": out.stats.get("block_efficiency"),
+           "tokenizer": tok.name_or_path}
+    print(f"causal: {t_dlm:.2f}s vs HF generate {t_hf:.2f}s ({res['speedup']:.2f}x), identical {same}/{len(ids)}",
+          flush=True)
+    return res
+
+
+def part_profile(lm, args):
+    from torch.profiler import ProfilerActivity, profile
+
+    prompts = random_prompts(lm, args.batch, args.prompt, seed=5)
+    cfg = schedule_config(args.gen, args.tps)
+    engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen))
+    reqs = [engine.submit(p, cfg) for p in prompts]
+    for _ in range(10):  # past the first refresh
+        engine.step()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(6):
+            engine.step()
+        sync(args.device)
+    engine.run()
+    key = "cuda_time_total" if args.device == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=25)
+    (args.out.parent / "engine_profile.txt").write_text(table + "\n\n" + prof.key_averages().table(
+        sort_by="self_cpu_time_total", row_limit=25))
+    print(table[-3000:], flush=True)
+    return {"steps_profiled": 6, "requests": len(reqs)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--parts", nargs="+", default=["static", "staggered", "batch1", "invariant", "causal", "profile"])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="tiny geometry (CPU smoke run)")
+    ap.add_argument("--old", default=None, help="folder holding the previous dlm package (for the batch-1 baseline)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--gen", type=int, default=256)
+    ap.add_argument("--tps", type=int, default=4, help="tokens committed per step (fixed schedule)")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.batch, args.prompt, args.gen = 4, 16, 64
+    RESULTS["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    rate = matmul_rate(args.device, 8192 if args.device == "cuda" else 256, 10 if args.device == "cuda" else 2)
+    RESULTS["matmul_tflops"] = rate / 1e12
+    RESULTS["copy_tb_s"] = copy_bandwidth(args.device, 2**31 if args.device == "cuda" else 2**24, 5) / 1e12
+    lm = random_lm("llada-tiny" if args.tiny else "llada-8b", device=args.device,
+                   dtype=torch.bfloat16 if args.device == "cuda" else torch.float32)
+    jobs = {"static": lambda: part_static(lm, args, rate), "staggered": lambda: part_staggered(lm, args),
+            "batch1": lambda: part_batch1(args), "invariant": lambda: part_invariant(lm, args),
+            "causal": lambda: part_causal(args), "profile": lambda: part_profile(lm, args)}
+    for name in args.parts:
+        t0 = time.perf_counter()
+        try:
+            RESULTS[name] = jobs[name]()
+        except Exception as exc:  # noqa: BLE001 - record and go on with the other parts
+            RESULTS[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+            print(f"{name} failed: {exc}", flush=True)
+        RESULTS.setdefault("seconds", {})[name] = time.perf_counter() - t0
+        save(args.out)
+    print(json.dumps({k: v for k, v in RESULTS.items() if k not in ("profile",)}, indent=1, default=str)[-4000:])
+
+
+if __name__ == "__main__":
+    main()
