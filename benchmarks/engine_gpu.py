@@ -73,10 +73,13 @@ def timed_generate(lm, prompts, cfg, device, **kw):
 
 # ------------------------------------------------------------------------------------------------ parts
 def part_static(lm, args, rate):
+    from dlm.models.elementwise import EAGER, fused_ops
+
     rows = []
     prompts = random_prompts(lm, args.batch, args.prompt)
     cfg = schedule_config(args.gen, args.tps)
-    for attention in ("padded", "loop"):
+    for attention, fused in (("padded", False), ("loop", False), ("padded", True)):
+        lm.model.ops = fused_ops() if fused else EAGER
         engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen),
                             attention=attention)
         for _ in range(2):  # the first run warms the allocator and kernels up
@@ -89,11 +92,12 @@ def part_static(lm, args, rate):
         fed = sum(r.output.stats["fed_positions"] for r in reqs)
         forwards = sum(r.output.stats["forwards"] for r in reqs)
         flops = forward_flops(lm.arch, fed, args.prompt + args.gen, forwards * 32)
-        rows.append({"attention": attention, "batch": args.batch, "gen": args.gen, "wall_s": wall,
+        rows.append({"attention": attention, "fused": fused, "batch": args.batch, "gen": args.gen, "wall_s": wall,
                      "tokens_per_s": args.batch * args.gen / wall, "engine_steps": engine.core.steps,
                      "ceiling_s": flops / rate, "share_of_ceiling": flops / rate / wall})
-        print(f"static {attention}: {rows[-1]['tokens_per_s']:.0f} tok/s, {100 * rows[-1]['share_of_ceiling']:.1f}% "
-              "of the compute ceiling", flush=True)
+        print(f"static {attention} fused={fused}: {rows[-1]['tokens_per_s']:.0f} tok/s, "
+              f"{100 * rows[-1]['share_of_ceiling']:.1f}% of the compute ceiling", flush=True)
+    lm.model.ops = EAGER
     return rows
 
 
@@ -131,7 +135,8 @@ def batch1_rows(arch: str, device: str, gens, pythonpath: str | None, out: Path)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     cmd = [sys.executable, "-m", "dlm.bench.scale", "--arch", arch, "--batch", "1", "--gen", *map(str, gens),
-           "--cache", "dual", "--graphs", "both" if device == "cuda" else "off", "--device", device, "--out", str(out)]
+           "--cache", "dual", "--graphs", "both" if device == "cuda" else "off", "--device", device, "--out", str(out),
+           "--fused", "both" if device == "cuda" else "off"]
     subprocess.run(cmd, env=env, check=True, timeout=400)
     return json.loads(out.read_text())
 
@@ -144,9 +149,9 @@ def part_batch1(args):
         res["old"] = batch1_rows(arch, args.device, gens, str(Path(args.old).resolve()),
                                  args.out.with_suffix(".b1old.json"))
     for key in ("new", "old"):
-        for r in res.get(key, []):
-            print(f"batch1 {key} gen {r['gen_length']} graphs {r['graphs']}: {r['ms_per_step']:.2f} ms/step",
-                  flush=True)
+        for r in res.get(key, {}).get("rows", []):
+            print(f"batch1 {key} gen {r['gen_length']} graphs {r['graphs']} fused {r['fused']}: "
+                  f"{r['ms_per_step']:.2f} ms/step", flush=True)
     return res
 
 

@@ -142,9 +142,12 @@ class DiffusionLM:
         from .engine import Engine
 
         e = getattr(self, "_engine", None)
-        if e is None or e.pending or e.core.max_rows < rows or e.core.slot_len < length:
+        graphs = bool(self.cuda_graphs)  # the engine is rebuilt when the setting changed since it was built
+        if (e is None or e.pending or e.core.max_rows < rows or e.core.slot_len < length
+                or getattr(self, "_engine_graphs", graphs) != graphs):
             self._engine = None  # free the old pool first
             e = self._engine = Engine(self, max_rows=rows, max_tokens=rows * length)
+            self._engine_graphs = graphs
         return e
 
 
