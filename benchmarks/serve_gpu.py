@@ -4,9 +4,10 @@ dlm-tiny and for the LLaDA-8B geometry with random bf16 weights (built on the GP
     python benchmarks/serve_gpu.py --out results/serve-gpu.json                  # one H100/H200, ~4-5 minutes
     python benchmarks/serve_gpu.py --device cpu --tiny --out /tmp/serve-cpu.json  # smoke run of this script
 
-Each model: ``dlm bench serve`` (dlm.serve.bench.run) starts a server on loopback, sweeps concurrency 1/8/32/64
-with streamed requests (closed loop), stops the server, then runs the same requests through ``model.generate``
-in static batches of each concurrency in this process. Work per request is fixed (every answer is max_tokens
+Each model: ``dlm bench serve`` (dlm.serve.bench.run) starts a server on loopback and sweeps concurrency
+1/8/32/64 with streamed requests (closed loop); after each level the same requests run through
+``model.generate`` in static batches of that concurrency in this process (a second copy of the model on the same
+GPU: 2 x 16 GB for the 8B geometry, plus the two key/value pools, fits an 80 GB card). Work per request is fixed (every answer is max_tokens
 long, 4 tokens committed per step), so both sides decode the same tokens. Prints a table and the issue's target
 (served tokens/s at concurrency 32 >= 85% of static batch 32); writes one JSON with every run, and each run's
 results.md / serve.png / server.log beside it.

@@ -9,9 +9,9 @@ static batching of the same requests as the baseline.
 For each concurrency c, ``--requests`` requests (default max(16, 2c)) go out through c clients at a time (each
 sends its next request when its last one has finished), streamed, so the time to first text is the client's.
 Reported: requests/s, output tokens/s (answer tokens up to the first stop), TTFT and latency p50/p99, errors.
-Then the server is stopped (when this command started it) and the same requests run through
-``model.generate`` in this process, in consecutive static batches of c: the ratio served / static is the price
-(or the gain) of serving. The default workload fixes the work per request (``logits_eos_inf``: every answer
+After each level the same requests run through ``model.generate`` in this process (its own copy of the model),
+in consecutive static batches of c, while the server idles: the ratio served / static is the price (or the gain)
+of serving, measured minutes apart. The default workload fixes the work per request (``logits_eos_inf``: every answer
 is ``max_tokens`` long; ``steps = max_tokens / 4``: 4 tokens per step), so both sides decode the same tokens.
 Writes results.json, results.md and serve.png to ``--out``.
 """
@@ -134,47 +134,47 @@ def requests_for(args: argparse.Namespace, c: int) -> int:
     return args.requests or max(16, 2 * c)
 
 
-def served_sweep(url: str, workload: Workload, model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Warm the server up, then every concurrency level in turn."""
-    warm = min(8, max(args.concurrency))
-    asyncio.run(run_level(url, [workload.body(i, model) for i in range(warm)], warm, api_key=args.api_key))
-    out = []
-    for c in args.concurrency:
-        bodies = [workload.body(i, model) for i in range(requests_for(args, c))]
-        level = level_json(asyncio.run(run_level(url, bodies, c, api_key=args.api_key)))
-        print(f"dlm bench serve: served c={c}: {level['output_tokens_per_s']:.1f} tokens/s, "
-              f"{level['errors']} errors", file=sys.stderr, flush=True)
-        out.append(level)
-    return out
+def served_level(url: str, workload: Workload, model: str, c: int, args: argparse.Namespace) -> dict[str, Any]:
+    bodies = [workload.body(i, model) for i in range(requests_for(args, c))]
+    level = level_json(asyncio.run(run_level(url, bodies, c, api_key=args.api_key)))
+    print(f"dlm bench serve: served c={c}: {level['output_tokens_per_s']:.1f} tokens/s, {level['errors']} errors",
+          file=sys.stderr, flush=True)
+    return level
 
 
-def static_sweep(lm, workload: Workload, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The same requests through ``lm.generate`` in consecutive batches of each concurrency."""
-    from .params import answer_specs
-    from .schemas import CompletionRequest
+class Static:
+    """The static baseline: the workload's requests through ``lm.generate`` with the config the server builds
+    for them (:func:`dlm.serve.params.answer_specs`), in consecutive batches."""
 
-    body = CompletionRequest(**workload.body(0, "-"))
-    config = answer_specs(body, lm, lm.encode([workload.prompts[0]]), slot_len=10**9, prompt_param="prompt")[0].config
-    stops = config.stop_token_ids or lm.ids.stop_ids
-    lm.generate(workload.prompts[: min(8, len(workload.prompts))], config)  # warm-up
-    out = []
-    for c in args.concurrency:
-        prompts = [workload.body(i, "-")["prompt"] for i in range(requests_for(args, c))]
+    def __init__(self, lm, workload: Workload):
+        from .params import answer_specs
+        from .schemas import CompletionRequest
+
+        self.lm, self.workload = lm, workload
+        body = CompletionRequest(**workload.body(0, "-"))
+        prompt = lm.encode([workload.prompts[0]])
+        self.config = answer_specs(body, lm, prompt, slot_len=10**9, prompt_param="prompt")[0].config
+        self.stops = self.config.stop_token_ids or lm.ids.stop_ids
+
+    def warm_up(self, c: int) -> None:
+        self.lm.generate(self.workload.prompts[:c], self.config)
+
+    def level(self, c: int, n: int) -> dict[str, Any]:
+        prompts = [self.workload.body(i, "-")["prompt"] for i in range(n)]
         tokens, latencies = 0, []
         t0 = time.perf_counter()
-        for start in range(0, len(prompts), c):
+        for start in range(0, n, c):
             t = time.perf_counter()
-            res = lm.generate(prompts[start : start + c], config)
+            res = self.lm.generate(prompts[start : start + c], self.config)
             latencies += [time.perf_counter() - t] * len(res.sequences)
             for row in res.sequences.tolist():
-                tokens += len(answer_ids(row, lm.ids.mask_id, stops, workload.max_tokens))
+                tokens += len(answer_ids(row, self.lm.ids.mask_id, self.stops, self.workload.max_tokens))
         wall = time.perf_counter() - t0
         latencies.sort()
-        out.append({"concurrency": c, "requests": len(prompts), "wall_s": wall, "requests_per_s": len(prompts) / wall,
-                    "output_tokens": tokens, "output_tokens_per_s": tokens / wall,
-                    "batch_latency_p50_s": percentile(latencies, 50), "batch_latency_p99_s": percentile(latencies, 99)})
         print(f"dlm bench serve: static c={c}: {tokens / wall:.1f} tokens/s", file=sys.stderr, flush=True)
-    return out
+        return {"concurrency": c, "requests": n, "wall_s": wall, "requests_per_s": n / wall, "output_tokens": tokens,
+                "output_tokens_per_s": tokens / wall, "batch_latency_p50_s": percentile(latencies, 50),
+                "batch_latency_p99_s": percentile(latencies, 99)}
 
 
 def answer_ids(row: list[int], mask_id: int, stops, max_tokens: int) -> list[int]:
@@ -200,45 +200,48 @@ def environment(device) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The sweep (served, then static) as the results dict of :mod:`dlm.serve.report`."""
+    """The sweep as the results dict of :mod:`dlm.serve.report`. Levels alternate: served, then static, at each
+    concurrency, so a drift of the machine's load touches both sides of a ratio alike."""
     import torch
 
     fields = {"steps": max(1, args.max_tokens // 4), "logits_eos_inf": True, **parse_kv(args.set or [], "set")}
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    out = args.out
-    if args.url is not None:
-        served, card, server = _sweep_at(args.url, args, fields)
-    else:
-        with launched_server(args, max(args.concurrency), out / "server.log") as url:
-            served, card, server = _sweep_at(url, args, fields)
-    workload = _workload(card, args, fields)
-    static = []
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    lm = None
     if not args.no_static:
         from .cli import load_model
 
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        static = static_sweep(load_model(args, device), workload, args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return {"environment": environment(device), "model": {"name": card["id"], **card["dlm"]}, "server": server,
+        lm = load_model(args, device)
+    if args.url is not None:
+        return _sweep(args.url, args, fields, lm, device)
+    with launched_server(args, max(args.concurrency), args.out / "server.log") as url:
+        return _sweep(url, args, fields, lm, device)
+
+
+def _sweep(url: str, args: argparse.Namespace, fields: dict[str, Any], lm, device) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    card = httpx.get(url + "/v1/models", headers=headers, timeout=30).json()["data"][0]
+    n = max(requests_for(args, c) for c in args.concurrency)
+    workload = make_workload(card, n, args.max_tokens, fields, args.prompt_tokens, args.seed)
+    warm = min(8, max(args.concurrency))
+    asyncio.run(run_level(url, [workload.body(i, card["id"]) for i in range(warm)], warm, api_key=args.api_key))
+    static = Static(lm, workload) if lm is not None else None
+    if static is not None:
+        static.warm_up(warm)
+    served, baseline = [], []
+    for c in args.concurrency:
+        served.append(served_level(url, workload, card["id"], c, args))
+        if static is not None:
+            baseline.append(static.level(c, requests_for(args, c)))
+    info = card["dlm"]
+    return {"environment": environment(device), "model": {"name": card["id"], **info},
+            "server": f"{url}, {info['replicas']} engine(s) of {info['max_rows'] // info['replicas']} rows",
             "workload": {"requests_per_level": {c: requests_for(args, c) for c in args.concurrency},
                          "prompt_kind": workload.prompt_kind,
                          "prompt_tokens_mean": served[0]["prompt_tokens_mean"] if served else 0.0,
                          "max_tokens": workload.max_tokens, "fields": workload.fields},
-            "served": served, "static": static}
-
-
-def _workload(card: dict[str, Any], args: argparse.Namespace, fields: dict[str, Any]) -> Workload:
-    n = max(requests_for(args, c) for c in args.concurrency)
-    return make_workload(card, n, args.max_tokens, fields, args.prompt_tokens, args.seed)
-
-
-def _sweep_at(url: str, args: argparse.Namespace, fields: dict[str, Any]):
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    card = httpx.get(url + "/v1/models", headers=headers, timeout=30).json()["data"][0]
-    served = served_sweep(url, _workload(card, args, fields), card["id"], args)
-    server = f"{url}, {card['dlm']['replicas']} engine(s) of {card['dlm']['max_rows'] // card['dlm']['replicas']} rows"
-    return served, card, server
+            "served": served, "static": baseline}
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -68,11 +68,16 @@ class Completion:
         self.answers = [AnswerText(lm.tokenizer, lm.ids.mask_id, s.config.stop_token_ids or lm.ids.stop_ids,
                                    s.max_tokens, s.stop) for s in specs]
         self.nfe = [0] * len(specs)
+        self._timer: asyncio.TimerHandle | None = None
 
     # ----------------------------------------------------------------- running
     async def start(self) -> None:
         """Submit one job per choice and wait until the engine has accepted them all."""
         self.server.admit(len(self.specs), self.endpoint)
+        timeout = self.server.request_timeout
+        if timeout is not None:  # one timer per request: a (None, None) item in its queue says time is up
+            left = max(0.0, timeout - (time.perf_counter() - self.t0))
+            self._timer = asyncio.get_running_loop().call_later(left, self.queue.put_nowait, (None, None))
         for spec in self.specs:
             loop = self.server.route()
             job = loop.submit(spec.prompt_ids, spec.config, wants_steps=self.stream or bool(spec.stop),
@@ -88,6 +93,8 @@ class Completion:
             raise engine_error(exc) from None
 
     def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         for job in self.jobs:
             if not job.finished:
                 job.owner.cancel(job)
@@ -96,36 +103,43 @@ class Completion:
     def complete(self) -> bool:
         return all(a.complete for a in self.answers)
 
-    async def updates(self) -> AsyncIterator[Update]:
-        """Updates until every answer is complete; raises the APIError of a request that failed."""
+    async def updates(self, every_step: bool = False) -> AsyncIterator[Update]:
+        """Updates until every answer is complete; raises the APIError of a request that failed or timed out.
+        ``every_step``: one update per engine event (the canvas extension needs each step's commits); else the
+        events that queued up while the consumer was busy collapse into each answer's latest (its final prefix
+        only grows), so a slow consumer does less work instead of falling further behind."""
         while not self.complete:
-            job, event = await self._next()
-            answer = self.answers[job.index]
-            if answer.complete:
-                continue
-            if event is None:
-                update = self._ended(job)
-            elif event.done and event.request.error is not None:
-                continue  # the end marker that follows reports the error
-            else:
-                self.nfe[job.index] = event.request.nfe
-                text, ids = answer.update(event.tokens.tolist())
-                update = Update(job.index, text, ids, event)
-            if answer.complete and not job.finished:
-                job.owner.cancel(job)  # nothing after this point is returned
-            if update.text or update.ids:
-                self.first_text_at = self.first_text_at or time.perf_counter()
-            yield update
+            for job, event in await self._pending(every_step):
+                answer = self.answers[job.index]
+                if answer.complete:
+                    continue
+                if event is None:
+                    update = self._ended(job)
+                elif event.done and event.request.error is not None:
+                    continue  # the end marker that follows reports the error
+                else:
+                    self.nfe[job.index] = event.request.nfe
+                    text, ids = answer.update(event.tokens.tolist())
+                    update = Update(job.index, text, ids, event)
+                if answer.complete and event is not None and not event.done:
+                    job.owner.cancel(job)  # complete before its canvas: nothing after this point is returned
+                if update.text or update.ids:
+                    self.first_text_at = self.first_text_at or time.perf_counter()
+                yield update
 
-    async def _next(self):
-        timeout = self.server.request_timeout
-        if timeout is None:
-            return await self.queue.get()
-        try:
-            return await asyncio.wait_for(self.queue.get(), max(0.0, self.t0 + timeout - time.perf_counter()))
-        except asyncio.TimeoutError:
+    async def _pending(self, every_step: bool) -> list[tuple[Any, Any]]:
+        """What the engine thread delivered since the last call (waiting for at least one item)."""
+        items = [await self.queue.get()]
+        while not self.queue.empty():
+            items.append(self.queue.get_nowait())
+        if any(job is None for job, _ in items):
+            timeout = self.server.request_timeout
             raise APIError(504, f"the request took longer than the server's --request-timeout of {timeout:g} s; "
-                           "its generation was cancelled", type="timeout_error", code="timeout") from None
+                           "its generation was cancelled", type="timeout_error", code="timeout")
+        if every_step:
+            return items
+        last = {id(job): k for k, (job, event) in enumerate(items) if event is not None}
+        return [(job, event) for k, (job, event) in enumerate(items) if event is None or last[id(job)] == k]
 
     def _ended(self, job) -> Update:
         """The job's request ended without its answer completing from step events."""

@@ -24,7 +24,8 @@ def markdown(results: dict[str, Any]) -> str:
     static = {s["concurrency"]: s for s in results.get("static", [])}
     lines += [_row(s, static.get(s["concurrency"])) for s in results["served"]]
     lines += ["", "Static: the same requests through `model.generate` in consecutive batches of `concurrency` "
-              "(each batch waits for its slowest answer), in the bench's own process after the server stopped."]
+              "(each batch waits for its slowest answer), in the bench's own process right after the served level "
+              "(the server idle meanwhile)."]
     return "\n".join(lines) + "\n"
 
 

@@ -88,11 +88,16 @@ class Server:
                            param="model", code="model_not_found")
 
     def admit(self, n: int, endpoint: str) -> None:
-        """503 while shutting down or when an engine loop has died; 429 when ``n`` more would overfill."""
+        """503 while shutting down or when an engine loop has died; 400 when ``n`` answers can never fit; 429 when
+        ``n`` more would overfill the server now."""
         if self.stopping or not all(loop.alive for loop in self.loops):
             self.metrics.rejected(endpoint, "unavailable")
             raise APIError(503, "the server is shutting down or its engine has stopped", type="server_error",
                            code="unavailable")
+        if n > self.capacity:
+            self.metrics.rejected(endpoint, "invalid")
+            raise APIError(400, f"the request asks for {n} answers (prompts x n) but this server holds at most "
+                                f"{self.capacity} at once (--max-rows + --max-queue); send fewer", param="n")
         if self.in_flight + n > self.capacity:
             self.metrics.rejected(endpoint)
             wait = max(1, math.ceil(self._latency))

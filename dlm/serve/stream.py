@@ -87,7 +87,7 @@ async def sse_events(c: Completion, include_usage: bool, canvas: bool) -> AsyncI
     try:
         for chunk in first_chunks(c, include_usage, canvas):
             yield json.dumps(chunk)
-        async for u in c.updates():
+        async for u in c.updates(every_step=canvas):
             chunk = update_chunk(c, u, include_usage, canvas)
             if chunk is not None:
                 yield json.dumps(chunk)

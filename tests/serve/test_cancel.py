@@ -16,13 +16,15 @@ def test_closing_a_stream_frees_its_row(server):
     body = {**ENDLESS, "stream": True, "stream_options": {"dlm_canvas": True}}
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
-        steps = 0
-        for line in r.iter_lines():
-            if line.startswith("data: ") and json.loads(line[6:]).get("dlm", {}).get("step"):
+        # the iterator stays referenced: a dropped one closes the connection (httpcore), which is the cancel
+        lines, steps = r.iter_lines(), 0
+        for line in lines:
+            if line.startswith("data: {") and json.loads(line[6:]).get("dlm", {}).get("step"):
                 steps += 1
                 if steps == 2:
                     break
-        assert server.metric("dlm_active_rows") >= 1
+        assert steps == 2
+        assert server.metric("dlm_active_rows") >= 1 and server.metric("dlm_running_requests") >= 1
     wait_for(lambda: server.metric("dlm_active_rows") == 0 and server.metric("dlm_running_requests") == 0)
     wait_for(lambda: server.metric('dlm_requests_total{endpoint="completions",outcome="cancelled"}') == cancelled + 1)
 

@@ -102,3 +102,8 @@ def test_the_server_still_serves_correctly_afterwards(small_server, model):
     r = httpx.post(small_server.url + "/v1/completions", json=OK, headers=AUTH, timeout=60)
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == expected(model)
     assert small_server.metric("dlm_active_rows", AUTH) == 0
+
+
+def test_more_answers_than_the_server_can_ever_hold_is_400(small_server):
+    r = httpx.post(small_server.url + "/v1/completions", json={**OK, "n": 4}, headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n" and "at most 3" in r.json()["error"]["message"]
