@@ -31,6 +31,9 @@ class _Entry:
     positions: torch.Tensor
     logits_index: torch.Tensor
     out: torch.Tensor
+    # the captured closure: it holds the layout's index tensors (built before the capture, outside the graph's
+    # memory pool), which the graph reads by address at every replay; freed, the replays read garbage indices
+    run: object
 
 
 class StepGraphs:
@@ -70,10 +73,11 @@ class StepGraphs:
             return model(ids_b, pos_b, attention=attention, logits_index=li_b)[0]
 
         replay, out = self._make_graph(run)
-        return _Entry(replay, ids_b, pos_b, li_b, out)
+        return _Entry(replay, ids_b, pos_b, li_b, out, run)
 
     def _make_graph(self, run):
-        """Capture ``run`` in a CUDA graph; return (replay, output buffer)."""
+        """Capture ``run`` in a CUDA graph; return (replay, output buffer). The graph keeps no reference to what
+        ``run`` reads: the caller keeps ``run`` alive."""
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream()

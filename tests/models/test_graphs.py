@@ -5,6 +5,8 @@ runs in the GPU tests and benchmarks."""
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 
@@ -16,11 +18,17 @@ from ..conftest import random_prompts
 
 
 class CpuStepGraphs(StepGraphs):
+    """Like a CUDA graph, the stand-in holds no reference to the captured closure (a real graph reads the index
+    tensors the closure holds by address): a runner that let it go fails here instead of reading freed memory."""
+
     def _make_graph(self, run):
         out = run()
+        closure = weakref.ref(run)
 
         def replay():
-            out.copy_(run())
+            f = closure()
+            assert f is not None, "the captured closure (and the index tensors it holds) was freed"
+            out.copy_(f())
 
         return replay, out
 
