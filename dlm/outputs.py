@@ -35,7 +35,7 @@ class GenerationOutput:
             without a tokenizer.
         nfe: (B,) long, forward passes each row took part in while it was still decoding (a CFG step counts 2).
         steps: forward passes of the whole batch.
-        timings: seconds: ``total``, ``model`` (forward passes), ``prepare`` (tokenising and canvas set-up).
+        timings: seconds: ``total`` (the whole call, tokenising and the engine steps included).
         trace: :class:`StepTrace` when ``return_trace`` was set.
         stats: extra counters (e.g. ``fed_positions`` of the cache, verification statistics).
     """

@@ -10,7 +10,7 @@ Three documented conventions, where the official scripts leave a choice open or 
   only (the official scripts draw them for the whole canvas; the other positions never influence the result);
 * ties in the top-k selection are broken leftmost first (``torch.topk`` leaves the order unspecified);
 * ``confidence_eos_eot_inf`` gives stop-token candidates confidence -inf *among the block's masked positions*
-  (LLaDA's script assigns -inf to the wrong tensors, see README);
+  (LLaDA's script assigns -inf to the wrong tensors, see docs/formats.md);
 * a step whose quota rounds down to 0 commits nothing; dlm skips it without a forward pass, so it draws no
   random tokens there (the official loop draws and discards them);
 * the mask token itself is never chosen as a candidate token (committing it would change nothing); confidences
