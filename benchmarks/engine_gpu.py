@@ -78,8 +78,12 @@ def part_static(lm, args, rate):
     rows = []
     prompts = random_prompts(lm, args.batch, args.prompt)
     cfg = schedule_config(args.gen, args.tps)
-    for attention, fused in (("padded", False), ("loop", False), ("padded", True)):
+    variants = [("padded", False, False), ("loop", False, False), ("padded", True, False)]
+    if args.device == "cuda":  # CUDA graphs: a static batch in lockstep repeats its step layouts
+        variants += [("padded", False, True), ("padded", True, True)]
+    for attention, fused, graphs in variants:
         lm.model.ops = fused_ops() if fused else EAGER
+        lm.cuda_graphs = graphs
         engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen),
                             attention=attention)
         for _ in range(2):  # the first run warms the allocator and kernels up
@@ -92,16 +96,26 @@ def part_static(lm, args, rate):
         fed = sum(r.output.stats["fed_positions"] for r in reqs)
         forwards = sum(r.output.stats["forwards"] for r in reqs)
         flops = forward_flops(lm.arch, fed, args.prompt + args.gen, forwards * 32)
-        rows.append({"attention": attention, "fused": fused, "batch": args.batch, "gen": args.gen, "wall_s": wall,
+        rows.append({"attention": attention, "fused": fused, "graphs": graphs, "batch": args.batch, "gen": args.gen, "wall_s": wall,
                      "tokens_per_s": args.batch * args.gen / wall, "engine_steps": engine.core.steps,
                      "ceiling_s": flops / rate, "share_of_ceiling": flops / rate / wall})
-        print(f"static {attention} fused={fused}: {rows[-1]['tokens_per_s']:.0f} tok/s, "
+        print(f"static {attention} fused={fused} graphs={graphs}: {rows[-1]['tokens_per_s']:.0f} tok/s, "
               f"{100 * rows[-1]['share_of_ceiling']:.1f}% of the compute ceiling", flush=True)
-    lm.model.ops = EAGER
+    lm.model.ops, lm.cuda_graphs = EAGER, False
     return rows
 
 
 def part_staggered(lm, args):
+    """Eager, and with CUDA graphs on a GPU (both sides of the ratio alike)."""
+    out = {}
+    for graphs in ([False, True] if args.device == "cuda" else [False]):
+        lm.cuda_graphs = graphs
+        out["graphs" if graphs else "eager"] = staggered_run(lm, args)
+    lm.cuda_graphs = False
+    return out
+
+
+def staggered_run(lm, args):
     n = 3 * args.batch
     prompts = random_prompts(lm, n, args.prompt, seed=1)
     cfg = schedule_config(args.gen, args.tps)
@@ -238,6 +252,12 @@ def part_causal(args):
     res = {"batch": len(ids), "gen": G, "dlm_causal_s": t_dlm, "hf_generate_s": t_hf, "speedup": t_hf / t_dlm,
            "identical_rows": same / len(ids), "block_efficiency": out.stats.get("block_efficiency"),
            "tokenizer": tok.name_or_path}
+    if dev == "cuda":  # the drafter's steps replayed as CUDA graphs (the verifier runs as before)
+        drafter.cuda_graphs = True
+        drafter.generate(ids[:4], cfg)
+        out_g, t_g = timed_generate(drafter, ids, cfg, dev)
+        res.update({"dlm_causal_graphs_s": t_g, "speedup_graphs": t_hf / t_g,
+                    "graphs_identical_to_eager": bool(torch.equal(out_g.sequences, out.sequences))})
     print(f"causal: {t_dlm:.2f}s vs HF generate {t_hf:.2f}s ({res['speedup']:.2f}x), identical {same}/{len(ids)}",
           flush=True)
     return res
