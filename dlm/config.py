@@ -90,7 +90,16 @@ class GenerationConfig:
     eotp_threshold: float | None = None
 
     def __post_init__(self) -> None:
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen dataclass
+        self._check_lengths()
+        self._check_components()
+        self._check_sampling()
+        self._check_flags()
+        self._check_registered()
+
+    def _set(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)  # frozen dataclass
+
+    def _check_lengths(self) -> None:
         _int("gen_length", self.gen_length, minimum=1)
         if self.block_length is not None:
             _int("block_length", self.block_length, minimum=1)
@@ -108,13 +117,17 @@ class GenerationConfig:
                 f"steps ({self.effective_steps}) must be a multiple of the number of blocks "
                 f"(gen_length / block_length = {self.num_blocks})"
             )
+
+    def _check_components(self) -> None:
         for name in ("scheduler", "cache"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{name} must be a registered name (a non-empty string), got {getattr(self, name)!r}")
         if self.verify is not None and (not isinstance(self.verify, str) or not self.verify):
             raise ConfigError(f"verify must be None or a registered verifier name, got {self.verify!r}")
         for name in ("scheduler_kwargs", "cache_kwargs", "verify_kwargs"):
-            set_(name, _freeze(getattr(self, name), name))
+            self._set(name, _freeze(getattr(self, name), name))
+
+    def _check_sampling(self) -> None:
         if self.sampling not in ("auto",) + SAMPLING_MODES:
             raise ConfigError(f"sampling must be one of auto, {', '.join(SAMPLING_MODES)}; got {self.sampling!r}")
         _float("temperature", self.temperature, minimum=0.0)
@@ -129,6 +142,8 @@ class GenerationConfig:
             _int("seed", self.seed, minimum=0)
             if self.seed > MAX_SEED:  # what torch.Generator.manual_seed accepts
                 raise ConfigError(f"seed must be <= 2**64 - 1, got {self.seed}")
+
+    def _check_flags(self) -> None:
         for name in ("chat_template", "return_trace", "stop_at_eos", "logits_eos_inf", "confidence_eos_eot_inf", "eotp"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -136,13 +151,15 @@ class GenerationConfig:
             ids = tuple(self.stop_token_ids)
             if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
                 raise ConfigError(f"stop_token_ids must be a non-empty list of token ids, got {self.stop_token_ids!r}")
-            set_("stop_token_ids", ids)
+            self._set("stop_token_ids", ids)
         if self.eotp_threshold is not None:
             _float("eotp_threshold", self.eotp_threshold, minimum=0.0)
             if not self.eotp:
                 raise ConfigError("eotp_threshold is set but eotp is False; set eotp=True to use it")
             if not 0 < self.eotp_threshold <= 1:
                 raise ConfigError(f"eotp_threshold must be in (0, 1], got {self.eotp_threshold}")
+
+    def _check_registered(self) -> None:
         # names and parameters are checked against the registries now, not at the first step
         from . import cache as _cache
         from . import schedulers as _schedulers

@@ -159,53 +159,11 @@ def compute_candidates(
     if never_ids:
         choice = raw.clone()
         choice[..., list(never_ids)] = float("-inf")
-    if mode == "gumbel":
-        filtered = choice
-        if temperature > 0:
-            if top_p is not None and top_p < 1:
-                filtered = top_p_filter(filtered, top_p)
-            if top_k is not None:
-                filtered = top_k_filter(filtered, top_k)
-        tokens = gumbel_argmax(filtered, temperature, generator)
-        probs = torch.softmax(raw, dim=-1)
-        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    elif mode == "categorical":
-        proc = raw / temperature if temperature > 0 else raw
-        if top_p is not None and top_p < 1:
-            proc = top_p_filter(proc, top_p)
-        if top_k is not None:
-            proc = top_k_filter(proc, top_k)
-        probs = torch.softmax(proc, dim=-1)
-        pick = probs
-        if never_ids:
-            pick = probs.clone()
-            pick[..., list(never_ids)] = 0.0
-        if temperature > 0:
-            draws = generator if isinstance(generator, Draws) else Draws.single(generator, pick.shape[0])
-            tokens = draws.multinomial(pick)
-        else:
-            tokens = pick.argmax(-1)
-        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    elif mode == "multinomial":
-        if temperature > 0:
-            proc = raw / temperature
-            if top_k is not None:
-                proc = top_k_filter(proc, top_k)
-            if top_p is not None and top_p < 1:
-                proc = top_p_filter(proc, top_p)
-            probs = torch.softmax(proc, dim=-1)
-            pick = probs
-            if never_ids:
-                pick = probs.clone()
-                pick[..., list(never_ids)] = 0.0
-            draws = generator if isinstance(generator, Draws) else Draws.single(generator, pick.shape[0])
-            tokens = draws.multinomial(pick)
-        else:
-            probs = torch.softmax(raw, dim=-1)
-            tokens = choice.argmax(-1)
-        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    else:
+    pick = _PICKS.get(mode)
+    if pick is None:
         raise ValueError(f"unknown sampling mode {mode!r}; allowed: {', '.join(SAMPLING_MODES)}")
+    tokens, probs = pick(raw, choice, temperature, top_k, top_p, generator, never_ids)
+    confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if "margin" in measures:
         top2p = probs.topk(2, dim=-1).values
         margin = top2p[..., 0] - top2p[..., 1]
@@ -215,3 +173,57 @@ def compute_candidates(
         banned = torch.isin(tokens, torch.tensor(low_confidence_ids, device=tokens.device))
         confidence = confidence.masked_fill(banned, float("-inf"))
     return Candidates(tokens, confidence, margin, neg_entropy, gap)
+
+
+def _draw(pick: torch.Tensor, generator) -> torch.Tensor:
+    draws = generator if isinstance(generator, Draws) else Draws.single(generator, pick.shape[0])
+    return draws.multinomial(pick)
+
+
+def _without(probs: torch.Tensor, never_ids: tuple[int, ...]) -> torch.Tensor:
+    """``probs`` with the never-chosen ids at 0 (a copy when there are any)."""
+    if not never_ids:
+        return probs
+    out = probs.clone()
+    out[..., list(never_ids)] = 0.0
+    return out
+
+
+def _pick_gumbel(raw, choice, temperature, top_k, top_p, generator, never_ids):
+    """(tokens, probs): Gumbel-max over the filtered logits; confidences from the unfiltered distribution."""
+    filtered = choice
+    if temperature > 0:
+        if top_p is not None and top_p < 1:
+            filtered = top_p_filter(filtered, top_p)
+        if top_k is not None:
+            filtered = top_k_filter(filtered, top_k)
+    return gumbel_argmax(filtered, temperature, generator), torch.softmax(raw, dim=-1)
+
+
+def _pick_categorical(raw, choice, temperature, top_k, top_p, generator, never_ids):
+    """(tokens, probs): a draw from (or the argmax of) the tempered, top-p then top-k filtered distribution."""
+    proc = raw / temperature if temperature > 0 else raw
+    if top_p is not None and top_p < 1:
+        proc = top_p_filter(proc, top_p)
+    if top_k is not None:
+        proc = top_k_filter(proc, top_k)
+    probs = torch.softmax(proc, dim=-1)
+    pick = _without(probs, never_ids)
+    return (_draw(pick, generator) if temperature > 0 else pick.argmax(-1)), probs
+
+
+def _pick_multinomial(raw, choice, temperature, top_k, top_p, generator, never_ids):
+    """(tokens, probs): a draw from the tempered, top-k then top-p filtered distribution; greedy at temperature 0
+    with confidences from the unfiltered one."""
+    if temperature <= 0:
+        return choice.argmax(-1), torch.softmax(raw, dim=-1)
+    proc = raw / temperature
+    if top_k is not None:
+        proc = top_k_filter(proc, top_k)
+    if top_p is not None and top_p < 1:
+        proc = top_p_filter(proc, top_p)
+    probs = torch.softmax(proc, dim=-1)
+    return _draw(_without(probs, never_ids), generator), probs
+
+
+_PICKS = {"gumbel": _pick_gumbel, "categorical": _pick_categorical, "multinomial": _pick_multinomial}

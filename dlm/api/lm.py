@@ -168,19 +168,10 @@ def _run_until_done(engine, requests, stream, show: bool) -> None:
     bar.close()
 
 
-def load(
-    path: str | os.PathLike | None = None,
-    *,
-    dtype: str | torch.dtype | None = "auto",
-    device: str | torch.device | None = None,
-    tokenizer: Any = True,
-    attn_backend: str = "sdpa",
-    cuda_graphs: bool = False,
-    fused_kernels: bool = False,
-    device_map: str | dict | None = None,
-    max_memory: dict | None = None,
-    tensor_parallel: Any = None,
-) -> DiffusionLM:
+def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | None = "auto",
+         device: str | torch.device | None = None, tokenizer: Any = True, attn_backend: str = "sdpa",
+         cuda_graphs: bool = False, fused_kernels: bool = False, device_map: str | dict | None = None,
+         max_memory: dict | None = None, tensor_parallel: Any = None) -> DiffusionLM:
     """Load a LLaDA- or Dream-format checkpoint folder (config.json + safetensors + tokenizer).
 
     Args:
@@ -191,7 +182,7 @@ def load(
             uses that; False loads none (prompts must then be token ids).
         attn_backend: ``"sdpa"`` (torch) or ``"flash_attn"`` (needs the ``dlm[gpu]`` extra).
         cuda_graphs: on CUDA, capture repeated step shapes in CUDA graphs and replay them (see
-            :mod:`dlm.models.graphs`); ignored on CPU.
+            :mod:`dlm.engine.graphs`); ignored on CPU.
         fused_kernels: fuse the elementwise parts of each layer (RMSNorm, RoPE, SwiGLU) with ``torch.compile``
             (see :mod:`dlm.models.elementwise`); compiled on first use (Triton on CUDA, a C++ compiler on CPU).
             Same arithmetic as the eager functions up to floating-point rounding.
@@ -203,37 +194,19 @@ def load(
             :class:`dlm.parallel.TensorParallel` for another mode, see :mod:`dlm.parallel.tensor`); every rank
             must run the same generation.
     """
-    from ..models.attention import BACKENDS, flash_attn_available
-    from ..models.loading import build_model, load_tokenizer, load_weights, parse_dtype, read_config, weight_files
+    from ..models.loading import build_model, load_weights, parse_dtype, read_config, weight_files
 
     if path is None:
         from ..assets import default_model_path
 
         path = default_model_path()
     folder, cfg, arch_cls = read_config(path)
-    par = None
-    if device_map is not None or max_memory is not None or tensor_parallel is not None:
-        from ..parallel.load import ParallelLoad
-
-        par = ParallelLoad.create(device=device, device_map=device_map, max_memory=max_memory,
-                                  tensor_parallel=tensor_parallel, cuda_graphs=cuda_graphs)
-        device = device if par is None else par.device
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    par, device = _placement(device, device_map, max_memory, tensor_parallel, cuda_graphs)
     dt = parse_dtype(dtype, device)
-    if attn_backend not in BACKENDS:
-        raise ConfigError(f"unknown attn_backend {attn_backend!r}; allowed: {', '.join(BACKENDS)}")
-    if attn_backend == "flash_attn" and not flash_attn_available():
-        raise ConfigError("attn_backend='flash_attn' needs the flash-attn package and a CUDA device "
-                          "(pip install 'dlm[gpu]'); the default 'sdpa' needs nothing extra")
+    _check_attn_backend(attn_backend)
     arch = arch_cls.parse_config(cfg)
     weight_files(folder)  # fail on missing / pickle-only weights before spending time on the tokenizer
-    tok = None
-    if tokenizer is True:
-        tok = load_tokenizer(folder, arch_cls)
-    elif isinstance(tokenizer, (str, os.PathLike)):
-        tok = load_tokenizer(Path(tokenizer), arch_cls)
-    elif tokenizer not in (False, None):
-        tok = tokenizer
+    tok = _tokenizer(tokenizer, folder, arch_cls)
     ids = arch_cls.special_ids(cfg, tok)
     model = build_model(arch, device="meta", model_class=arch_cls.model_class)
     place = par.prepare(model, dt) if par is not None else None
@@ -241,9 +214,7 @@ def load(
     if par is not None:
         par.finish(model)
     model.attn_backend = attn_backend
-    if tok is not None and len(tok) > (arch.valid_vocab or arch.vocab_size):
-        raise CheckpointError(f"the tokenizer has {len(tok)} tokens but the model's vocabulary has "
-                              f"{arch.valid_vocab or arch.vocab_size}")
+    _check_vocab(tok, arch)
     lm = DiffusionLM(model, tok, ids, arch_cls, max_length=arch_cls.max_length(cfg), path=folder, config=cfg)
     lm.cuda_graphs = bool(cuda_graphs)
     if fused_kernels:
@@ -251,6 +222,47 @@ def load(
 
         model.ops = fused_ops()
     return lm
+
+
+def _check_vocab(tok, arch) -> None:
+    if tok is not None and len(tok) > (arch.valid_vocab or arch.vocab_size):
+        raise CheckpointError(f"the tokenizer has {len(tok)} tokens but the model's vocabulary has "
+                              f"{arch.valid_vocab or arch.vocab_size}")
+
+
+def _placement(device, device_map, max_memory, tensor_parallel, cuda_graphs):
+    """(the parallel loading plan or None, the torch.device the model lives on)."""
+    par = None
+    if device_map is not None or max_memory is not None or tensor_parallel is not None:
+        from ..parallel.load import ParallelLoad
+
+        par = ParallelLoad.create(device=device, device_map=device_map, max_memory=max_memory,
+                                  tensor_parallel=tensor_parallel, cuda_graphs=cuda_graphs)
+        device = device if par is None else par.device
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return par, torch.device(device)
+
+
+def _check_attn_backend(attn_backend: str) -> None:
+    from ..models.attention import BACKENDS, flash_attn_available
+
+    if attn_backend not in BACKENDS:
+        raise ConfigError(f"unknown attn_backend {attn_backend!r}; allowed: {', '.join(BACKENDS)}")
+    if attn_backend == "flash_attn" and not flash_attn_available():
+        raise ConfigError("attn_backend='flash_attn' needs the flash-attn package and a CUDA device "
+                          "(pip install 'dlm[gpu]'); the default 'sdpa' needs nothing extra")
+
+
+def _tokenizer(tokenizer, folder: Path, arch_cls):
+    """``load``'s tokenizer argument resolved: True -> the folder's, a path -> that folder's, an object as is."""
+    from ..models.loading import load_tokenizer
+
+    if tokenizer is True:
+        return load_tokenizer(folder, arch_cls)
+    if isinstance(tokenizer, (str, os.PathLike)):
+        return load_tokenizer(Path(tokenizer), arch_cls)
+    return None if tokenizer in (False, None) else tokenizer
 
 
 def from_model(model: Transformer, arch_cls: type[Architecture] | str, ids: SpecialIds,

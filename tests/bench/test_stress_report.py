@@ -58,8 +58,13 @@ def test_stress_preset():
     s = SUITES["stress"]
     assert s.tasks == STRESS_FAMILIES and s.breakdown and s.split == "test"
     names = [m.name for m in s.methods]
-    assert set(NAMED) <= set(names) and {"threshold-0.95", "filter-0.99", "factor-1.0", "4-per-step"} <= set(names)
+    assert set(NAMED) <= set(names) and {"threshold-0.95", "factor-1.0", "4-per-step"} <= set(names)
     assert len(names) == len(set(names))
+    # a candidate equal to a named method (best is one of them, chosen by choose-best) runs once, under that name
+    fields = [dict(m.fields) for m in s.methods]
+    assert all(fields.count(f) == 1 for f in fields)
+    filter_99 = {"scheduler": "learned_filter", "scheduler_kwargs": {"threshold": 0.99}, "cache": "dual", "eotp": True}
+    assert filter_99 in fields
     with pytest.raises(ValueError, match="split"):
         Suite(split="train")
 
