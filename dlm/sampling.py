@@ -21,6 +21,7 @@ numbers are used, not the distribution.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -122,6 +123,17 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float, draws: "Draws | torc
     return (l64.exp() / (-torch.log(u)) ** temperature).argmax(-1)
 
 
+def id_index(ids, device) -> torch.Tensor:
+    """Token ``ids`` as a long tensor on ``device``, made once per (ids, device): indexing with a Python list would
+    copy it from pageable host memory at every step, which makes the host wait for the GPU."""
+    return _id_index(tuple(int(i) for i in ids), torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _id_index(ids: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
 def compute_candidates(
     logits: torch.Tensor,  # (B, n, V) in any float dtype
     *,
@@ -150,7 +162,7 @@ def compute_candidates(
     raw = logits.float()
     if ban_ids:
         raw = raw.clone()
-        raw[..., list(ban_ids)] = float("-inf")
+        raw.index_fill_(-1, id_index(ban_ids, raw.device), float("-inf"))
     margin = neg_entropy = gap = None
     if "logit_gap" in measures:
         top2 = raw.topk(2, dim=-1).values
@@ -158,7 +170,7 @@ def compute_candidates(
     choice = raw
     if never_ids:
         choice = raw.clone()
-        choice[..., list(never_ids)] = float("-inf")
+        choice.index_fill_(-1, id_index(never_ids, raw.device), float("-inf"))
     pick = _PICKS.get(mode)
     if pick is None:
         raise ValueError(f"unknown sampling mode {mode!r}; allowed: {', '.join(SAMPLING_MODES)}")
@@ -170,7 +182,7 @@ def compute_candidates(
     if "entropy" in measures:
         neg_entropy = (probs * torch.log(probs + 1e-10)).sum(-1)
     if low_confidence_ids:
-        banned = torch.isin(tokens, torch.tensor(low_confidence_ids, device=tokens.device))
+        banned = torch.isin(tokens, id_index(low_confidence_ids, tokens.device))
         confidence = confidence.masked_fill(banned, float("-inf"))
     return Candidates(tokens, confidence, margin, neg_entropy, gap)
 
@@ -185,7 +197,7 @@ def _without(probs: torch.Tensor, never_ids: tuple[int, ...]) -> torch.Tensor:
     if not never_ids:
         return probs
     out = probs.clone()
-    out[..., list(never_ids)] = 0.0
+    out.index_fill_(-1, id_index(never_ids, out.device), 0.0)
     return out
 
 
