@@ -51,6 +51,8 @@ class EvalSettings:
         add_bos_token: prompts start with the BOS token (added when the tokenizer does not add it).
         stop_strings_as_tokens: a stop string of the task that is a single token also becomes a stop token.
         ignore_until: the task's stop strings are not applied; answers end at the model's stop tokens.
+        data_parallel: decode the prompts on this many replicas, one per GPU (``"auto"``: every visible GPU; on the
+            CPU, processes), through :class:`dlm.parallel.ReplicaPool`; ``None``: in this process.
     """
 
     load: Mapping[str, Any] = field(default_factory=dict)
@@ -62,6 +64,7 @@ class EvalSettings:
     add_bos_token: bool = False
     stop_strings_as_tokens: bool = True
     ignore_until: bool = False
+    data_parallel: int | str | None = None
 
     @property
     def fixed_gen_length(self) -> int | None:
@@ -89,7 +92,7 @@ _LOAD_ARGS = {"pretrained": "path", "dtype": "str", "device": "str", "attn_backe
               "fused_kernels": "bool", "cuda_graphs": "bool"}
 _RUN_ARGS = {"batch_size": "int?", "max_batch_size": "int?", "mc_num": "int", "mc_batch_size": "int",
              "check_greedy": "bool", "add_bos_token": "bool", "stop_strings_as_tokens": "bool",
-             "ignore_until": "bool"}
+             "ignore_until": "bool", "data_parallel": "replicas"}
 
 
 def allowed_args() -> list[str]:
@@ -180,6 +183,15 @@ def config_value(name: str, value: Any) -> Any:
 
 def _run_value(name: str, value: Any) -> Any:
     kind = _RUN_ARGS[name]
+    if kind == "replicas":
+        if _none(value):
+            return None
+        if str(value).strip().lower() == "auto":
+            return "auto"
+        try:
+            return as_int(name, value, minimum=1)
+        except ConfigError:
+            raise _fail(name, value, "expected a number of replicas >= 1 or 'auto'") from None
     if kind == "bool":
         return as_bool(name, value)
     if kind == "int?":

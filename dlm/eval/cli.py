@@ -40,6 +40,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=_limit, default=None, help="examples per task (a fraction when < 1)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    p.add_argument("--data-parallel", metavar="N", default=None,
+                   help="generate on N replicas, one per GPU ('auto': every visible GPU; with --device cpu, N "
+                        "processes); likelihoods stay in this process")
     p.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16, float16")
     p.add_argument("--mc-num", type=int, default=None, help="Monte Carlo samples per likelihood (default 128)")
     p.add_argument("--mc-batch-size", type=int, default=None, help="samples per forward pass (default 32)")
@@ -104,7 +107,8 @@ def model_args_from(args: argparse.Namespace) -> dict[str, Any]:
     from ..kvargs import parse_kv
 
     out: dict[str, Any] = {"pretrained": args.model, "device": args.device, "dtype": args.dtype,
-                           "batch_size": args.batch_size, "mc_num": args.mc_num, "mc_batch_size": args.mc_batch_size}
+                           "batch_size": args.batch_size, "mc_num": args.mc_num, "mc_batch_size": args.mc_batch_size,
+                           "data_parallel": args.data_parallel}
     out = {k: v for k, v in out.items() if v is not None}
     if args.check_greedy:
         out["check_greedy"] = True

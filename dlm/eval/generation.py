@@ -113,9 +113,10 @@ def warn_ignored(gen_kwargs: dict[str, Any], seen: set[str]) -> None:
                     "(e.g. temperature=..., scheduler=...)", key, gen_kwargs[key])
 
 
-def run_group(lm, settings: EvalSettings, group: list[Request]) -> tuple[list[tuple[str, int, int]], float]:
-    """Decode one group (same gen_length and stop tokens). Returns (text, generated tokens, NFE) per request in
-    the group's order, and the seconds the decode took."""
+def run_group(lm, settings: EvalSettings, group: list[Request], pool=None) -> tuple[list[tuple[str, int, int]], float]:
+    """Decode one group (same gen_length and stop tokens), in this process or on ``pool``'s replicas (a
+    :class:`dlm.parallel.ReplicaPool`). Returns (text, generated tokens, NFE) per request in the group's order,
+    and the seconds the decode took."""
     first = group[0]
     config = settings.config(first.gen_length)
     base_stops = tuple(sorted(set(config.stop_token_ids or lm.ids.stop_ids)))
@@ -125,8 +126,12 @@ def run_group(lm, settings: EvalSettings, group: list[Request]) -> tuple[list[tu
     order = sorted(range(len(group)), key=lambda i: -len(group[i].ids))
     _sync(lm.device)
     t0 = time.perf_counter()
-    out = lm.generate([group[i].ids for i in order], config, batch_size=settings.batch_size,
-                      progress=None if settings.batch_size else False)
+    prompts = [group[i].ids for i in order]
+    if pool is not None:
+        out = pool.generate(prompts, config, batch_size=settings.batch_size)
+    else:
+        out = lm.generate(prompts, config, batch_size=settings.batch_size,
+                          progress=None if settings.batch_size else False)
     _sync(lm.device)
     seconds = time.perf_counter() - t0
     rows: list[tuple[str, int, int]] = [("", 0, 0)] * len(group)
@@ -143,7 +148,7 @@ def _sync(device: torch.device) -> None:
 
 
 def generate_all(lm, settings: EvalSettings, requests: list[Request],
-                 per_task: dict[str, GenerationCounters]) -> list[str]:
+                 per_task: dict[str, GenerationCounters], pool=None) -> list[str]:
     """Answers of every request, in the requests' order; ``per_task`` counters updated (tokens and NFE exactly
     per request; a group's seconds shared among its requests in proportion to their generated tokens)."""
     groups: dict[tuple[int, tuple[int, ...]], list[Request]] = {}
@@ -151,7 +156,7 @@ def generate_all(lm, settings: EvalSettings, requests: list[Request],
         groups.setdefault((r.gen_length, r.stop_ids), []).append(r)
     texts: list[str] = [""] * len(requests)
     for group in groups.values():
-        rows, seconds = run_group(lm, settings, group)
+        rows, seconds = run_group(lm, settings, group, pool)
         total = sum(n for _, n, _ in rows) or 1
         for r, (text, n_gen, nfe) in zip(group, rows):
             texts[r.index] = text

@@ -51,9 +51,13 @@ class DLMEvalLM(LM):
         elif any(v is not None for v in self.settings.load.values()):
             raise ConfigError("pass either a loaded model (lm=...) or loading model_args (pretrained, dtype, "
                               "device, ...), not both")
+        elif self.settings.data_parallel is not None:
+            raise ConfigError("data_parallel loads its replicas from a checkpoint folder: give pretrained=PATH "
+                              "instead of a loaded model")
         if lm.tokenizer is None:
             raise ConfigError("lm-eval passes text; load the model with its tokenizer")
         self.lm = lm
+        self.pool = replica_pool(self.settings)
         self._device = lm.device
         self._chat_applied = False
         self.generation = {}  # task -> GenerationCounters
@@ -118,7 +122,7 @@ class DLMEvalLM(LM):
             ids, cut = fit_prompt(self._encode(context), gen_length, self.lm.max_length)
             stop_ids = single_token_ids(self.lm.tokenizer, until) if self.settings.stop_strings_as_tokens else ()
             reqs.append(Request(i, ids, until, gen_length, stop_ids, inst.task_name or "", cut))
-        texts = generate_all(self.lm, self.settings, reqs, self.generation)
+        texts = generate_all(self.lm, self.settings, reqs, self.generation, self.pool)
         for inst, text in zip(requests, texts):
             self.cache_hook.add_partial("generate_until", inst.args, text)
         return texts
@@ -194,6 +198,22 @@ class DLMEvalLM(LM):
         from .report import model_info
 
         return {"dlm": model_info(self.lm, self.settings, self.speed())}
+
+
+def replica_pool(settings: EvalSettings):
+    """The :class:`dlm.parallel.ReplicaPool` of ``settings.data_parallel`` (closed when the process exits), or
+    None. Generation runs on the replicas; likelihoods on the model of this process."""
+    if settings.data_parallel is None:
+        return None
+    import atexit
+
+    from ..parallel.data import ReplicaPool, replica_devices
+
+    load = dict(settings.load)
+    path, device = load.pop("path", None), load.pop("device", None)
+    pool = ReplicaPool.from_path(path, replica_devices(settings.data_parallel, device), **load)
+    atexit.register(pool.close)
+    return pool
 
 
 def available_device(load_args: dict[str, Any]) -> dict[str, Any]:

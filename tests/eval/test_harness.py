@@ -119,3 +119,24 @@ def test_add_bos_token_starts_prompts_with_bos_once(dream, bundled):
 def test_a_loaded_model_and_loading_arguments_are_exclusive(bundled):
     with pytest.raises(ConfigError, match="not both"):
         DLMEvalLM(lm=bundled, dtype="float32")
+
+
+@pytest.mark.slow
+def test_data_parallel_replicas_give_the_answers_and_counts_of_one_process(bundled):
+    """model_arg data_parallel=2 on the CPU: two replica processes decode the prompts (split between them, merged in
+    order); texts and NFE equal the single-process run's."""
+    prompts = [e.prompt for e in get_task("add").generate("test", 5, 0)]
+    reqs = [_request("generate_until", (p, {"until": ["\n"], "max_gen_toks": 20}), i=i) for i, p in enumerate(prompts)]
+    one = DLMEvalLM(lm=bundled, batch_size=2)
+    want = one.generate_until(reqs)
+    m = DLMEvalLM(device="cpu", data_parallel=2, batch_size=2)
+    try:
+        assert m.pool is not None and len(m.pool) == 2
+        assert m.generate_until(reqs) == want
+        assert m.speed()["generate_until"]["nfe"] == one.speed()["generate_until"]["nfe"]
+    finally:
+        m.pool.close()
+    with pytest.raises(ConfigError, match="pretrained=PATH"):
+        DLMEvalLM(lm=bundled, data_parallel=2)
+    with pytest.raises(ConfigError, match="data_parallel"):
+        DLMEvalLM(lm=bundled, data_parallel=0)
