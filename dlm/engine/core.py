@@ -235,7 +235,7 @@ class EngineCore:
                 low_confidence_ids=r0.stop_ids if c.confidence_eos_eot_inf else (), never_ids=(self.mask_id,))
             self.buf.store_candidates(cand_slot[index], cand_col[index], cand)
         index = to_device(torch.cat([torch.arange(a, a + n) for _, a, n in segments]), dev)
-        bad = torch.isnan(logits[index].amax(-1)).long()
+        bad = torch.isnan(logits.amax(-1)[index]).long()  # (reducing first: no copy of the logits)
         seg_of = to_device(torch.cat([torch.full((n,), i) for i, (_, _, n) in enumerate(segments)]), dev)
         return torch.zeros(len(segments), dtype=torch.long, device=dev).index_add_(0, seg_of, bad) > 0
 
