@@ -71,6 +71,19 @@ def timed_generate(lm, prompts, cfg, device, **kw):
     return out, time.perf_counter() - t0
 
 
+def timed_run(engine, prompts, cfg, device):
+    """Submit ``prompts`` and run the engine until done, twice (the first run warms the allocator and kernels up);
+    returns the second run's requests and wall seconds."""
+    for _ in range(2):
+        sync(device)
+        t0 = time.perf_counter()
+        reqs = [engine.submit(p, cfg) for p in prompts]
+        engine.run()
+        sync(device)
+        wall = time.perf_counter() - t0
+    return reqs, wall
+
+
 # ------------------------------------------------------------------------------------------------ parts
 def part_static(lm, args, rate):
     from dlm.models.elementwise import EAGER, fused_ops
@@ -86,13 +99,7 @@ def part_static(lm, args, rate):
         lm.cuda_graphs = graphs
         engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen),
                             attention=attention)
-        for _ in range(2):  # the first run warms the allocator and kernels up
-            sync(args.device)
-            t0 = time.perf_counter()
-            reqs = [engine.submit(p, cfg) for p in prompts]
-            engine.run()
-            sync(args.device)
-            wall = time.perf_counter() - t0
+        reqs, wall = timed_run(engine, prompts, cfg, args.device)
         fed = sum(r.output.stats["fed_positions"] for r in reqs)
         forwards = sum(r.output.stats["forwards"] for r in reqs)
         flops = forward_flops(lm.arch, fed, args.prompt + args.gen, forwards * 32)
@@ -198,13 +205,7 @@ def part_invariant(lm8b, args):
     for invariant in (False, True):
         engine = dlm.Engine(lm8b, max_rows=args.batch, max_tokens=args.batch * (args.prompt + 64),
                             batch_invariant=invariant)
-        for _ in range(2):
-            sync(args.device)
-            t0 = time.perf_counter()
-            reqs = [engine.submit(p, cfg8) for p in prompts8]
-            engine.run()
-            sync(args.device)
-            wall = time.perf_counter() - t0
+        _, wall = timed_run(engine, prompts8, cfg8, args.device)
         res[f"tokens_per_s_invariant_{invariant}"] = args.batch * 64 / wall
     res["cost"] = res["tokens_per_s_invariant_False"] / res["tokens_per_s_invariant_True"]
     print(f"invariant: agreement {res['agreement_invariant_False']:.3f} -> {res['agreement_invariant_True']:.3f}, "
