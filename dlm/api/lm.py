@@ -171,7 +171,8 @@ def _run_until_done(engine, requests, stream, show: bool) -> None:
 def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | None = "auto",
          device: str | torch.device | None = None, tokenizer: Any = True, attn_backend: str = "sdpa",
          cuda_graphs: bool = False, fused_kernels: bool = False, device_map: str | dict | None = None,
-         max_memory: dict | None = None, tensor_parallel: Any = None) -> DiffusionLM:
+         max_memory: dict | None = None, tensor_parallel: Any = None,
+         quantize: str | None = None) -> DiffusionLM:
     """Load a LLaDA- or Dream-format checkpoint folder (config.json + safetensors + tokenizer).
 
     Args:
@@ -193,7 +194,15 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
         tensor_parallel: split every layer over this many processes launched with torchrun (or pass a
             :class:`dlm.parallel.TensorParallel` for another mode, see :mod:`dlm.parallel.tensor`); every rank
             must run the same generation.
+        quantize: ``None`` (weights in ``dtype``) or ``"fp8"``: every linear layer (attention, dense MLP, shared
+            experts, an untied head) stored as float8 e4m3 with per-output-channel scales, quantized on its
+            device as it is read (see :mod:`dlm.models.fp8`); embeddings, norms, routers and the stacked MoE
+            experts stay in ``dtype``. On CUDA with compute capability >= 8.9 and bfloat16 it runs
+            ``torch._scaled_mm`` (activations quantized per token); elsewhere, the CPU included, it dequantizes
+            each weight before its product (half the weight memory, no speed-up). Combines with ``cuda_graphs``,
+            ``fused_kernels`` and ``device_map``; ``tensor_parallel`` gives a ConfigError.
     """
+    from ..models.fp8 import quantizing_place
     from ..models.loading import build_model, load_weights, parse_dtype, read_config, weight_files
 
     if path is None:
@@ -210,6 +219,7 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
     ids = arch_cls.special_ids(cfg, tok)
     model = build_model(arch, device="meta", model_class=arch_cls.model_class)
     place = par.prepare(model, dt) if par is not None else None
+    place = quantizing_place(model, quantize, place, device)
     load_weights(model, folder, arch_cls.name_map(arch, cfg), dt, device, place=place)
     if par is not None:
         par.finish(model)

@@ -265,7 +265,9 @@ class Transformer(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + head on (B, n, d) hidden states."""
         cfg = self.cfg
-        out = F.linear(self.norm(hidden), self.head_weight())
+        h = self.norm(hidden)
+        # an untied head runs as its module, which may be a quantized linear (dlm.models.fp8)
+        out = F.linear(h, self.embed.weight) if cfg.tie_embeddings else self.head(h)
         if cfg.logit_scale is not None:
             out = out * cfg.logit_scale
         if cfg.valid_vocab is not None and cfg.valid_vocab < cfg.vocab_size:

@@ -1,0 +1,309 @@
+"""FP8 weights: ``dlm.load(..., quantize="fp8")``.
+
+Every ``nn.Linear`` of the model (q/k/v/o or the fused qkv, gate/up/down, shared experts, the untied LM head)
+becomes an :class:`FP8Linear`: its weight W (N, K) stored as float8_e4m3fn Q with one float32 scale per output
+channel, ``W[n] ~= Q[n] * scale[n]``, ``scale[n] = max_k |W[n, k]| / 448`` (448 is e4m3fn's largest value; an
+all-zero row gets scale 1 and stays exactly zero). The weights take 1 byte per element instead of 2 (bf16), which
+halves the weight-read floor of a decode step. What stays in the model dtype: the embedding (a lookup, and the
+head when the embeddings are tied), norms, biases, the MoE routers and the stacked experts of MoE layers
+(:class:`~dlm.models.moe.ExpertBank`, whose grouped product has no FP8 path here).
+
+Two paths compute ``x @ W.T + b``:
+
+- ``scaled_mm`` (CUDA, compute capability >= 8.9, bf16 activations, K and N multiples of 16): each row (token) of
+  x is quantized to float8_e4m3fn with its own float32 scale (``max |x[m]| / 448``), then
+  ``torch._scaled_mm(x_fp8, Q.T, scale_a=(M, 1), scale_b=(1, N), bias=b, out_dtype=bf16)`` multiplies with
+  row-wise scales (products of FP8 values accumulated in float32, both scales applied to the result). The
+  activation quantizer is compiled with ``torch.compile`` (Triton) so it is one or two kernels; it falls back to
+  the eager function where Triton is missing.
+- ``reference``: ``F.linear(x, (Q * scale).to(x.dtype), b)``: the weight dequantized, then the usual product in
+  the compute dtype. Used on the CPU (FP8 then saves memory, not time: every call dequantizes), on GPUs older
+  than sm 8.9, for shapes the fast path does not take, and inside a torch function mode (the batch-invariant
+  numerics of :mod:`dlm.engine.numerics` tile ``F.linear``, which only this path calls).
+
+The two differ by the activation rounding (e4m3 keeps 3 mantissa bits): ``tests/gpu/test_fp8_gpu.py`` checks
+that they agree within a stated tolerance; ``tests/models/test_fp8.py`` checks the reference path against the
+unquantized model.
+
+Quantization streams with loading (:func:`quantizing_place`): each weight is read from its safetensors shard,
+sent to its device in its stored precision, quantized there in chunks of rows, and only the FP8 copy is kept,
+so the model never exists in bf16 on the device.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
+QUANTIZE = ("fp8",)  # the values of dlm.load(quantize=...) besides None
+IMPLS = ("scaled_mm", "reference")
+_CHUNK = 1 << 24  # elements quantized at once: bounds the float32 temporaries at load (64 MiB)
+_MIN_ROW_SCALE = 1e-12  # an all-zero activation row: any positive scale gives exact zeros
+
+Place = Callable[[str, torch.Tensor, torch.dtype], torch.Tensor]
+
+
+def check_quantize(value) -> str | None:
+    """``None`` or ``"fp8"``; a ConfigError naming anything else and the allowed values."""
+    if value is None or (isinstance(value, str) and value in QUANTIZE):
+        return value
+    raise ConfigError(f"quantize={value!r} is not supported; allowed: None (weights in the model dtype) or "
+                      f"{', '.join(map(repr, QUANTIZE))} (float8 e4m3 weights with per-output-channel scales)")
+
+
+# ------------------------------------------------------------------------------------------------ arithmetic
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-channel FP8 of a weight, on its device.
+
+    Args:
+        w: (N, K) floating-point weight.
+
+    Returns:
+        q: (N, K) float8_e4m3fn; scale: (N,) float32, with ``w ~= q.float() * scale[:, None]``.
+    """
+    n, k = w.shape
+    q = torch.empty((n, k), dtype=FP8, device=w.device)
+    scale = torch.empty(n, dtype=torch.float32, device=w.device)
+    rows = max(1, _CHUNK // max(k, 1))
+    for start in range(0, n, rows):
+        chunk = w[start : start + rows].float()
+        amax = chunk.abs().amax(dim=1)
+        s = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+        # amax / s can round a hair above 448, which e4m3fn cannot hold
+        q[start : start + rows] = (chunk / s[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
+        scale[start : start + rows] = s
+    return q, scale
+
+
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N, K) weight in ``dtype`` from q (N, K) float8 and scale (N,) float32 (product in float32, one rounding)."""
+    return (q.float() * scale[:, None]).to(dtype)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (per-token) FP8 of activations: x (M, K) -> (M, K) float8_e4m3fn and (M, 1) float32 scales."""
+    amax = x.abs().amax(dim=-1, keepdim=True).float()
+    scale = amax.clamp(min=_MIN_ROW_SCALE) / FP8_MAX
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+def linear_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+                     ) -> torch.Tensor:
+    """x (..., K) -> (..., N): dequantize the weight to x's dtype, then ``F.linear``."""
+    return F.linear(x, dequantize_weight(q, scale, x.dtype), bias)
+
+
+def linear_scaled_mm(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                     quantize: Callable = quantize_rows) -> torch.Tensor:
+    """x (..., K) bf16 -> (..., N) bf16 through ``torch._scaled_mm`` with row-wise scales: the activations
+    quantized per row by ``quantize``, the weight q (N, K) read column-major as (K, N), scale (N,) as (1, N)."""
+    lead = x.shape[:-1]
+    xq, xs = quantize(x.reshape(-1, x.shape[-1]))
+    y = torch._scaled_mm(xq, q.t(), scale_a=xs, scale_b=scale.view(1, -1), bias=bias, out_dtype=x.dtype)
+    return y.view(*lead, q.shape[0])
+
+
+# ------------------------------------------------------------------------------------------------ the device
+@functools.lru_cache(maxsize=None)
+def scaled_mm_works(device: torch.device) -> bool:
+    """Whether torch's row-wise scaled FP8 product runs on ``device`` and gives the right numbers: CUDA, compute
+    capability >= 8.9, a torch that has it. Tried once per device on a small product (at load, never inside a
+    CUDA-graph capture); a failure warns and leaves the reference path."""
+    if device.type != "cuda" or not hasattr(torch, "_scaled_mm") or torch.cuda.get_device_capability(device) < (8, 9):
+        return False
+    try:
+        a = torch.full((16, 32), 0.5, device=device).to(FP8)
+        b = torch.full((16, 32), 2.0, device=device).to(FP8)
+        ones = torch.ones(16, 1, device=device)
+        bias = torch.ones(16, device=device, dtype=torch.bfloat16)
+        y = torch._scaled_mm(a, b.t(), scale_a=ones, scale_b=ones.view(1, -1), bias=bias, out_dtype=torch.bfloat16)
+        ok = bool((y == 33).all())
+    except RuntimeError as exc:
+        warnings.warn(f"torch._scaled_mm with row-wise scales does not run on {device} (torch {torch.__version__}: "
+                      f"{exc}); FP8 weights use the reference path (dequantize, then a product in the model dtype)",
+                      stacklevel=2)
+        return False
+    if not ok:
+        warnings.warn(f"torch._scaled_mm gave wrong numbers on {device}; FP8 weights use the reference path",
+                      stacklevel=2)
+    return ok
+
+
+@functools.lru_cache(maxsize=None)
+def row_quantizer() -> Callable:
+    """:func:`quantize_rows` compiled with torch.compile (dynamic shapes; Triton on CUDA), or the eager function
+    where Triton is missing or the compilation fails (tried once, at load, on a CUDA device)."""
+    from torch.utils._triton import has_triton
+
+    if not has_triton():
+        return quantize_rows
+    compiled = torch.compile(quantize_rows, dynamic=True, fullgraph=True)
+    try:
+        x = torch.randn(3, 32, device="cuda", dtype=torch.bfloat16)
+        torch.testing.assert_close(compiled(x)[1], quantize_rows(x)[1])
+    except Exception as exc:  # noqa: BLE001 - any compiler failure means: use the eager function
+        warnings.warn(f"could not compile the FP8 activation quantizer ({type(exc).__name__}: {exc}); using the "
+                      "eager one (more kernels per product)", stacklevel=2)
+        return quantize_rows
+    return compiled
+
+
+def _function_mode_active() -> bool:
+    """A torch function mode other than a default-device context is active (e.g. the batch-invariant tiling of
+    dlm.engine.numerics): it must see the product as ``F.linear``, so the reference path runs."""
+    if not torch._C._is_torch_function_mode_enabled():
+        return False
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._device import DeviceContext
+
+    return any(not isinstance(m, DeviceContext) for m in _get_current_function_mode_stack())
+
+
+# ------------------------------------------------------------------------------------------------ the module
+class FP8Linear(nn.Module):
+    """``nn.Linear`` with an FP8 weight (see the module doc).
+
+    Attributes:
+        weight: (out_features, in_features) float8_e4m3fn.
+        weight_scale: (out_features,) float32 per-output-channel scales.
+        bias: (out_features,) in the model dtype, or ``None``.
+        impl: ``"scaled_mm"`` (taken for bf16 inputs outside a torch function mode) or ``"reference"``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=FP8, device=device),
+                                   requires_grad=False)
+        self.weight_scale = nn.Parameter(torch.empty(out_features, dtype=torch.float32, device=device),
+                                         requires_grad=False)
+        if bias:  # the loader (or from_linear) puts the bias in the model dtype
+            self.bias = nn.Parameter(torch.empty(out_features, device=device), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+        self.impl = "reference"
+        self.compute_dtype: torch.dtype | None = None  # the model dtype, set by select_impl
+        self.quantize_rows: Callable = quantize_rows
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "FP8Linear":
+        """The FP8 copy of a loaded ``linear`` (its weight quantized on its device; its bias as it is)."""
+        q, scale = quantize_weight(linear.weight.detach())
+        out = cls(linear.in_features, linear.out_features, bias=False, device="meta")
+        out.weight = nn.Parameter(q, requires_grad=False)
+        out.weight_scale = nn.Parameter(scale, requires_grad=False)
+        out.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        select_impl(out, q.device, linear.weight.dtype)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., in_features) -> (..., out_features) in x's dtype."""
+        if self.impl == "scaled_mm" and x.dtype == torch.bfloat16 and not _function_mode_active():
+            return linear_scaled_mm(x, self.weight, self.weight_scale, self.bias, self.quantize_rows)
+        return linear_reference(x, self.weight, self.weight_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"impl={self.impl}")
+
+
+def select_impl(module: FP8Linear, device: torch.device, dtype: torch.dtype) -> None:
+    """The fast path where it runs: bf16 model on a device with row-wise scaled_mm, both dims multiples of 16
+    (torch._scaled_mm's requirement); the reference path otherwise."""
+    fast = (dtype == torch.bfloat16 and module.in_features % 16 == 0 and module.out_features % 16 == 0
+            and scaled_mm_works(device))
+    module.impl = "scaled_mm" if fast else "reference"
+    module.compute_dtype = dtype
+    module.quantize_rows = row_quantizer() if fast else quantize_rows
+
+
+def set_fp8_impl(model: nn.Module, impl: str) -> int:
+    """Force the path of every FP8Linear of ``model``: ``"reference"`` anywhere, ``"scaled_mm"`` where
+    :func:`select_impl` allows it (a ConfigError otherwise). Returns how many layers were set."""
+    if impl not in IMPLS:
+        raise ConfigError(f"unknown FP8 implementation {impl!r}; allowed: {', '.join(IMPLS)}")
+    layers = [m for m in model.modules() if isinstance(m, FP8Linear)]
+    for m in layers:
+        if impl == "reference":
+            m.impl = "reference"
+            continue
+        select_impl(m, m.weight.device, m.compute_dtype)
+        if m.impl != "scaled_mm":
+            raise ConfigError(f"FP8 implementation 'scaled_mm' needs a bf16 model on a CUDA device of compute "
+                              f"capability >= 8.9 and dims that are multiples of 16; a {m.in_features}x"
+                              f"{m.out_features} layer on {m.weight.device} cannot take it")
+    return len(layers)
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def linear_names(model: nn.Module) -> list[str]:
+    """Names of every ``nn.Linear`` of ``model`` (the layers FP8 replaces)."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def quantize_model(model: nn.Module) -> int:
+    """Replace every ``nn.Linear`` of an in-memory ``model`` by its :class:`FP8Linear`, one layer at a time (the
+    peak is the model plus one layer's FP8 copy). Returns how many were replaced."""
+    if getattr(model, "tensor_parallel", None) is not None:
+        raise _tensor_parallel_error()
+    names = linear_names(model)
+    for name in names:
+        _replace(model, name, FP8Linear.from_linear(model.get_submodule(name)))
+    model.quantization = "fp8"
+    return len(names)
+
+
+def quantizing_place(model: nn.Module, quantize, place: Place | None, device: torch.device) -> Place | None:
+    """``dlm.load``'s hook: with ``quantize="fp8"``, swap every ``nn.Linear`` of the meta-built ``model`` for a
+    meta :class:`FP8Linear` and return the loader's ``place`` callback that quantizes those weights as they
+    arrive (see the module doc); ``place`` (a device map's, or ``None``: ``device``) still decides where each
+    tensor goes. ``quantize=None`` returns ``place`` unchanged. ConfigError for another value and under tensor
+    parallelism."""
+    if check_quantize(quantize) is None:
+        return place
+    if getattr(model, "tensor_parallel", None) is not None:
+        raise _tensor_parallel_error()
+    targets: dict[str, FP8Linear] = {}
+    for name in linear_names(model):
+        lin = model.get_submodule(name)
+        targets[name + ".weight"] = FP8Linear(lin.in_features, lin.out_features, lin.bias is not None, device="meta")
+        _replace(model, name, targets[name + ".weight"])
+    model.quantization = quantize
+
+    def put(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        module = targets.get(name)
+        # an FP8 weight is quantized from its stored precision (a float32 checkpoint is not rounded to bf16 first)
+        to = dtype if module is None else tensor.dtype
+        t = place(name, tensor, to) if place is not None else tensor.to(device=device, dtype=to)
+        if module is None:
+            return t
+        q, scale = quantize_weight(t)
+        module.weight_scale = nn.Parameter(scale, requires_grad=False)
+        select_impl(module, q.device, dtype)
+        return q
+
+    return put
+
+
+def _tensor_parallel_error() -> ConfigError:
+    return ConfigError("quantize='fp8' does not combine with tensor_parallel (the sharded layers are torch's "
+                       "tensor-parallel nn.Linear); use device_map to spread an FP8 model over GPUs, or load in bf16")
+
+
+__all__ = ["FP8Linear", "check_quantize", "dequantize_weight", "linear_names", "linear_reference",
+           "linear_scaled_mm", "quantize_model", "quantize_rows", "quantize_weight", "quantizing_place",
+           "set_fp8_impl"]
