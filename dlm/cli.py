@@ -120,7 +120,7 @@ def _generate_into(writer, args: argparse.Namespace, config: GenerationConfig, r
             raise ConfigError("--stream prints one answer as it is decoded; it does not combine with --data-parallel")
         prompts = [p for p, _ in rows]
         out = generate_data_parallel(args.model, prompts, config, replica_devices(args.data_parallel, args.device),
-                                     batch_size=args.batch_size, dtype=args.dtype)
+                                     batch_size=args.batch_size, dtype=args.dtype, quantize=args.quantize)
         writer.write(answer_records([e for _, e in rows], prompts, out))
         return [out]
     model = _load_model(args)
@@ -157,7 +157,7 @@ def _load_model(args: argparse.Namespace):
     device = _device(args.device)
     if (device or torch.device("cuda" if torch.cuda.is_available() else "cpu")).type == "cpu":
         torch.set_num_threads(args.threads or default_threads())
-    model = load(args.model, dtype=args.dtype, device=device)
+    model = load(args.model, dtype=args.dtype, device=device, quantize=args.quantize)
     if args.stream and model.tokenizer is None:
         raise ConfigError("--stream prints text, but this model has no tokenizer")
     return model
@@ -265,6 +265,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true", help="print a single prompt's answer as it is decoded")
     g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     g.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    g.add_argument("--quantize", choices=("fp8",), default=None, help="store every linear layer as float8 with per-channel scales (docs/gpu.md#fp8-weights)")
     g.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default: all at once); "
                    "with --output, each finished batch is written at once")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores not busy with other "

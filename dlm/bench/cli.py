@@ -76,6 +76,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     m.add_argument("--fused-kernels", action="store_true",
                    help="load the model with fused_kernels=True (torch.compile'd elementwise kernels; keep the "
                    "default full-batch warm-up, since compilation treats a batch of 1 as its own shape)")
+    m.add_argument("--quantize", choices=("fp8",), default=None, help="store every linear layer as float8 with per-channel scales (docs/gpu.md#fp8-weights)")
     m.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's). On a machine shared with other jobs, 1 thread gives "
                    "steadier timings: spinning OpenMP threads on oversubscribed cores slow every step down")
@@ -207,7 +208,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise DlmError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     lm = dlm.load(args.model, device=args.device, dtype=args.dtype, cuda_graphs=args.cuda_graphs,
-                  fused_kernels=args.fused_kernels)
+                  fused_kernels=args.fused_kernels, quantize=args.quantize)
     print(f"dlm bench: {lm!r}; {len(suite.with_reference())} configurations x {len(suite.shapes)} shape(s); "
           f"results -> {out}", file=sys.stderr, flush=True)
     _warn_cpu_contention(lm.device)

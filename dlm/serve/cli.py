@@ -31,6 +31,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     m.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     m.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16")
     m.add_argument("--cuda-graphs", action="store_true", help="load with cuda_graphs=True")
+    m.add_argument("--quantize", choices=("fp8",), default=None, help="store every linear layer as float8 with per-channel scales (docs/gpu.md#fp8-weights)")
     m.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     m.add_argument("--data-parallel", metavar="N", default=None,
                    help="one engine per GPU on N GPUs ('auto': all visible) behind one HTTP front, requests to the "
@@ -100,10 +101,15 @@ def load_model(args: argparse.Namespace, device):
                   "bfloat16": torch.bfloat16, "float16": torch.float16}
         if args.dtype not in dtypes:
             raise ConfigError(f"unknown --dtype {args.dtype!r}; allowed: {', '.join(dtypes)}")
-        return random_lm(args.random_weights, device=str(device), dtype=dtypes[args.dtype])
+        lm = random_lm(args.random_weights, device=str(device), dtype=dtypes[args.dtype])
+        if args.quantize is not None:
+            from ..models.fp8 import quantize_model
+
+            quantize_model(lm.model)
+        return lm
     from ..api import load
 
-    return load(args.model, device=device, dtype=args.dtype, cuda_graphs=args.cuda_graphs)
+    return load(args.model, device=device, dtype=args.dtype, cuda_graphs=args.cuda_graphs, quantize=args.quantize)
 
 
 def build_server(args: argparse.Namespace):

@@ -4,6 +4,8 @@ state after load, the quantized model against its float model, and the errors of
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -254,3 +256,38 @@ def test_tensor_parallel_is_a_config_error(llada):
     with pytest.raises(ConfigError, match="quantize='fp8' does not combine with tensor_parallel"):
         fp8.quantizing_place(model, "fp8", None, torch.device("cpu"))
     assert fp8.quantizing_place(model, None, None, torch.device("cpu")) is None  # nothing asked, nothing checked
+
+
+# ------------------------------------------------------------------------------------------------ front ends
+def test_generate_cli_quantize_option(llada_path, monkeypatch, capsys):
+    from dlm import cli
+
+    loaded = []
+    real_load = dlm.api.load
+    monkeypatch.setattr(dlm.api, "load", lambda *a, **kw: loaded.append(kw) or real_load(*a, **kw))
+    assert cli.main(["generate", "--model", str(llada_path), "hi", "--json", "--device", "cpu", "--quantize", "fp8",
+                     "--gen-length", "8", "--block-length", "8"]) == 0
+    assert loaded[-1]["quantize"] == "fp8" and len(json.loads(capsys.readouterr().out)["tokens"]) == 8
+    with pytest.raises(SystemExit):  # argparse lists the choices
+        cli.main(["generate", "--model", str(llada_path), "hi", "--quantize", "int8"])
+    err = capsys.readouterr().err
+    assert "--quantize: invalid choice: 'int8'" in err and "fp8" in err.rsplit("choose from", 1)[1]
+
+
+def test_eval_model_arg_is_checked_before_loading():
+    from dlm.eval.args import parse_model_args
+
+    assert parse_model_args({"quantize": "fp8"}).load["quantize"] == "fp8"
+    assert "quantize" not in parse_model_args({"quantize": "none"}).load  # dlm.load's default
+    with pytest.raises(ConfigError, match="quantize='int4' is not supported"):
+        parse_model_args({"quantize": "int4"})
+
+
+def test_serve_random_weights_quantized():
+    from argparse import Namespace
+
+    from dlm.serve.cli import load_model
+
+    args = Namespace(random_weights="llada-tiny", dtype="auto", quantize="fp8")
+    lm = load_model(args, torch.device("cpu"))
+    assert count(lm.model, FP8Linear) == 7 * lm.arch.num_layers + 1 and lm.model.quantization == "fp8"

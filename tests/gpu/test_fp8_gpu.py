@@ -1,0 +1,123 @@
+"""FP8 weights on a GPU (skipped without CUDA): the fast path (torch._scaled_mm with per-token activation scales)
+against the reference path (dequantize, then F.linear), and generation with CUDA graphs and fused kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import dlm
+from dlm.models import fp8
+from dlm.models.fp8 import FP8Linear
+
+pytestmark = pytest.mark.gpu
+
+
+def needs_fast_path():
+    if not fp8.scaled_mm_works(torch.device("cuda", torch.cuda.current_device())):
+        pytest.skip("no row-wise torch._scaled_mm on this GPU (compute capability < 8.9 or an older torch)")
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 48), (32, 4096, 4096), (1152, 256, 704), (7, 160, 64)])
+def test_scaled_mm_is_the_product_of_the_quantized_operands(shape):
+    """The kernel computes (x_fp8 * x_scale) @ (w_fp8 * w_scale).T + b up to bf16 output rounding, and the
+    fast layer is within e4m3's activation rounding (~2-3% in relative L2) of the reference layer."""
+    needs_fast_path()
+    m, k, n = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    linear = nn.Linear(k, n, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.normal_(0, 0.02, generator=g)
+    layer = FP8Linear.from_linear(linear)
+    assert layer.impl == "scaled_mm"
+    x = torch.randn(m, k, device="cuda", generator=g).bfloat16()
+    y = layer(x)
+    xq, xs = fp8.quantize_rows(x)
+    exact = (xq.float() * xs) @ fp8.dequantize_weight(layer.weight, layer.weight_scale, torch.float32).T
+    exact = exact + layer.bias.float()
+    torch.testing.assert_close(y.float(), exact, rtol=2**-7, atol=1e-3 * float(exact.abs().max()))
+    assert rel(y, fp8.linear_reference(x, layer.weight, layer.weight_scale, layer.bias)) < 0.05
+
+
+def test_compiled_row_quantizer_equals_eager():
+    needs_fast_path()
+    compiled = fp8.row_quantizer()
+    for m in (1, 2, 33, 1152):
+        x = torch.randn(m, 4096, device="cuda").bfloat16() * 10
+        x[0] = 0
+        (q1, s1), (q2, s2) = compiled(x), fp8.quantize_rows(x)
+        torch.testing.assert_close(s1, s2)
+        assert (q1.float() - q2.float()).abs().le(2**-3 * q2.float().abs() + 2**-9).all()  # one e4m3 step
+
+
+@pytest.fixture(scope="module")
+def tiny_fp8():
+    """The bundled dlm-tiny (dims multiples of 16: every layer takes the fast path) in bf16, plain and FP8."""
+    return dlm.load(device="cuda", dtype="bfloat16"), dlm.load(device="cuda", dtype="bfloat16", quantize="fp8")
+
+
+def task_prompts(n_per_family: int = 2) -> list[str]:
+    from dlm.data import FAMILIES, get_task
+
+    return [e.prompt for f in FAMILIES for e in get_task(f).generate("test", n_per_family, 3)]
+
+
+def test_fast_model_matches_reference_model(tiny_fp8):
+    needs_fast_path()
+    plain, lm = tiny_fp8
+    assert all(m.impl == "scaled_mm" for m in lm.model.modules() if isinstance(m, FP8Linear))
+    # canvases as decoding sees them: a task prompt and 16 masked answer positions (CPU stand-in: 2.4% / 2.7%)
+    canvases = [torch.tensor([p + [plain.ids.mask_id] * 16], device="cuda") for p in plain.encode(task_prompts(1))]
+    answer_logits = lambda model: torch.cat([model(c)[0, -16:] for c in canvases])  # noqa: E731
+    fast = answer_logits(lm.model)
+    fp8.set_fp8_impl(lm.model, "reference")
+    try:
+        ref = answer_logits(lm.model)
+    finally:
+        fp8.set_fp8_impl(lm.model, "scaled_mm")
+    assert rel(fast, ref) < 0.05
+    assert rel(fast, answer_logits(plain.model)) < 0.08
+    assert (fast.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+
+
+def test_generate_with_cuda_graphs_and_fused_kernels(tiny_fp8):
+    """FP8 with graphs + fused kernels gives (nearly) the answers of FP8 eager and of the bf16 model."""
+    plain, eager = tiny_fp8
+    lm = dlm.load(device="cuda", dtype="bfloat16", quantize="fp8", cuda_graphs=True, fused_kernels=True)
+    prompts = task_prompts()
+    cfg = dlm.GenerationConfig(gen_length=32, block_length=32, scheduler="threshold", cache="dual")
+    fast = lm.generate(prompts, cfg).texts
+    assert lm.generate(prompts, cfg).texts == fast  # replays (graphs captured on the first call) change nothing
+    same = lambda a, b: sum(x == y for x, y in zip(a, b)) / len(a)  # noqa: E731
+    assert same(fast, eager.generate(prompts, cfg).texts) >= 0.9
+    assert same(fast, plain.generate(prompts, cfg).texts) >= 0.8
+
+
+def test_batch_invariant_engine_takes_the_reference_path(tiny_fp8):
+    """With batch_invariant=True the products go through the tiled F.linear: a prompt's answer alone equals its
+    answer in a batch."""
+    _, lm = tiny_fp8
+    prompts = task_prompts()
+    cfg = dlm.GenerationConfig(gen_length=32, block_length=32, scheduler="threshold", cache="dual")
+    batch = dlm.Engine(lm, max_rows=len(prompts), batch_invariant=True)
+    reqs = [batch.submit(p, cfg) for p in prompts]
+    batch.run()
+    alone = dlm.Engine(lm, max_rows=1, batch_invariant=True)
+    for p, r in zip(prompts[:4], reqs):
+        a = alone.submit(p, cfg)
+        alone.run()
+        assert torch.equal(a.output.sequences, r.output.sequences)
+
+
+def test_load_keeps_the_model_in_fp8_on_the_gpu(tiny_fp8):
+    """Weights arrive quantized: the FP8 model's parameters take about 60% of the bf16 model's (the embedding
+    stays bf16) and every linear weight is float8 on the GPU."""
+    plain, lm = tiny_fp8
+    size = lambda m: sum(p.nbytes for p in m.parameters())  # noqa: E731
+    assert size(lm.model) < 0.7 * size(plain.model)
+    assert all(m.weight.dtype == fp8.FP8 and m.weight.is_cuda for m in lm.model.modules() if isinstance(m, FP8Linear))
