@@ -74,29 +74,31 @@ def per_call_us(fn, device: str) -> float:
     return sorted(times)[len(times) // 2] / calls * 1e6
 
 
-def part_matmul(args, bandwidth: float) -> list[dict]:
-    rows = []
+def time_layer(k: int, n: int, device: str, bandwidth: float) -> dict:
+    """One k -> n layer at 32 rows: bf16 F.linear, the FP8 layer, and its torch._scaled_mm alone."""
     dtype = torch.bfloat16
+    linear = nn.Linear(k, n, bias=False, device=device, dtype=dtype)
+    nn.init.normal_(linear.weight, std=0.02)
+    layer = fp8.FP8Linear.from_linear(linear)
+    x = torch.randn(32, k, device=device, dtype=dtype)
+    xq, xs = layer.quantize_rows(x)
+    with torch.no_grad():
+        bf16_us = per_call_us(lambda: F.linear(x, linear.weight), device)
+        fp8_us = per_call_us(lambda: layer(x), device)
+        mm_us = (per_call_us(lambda: torch._scaled_mm(xq, layer.weight.t(), scale_a=xs,
+                                                      scale_b=layer.weight_scale.view(1, -1), out_dtype=dtype),
+                             device) if layer.impl == "scaled_mm" else None)
+    bytes_bf16, bytes_fp8 = linear.weight.nbytes, layer.weight.nbytes + layer.weight_scale.nbytes
+    print(f"matmul {k}x{n} M=32: bf16 {bf16_us:.1f} us, fp8 {fp8_us:.1f} us ({layer.impl}), "
+          f"x{bf16_us / fp8_us:.2f}", flush=True)
+    return {"in": k, "out": n, "rows": 32, "fp8_impl": layer.impl, "bf16_us": bf16_us, "fp8_us": fp8_us,
+            "fp8_scaled_mm_only_us": mm_us, "speedup": bf16_us / fp8_us,
+            "bf16_floor_us": bytes_bf16 / bandwidth * 1e6, "fp8_floor_us": bytes_fp8 / bandwidth * 1e6}
+
+
+def part_matmul(args, bandwidth: float) -> list[dict]:
     shapes = [(256, 256), (256, 768)] if args.tiny else [(4096, 4096), (4096, 12288)]
-    for k, n in shapes:
-        linear = nn.Linear(k, n, bias=False, device=args.device, dtype=dtype)
-        nn.init.normal_(linear.weight, std=0.02)
-        layer = fp8.FP8Linear.from_linear(linear)
-        x = torch.randn(32, k, device=args.device, dtype=dtype)
-        with torch.no_grad():
-            bf16_us = per_call_us(lambda: F.linear(x, linear.weight), args.device)
-            fp8_us = per_call_us(lambda: layer(x), args.device)
-            xq, xs = layer.quantize_rows(x)
-            mm_us = (per_call_us(lambda: torch._scaled_mm(xq, layer.weight.t(), scale_a=xs,
-                                                          scale_b=layer.weight_scale.view(1, -1), out_dtype=dtype),
-                                 args.device) if layer.impl == "scaled_mm" else None)
-        bytes_bf16, bytes_fp8 = linear.weight.nbytes, layer.weight.nbytes + layer.weight_scale.nbytes
-        rows.append({"in": k, "out": n, "rows": 32, "fp8_impl": layer.impl, "bf16_us": bf16_us, "fp8_us": fp8_us,
-                     "fp8_scaled_mm_only_us": mm_us, "speedup": bf16_us / fp8_us,
-                     "bf16_floor_us": bytes_bf16 / bandwidth * 1e6, "fp8_floor_us": bytes_fp8 / bandwidth * 1e6})
-        print(f"matmul {k}x{n} M=32: bf16 {bf16_us:.1f} us, fp8 {fp8_us:.1f} us ({layer.impl}), "
-              f"x{bf16_us / fp8_us:.2f}", flush=True)
-    return rows
+    return [time_layer(k, n, args.device, bandwidth) for k, n in shapes]
 
 
 # ------------------------------------------------------------------------------------------------ scale

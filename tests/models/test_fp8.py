@@ -13,7 +13,14 @@ from torch import nn
 import dlm
 from dlm.errors import ConfigError
 from dlm.models import fp8
-from dlm.models.fp8 import FP8, FP8_MAX, FP8Linear, dequantize_weight, quantize_rows, quantize_weight
+from dlm.models.fp8 import (
+    FP8,
+    FP8_MAX,
+    FP8Linear,
+    dequantize_weight,
+    quantize_rows,
+    quantize_weight,
+)
 from dlm.testing import write_tiny_checkpoint
 
 from ..conftest import random_prompts
