@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DlmError
 from ..models import ArchConfig, SpecialIds, Transformer, init_weights, save_checkpoint
 from .tokenizer import TOKENIZER_FILES, TokenIds
 
@@ -64,6 +64,29 @@ def build_diffusion(size: ModelSize, n_tokens: int, seed: int = 0) -> Transforme
     """dlm-tiny with N(0, 0.02) weights (residual outputs scaled by 1/sqrt(2 n_layers)), float32 on the CPU."""
     model = Transformer(diffusion_arch(size, n_tokens))
     init_weights(model, std=0.02, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
+def load_initial(model: Transformer, folder: str | os.PathLike) -> Transformer:
+    """Copy the weights of the checkpoint ``folder`` (read with :func:`dlm.load`, safetensors only) into ``model``,
+    whose architecture must be the checkpoint's; raises ConfigError naming what differs."""
+    from ..api import load
+
+    try:
+        state = load(folder, device="cpu", dtype="float32", tokenizer=False).model.state_dict()
+    except DlmError as exc:
+        raise ConfigError(f"init_from={str(folder)!r}: {exc}") from None
+    own = model.state_dict()
+    diff = sorted(k for k in own.keys() | state.keys()
+                  if k not in own or k not in state or own[k].shape != state[k].shape)
+    if diff:
+        shapes = ", ".join(f"{k}: {tuple(own[k].shape) if k in own else '-'} here, "
+                           f"{tuple(state[k].shape) if k in state else '-'} there" for k in diff[:4])
+        raise ConfigError(f"init_from={str(folder)!r} does not match the model the size options build ({shapes}); "
+                          f"give the same --d-model/--n-layers/--n-heads/--mlp-hidden and --tokenizer-from it")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(state[k])
     return model
 
 

@@ -35,6 +35,8 @@ _HELP = {
     "workers": "processes for data preparation (0: one per CPU core, at most 16)",
     "cpu_threads": "torch intra-op threads for the run (0: torch's default; the smoke preset uses 1)",
     "families": "comma-separated synthetic task families",
+    "tokenizer_from": "reuse the tokenizer.json of this folder (e.g. dlm/assets/dlm-tiny) instead of training one, "
+                      "so a retrained model keeps the vocabulary the other bundled models share",
     "heldout_fraction": "share of stdlib files held out (dlm bench assumes the default when it picks its code set)",
     "code_fn_fraction": "share of the code rows (after task pairs) made of function-completion pairs (the rest: "
                         "plain code windows)",
@@ -45,6 +47,9 @@ _HELP = {
                        "wordrev, add-long; default none, as the bundled dlm-tiny was trained)",
     "code_body_tokens": "longest held-out reference body (tokens); the code generation length is this + 1 rounded "
                         "up to a multiple of 32",
+    "init_from": "start dlm-tiny from the weights of this LLaDA checkpoint folder (fine-tuning, e.g. "
+                 "dlm/assets/dlm-tiny with --tokenizer-from the same folder) instead of random ones; the model size "
+                 "options must match it",
     "minutes_diffusion": "training budget of dlm-tiny in minutes (none: steps only)",
     "minutes_ar": "training budget of dlm-tiny-ar in minutes (none: steps only)",
     "minutes_block": "training budget of dlm-tiny-block in minutes (none: steps only)",

@@ -44,7 +44,7 @@ def model_card(phase: Phase, cfg: RecipeConfig, prep: Prepared, result: TrainRes
         embedding_rows=padded_vocab(prep.n_tokens), attention=Template(phase.card.attention).substitute(settings),
         rope_theta=f"{size.rope_theta:g}",
         task_len=cfg.task_len, code_len=cfg.code_len, max_seq_len=size.max_seq_len,
-        tokenizer_task_examples=cfg.tokenizer_task_examples, bos=prep.ids.bos, eos=prep.ids.eos, eot=prep.ids.eot,
+        tokenizer_origin=tokenizer_origin(cfg), bos=prep.ids.bos, eos=prep.ids.eos, eot=prep.ids.eot,
         mask=prep.ids.mask, python=s["python"], train_files=m["train_files"], train_mb=f"{m['train_bytes'] / 1e6:.1f}",
         train_code_tokens=f"{s['train_code_tokens'] / 1e6:.2f}M", heldout_files=m["heldout_files"],
         function_pairs=s["function_pairs"], families=", ".join(cfg.family_list), train_per_task=cfg.train_per_task,
@@ -53,6 +53,13 @@ def model_card(phase: Phase, cfg: RecipeConfig, prep: Prepared, result: TrainRes
         warmup_steps=cfg.warmup_steps, min_lr_ratio=f"{cfg.min_lr_ratio:g}", grad_clip=cfg.grad_clip,
         device=device_name, result=result_text(cfg, result), evaluation=evaluation_text(cfg, prep, evals),
         command=command)
+
+
+def tokenizer_origin(cfg: RecipeConfig) -> str:
+    if cfg.tokenizer_from is not None:
+        return f"The byte-level BPE tokenizer of `{cfg.tokenizer_from}`, reused as it is (`--tokenizer-from`)"
+    return (f"Byte-level BPE trained with the `tokenizers` library on the training files and "
+            f"{cfg.tokenizer_task_examples} training task texts")
 
 
 def mixture_text(cfg: RecipeConfig) -> str:
@@ -74,7 +81,8 @@ def result_text(cfg: RecipeConfig, result: TrainResult | None) -> str:
         return ""
     val = ", ".join(f"{k} {v:.4f}" for k, v in result.val_loss.items())
     skipped = f"; {result.skipped_steps} steps skipped for non-finite gradients" if result.skipped_steps else ""
-    return (f"- {result.steps} steps, {result.tokens / 1e6:.1f}M tokens seen ({result.targets / 1e6:.1f}M loss "
+    start = f"- started from the weights of `{cfg.init_from}` (`--init-from`)\n" if cfg.init_from else ""
+    return (f"{start}- {result.steps} steps, {result.tokens / 1e6:.1f}M tokens seen ({result.targets / 1e6:.1f}M loss "
             f"targets), {result.seconds / 60:.2f} minutes (stopped by {result.stopped_by})\n"
             f"- final train loss (weighted total, mean of the last {cfg.log_every} steps) "
             f"{fmt_loss(result.train_loss)}{skipped}\n"

@@ -37,6 +37,7 @@ class RecipeConfig:
     # tokenizer
     vocab_size: int = 8192
     tokenizer_task_examples: int = 3000
+    tokenizer_from: str | None = None
     # synthetic tasks
     families: str = ",".join(FAMILIES)
     family_weights: str = "add=3,cumsum=3"
@@ -67,6 +68,7 @@ class RecipeConfig:
     max_seq_len: int = 1024
     block_size: int = 4
     # optimisation (every phase); each phase of :data:`BUDGETS` has its minutes_, steps_, lr_ and compile_ fields
+    init_from: str | None = None
     minutes_diffusion: float | None = 5.7
     steps_diffusion: int | None = None
     lr_diffusion: float = 1.5e-3

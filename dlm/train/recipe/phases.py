@@ -89,10 +89,15 @@ def _evaluate_loaded(evaluate_lm: Callable[..., dict[str, Any]]):
     return run
 
 
+def _initial(model: torch.nn.Module, cfg: RecipeConfig) -> torch.nn.Module:
+    """dlm-tiny's starting point: its random weights, or those of ``cfg.init_from`` (fine-tuning)."""
+    return model if cfg.init_from is None else builders.load_initial(model, cfg.init_from)
+
+
 # ------------------------------------------------------------------------------------------------ dlm-tiny
 DLM_TINY = Phase(
     name="dlm-tiny", budget="diffusion",
-    build=lambda cfg, prep: builders.build_diffusion(cfg.size, prep.n_tokens, seed=cfg.seed),
+    build=lambda cfg, prep: _initial(builders.build_diffusion(cfg.size, prep.n_tokens, seed=cfg.seed), cfg),
     objective=lambda cfg, prep: DiffusionObjective(prep.ids.mask, eps=cfg.mask_eps),
     save=lambda cfg, model, prep, folder, files: builders.save_diffusion(model, prep.ids, prep.tokenizer_dir,
                                                                           folder, files),

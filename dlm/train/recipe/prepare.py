@@ -95,16 +95,35 @@ def examples(cfg: RecipeConfig, train_texts: Texts, heldout_texts: Texts, worker
 
 def tokenizer(cfg: RecipeConfig, splits: dict[str, list[Example]], train_texts: Texts, out: Path,
               log: Callable[[str], None]):
-    """Byte-level BPE on the training files + a sample of training task texts (never held-out data), saved to
-    ``out/tokenizer``; returns (the fast tokenizer as saved, its folder, its special ids)."""
-    sample = splits["train"][:: max(1, len(splits["train"]) // max(1, cfg.tokenizer_task_examples))]
-    tok = train_tokenizer([t for _, t in train_texts] + [f"{e.prompt} {e.answer}" for e in sample], cfg.vocab_size)
+    """Byte-level BPE on the training files + a sample of training task texts (never held-out data), or the one of
+    ``cfg.tokenizer_from``, saved to ``out/tokenizer``; returns (the fast tokenizer as saved, its folder, its
+    special ids)."""
+    if cfg.tokenizer_from is not None:
+        tok = reused_tokenizer(cfg.tokenizer_from)
+    else:
+        sample = splits["train"][:: max(1, len(splits["train"]) // max(1, cfg.tokenizer_task_examples))]
+        tok = train_tokenizer([t for _, t in train_texts] + [f"{e.prompt} {e.answer}" for e in sample],
+                              cfg.vocab_size)
     tokenizer_dir = save_tokenizer(tok, out / "tokenizer", model_max_length=cfg.max_seq_len)
     ids = token_ids(tok)
     tok = load_fast(tokenizer_dir)
     log(f"tokenizer: byte-level BPE, {tok.get_vocab_size()} tokens (bos {ids.bos}, eos/pad {ids.eos}, eot {ids.eot}, "
         f"mask {ids.mask}) -> {tokenizer_dir}")
     return tok, tokenizer_dir, ids
+
+
+def reused_tokenizer(folder: str):
+    """The ``tokenizers.Tokenizer`` of ``folder``/tokenizer.json, checked to hold the recipe's special tokens."""
+    path = Path(folder) / "tokenizer.json"
+    if not path.is_file():
+        raise ConfigError(f"tokenizer_from={folder!r}: no tokenizer.json there (give a model folder such as "
+                          f"dlm/assets/dlm-tiny)")
+    tok = load_fast(path.parent)
+    try:
+        token_ids(tok)
+    except ValueError as exc:
+        raise ConfigError(f"tokenizer_from={folder!r}: {exc}") from None
+    return tok
 
 
 def train_mixture(cfg: RecipeConfig, tr: list[Example], fn_train: list[CodeExample], train_texts: Texts,
