@@ -145,10 +145,16 @@ def probe_logits(lm) -> torch.Tensor:
         return lm.model(ids).float().cpu()
 
 
+def progress(message: str) -> None:
+    """A time-stamped line on stdout at once (a killed job keeps the lines that say where it was)."""
+    print(f"[{time.strftime('%H:%M:%S')} rank {os.environ.get('RANK', '-')}] {message}", flush=True)
+
+
 def time_cases(lm, label: dict, cases, rows: list, errors: dict) -> None:
     """ms/step of ``lm`` for each (cache, graphs) case; errors recorded (e.g. a collective that cannot be
     captured in a CUDA graph)."""
     for cache, graphs in cases:
+        progress(f"timing {label} cache={cache} graphs={graphs}")
         try:
             rows.append({**label, "cache": cache, "graphs": graphs, "ms_per_step": step_ms(lm, graphs, cache)})
         except Exception as exc:  # noqa: BLE001
@@ -156,17 +162,20 @@ def time_cases(lm, label: dict, cases, rows: list, errors: dict) -> None:
 
 
 def tp_worker(setup: Setup, caches, out: Path) -> None:
-    """One rank of ``torchrun --nproc-per-node 2``. One GPU first (rank 0 while rank 1 waits), then TP2 in both
-    modes, the CUDA-graph cases last (a capture that fails on one rank can leave the other waiting for ever);
-    rank 0 rewrites ``out`` after each stage so that a killed run keeps what it measured."""
+    """One rank of ``torchrun --nproc-per-node 2``. One GPU eager first (rank 0 while rank 1 waits), then TP2 in
+    both modes, the CUDA-graph cases last (TP2 ``local``, then one GPU: a capture that fails on one rank can leave
+    the other waiting for ever); each case prints a line as it starts and rank 0 rewrites ``out`` after each, so
+    a killed run keeps what it measured and shows where it stopped."""
     from datetime import timedelta
 
     import torch.distributed as dist
 
     if setup.cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if setup.cuda else "gloo", timeout=timedelta(seconds=120))
+    progress("init process group")
+    dist.init_process_group("nccl" if setup.cuda else "gloo", timeout=timedelta(seconds=300))
     tp = TensorParallel.init(2, None if setup.cuda else "cpu")
+    progress("process group ready")
     res: dict = {"rows": [], "errors": {}}
     save = (lambda: out.write_text(json.dumps(res))) if tp.rank == 0 else (lambda: None)
     eager = [(c, False) for c in caches]
@@ -175,13 +184,14 @@ def tp_worker(setup: Setup, caches, out: Path) -> None:
     if tp.rank == 0:
         one = random_lm(setup.arch, device=str(tp.device), dtype=setup.dtype)
         ref = probe_logits(one)
-        time_cases(one, {"tp": 1, "mode": "-"}, eager + graphed, res["rows"], res["errors"])
+        time_cases(one, {"tp": 1, "mode": "-"}, eager, res["rows"], res["errors"])
         del one
         save()
     dist.barrier()
     for mode in ("dtensor", "local"):
         if setup.cuda:
             torch.cuda.empty_cache()
+        progress(f"building the TP2 {mode} model")
         lm = random_tp_lm(setup.arch, dataclasses.replace(tp, mode=mode), setup.dtype)
         logits = probe_logits(lm)
         if ref is not None:
@@ -193,30 +203,48 @@ def tp_worker(setup: Setup, caches, out: Path) -> None:
             save()
         del lm
     dist.barrier()
+    if tp.rank == 0 and graphed:  # one GPU with CUDA graphs last: a capture that hangs keeps every TP2 row
+        torch.cuda.empty_cache()
+        one = random_lm(setup.arch, device=str(tp.device), dtype=setup.dtype)
+        time_cases(one, {"tp": 1, "mode": "-"}, graphed, res["rows"], res["errors"])
+        save()
+    dist.barrier()
     dist.destroy_process_group()
 
 
-def bench_tensor_parallel(setup: Setup, caches, tiny: bool) -> dict:
-    """Re-launch this script under torchrun (in its own session, so a hung rank is killed with its launcher)."""
+def kill_workers(marker: str) -> None:
+    """SIGKILL every process whose command line holds ``marker`` (torchrun's workers may sit in their own
+    process groups, and a hung one keeps the job alive)."""
     import signal
 
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes().decode(errors="replace"):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def bench_tensor_parallel(setup: Setup, caches, tiny: bool, timeout_s: float = 200.0) -> dict:
+    """Re-launch this script under torchrun; the workers' lines go straight to this process's stdout (so a killed
+    run shows where it was), and after ``timeout_s`` every worker is killed with the partial results kept."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tp.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__,
-               "--tp-worker", str(out), "--cache", *caches] + (["--tiny"] if tiny else [])
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        cmd = [sys.executable, "-u", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               __file__, "--tp-worker", str(out), "--cache", *caches] + (["--tiny"] if tiny else [])
+        sys.stdout.flush()
+        proc = subprocess.Popen(cmd, start_new_session=True)
         try:
-            log, _ = proc.communicate(timeout=300)
+            proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            log, _ = proc.communicate()
-            log += "\n[killed after 300 s]"
+            progress(f"tensor-parallel job killed after {timeout_s:.0f} s")
+        kill_workers(str(out))
+        proc.wait()
         if not out.exists():
-            raise RuntimeError(f"torchrun exited with {proc.returncode} before measuring anything:\n{log[-3000:]}")
+            raise RuntimeError(f"torchrun exited with {proc.returncode} before measuring anything (its lines above)")
         res = json.loads(out.read_text())
         if proc.returncode != 0:
-            res["error"] = f"torchrun exited with {proc.returncode} (partial results kept):\n{log[-3000:]}"
+            res["error"] = f"torchrun exited with {proc.returncode} (partial results kept; its lines in the log)"
         return res
 
 
