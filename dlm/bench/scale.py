@@ -30,6 +30,7 @@ from ..models.base import MODELS, SpecialIds
 from ..models.elementwise import EAGER, fused_ops
 from ..api import from_model
 from ..models.transformer import ArchConfig, Transformer
+from .methods import parse_component
 
 LLADA_8B = {
     "model_type": "llada", "d_model": 4096, "n_heads": 32, "n_kv_heads": 32, "n_layers": 32, "mlp_hidden_size": 12288,
@@ -158,9 +159,10 @@ def time_config(lm, *, cache: str, batch: int, gen_length: int, block_length: in
     prompts = torch.randint(0, min(vocab, 100000), (batch, prompt_length + half), generator=g)
     prompts[prompts == lm.ids.mask_id] = 1
     remaining = gen_length - half
+    cache_name, cache_kwargs, _ = parse_component(cache, "cache")
     cfg = GenerationConfig(gen_length=remaining, block_length=block_length,
-                           steps=remaining // tokens_per_step, scheduler="low_confidence", cache=cache,
-                           stop_at_eos=False, seed=seed)
+                           steps=remaining // tokens_per_step, scheduler="low_confidence", cache=cache_name,
+                           cache_kwargs=cache_kwargs, stop_at_eos=False, seed=seed)
     steps_per_block = block_length // tokens_per_step
     warm, timed = warmup_blocks * steps_per_block, timed_blocks * steps_per_block
     marks: dict[str, float] = {}
@@ -256,7 +258,8 @@ def main(argv=None) -> None:
     ap.add_argument("--arch", nargs="+", default=["llada-8b", "dream-7b"], choices=sorted(ARCHS))
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--gen", nargs="+", type=int, default=[256, 1024])
-    ap.add_argument("--cache", nargs="+", default=["none", "prefix", "dual", "delayed", "window"])
+    ap.add_argument("--cache", nargs="+", default=["none", "prefix", "dual", "delayed", "window"],
+                    help="cache policies: NAME or NAME:key=value,... (e.g. dual:refresh_from=last_block)")
     ap.add_argument("--graphs", choices=["off", "on", "both"], default="both")
     ap.add_argument("--fused", choices=["off", "on", "both"], default="off",
                     help="elementwise kernels fused with torch.compile (dlm.load(..., fused_kernels=True))")

@@ -189,3 +189,43 @@ def test_storage_is_preallocated_once(llada):
         assert (engine.core.pool.nbytes(), tuple(engine.core.pool.pointers())) == before
     assert all(r.done and r.error is None for r in reqs)
     assert engine.core.pool.in_use() == 0, "finished requests must give their slots back"
+
+
+def test_dual_last_block_refresh_feeds_from_the_finished_block():
+    """refresh_from="last_block": the first block refreshes everything, every later block start feeds from the
+    start of the block just finished (minus the logit shift) to the end; logits still come from the region."""
+    for shift in (0, 1):
+        policy = dlm.cache.create("dual", {"refresh_from": "last_block"})
+        policy.setup(CacheContext(canvas_length=20, answer_start=4, logits_shift=shift))
+        zeros = torch.zeros(1, 20, dtype=torch.bool)
+        fed = []
+        for start in (4, 8, 12):
+            policy.begin_block(start, start + 4)
+            plan = policy.plan(StepInfo(step=0, block_start=start, block_end=start + 4, region_start=start,
+                                        region_end=start + 4, length=20, masked=zeros, committed_last=zeros))
+            fed.append(plan.fed)
+            first = plan.fed.start
+            assert plan.logits_index == slice(start - shift - first, start + 4 - shift - first)
+        assert fed == [slice(0, 20), slice(4 - shift, 20), slice(8 - shift, 20)], shift
+        assert not policy.plan(StepInfo(step=0, block_start=12, block_end=16, region_start=12, region_end=16,
+                                        length=20, masked=zeros, committed_last=zeros)).refresh
+
+
+def test_dual_last_block_is_the_default_refresh_for_one_block_and_cheaper_for_more(tiny):
+    prompts = random_prompts(tiny, 3, seed=41, min_len=2, max_len=12)
+    one = GenerationConfig(gen_length=16, block_length=16, cache="dual", stop_at_eos=False)
+    cheap = {"refresh_from": "last_block"}
+    assert torch.equal(tiny.generate(prompts, one).sequences,
+                       tiny.generate(prompts, one.replace(cache_kwargs=cheap)).sequences)
+    many = GenerationConfig(gen_length=32, block_length=8, cache="dual", stop_at_eos=False)
+    exact = tiny.generate(prompts, many)
+    approx = tiny.generate(prompts, many.replace(cache_kwargs=cheap))
+    assert approx.sequences.shape == exact.sequences.shape and (approx.sequences != tiny.ids.mask_id).all()
+    assert approx.stats["fed_positions"] < exact.stats["fed_positions"]
+    for r, p in enumerate(prompts):  # approximate, but still independent of the batch
+        assert torch.equal(tiny.generate([p], many.replace(cache_kwargs=cheap)).sequences[0], approx.sequences[r])
+
+
+def test_dual_refresh_from_is_checked():
+    with pytest.raises(dlm.errors.ConfigError, match="refresh_from must be one of canvas, last_block, got 'all'"):
+        GenerationConfig(cache="dual", cache_kwargs={"refresh_from": "all"})
