@@ -88,7 +88,8 @@ def server_command(args: argparse.Namespace, port: int, max_rows: int) -> list[s
     cmd = [sys.executable, "-m", "dlm.serve", "--port", str(port), "--max-rows", str(max_rows), "--max-queue",
            "100000", "--log-level", "warning", "--request-timeout", "0"]
     for flag, value in (("--model", args.model), ("--random-weights", args.random_weights), ("--device", args.device),
-                        ("--dtype", args.dtype), ("--threads", args.threads), ("--max-context", args.max_context)):
+                        ("--dtype", args.dtype), ("--threads", args.threads), ("--max-context", args.max_context),
+                        ("--quantize", args.quantize)):
         if value is not None:
             cmd += [flag, str(value)]
     return cmd + (["--cuda-graphs"] if args.cuda_graphs else [])
@@ -254,6 +255,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     m.add_argument("--device", default=None, help="cuda, cpu (default: cuda when available)")
     m.add_argument("--dtype", default="auto")
     m.add_argument("--cuda-graphs", action="store_true")
+    m.add_argument("--quantize", choices=("fp8",), default=None,
+                   help="FP8 linear weights, for the server and the static baseline (docs/gpu.md#fp8-weights)")
     m.add_argument("--threads", type=int, default=None, help="torch CPU threads (server and static)")
     m.add_argument("--max-context", type=int, default=None, help="the server's --max-context")
     w = p.add_argument_group("workload")

@@ -38,3 +38,18 @@ def test_bench_serve_end_to_end(chat_path, tmp_path, capsys):
     assert "| 3 |" in table and "served / static" in table
     assert (out / "serve.png").stat().st_size > 10_000
     assert "served / static" in capsys.readouterr().out
+
+
+def test_the_started_server_gets_the_model_options():
+    """bench serve loads its static baseline and starts its server with the same model options."""
+    import argparse
+
+    from dlm.serve.bench import configure, server_command
+
+    p = argparse.ArgumentParser()
+    configure(p)
+    args = p.parse_args(["--random-weights", "llada-tiny", "--dtype", "float32", "--cuda-graphs", "--quantize", "fp8"])
+    cmd = server_command(args, port=1234, max_rows=8)
+    for flag, value in (("--random-weights", "llada-tiny"), ("--dtype", "float32"), ("--quantize", "fp8")):
+        assert cmd[cmd.index(flag) + 1] == value
+    assert "--cuda-graphs" in cmd
