@@ -220,7 +220,9 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
     model = build_model(arch, device="meta", model_class=arch_cls.model_class)
     place = par.prepare(model, dt) if par is not None else None
     place = quantizing_place(model, quantize, place, device)
-    load_weights(model, folder, arch_cls.name_map(arch, cfg), dt, device, place=place)
+    names = arch_cls.name_map(arch, cfg)
+    names = par.names(names, model) if par is not None else names
+    load_weights(model, folder, names, dt, device, place=place)
     if par is not None:
         par.finish(model)
     model.attn_backend = attn_backend

@@ -91,19 +91,20 @@ def _target_shape(params: dict[str, nn.Parameter], target: str | tuple[str, int]
 
 
 def load_weights(
-    model: Transformer, folder: Path, name_map: dict[str, str | tuple[str, int]], dtype: torch.dtype,
+    model: Transformer, folder: Path, name_map: dict[str, str | tuple[str, int] | None], dtype: torch.dtype,
     device: torch.device,
     place: Callable[[str, torch.Tensor, torch.dtype], torch.Tensor] | None = None,
 ) -> None:
     """Stream every tensor into ``model`` (built on the meta device), each converted explicitly from its stored
     float type to ``dtype``; names, shapes and dtypes of all of them are checked before the first is read.
     ``place(internal name, CPU tensor, dtype)``, when given, returns what to install instead of the tensor on
-    ``device`` (its own device under a device map, this rank's shard under tensor parallelism: dlm.parallel)."""
+    ``device`` (its own device under a device map, this rank's shard under tensor parallelism: dlm.parallel).
+    A checkpoint name mapped to None is expected in the files but not read (an expert another rank holds)."""
     files = weight_files(folder)
     _check_names(folder, set(name_map), set(files))
     headers = {shard: read_header(shard) for shard in sorted(set(files.values()))}
     params = dict(model.named_parameters())
-    order = sorted(name_map, key=lambda n: (str(files[n]), n))
+    order = sorted((n for n in name_map if name_map[n] is not None), key=lambda n: (str(files[n]), n))
     for name in order:
         _check_weight(files[name], name, headers[files[name]][0].get(name), _target_shape(params, name_map[name]))
     for name in order:

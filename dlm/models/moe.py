@@ -138,21 +138,30 @@ class ExpertBank(nn.Module):
         self.up = nn.Parameter(torch.empty(num_experts, intermediate, hidden))
         self.down = nn.Parameter(torch.empty(num_experts, hidden, intermediate))
         self.impl = "auto"  # see EXPERT_IMPLS; set_expert_impl() changes it for a whole model
+        # a bank holding some of a layer's experts (expert parallelism): slots routed elsewhere come as id -1
+        self.partial = False
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, ops: ew.Ops = ew.EAGER
                 ) -> torch.Tensor:
-        """x (T, d), ids (T, k) expert of each of a token's k slots, weights (T, k) -> (T, d) in x's dtype."""
+        """x (T, d), ids (T, k) expert of each of a token's k slots, weights (T, k) -> (T, d) in x's dtype.
+        With ``partial``, a slot of id -1 contributes nothing (its expert lives in another process)."""
         T, k = ids.shape
+        E = self.gate.shape[0]
         flat = ids.reshape(-1)
+        dropped = (flat < 0) if self.partial else None
+        if dropped is not None:
+            flat = torch.where(dropped, E, flat)  # after every expert of the bank in the sorted order
         order = flat.argsort(stable=True)  # token copies grouped by expert, in token order inside a group
         # tokens per expert without torch.bincount, which reads the largest id on the host (a sync)
-        counts = torch.zeros(self.gate.shape[0], dtype=torch.int64, device=x.device).scatter_add_(
-            0, flat, torch.ones_like(flat))
+        counts = torch.zeros(E + (dropped is not None), dtype=torch.int64, device=x.device).scatter_add_(
+            0, flat, torch.ones_like(flat))[:E]
         xs = x[order // k]
         impl = self.impl
         if impl == "auto":
             impl = "grouped" if grouped_mm_available(x) else "sorted"
         ys = self._grouped(xs, counts, ops) if impl == "grouped" else self._sorted(xs, counts, ops)
+        if dropped is not None:  # the rows after the bank's last expert were never written
+            ys = torch.where(dropped[order].unsqueeze(1), 0, ys)
         unsorted = torch.empty_like(ys)
         unsorted[order] = ys
         out = (unsorted.view(T, k, -1).float() * weights.unsqueeze(-1).float()).sum(1)

@@ -68,6 +68,10 @@ class ParallelLoad:
         self.device = self.placement.main
         return self.placement.place
 
+    def names(self, name_map: dict, model: nn.Module) -> dict:
+        """The loader's name map for this process (under tensor parallelism: without other ranks' experts)."""
+        return self.tp.map_names(name_map, model) if self.tp is not None else name_map
+
     def finish(self, model: nn.Module) -> None:
         if self.tp is not None:
             self.tp.finish(model)

@@ -8,6 +8,8 @@
   ``ColwiseParallel`` / ``RowwiseParallel`` on the meta-built model turns those weights into DTensors, and each
   rank reads its own slice of every weight from the checkpoint (:meth:`TensorParallel.place`).
 - The embedding, norms and head are replicated, so every rank ends with the same logits.
+- In ``local`` mode, fused QKV projections and MoE feed-forwards (LLaDA2.x, SDAR-MoE) are split too, the experts
+  over the ranks (expert parallelism): :mod:`dlm.parallel.experts`.
 - ``model.kv_heads`` is the local key/value head count (the engine sizes its key/value storage from it); the layer
   reads head counts from the projections' outputs, so a shard runs the layer's own code.
 
@@ -75,32 +77,52 @@ class TensorParallel:
         return cls(size, dist.get_rank(), dev, mesh, mode)
 
     def check(self, model: nn.Module) -> None:
-        """ConfigError unless heads, key/value heads and MLP columns divide evenly and every layer is dense."""
+        """ConfigError unless heads, key/value heads, MLP columns and experts divide evenly, and every layer has
+        projections this mode can split (fused QKV and experts: ``local`` mode only)."""
         cfg = model.cfg
-        for what, n in (("attention heads", cfg.num_heads), ("key/value heads", cfg.num_kv_heads),
-                        ("MLP columns", cfg.intermediate_size)):
+        sizes = [("attention heads", cfg.num_heads), ("key/value heads", cfg.num_kv_heads),
+                 ("MLP columns", cfg.intermediate_size)]
+        if getattr(cfg, "num_experts", 0):
+            sizes += [("experts", cfg.num_experts), ("shared-expert columns", cfg.shared_intermediate_size or 0)]
+        for what, n in sizes:
             if n % self.size:
                 raise ConfigError(f"tensor_parallel={self.size} does not divide the model's {n} {what}; use a "
                                   "divisor of it")
         for i, layer in enumerate(model.layers):
-            missing = [n for n in COLWISE + ROWWISE if not isinstance(getattr(layer, n, None), nn.Linear)]
-            if missing or type(layer).mlp is not _dense_mlp():
-                what = f"has no separate {', '.join(missing)} projection(s)" if missing else "has experts"
-                raise ConfigError(f"tensor parallelism splits layers with separate q/k/v/o projections and a dense "
-                                  f"SwiGLU; layer {i} ({type(layer).__name__}) {what} (fused QKV and expert "
-                                  "parallelism are not implemented); use device_map instead")
+            problem = _unsplittable(layer, self.mode)
+            if problem:
+                raise ConfigError(f"tensor parallelism cannot split layer {i} ({type(layer).__name__}): {problem}")
 
     # ----------------------------------------------------------------- sharding
     def parallelize(self, model: nn.Module) -> None:
-        """Turn the projections of every layer of the meta-built ``model`` into DTensors (torch's plan)."""
-        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+        """Turn the separate projections of every layer of the meta-built ``model`` into DTensors (torch's plan);
+        fused QKV projections and experts get this rank's slicers and local experts (:mod:`.experts`)."""
+        from torch.distributed.tensor.parallel import (
+            ColwiseParallel,
+            RowwiseParallel,
+            parallelize_module,
+        )
+
+        from .experts import layer_slicers, localize_experts
 
         self.check(model)
-        plan = {**{n: ColwiseParallel() for n in COLWISE}, **{n: RowwiseParallel() for n in ROWWISE}}
-        for layer in model.layers:
+        self.slicers = {}
+        for i, layer in enumerate(model.layers):
+            plan = {n: ColwiseParallel() for n in COLWISE if isinstance(getattr(layer, n, None), nn.Linear)}
+            plan.update({n: RowwiseParallel() for n in ROWWISE if isinstance(getattr(layer, n, None), nn.Linear)})
             parallelize_module(layer, self.mesh, plan, src_data_rank=None)
+            self.slicers.update(layer_slicers(layer, f"layers.{i}.", self.rank, self.size))
+            if hasattr(layer, "moe"):
+                localize_experts(layer, self.size)
         model.kv_heads = model.cfg.num_kv_heads // self.size
         model.tensor_parallel = self
+
+    def map_names(self, name_map: dict, model: nn.Module) -> dict:
+        """The loader's name map for this rank: experts other ranks hold are not read."""
+        from .experts import expert_names
+
+        experts = getattr(model.cfg, "num_experts", 0)
+        return expert_names(name_map, self.rank, self.size, experts) if experts else name_map
 
     def place(self, model: nn.Module):
         """The loader's callback for ``model``: each weight (full, on the CPU) becomes this rank's shard of it,
@@ -108,9 +130,12 @@ class TensorParallel:
         from torch.distributed.tensor import DTensor, Shard
 
         params = dict(model.named_parameters())
+        slicers = getattr(self, "slicers", {})
 
         def place(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
             target = params[name]
+            if name in slicers:
+                return slicers[name](tensor).to(device=self.device, dtype=dtype).contiguous()
             if not isinstance(target, DTensor):
                 return tensor.to(device=self.device, dtype=dtype)
             local = tensor
@@ -128,20 +153,44 @@ class TensorParallel:
         return place
 
     def finish(self, model: nn.Module) -> None:
-        """After loading: in ``local`` mode, run the shards as plain tensors (see the module doc)."""
-        if self.mode == "local":
-            group = self.mesh.get_group()
-            for layer in model.layers:
-                for name in COLWISE:
+        """After loading: in ``local`` mode, run the shards as plain tensors (see the module doc), and each MoE as
+        this rank's experts plus one all-reduce."""
+        from .experts import ExpertParallelMoE
+
+        if self.mode != "local":
+            return
+        group = self.mesh.get_group()
+        for layer in model.layers:
+            for name in COLWISE:
+                if isinstance(getattr(layer, name, None), nn.Linear):
                     setattr(layer, name, _local_linear(getattr(layer, name)))
-                for name in ROWWISE:
+            for name in ROWWISE:
+                if isinstance(getattr(layer, name, None), nn.Linear):
                     setattr(layer, name, RowParallelLinear.from_sharded(getattr(layer, name), group))
+            if hasattr(layer, "moe"):
+                first = self.rank * layer.moe.experts.gate.shape[0]
+                layer.moe = ExpertParallelMoE(layer.moe, first, group)
 
 
-def _dense_mlp():
+def _unsplittable(layer: nn.Module, mode: str) -> str | None:
+    """Why ``layer`` cannot be split in ``mode``, or None."""
+    has = lambda n: isinstance(getattr(layer, n, None), nn.Linear)
+    fused, moe = has("qkv"), hasattr(layer, "moe")
+    if not (fused or all(has(n) for n in ("q", "k", "v"))) or not has("o"):
+        return "it has neither separate q/k/v nor a fused qkv projection with an o projection"
+    if not moe and not (all(has(n) for n in ("gate", "up", "down")) and type(layer).mlp in _known_mlps()):
+        return "its feed-forward is neither a dense SwiGLU nor an MoE"
+    if mode != "local" and (fused or moe):
+        what = "a fused QKV projection" if fused else "experts"
+        return f"it has {what}, which only mode='local' splits (expert parallelism); use the default mode"
+    return None
+
+
+def _known_mlps():
+    from ..models.moe import MoEBlockMixin
     from ..models.transformer import Block
 
-    return Block.mlp
+    return (Block.mlp, MoEBlockMixin.mlp)
 
 
 def _local_device(device: str | torch.device | None) -> torch.device:

@@ -11,7 +11,7 @@ from dlm.errors import ConfigError
 
 def test_cache_parameters_reach_the_policy():
     lm = random_lm("llada-tiny", device="cpu", dtype=torch.float32)
-    kw = dict(batch=1, gen_length=256, block_length=32, tokens_per_step=8, prompt_length=16)
+    kw = {"batch": 1, "gen_length": 256, "block_length": 32, "tokens_per_step": 8, "prompt_length": 16}
     exact = time_config(lm, cache="dual", **kw)
     cheap = time_config(lm, cache="dual:refresh_from=last_block", **kw)
     assert cheap.cache == "dual:refresh_from=last_block"

@@ -79,3 +79,25 @@ def run_group(fn, world: int, *args, timeout: float = 300.0) -> list:
                 p.terminate()
                 p.join(timeout=5)
     return [got[r] for r in range(world)]
+
+
+def outputs(lm, key: str, probe: torch.Tensor, prompts: list, configs: dict) -> dict:
+    """What the tensor-parallel tests compare, under ``key``: the logits of ``probe`` and the tokens of each named
+    generation config."""
+    with torch.no_grad():
+        out = {key + "/logits": lm.model(probe).float()}
+    for name, cfg in configs.items():
+        out[f"{key}/{name}"] = lm.generate(prompts, cfg).sequences
+    return out
+
+
+def one_process(paths: dict, probe: torch.Tensor, prompts: list, configs: dict, extra: dict) -> dict:
+    """:func:`outputs` of each checkpoint of ``paths`` loaded in this process on the CPU, plus ``extra``
+    (name -> function of the loaded model) under each key: the references of the tensor-parallel tests."""
+    import dlm
+
+    out = {}
+    for key, path in paths.items():
+        lm = dlm.load(path, device="cpu")
+        out.update(outputs(lm, key, probe, prompts, configs), **{f"{key}/{k}": f(lm) for k, f in extra.items()})
+    return out

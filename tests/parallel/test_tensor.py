@@ -10,7 +10,7 @@ import dlm
 from dlm.errors import ConfigError
 from dlm.parallel.tensor import TensorParallel
 
-from .group import run_group
+from .group import one_process, run_group
 
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15], [16, 17, 18, 19, 20]]
 CACHES = ("none", "dual")
@@ -61,15 +61,8 @@ def tp_results(peaky_paths):
 
 @pytest.fixture(scope="module")
 def reference(peaky_paths):
-    out = {}
-    for mt, path in peaky_paths.items():
-        lm = dlm.load(path, device="cpu")
-        with torch.no_grad():
-            out[mt + "/logits"] = lm.model(probe_ids()).float()
-        out[mt + "/kv_heads"] = lm.model.kv_heads
-        for cache in CACHES:
-            out[f"{mt}/{cache}"] = lm.generate(PROMPTS, config(cache)).sequences
-    return out
+    return one_process(peaky_paths, probe_ids(), PROMPTS, {c: config(c) for c in CACHES},
+                       {"kv_heads": lambda lm: lm.model.kv_heads})
 
 
 @pytest.mark.slow
@@ -137,16 +130,19 @@ def test_sizes_must_divide_heads(peaky_llada):
         TensorParallel(size=3, rank=0, device=torch.device("cpu"), mesh=None).check(model)
 
 
-@pytest.mark.parametrize("model_type, match", [("llada2_moe", "no separate q, k, v projection"),
-                                               ("sdar_moe", "has experts")])
-def test_refuses_layers_it_cannot_split(tmp_path, model_type, match):
+@pytest.mark.parametrize("model_type, match", [("llada2_moe", "it has a fused QKV projection, which only "
+                                                              "mode='local' splits"),
+                                               ("sdar_moe", "it has experts, which only mode='local' splits")])
+def test_dtensor_mode_refuses_fused_qkv_and_experts(tmp_path, model_type, match):
     from dlm.models.loading import build_model, read_config
     from dlm.testing import write_tiny_checkpoint
 
     _, cfg, arch_cls = read_config(write_tiny_checkpoint(tmp_path, model_type, seed=1))
     model = build_model(arch_cls.parse_config(cfg), device="meta", model_class=arch_cls.model_class)
+    TensorParallel(size=2, rank=0, device=torch.device("cpu"), mesh=None).check(model)  # local mode splits them
     with pytest.raises(ConfigError, match=match):
-        TensorParallel(size=1, rank=0, device=torch.device("cpu"), mesh=None).check(model)
+        TensorParallel(size=2, rank=0, device=torch.device("cpu"), mesh=None, mode="dtensor").check(model)
+
 
 
 def test_not_with_a_device_map(peaky_llada):
