@@ -120,7 +120,11 @@ def test_ctrl_c_in_a_real_process(llada_path, tmp_path):
     """SIGINT to a running ``dlm generate``: exit 130, one line, the finished answers in the output file."""
     n = 120  # about 20 s of work: the loop below must see the first answers while the process still runs
     inp, out = _prompt_file(tmp_path / "in.jsonl", n), tmp_path / "out.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "dlm", "generate", "--model", str(llada_path), "--input",
+    # a suite started in the background by a shell inherits an ignored SIGINT, and Python then installs no
+    # KeyboardInterrupt handler: the child installs it, as it has from a terminal, then runs `python -m dlm`
+    start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "sys.argv[0] = 'dlm'; runpy.run_module('dlm', run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", start, "generate", "--model", str(llada_path), "--input",
                              str(inp), "--output", str(out), "--batch-size", "1", "--threads", "1", "--gen-length",
                              "32", "--block-length", "8"], stderr=subprocess.PIPE, text=True)
     partial = tmp_path / "out.jsonl.partial"
