@@ -225,19 +225,20 @@ def kill_workers(marker: str) -> None:
             pass
 
 
-def bench_tensor_parallel(setup: Setup, caches, tiny: bool, timeout_s: float = 200.0) -> dict:
-    """Re-launch this script under torchrun; the workers' lines go straight to this process's stdout (so a killed
-    run shows where it was), and after ``timeout_s`` every worker is killed with the partial results kept."""
+def torchrun(script: str, worker_args: list[str], timeout_s: float) -> dict:
+    """Run ``script`` under ``torchrun --nproc-per-node 2`` with ``--worker-out PATH`` added, and return the JSON
+    its rank 0 wrote there. The workers' lines go straight to this process's stdout (so a killed run shows where
+    it was); after ``timeout_s`` every worker is killed with the partial results kept."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "tp.json"
+        out = Path(tmp) / "worker.json"
         cmd = [sys.executable, "-u", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               __file__, "--tp-worker", str(out), "--cache", *caches] + (["--tiny"] if tiny else [])
+               script, "--worker-out", str(out), *worker_args]
         sys.stdout.flush()
         proc = subprocess.Popen(cmd, start_new_session=True)
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            progress(f"tensor-parallel job killed after {timeout_s:.0f} s")
+            progress(f"the torchrun job was killed after {timeout_s:.0f} s")
         kill_workers(str(out))
         proc.wait()
         if not out.exists():
@@ -246,6 +247,11 @@ def bench_tensor_parallel(setup: Setup, caches, tiny: bool, timeout_s: float = 2
         if proc.returncode != 0:
             res["error"] = f"torchrun exited with {proc.returncode} (partial results kept; its lines in the log)"
         return res
+
+
+def bench_tensor_parallel(setup: Setup, caches, tiny: bool, timeout_s: float = 200.0) -> dict:
+    """Re-launch this script under torchrun (:func:`torchrun`)."""
+    return torchrun(__file__, ["--cache", *caches] + (["--tiny"] if tiny else []), timeout_s)
 
 
 # ------------------------------------------------------------------------------------------- (c) device map
@@ -379,12 +385,12 @@ def main(argv=None) -> None:
     ap.add_argument("--cache", nargs="+", default=["dual", "none"],
                     help="cache policies of the tensor-parallel and device-map runs")
     ap.add_argument("--workdir", type=Path, default=None, help="where the random checkpoint of (c) is written")
-    ap.add_argument("--tp-worker", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     setup = TINY if args.tiny else REAL
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2) if args.tiny else torch.get_num_threads())
-    if args.tp_worker is not None:
-        return tp_worker(setup, args.cache, args.tp_worker)
+    if args.worker_out is not None:
+        return tp_worker(setup, args.cache, args.worker_out)
     if not args.tiny and torch.cuda.device_count() < 2:
         raise SystemExit("needs 2 GPUs (or --tiny for a CPU smoke run)")
     if args.out is not None:
