@@ -29,10 +29,10 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
+from parts import run_parts
 
 import dlm
 from dlm.bench.scale import copy_bandwidth, forward_flops, matmul_rate, random_lm
@@ -310,15 +310,7 @@ def main(argv=None) -> None:
     jobs = {"static": lambda: part_static(lm, args, rate), "staggered": lambda: part_staggered(lm, args),
             "batch1": lambda: part_batch1(args), "invariant": lambda: part_invariant(lm, args),
             "causal": lambda: part_causal(args), "profile": lambda: part_profile(lm, args)}
-    for name in args.parts:
-        t0 = time.perf_counter()
-        try:
-            RESULTS[name] = jobs[name]()
-        except Exception as exc:  # noqa: BLE001 - record and go on with the other parts
-            RESULTS[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
-            print(f"{name} failed: {exc}", flush=True)
-        RESULTS.setdefault("seconds", {})[name] = time.perf_counter() - t0
-        save(args.out)
+    run_parts(args.parts, jobs, RESULTS, lambda: save(args.out))
     print(json.dumps({k: v for k, v in RESULTS.items() if k not in ("profile",)}, indent=1, default=str)[-4000:])
 
 

@@ -26,11 +26,11 @@ import argparse
 import gc
 import json
 import time
-import traceback
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from parts import run_parts
 from torch import nn
 
 import dlm
@@ -270,15 +270,7 @@ def main(argv=None) -> None:
                       "matmul_TFLOPs": matmul_rate(args.device, 8192 if cuda else 256, 10 if cuda else 2) / 1e12}
     jobs = {"matmul": lambda: part_matmul(args, bandwidth), "scale": lambda: part_scale(args, bandwidth),
             "tiny": lambda: part_tiny(args)}
-    for name in args.parts:
-        t0 = time.perf_counter()
-        try:
-            RESULTS[name] = jobs[name]()
-        except Exception as exc:  # noqa: BLE001 - record and go on with the other parts
-            RESULTS[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
-            print(f"{name} failed: {exc}", flush=True)
-        RESULTS.setdefault("seconds", {})[name] = time.perf_counter() - t0
-        args.out.write_text(json.dumps(RESULTS, indent=2, default=str))
+    run_parts(args.parts, jobs, RESULTS, lambda: args.out.write_text(json.dumps(RESULTS, indent=2, default=str)))
     print(table())
 
 

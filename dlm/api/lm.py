@@ -202,8 +202,7 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
             each weight before its product (half the weight memory, no speed-up). Combines with ``cuda_graphs``,
             ``fused_kernels`` and ``device_map``; ``tensor_parallel`` gives a ConfigError.
     """
-    from ..models.fp8 import quantizing_place
-    from ..models.loading import build_model, load_weights, parse_dtype, read_config, weight_files
+    from ..models.loading import parse_dtype, read_config, weight_files
 
     if path is None:
         from ..assets import default_model_path
@@ -217,14 +216,7 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
     weight_files(folder)  # fail on missing / pickle-only weights before spending time on the tokenizer
     tok = _tokenizer(tokenizer, folder, arch_cls)
     ids = arch_cls.special_ids(cfg, tok)
-    model = build_model(arch, device="meta", model_class=arch_cls.model_class)
-    place = par.prepare(model, dt) if par is not None else None
-    place = quantizing_place(model, quantize, place, device)
-    names = arch_cls.name_map(arch, cfg)
-    names = par.names(names, model) if par is not None else names
-    load_weights(model, folder, names, dt, device, place=place)
-    if par is not None:
-        par.finish(model)
+    model = _model_with_weights(folder, cfg, arch_cls, arch, par, dt, device, quantize)
     model.attn_backend = attn_backend
     _check_vocab(tok, arch)
     lm = DiffusionLM(model, tok, ids, arch_cls, max_length=arch_cls.max_length(cfg), path=folder, config=cfg)
@@ -234,6 +226,24 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
 
         model.ops = fused_ops()
     return lm
+
+
+def _model_with_weights(folder: Path, cfg: dict, arch_cls, arch, par, dt: torch.dtype, device: torch.device,
+                        quantize: str | None):
+    """The model built on the meta device, then its weights streamed in: placed by the parallel plan ``par``
+    (device map / tensor parallel, or None), quantized when asked."""
+    from ..models.fp8 import quantizing_place
+    from ..models.loading import build_model, load_weights
+
+    model = build_model(arch, device="meta", model_class=arch_cls.model_class)
+    place = par.prepare(model, dt) if par is not None else None
+    place = quantizing_place(model, quantize, place, device)
+    names = arch_cls.name_map(arch, cfg)
+    names = par.names(names, model) if par is not None else names
+    load_weights(model, folder, names, dt, device, place=place)
+    if par is not None:
+        par.finish(model)
+    return model
 
 
 def _check_vocab(tok, arch) -> None:

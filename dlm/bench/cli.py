@@ -34,7 +34,15 @@ def _block(text: str) -> int | None:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    """Add the options of ``dlm bench`` to ``p`` (and its ``scale`` subcommand)."""
+    """Add the options of ``dlm bench`` to ``p`` (and its ``scale`` and ``choose-best`` subcommands)."""
+    _what_to_run(p)
+    _tasks_and_shapes(p)
+    _model_and_output(p)
+    _subcommands(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def _what_to_run(p: argparse.ArgumentParser) -> None:
     w = p.add_argument_group("what to run")
     w.add_argument("--preset", default=None, help="grid preset: quick (default), full or stress")
     w.add_argument("--grid", type=Path, default=None, help="grid file (JSON, or YAML with PyYAML): suite settings, "
@@ -51,6 +59,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="leave out the configurations with a verifier (as choose-best's tuning run does)")
     w.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE", dest="set_fields",
                    help="GenerationConfig fields for every grid configuration (e.g. eotp=true tokens_per_step=2)")
+
+
+def _tasks_and_shapes(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("tasks and shapes (override the preset)")
     s.add_argument("--tasks", nargs="+", default=None, help="synthetic families and/or 'code'")
     s.add_argument("--n", type=int, default=None, help="test examples per synthetic family")
@@ -68,6 +79,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="split of the synthetic examples: test (default; evaluation) or val (tuning, as choose-best)")
     s.add_argument("--breakdown", action="store_true", default=None,
                    help="report accuracy and NFE by answer length and dependency (on in the stress preset)")
+
+
+def _model_and_output(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model and output")
     m.add_argument("--model", default=None, help="checkpoint folder (default: the bundled dlm-tiny)")
     m.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
@@ -76,7 +90,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     m.add_argument("--fused-kernels", action="store_true",
                    help="load the model with fused_kernels=True (torch.compile'd elementwise kernels; keep the "
                    "default full-batch warm-up, since compilation treats a batch of 1 as its own shape)")
-    m.add_argument("--quantize", choices=("fp8",), default=None, help="store every linear layer as float8 with per-channel scales (docs/gpu.md#fp8-weights)")
+    m.add_argument("--quantize", choices=("fp8",), default=None,
+                   help="store every linear layer as float8 with per-channel scales (docs/gpu.md#fp8-weights)")
     m.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's). On a machine shared with other jobs, 1 thread gives "
                    "steadier timings: spinning OpenMP threads on oversubscribed cores slow every step down")
@@ -85,6 +100,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     m.add_argument("--out", type=Path, default=None, help="results folder (default: results/bench-<date>-<time>)")
     m.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     m.add_argument("--list", action="store_true", help="list named configurations and grid presets, then exit")
+
+
+def _subcommands(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench_command", required=False, metavar="{scale,choose-best}")
     # every argument after "scale" goes to dlm.bench.scale unparsed (no prefix char, so nothing is an option here)
     sc = sub.add_parser("scale", add_help=False, prefix_chars="\x00",
@@ -93,7 +111,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     cb = sub.add_parser("choose-best", add_help=False, prefix_chars="\x00",
                         help="choose the best preset by its rule on the val split (dlm bench choose-best --help)")
     cb.add_argument("choose_args", nargs="*")
-    p.set_defaults(func=cmd_bench)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
