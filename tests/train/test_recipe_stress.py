@@ -82,7 +82,8 @@ def test_init_from_fine_tunes_the_bundled_model(tmp_path):
     a = dlm.load(bundled, device="cpu", dtype="float32", tokenizer=False).model.state_dict()
     b = dlm.load(out / "dlm-tiny", device="cpu", dtype="float32", tokenizer=False).model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert f"started from the weights of `{bundled}`" in (out / "dlm-tiny" / "MODEL_CARD.md").read_text()
+    card = (out / "dlm-tiny" / "MODEL_CARD.md").read_text()
+    assert f"started from the weights of `{bundled}`" in card and f"Fine-tuned from the weights of `{bundled}`" in card
 
 
 def test_init_from_a_different_size_is_named(tmp_path):

@@ -56,6 +56,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="JSONL validation prompts (default: the tasks' val split, or 10%% of --prompts)")
     g.add_argument("--n-per-family", type=int, default=150, help="train-split examples per task family (default)")
     g.add_argument("--val-per-family", type=int, default=50, help="val-split examples per task family (default)")
+    g.add_argument("--families", type=_names, default=None,
+                   help="task families of the default prompts (comma-separated; default: the six trained families; "
+                   "the stress families such as pick, count, brackets, wordrev, add-long are allowed)")
     g.add_argument("--code-prompts", type=int, default=0,
                    help="also this many function-completion prompts from the standard library's training files")
     g.add_argument("--code-gen-length", type=int, default=64, help="generation length of the code prompts")
@@ -105,6 +108,18 @@ def _split(prompts: list, fraction: float, seed: int) -> tuple[list, list]:
     return [p for i, p in enumerate(prompts) if i not in val], [p for i, p in enumerate(prompts) if i in val]
 
 
+def _families(names: list[str] | None) -> list[str] | None:
+    """``--families`` checked against the known task families (a ConfigError names the unknown one)."""
+    from ...data import get_task
+
+    for name in names or ():
+        try:
+            get_task(name)
+        except ValueError as e:
+            raise ConfigError(f"--families: {e}") from None
+    return names
+
+
 def prompt_sets(args: argparse.Namespace, lm) -> tuple[list, list]:
     """(training, validation) prompts the options name: a JSONL file (10% held out unless --val-prompts) or the
     tasks' train / val splits, plus --code-prompts functions of the standard library's training files."""
@@ -117,9 +132,10 @@ def prompt_sets(args: argparse.Namespace, lm) -> tuple[list, list]:
         else:
             train, val = _split(train, 0.1, args.seed)
     else:
-        train = task_prompts("train", args.n_per_family, args.seed, gen_length=args.gen_length)
+        families = _families(args.families)
+        train = task_prompts("train", args.n_per_family, args.seed, families, args.gen_length)
         val = (read_prompts(args.val_prompts, args.gen_length) if args.val_prompts is not None
-               else task_prompts("val", args.val_per_family, args.seed, gen_length=args.gen_length))
+               else task_prompts("val", args.val_per_family, args.seed, families, args.gen_length))
     if args.code_prompts:
         train = train + code_prompts(args.code_prompts, args.seed, args.code_gen_length, lm.tokenizer)
     return train, val

@@ -52,7 +52,8 @@ def model_card(phase: Phase, cfg: RecipeConfig, prep: Prepared, result: TrainRes
         lr=f"{phase.lr(cfg):g}", beta1=cfg.beta1, beta2=cfg.beta2, weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_steps, min_lr_ratio=f"{cfg.min_lr_ratio:g}", grad_clip=cfg.grad_clip,
         device=device_name, result=result_text(cfg, result), evaluation=evaluation_text(cfg, prep, evals),
-        command=command)
+        command=command, origin=(f"Fine-tuned from the weights of `{cfg.init_from}`" if cfg.init_from
+                                 else "Trained from scratch"))
 
 
 def tokenizer_origin(cfg: RecipeConfig) -> str:

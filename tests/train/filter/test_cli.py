@@ -47,3 +47,32 @@ def test_train_filter_command_learn2pd_mlp(tiny_llada, tmp_path):
 def test_train_filter_rejects_a_bad_out(tmp_path, capsys):
     rc = dlm_main(["train-filter", "--out", str(tmp_path / "f.pt")])
     assert rc == 2 and ".safetensors" in capsys.readouterr().err
+
+
+def _prompt_args(**kw):
+    import argparse
+
+    from dlm.train.filter.cli import configure
+    p = argparse.ArgumentParser()
+    configure(p)
+    return p.parse_args(["--out", "f.safetensors", *[a for k, v in kw.items() for a in (f"--{k}", str(v))]])
+
+
+def test_train_filter_families_choose_the_default_prompts():
+    from dlm.train.filter.cli import prompt_sets
+    train, val = prompt_sets(_prompt_args(**{"families": "pick,brackets", "n-per-family": 3, "val-per-family": 2}),
+                             lm=None)
+    assert [p.family for p in train] == ["pick"] * 3 + ["brackets"] * 3
+    assert [p.family for p in val] == ["pick"] * 2 + ["brackets"] * 2
+    assert not {p.text for p in train} & {p.text for p in val}
+    default, _ = prompt_sets(_prompt_args(**{"n-per-family": 1}), lm=None)
+    assert [p.family for p in default] == list(dlm.data.FAMILIES)
+
+
+def test_train_filter_rejects_an_unknown_family():
+    import pytest
+
+    from dlm.errors import ConfigError
+    from dlm.train.filter.cli import prompt_sets
+    with pytest.raises(ConfigError, match="--families.*'nope'.*pick"):
+        prompt_sets(_prompt_args(families="copy,nope"), lm=None)
