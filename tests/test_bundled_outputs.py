@@ -1,7 +1,9 @@
 """The shipped models and filter keep giving the outputs they gave when they were bundled.
 
 Golden token ids recorded on 2026-11 from the bundled dlm-tiny (LLaDA format), its learned filter and dlm-tiny-ar,
-on the CPU in float32 at temperature 0 (each prompt decoded alone). A change to the model code, the loader, the
+on the CPU in float32 at temperature 0 (each prompt decoded alone). Re-recorded on 2026-11-27 when dlm-tiny was
+fine-tuned with the stress families and its filter retrained: the reference decode of every earlier prompt was
+unchanged; the filter's forward passes on the code prompts and one of its code answers changed. A change to the model code, the loader, the
 engine, the scheduler or the filter that alters any of them fails here: either it is a bug, or the change is meant
 and these figures are re-recorded in the same commit with the reason.
 """
@@ -17,11 +19,14 @@ from dlm.assets import ASSETS
 EOS = 0
 TASKS = ["reverse: c a f b =", "add: 4821+975 =", "sort: 39147 =", "cumsum: 3914 =", "dedupe: c a c b a =",
          "copy: x y z q r s ="]
+STRESS = ["pick 3: f b h f h a a d h =", "count: b a b c b =", "close: ( [ ] { ( =", "wordrev: ko stu ab =",
+          "add: 6542342+1634545 ="]  # the families dlm-tiny was fine-tuned on (2026-11-27)
 CODE = ['def is_even(n):\n    """Return True when n is even."""\n',
         'def clamp(value, low, high):\n    """Return value limited to the range [low, high]."""\n',
         'def _check_name(self, name):\n    """Raise ValueError if name is not a valid identifier."""\n']
 
 # answer tokens up to and including the first EOS (the rest of the answer is EOS); the same for both schedulers
+# except where FILTER_ANSWERS says otherwise
 ANSWERS = {
     "reverse: c a f b =": [69, 289, 271, 287, 0],
     "add: 4821+975 =": [24, 26, 28, 25, 0],
@@ -32,9 +37,15 @@ ANSWERS = {
     CODE[0]: [262, 331, 299, 202, 0],
     CODE[1]: [262, 331, 3977, 202, 0],
     CODE[2]: [262, 429, 1865, 202, 0],
+    STRESS[0]: [73, 335, 308, 0],  # f d b
+    STRESS[1]: [68, 20, 308, 22, 287, 20, 0],  # a1 b3 c1
+    STRESS[2]: [12, 2760, 1136, 0],  # ) } )
+    STRESS[3]: [736, 364, 88, 626, 82, 0],  # ab stu ko
+    STRESS[4]: [27, 20, 26, 25, 27, 27, 26, 0],  # 8176887
 }
+FILTER_ANSWERS = {**ANSWERS, CODE[0]: [262, 331, 715, 202, 0]}  # "return False" where the reference says "return n"
 # forward passes of the learned filter (the reference takes one per answer position of the first block: 32)
-FILTER_NFE = {**{p: 1 for p in TASKS}, CODE[0]: 6, CODE[1]: 5, CODE[2]: 7}
+FILTER_NFE = {**{p: 1 for p in TASKS + STRESS}, STRESS[0]: 4, CODE[0]: 7, CODE[1]: 11, CODE[2]: 7}
 
 # dlm-tiny-ar, greedy transformers generate of 32 new tokens (no stopping criterion but EOS)
 AR_ANSWERS = {
@@ -62,7 +73,7 @@ def _decode(lm, prompt: str, scheduler: str):
     return out.sequences[0].tolist(), int(out.nfe[0]), gen_length
 
 
-@pytest.mark.parametrize("prompt", TASKS + CODE)
+@pytest.mark.parametrize("prompt", TASKS + STRESS + CODE)
 def test_dlm_tiny_reference_decode(tiny, prompt):
     tokens, nfe, gen_length = _decode(tiny, prompt, "low_confidence")
     answer = ANSWERS[prompt]
@@ -70,10 +81,10 @@ def test_dlm_tiny_reference_decode(tiny, prompt):
     assert nfe == 32  # one token per step over the first block, then the stop rule ends the row
 
 
-@pytest.mark.parametrize("prompt", TASKS + CODE)
+@pytest.mark.parametrize("prompt", TASKS + STRESS + CODE)
 def test_dlm_tiny_learned_filter(tiny, prompt):
     tokens, nfe, gen_length = _decode(tiny, prompt, "learned_filter")
-    answer = ANSWERS[prompt]
+    answer = FILTER_ANSWERS[prompt]
     assert tokens == answer + [EOS] * (gen_length - len(answer))
     assert nfe == FILTER_NFE[prompt]
 

@@ -175,8 +175,11 @@ def main(argv: Sequence[str] | None = None, bench_main: Callable[[list[str]], in
     for a in choice["candidates"]:
         print(f"{'*' if a['eligible'] else ' '} {a['name']}: NFE/token {a['nfe_per_token']:.4f}, accuracy "
               f"{a['accuracy']:.3f}, worst loss {a['worst_drop_points']:.1f} points ({a['worst_cell']})")
-    verdict = "within" if choice["within_tolerance"] else "NOT within (none qualifies; the smallest loss)"
-    print(f"best: {choice['method']['name']} ({verdict} {args.tolerance:g} points)")
+    if choice["within_tolerance"]:
+        print(f"best: {choice['method']['name']} (within {args.tolerance:g} points in every cell)")
+    else:
+        print(f"best: {choice['method']['name']} (none is within {args.tolerance:g} points in every cell: the one "
+              "with the smallest worst loss)")
     if not args.dry_run:
         path = write_best(best_record(results, choice, args.tolerance, str(source)), args.out)
         print(f"wrote {path}", file=sys.stderr)

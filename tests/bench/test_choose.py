@@ -67,7 +67,7 @@ def test_command_writes_the_file_the_preset_reads(tmp_path, capsys):
     src.write_text(json.dumps(res))
     out = tmp_path / "best.json"
     assert bench_main(["choose-best", "--results", str(src), "--out", str(out)]) == 0
-    assert "best: mid (within 0.5 points)" in capsys.readouterr().out
+    assert "best: mid (within 0.5 points in every cell)" in capsys.readouterr().out
     data = read_best(out)
     assert best_fields(out) == TH(0.9) and data["within_tolerance"] is True
     assert data["chosen_on"]["suite"]["split"] == "val" and "0.5 points" in data["rule"]
