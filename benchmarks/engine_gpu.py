@@ -113,12 +113,19 @@ def part_static(lm, args, rate):
 
 
 def part_staggered(lm, args):
-    """Eager, and with CUDA graphs on a GPU (both sides of the ratio alike)."""
+    """Eager, and on a GPU with CUDA graphs and with graphs + fused kernels (dlm.load's default there), both
+    sides of the ratio alike."""
+    from dlm.models.elementwise import EAGER, fused_ops
+
     out = {}
-    for graphs in ([False, True] if args.device == "cuda" else [False]):
+    settings = [("eager", False, False)]
+    if args.device == "cuda":
+        settings += [("graphs", True, False), ("graphs+fused", True, True)]
+    for name, graphs, fused in settings:
         lm.cuda_graphs = graphs
-        out["graphs" if graphs else "eager"] = staggered_run(lm, args)
-    lm.cuda_graphs = False
+        lm.model.ops = fused_ops() if fused else EAGER
+        out[name] = staggered_run(lm, args)
+    lm.cuda_graphs, lm.model.ops = False, EAGER
     return out
 
 
@@ -185,7 +192,7 @@ def task_prompts(n: int, seed: int = 7) -> list[str]:
 
 
 def part_invariant(lm8b, args):
-    tiny = dlm.load(device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32")
+    tiny = dlm.load(device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32", fast=False)
     prompts = task_prompts(64)
     cfg = dlm.GenerationConfig(gen_length=32, scheduler="threshold", cache="dual")
     res = {}
@@ -219,7 +226,7 @@ def part_causal(args):
     from dlm.assets import default_verifier_path
 
     dev = args.device
-    drafter = dlm.load(device=dev, dtype="float32")
+    drafter = dlm.load(device=dev, dtype="float32", fast=False)
     prompts = task_prompts(64, seed=11)
     ids = drafter.encode(prompts)
     G = 32

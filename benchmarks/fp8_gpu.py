@@ -205,8 +205,8 @@ def accuracy(lm, n: int, batch: int) -> dict:
 
 def part_tiny(args) -> dict:
     dtype = "bfloat16" if args.device == "cuda" else "float32"
-    plain = dlm.load(device=args.device, dtype=dtype)
-    quantized = dlm.load(device=args.device, dtype=dtype, quantize="fp8")
+    plain = dlm.load(device=args.device, dtype=dtype, fast=False)
+    quantized = dlm.load(device=args.device, dtype=dtype, quantize="fp8", fast=False)
     res = {"dtype": dtype, "fp8_impls": sorted({m.impl for m in quantized.model.modules()
                                                  if isinstance(m, fp8.FP8Linear)})}
     res["logits"] = logit_errors(plain, quantized)

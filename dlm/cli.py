@@ -149,6 +149,34 @@ def _chunks(rows: list, batch_size: int | None):
     return tqdm(chunks, desc="generate", unit="batch")
 
 
+def add_speed_options(group) -> None:
+    """``--no-fast``, ``--cuda-graphs / --no-cuda-graphs``, ``--fused-kernels / --no-fused-kernels`` (see
+    :func:`speed_kwargs`); shared by generate, serve, bench and bench serve."""
+    group.add_argument("--no-fast", dest="fast", action="store_false",
+                       help="the eager reference path: on CUDA, no CUDA graphs and no fused kernels unless asked "
+                       "below (by default both are on with one GPU; docs/gpu.md)")
+    group.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                       help="replay repeated steps as CUDA graphs (default: on with one GPU unless --no-fast)")
+    group.add_argument("--fused-kernels", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile'd elementwise kernels (default: on with one GPU and Triton unless "
+                       "--no-fast)")
+
+
+def speed_kwargs(args: argparse.Namespace) -> dict:
+    """``dlm.load``'s fast / cuda_graphs / fused_kernels from :func:`add_speed_options`' flags."""
+    return {"fast": args.fast, "cuda_graphs": args.cuda_graphs, "fused_kernels": args.fused_kernels}
+
+
+def speed_flags(args: argparse.Namespace) -> list[str]:
+    """The flags of :func:`add_speed_options` that reproduce ``args`` (for a command started by another)."""
+    flags = [] if args.fast else ["--no-fast"]
+    for name in ("cuda_graphs", "fused_kernels"):
+        value = getattr(args, name)
+        if value is not None:
+            flags.append(f"--{'' if value else 'no-'}{name.replace('_', '-')}")
+    return flags
+
+
 def _load_model(args: argparse.Namespace):
     import torch
 
@@ -157,7 +185,7 @@ def _load_model(args: argparse.Namespace):
     device = _device(args.device)
     if (device or torch.device("cuda" if torch.cuda.is_available() else "cpu")).type == "cpu":
         torch.set_num_threads(args.threads or default_threads())
-    model = load(args.model, dtype=args.dtype, device=device, quantize=args.quantize)
+    model = load(args.model, dtype=args.dtype, device=device, quantize=args.quantize, **speed_kwargs(args))
     if args.stream and model.tokenizer is None:
         raise ConfigError("--stream prints text, but this model has no tokenizer")
     return model
@@ -266,6 +294,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     g.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     g.add_argument("--quantize", choices=("fp8",), default=None, help="store every linear layer as float8 with per-channel scales (docs/gpu.md#fp8-weights)")
+    add_speed_options(g)
     g.add_argument("--batch-size", type=int, default=None, help="prompts per batch (default: all at once); "
                    "with --output, each finished batch is written at once")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: the cores not busy with other "

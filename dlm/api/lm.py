@@ -170,8 +170,8 @@ def _run_until_done(engine, requests, stream, show: bool) -> None:
 
 def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | None = "auto",
          device: str | torch.device | None = None, tokenizer: Any = True, attn_backend: str = "sdpa",
-         cuda_graphs: bool = False, fused_kernels: bool = False, device_map: str | dict | None = None,
-         max_memory: dict | None = None, tensor_parallel: Any = None,
+         fast: bool = True, cuda_graphs: bool | None = None, fused_kernels: bool | None = None,
+         device_map: str | dict | None = None, max_memory: dict | None = None, tensor_parallel: Any = None,
          quantize: str | None = None) -> DiffusionLM:
     """Load a LLaDA- or Dream-format checkpoint folder (config.json + safetensors + tokenizer).
 
@@ -182,11 +182,15 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
         tokenizer: True loads it from the folder with transformers' AutoTokenizer; a path or tokenizer object
             uses that; False loads none (prompts must then be token ids).
         attn_backend: ``"sdpa"`` (torch) or ``"flash_attn"`` (needs the ``dlm[gpu]`` extra).
+        fast: the fast path by default: on one CUDA device (no ``device_map`` or ``tensor_parallel``),
+            ``cuda_graphs`` and ``fused_kernels`` left at ``None`` are switched on (fused kernels only where
+            Triton is installed); ``fast=False`` leaves both off (the eager reference path). Off on the CPU.
         cuda_graphs: on CUDA, capture repeated step shapes in CUDA graphs and replay them (see
-            :mod:`dlm.engine.graphs`); ignored on CPU.
+            :mod:`dlm.engine.graphs`); ignored on CPU. ``None``: as ``fast`` decides; True / False override it.
         fused_kernels: fuse the elementwise parts of each layer (RMSNorm, RoPE, SwiGLU) with ``torch.compile``
             (see :mod:`dlm.models.elementwise`); compiled on first use (Triton on CUDA, a C++ compiler on CPU).
-            Same arithmetic as the eager functions up to floating-point rounding.
+            Same arithmetic as the eager functions up to floating-point rounding. ``None``: as ``fast``
+            decides; True / False override it.
         device_map: spread whole layers over devices, for a model larger than one GPU: ``"auto"`` (balanced over
             the GPUs within ``max_memory``), ``"sequential"``, or a dict ``{"embed": 0, "layers.0": 0, ...}``;
             each weight is streamed straight to its device (see :mod:`dlm.parallel.placement`).
@@ -209,7 +213,9 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
 
         path = default_model_path()
     folder, cfg, arch_cls = read_config(path)
-    par, device = _placement(device, device_map, max_memory, tensor_parallel, cuda_graphs)
+    _check_switches(fast=fast, cuda_graphs=cuda_graphs, fused_kernels=fused_kernels)
+    par, device = _placement(device, device_map, max_memory, tensor_parallel, bool(cuda_graphs))
+    cuda_graphs, fused_kernels = fast_options(fast, cuda_graphs, fused_kernels, device, par is not None)
     dt = parse_dtype(dtype, device)
     _check_attn_backend(attn_backend)
     arch = arch_cls.parse_config(cfg)
@@ -220,11 +226,16 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
     model.attn_backend = attn_backend
     _check_vocab(tok, arch)
     lm = DiffusionLM(model, tok, ids, arch_cls, max_length=arch_cls.max_length(cfg), path=folder, config=cfg)
-    lm.cuda_graphs = bool(cuda_graphs)
-    if fused_kernels:
-        from ..models.elementwise import fused_ops
+    return set_fast_path(lm, cuda_graphs, fused_kernels)
 
-        model.ops = fused_ops()
+
+def set_fast_path(lm: DiffusionLM, cuda_graphs: bool, fused_kernels: bool) -> DiffusionLM:
+    """Switch ``lm``'s CUDA graphs and fused elementwise kernels on or off (what :func:`load` does with its
+    resolved options; also for models built another way, e.g. random weights)."""
+    from ..models.elementwise import EAGER, fused_ops
+
+    lm.cuda_graphs = bool(cuda_graphs)
+    lm.model.ops = fused_ops((lm.dtype, type(lm.model).__name__, lm.model_type)) if fused_kernels else EAGER
     return lm
 
 
@@ -244,6 +255,30 @@ def _model_with_weights(folder: Path, cfg: dict, arch_cls, arch, par, dt: torch.
     if par is not None:
         par.finish(model)
     return model
+
+
+def _check_switches(fast, cuda_graphs, fused_kernels) -> None:
+    if not isinstance(fast, bool):
+        raise ConfigError(f"fast must be True or False, got {fast!r}")
+    for name, value in (("cuda_graphs", cuda_graphs), ("fused_kernels", fused_kernels)):
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True, False or None (as `fast` decides), got {value!r}")
+
+
+def fast_options(fast: bool, cuda_graphs: bool | None, fused_kernels: bool | None, device: torch.device,
+                 parallel: bool) -> tuple[bool, bool]:
+    """(cuda_graphs, fused_kernels) with ``None`` resolved: on when ``fast`` and the model runs on one CUDA
+    device (``parallel``: a device map or tensor parallelism), fused kernels only where Triton is installed."""
+    auto = bool(fast) and device.type == "cuda" and not parallel
+    graphs = auto if cuda_graphs is None else cuda_graphs
+    fused = (auto and _triton_available()) if fused_kernels is None else fused_kernels
+    return graphs, fused
+
+
+def _triton_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def _check_vocab(tok, arch) -> None:

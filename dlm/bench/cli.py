@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..cli import add_speed_options, speed_kwargs
 from ..errors import DlmError
 
 HELP = "benchmark schedulers, caches and verifiers against the one-token-per-step reference"
@@ -86,10 +87,7 @@ def _model_and_output(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model", default=None, help="checkpoint folder (default: the bundled dlm-tiny)")
     m.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     m.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16")
-    m.add_argument("--cuda-graphs", action="store_true", help="load the model with cuda_graphs=True")
-    m.add_argument("--fused-kernels", action="store_true",
-                   help="load the model with fused_kernels=True (torch.compile'd elementwise kernels; keep the "
-                   "default full-batch warm-up, since compilation treats a batch of 1 as its own shape)")
+    add_speed_options(m)  # with fused kernels, keep the full-batch warm-up: compilation treats batch 1 apart
     m.add_argument("--quantize", choices=("fp8",), default=None,
                    help="store every linear layer as float8 with per-channel scales (docs/gpu.md#fp8-weights)")
     m.add_argument("--threads", type=int, default=None,
@@ -224,8 +222,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise DlmError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    lm = dlm.load(args.model, device=args.device, dtype=args.dtype, cuda_graphs=args.cuda_graphs,
-                  fused_kernels=args.fused_kernels, quantize=args.quantize)
+    lm = dlm.load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize, **speed_kwargs(args))
     print(f"dlm bench: {lm!r}; {len(suite.with_reference())} configurations x {len(suite.shapes)} shape(s); "
           f"results -> {out}", file=sys.stderr, flush=True)
     _warn_cpu_contention(lm.device)

@@ -208,15 +208,17 @@ def run(archs, batches, gens, caches, graphs_modes, out_path: Path | None, token
     for name in archs:
         lm = random_lm(name, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
         lm.generate([[1, 2, 3]], GenerationConfig(gen_length=32, block_length=32, steps=8, stop_at_eos=False))
-        for fused, graphs in [(f, g) for f in fused_modes for g in graphs_modes]:
-            lm.cuda_graphs = graphs
-            lm.model.ops = fused_ops() if fused else EAGER
-            if fused:  # compile (and warm up) outside the timed window
-                lm.generate([[1, 2, 3]], GenerationConfig(gen_length=32, block_length=32, steps=8, stop_at_eos=False))
-            for batch in batches:
-                for gen in gens:
-                    base = None
-                    for cache in caches:
+        combos = [(f, g) for f in fused_modes for g in graphs_modes]
+        if any(f for f, _ in combos):  # compile (and warm up) the fused kernels outside the timed windows
+            lm.model.ops = fused_ops()
+            lm.generate([[1, 2, 3]], GenerationConfig(gen_length=32, block_length=32, steps=8, stop_at_eos=False))
+        for batch in batches:
+            for gen in gens:
+                base: dict[tuple, float] = {}
+                for cache in caches:
+                    for fused, graphs in combos:  # every option set of a configuration before the next one
+                        lm.cuda_graphs = graphs
+                        lm.model.ops = fused_ops() if fused else EAGER
                         try:
                             r = time_config(lm, cache=cache, batch=batch, gen_length=gen, tokens_per_step=tokens_per_step,
                                             bandwidth=bw, flop_rate=rate, arch_name=name, timed_blocks=timed_blocks)
@@ -225,8 +227,8 @@ def run(archs, batches, gens, caches, graphs_modes, out_path: Path | None, token
                             torch.cuda.empty_cache()
                             continue
                         if cache == "none":
-                            base = r.ms_per_step
-                        r.speedup_vs_none = None if base is None else base / r.ms_per_step
+                            base[fused, graphs] = r.ms_per_step
+                        r.speedup_vs_none = base[fused, graphs] / r.ms_per_step if (fused, graphs) in base else None
                         r.x_floor = r.ms_per_step / max(r.floor_bw_ms, r.floor_flops_ms)
                         d = asdict(r)
                         rows.append(d)
@@ -253,6 +255,33 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _options(r: dict) -> str:
+    return {(True, True): "graphs + fused", (True, False): "graphs", (False, True): "fused",
+            (False, False): "eager"}[(bool(r["graphs"]), bool(r.get("fused")))]
+
+
+def defaults_table(rows: list[dict], graphs: bool = True, fused: bool = True) -> str:
+    """Per (arch, batch, gen, cache): the option set ``dlm.load`` picks by default on CUDA (``graphs`` and
+    ``fused``; see :func:`dlm.api.lm.fast_options`) against the fastest option set measured and against eager;
+    only configurations measured with the default and at least one other option set."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["arch"], r["batch"], r["gen_length"], r["cache"]), []).append(r)
+    lines = ["| arch | batch | gen | cache | default ms/step | fastest measured | default / fastest | eager / default |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (arch, batch, gen, cache), group in groups.items():
+        default = [r for r in group if bool(r["graphs"]) == graphs and bool(r.get("fused")) == fused]
+        if not default or len(group) < 2:
+            continue
+        d = default[0]
+        best = min(group, key=lambda r: r["ms_per_step"])
+        eager = [r for r in group if not r["graphs"] and not r.get("fused")]
+        vs_eager = f"{eager[0]['ms_per_step'] / d['ms_per_step']:.2f}" if eager else "-"
+        lines.append(f"| {arch} | {batch} | {gen} | {cache} | {d['ms_per_step']:.2f} | {_options(best)} "
+                     f"{best['ms_per_step']:.2f} | {d['ms_per_step'] / best['ms_per_step']:.3f} | {vs_eager} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", nargs="+", default=["llada-8b", "dream-7b"], choices=sorted(ARCHS))
@@ -270,12 +299,15 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("the scale benchmark needs a CUDA device (or --device cpu --arch llada-tiny for a smoke run)")
-    modes = {"off": [False], "on": [True], "both": [False, True]}[args.graphs]
+    both = {"off": [False], "on": [True], "both": [True, False]}  # the default (fast) options are measured first
+    modes = both[args.graphs]
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = run(args.arch, args.batch, args.gen, args.cache, modes, args.out, args.tokens_per_step, args.timed_blocks,
-               args.device, {"off": [False], "on": [True], "both": [False, True]}[args.fused])
+               args.device, both[args.fused])
     print(markdown(rows))
+    if len(modes) > 1 or args.fused == "both":
+        print(defaults_table(rows))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch
 from ..cache.base import CacheContext
 from ..cache.store import KVPool, PoolShape
 from ..errors import ConfigError, DlmError, GenerationError, SchedulerError
+from ..models.elementwise import ops_for_positions
 from ..models.ragged import RaggedAttention
 from ..models.transfer import to_device
 from ..outputs import GenerationOutput, StepEvent, StepTrace
@@ -204,7 +205,8 @@ class EngineCore:
                                          position.unsqueeze(0), index)
         else:
             attention = RaggedAttention(p.rows, self.pool, self.attention)
-            logits = self.lm.model(ids, position.unsqueeze(0), attention=attention, logits_index=index)[0]
+            with ops_for_positions(self.lm.model, ids.shape[1]):
+                logits = self.lm.model(ids, position.unsqueeze(0), attention=attention, logits_index=index)[0]
         if not bool((p.cfg_scale > 0).any()):  # the conditional logits are the first ones, in order
             return logits[: p.cond.numel()]
         cond = logits[to_device(p.cond, dev)]

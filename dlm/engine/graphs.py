@@ -1,10 +1,10 @@
 """CUDA-graph replay of the ragged forward for step layouts that repeat.
 
 A diffusion step at batch 1 launches over a thousand small kernels; on a GPU the launches, not the weights, then
-bound the step. :class:`StepGraphs` (enabled with ``dlm.load(..., cuda_graphs=True)``) captures the forward of a
-step *layout* (the rows' fed and key lengths, slots and kinds: :meth:`RaggedRows.signature`) the second time it is
-seen and replays it afterwards: the in-block steps of a block repeat their layout (the fed block, the canvas
-length, the slot), for one request or a batch in lockstep.
+bound the step. :class:`StepGraphs` (on by default on one CUDA device, see :func:`dlm.load`) captures the forward
+of a step *layout* (the rows' fed and key lengths, slots and kinds: :meth:`RaggedRows.signature`) the second time
+it comes (later if recent captures were seldom replayed) and replays it afterwards: the in-block steps of a block
+repeat their layout (the fed block, the canvas length, the slot), for one request or a batch in lockstep.
 
 Every input of the captured forward lives in a buffer whose address never changes: the input ids, the positions
 and the positions that get logits (copied in before each replay), and the key/value pool (allocated once per
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.elementwise import ops_for_positions
 from ..models.ragged import RaggedAttention, RaggedRows
 
 
@@ -37,34 +38,76 @@ class _Entry:
 
 
 class StepGraphs:
-    """Captures and replays repeated step layouts (see the module doc)."""
+    """Captures and replays repeated step layouts (see the module doc).
 
-    def __init__(self, min_uses: int = 2, max_graphs: int = 16):
-        self.min_uses, self.max_graphs = min_uses, max_graphs
-        self.entries: dict[tuple, _Entry] = {}
+    When a layout is captured: at its ``min_uses``-th occurrence while captures pay off (the recent ones were
+    replayed at least twice each on average: the in-block steps of a block repeat their layout, and a block's
+    refresh comes back at the next block), else at its ``backoff_uses``-th (layouts that rarely come back, as the
+    ``window`` cache's and a staggered batch's do: a capture costs host time that only replays repay). Until then
+    it runs eagerly. ``max_graphs``: graphs
+    kept at once; capturing one more drops the least recently replayed (the ``prefix`` cache's layouts change at
+    every block, so old ones never come back). ``max_tokens``: layouts feeding more positions than this are never
+    captured: such a step is bound by its matrix products, not by the host's launches, so a graph saves nothing
+    and its capture would cost. The step that captures returns the result of its warm-up forward, so capturing
+    costs one eager forward plus the recording, not a forward more.
+    """
+
+    def __init__(self, min_uses: int = 2, backoff_uses: int = 8, max_graphs: int = 16, max_tokens: int = 4096):
+        self.min_uses, self.backoff_uses = min_uses, backoff_uses
+        self.max_graphs, self.max_tokens = max_graphs, max_tokens
+        self.entries: dict[tuple, _Entry] = {}  # in order of last use (the first is evicted first)
         self.seen: dict[tuple, int] = {}
+        self.recent = [0, 0]  # captures and replays, halved every 64 captures (the payoff of recent captures)
         self.pool = None
         self.replays = 0
+        self.captures = 0
 
     def forward(self, model, kv_pool, backend: str, rows: RaggedRows, ids: torch.Tensor, positions: torch.Tensor,
                 logits_index: torch.Tensor) -> torch.Tensor:
         """Logits (N, V) of the fed ``ids`` (1, T) at ``positions`` (1, T); ``logits_index`` (1, N)."""
         key = (rows.signature(), logits_index.shape[1])
-        entry = self.entries.get(key)
+        entry = self.entries.pop(key, None)
         if entry is None:
-            self.seen[key] = self.seen.get(key, 0) + 1
-            if self.seen[key] < self.min_uses or len(self.entries) >= self.max_graphs:
+            if not self._should_capture(key, ids.shape[1]):
                 attention = RaggedAttention(rows, kv_pool, backend)
-                return model(ids, positions, attention=attention, logits_index=logits_index)[0]
-            entry = self.entries[key] = self._capture(model, kv_pool, backend, rows, ids, positions, logits_index)
+                with ops_for_positions(model, ids.shape[1]):
+                    return model(ids, positions, attention=attention, logits_index=logits_index)[0]
+            while len(self.entries) >= self.max_graphs:
+                self.entries.pop(next(iter(self.entries)))
+            entry, first = self._capture(model, kv_pool, backend, rows, ids, positions, logits_index)
+            self.entries[key] = entry
+            self.captures += 1
+            self._count(0)
+            return first
+        self.entries[key] = entry  # now the most recently used
         entry.ids.copy_(ids)
         entry.positions.copy_(positions)
         entry.logits_index.copy_(logits_index)
         entry.replay()
         self.replays += 1
+        self._count(1)
         return entry.out
 
-    def _capture(self, model, kv_pool, backend, rows, ids, positions, logits_index) -> _Entry:
+    def _should_capture(self, key: tuple, tokens: int) -> bool:
+        if tokens > self.max_tokens or self.max_graphs < 1:
+            return False
+        if len(self.seen) > 64 * max(self.max_graphs, 1):  # layouts of requests long gone: start counting afresh
+            self.seen.clear()
+        self.seen[key] = self.seen.get(key, 0) + 1
+        return self.seen[key] >= self.uses_needed()
+
+    def uses_needed(self) -> int:
+        """Occurrences of a layout before it is captured (see the class doc)."""
+        captures, replays = self.recent
+        return self.min_uses if captures < 4 or replays >= 2 * captures else self.backoff_uses
+
+    def _count(self, i: int) -> None:
+        self.recent[i] += 1
+        if self.recent[0] >= 64:
+            self.recent = [self.recent[0] // 2, self.recent[1] // 2]
+
+    def _capture(self, model, kv_pool, backend, rows, ids, positions, logits_index) -> tuple[_Entry, torch.Tensor]:
+        """The layout's graph entry and this step's logits (from the eager warm-up forward)."""
         ids_b, pos_b, li_b = ids.clone(), positions.clone(), logits_index.clone()
         static_rows = dataclasses.replace(rows, positions=pos_b[0], _per_device={})
         attention = RaggedAttention(static_rows, kv_pool, backend)
@@ -72,21 +115,22 @@ class StepGraphs:
         def run():
             return model(ids_b, pos_b, attention=attention, logits_index=li_b)[0]
 
-        replay, out = self._make_graph(run)
-        return _Entry(replay, ids_b, pos_b, li_b, out, run)
+        replay, out, first = self._make_graph(run)
+        return _Entry(replay, ids_b, pos_b, li_b, out, run), first
 
     def _make_graph(self, run):
-        """Capture ``run`` in a CUDA graph; return (replay, output buffer). The graph keeps no reference to what
-        ``run`` reads: the caller keeps ``run`` alive."""
+        """Capture ``run`` in a CUDA graph; return (replay, output buffer, the logits of one eager run). The
+        graph keeps no reference to what ``run`` reads: the caller keeps ``run`` alive."""
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
+        main = torch.cuda.current_stream()
         side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        side.wait_stream(main)
         with torch.cuda.stream(side):  # warm-up outside the graph (builds the layout's index tensors too)
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream().wait_stream(side)
+            first = run()
+        main.wait_stream(side)
+        first.record_stream(main)  # allocated on the side stream, read on the main one
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             out = run()
-        return graph.replay, out
+        return graph.replay, out, first

@@ -5,7 +5,7 @@ lm-eval hands ``--model_args a=1,b=x`` to the model class as keyword arguments (
 objects. :func:`parse_model_args` accepts both and returns an :class:`EvalSettings`:
 
 * loading: ``pretrained`` (checkpoint folder; default the bundled dlm-tiny), ``dtype``, ``device``,
-  ``attn_backend``, ``fused_kernels``, ``cuda_graphs``, ``quantize`` (see :func:`dlm.load`);
+  ``attn_backend``, ``fast``, ``fused_kernels``, ``cuda_graphs``, ``quantize`` (see :func:`dlm.load`);
 * batching: ``batch_size`` (prompts per ``generate`` call), ``max_batch_size`` (accepted, unused);
 * likelihood: ``mc_num``, ``mc_batch_size``, ``check_greedy`` (see :mod:`dlm.eval.likelihood`);
 * prompts: ``add_bos_token`` (start every prompt with BOS when the tokenizer does not, as Dream's evaluation
@@ -89,7 +89,7 @@ class EvalSettings:
 
 # model_args that are not GenerationConfig fields: name -> (kind, default)
 _LOAD_ARGS = {"pretrained": "path", "dtype": "str", "device": "str", "attn_backend": "str",
-              "fused_kernels": "bool", "cuda_graphs": "bool", "quantize": "quantize"}
+              "fast": "bool", "fused_kernels": "bool", "cuda_graphs": "bool", "quantize": "quantize"}
 _RUN_ARGS = {"batch_size": "int?", "max_batch_size": "int?", "mc_num": "int", "mc_batch_size": "int",
              "check_greedy": "bool", "add_bos_token": "bool", "stop_strings_as_tokens": "bool",
              "ignore_until": "bool", "data_parallel": "replicas"}

@@ -11,8 +11,10 @@ cuBLAS. Enabled with ``dlm.load(..., fused_kernels=True)``. The eager functions 
 
 from __future__ import annotations
 
+import types
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Hashable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -55,14 +57,46 @@ class Ops:
 
 
 EAGER = Ops(rms_norm, rope, swiglu, fused=False)
-_FUSED: Ops | None = None
+_FUSED: dict[Hashable, Ops] = {}
 
 
-def fused_ops() -> Ops:
-    """The three functions compiled with ``torch.compile`` (dynamic shapes, one graph each; compiled lazily, on
-    their first call, which needs a C/C++ compiler on a CPU and Triton on a GPU)."""
-    global _FUSED
-    if _FUSED is None:
-        compile_ = lambda fn: torch.compile(fn, dynamic=True, fullgraph=True)  # noqa: E731
-        _FUSED = Ops(compile_(rms_norm), compile_(rope), compile_(swiglu), fused=True)
-    return _FUSED
+def fused_ops(key: Hashable = None) -> Ops:
+    """The three functions compiled with ``torch.compile`` (dynamic shapes; compiled lazily, on their first call,
+    which needs a C/C++ compiler on a CPU and Triton on a GPU); the same :class:`Ops` for the same ``key``.
+
+    Each key gets its own copies of the functions: torch.compile allows a function a few specialisations (its
+    recompile limit, 8 by default), and each model's dtype and flags take some, so :func:`dlm.load` passes one
+    key per dtype and architecture. Past the limit the compiled functions fall back to the eager ones (correct,
+    slower), never an error."""
+    if key not in _FUSED:
+        _FUSED[key] = Ops(_compiled(rms_norm), _compiled(rope), _compiled(swiglu), fused=True)
+    return _FUSED[key]
+
+
+def _compiled(fn: Callable) -> Callable:
+    """``fn`` compiled, through a copy with its own code object (torch.compile counts specialisations per code
+    object)."""
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return torch.compile(copy, dynamic=True)
+
+
+#: An eager forward feeding fewer positions than this runs the eager functions even when the model holds fused
+#: ones: each call of a compiled function costs host time (its guards) that only a large step or a CUDA-graph
+#: replay hides (measured at LLaDA-8B geometry on an H200: BENCHMARKS.md, "The fast path by default").
+FUSED_MIN_POSITIONS = 1024
+
+
+@contextmanager
+def ops_for_positions(model, positions: int) -> Iterator[None]:
+    """Within: ``model.ops`` is :data:`EAGER` if the model's ops are fused and the forward feeds fewer than
+    :data:`FUSED_MIN_POSITIONS` positions; otherwise unchanged. Captured CUDA graphs do not use this: a replay
+    launches nothing from the host, so they keep the fused kernels."""
+    ops = model.ops
+    if not ops.fused or positions >= FUSED_MIN_POSITIONS:
+        yield
+        return
+    model.ops = EAGER
+    try:
+        yield
+    finally:
+        model.ops = ops

@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from ..cli import add_speed_options, speed_flags
 from ..errors import ConfigError, DlmError
 from ..kvargs import parse_kv
 from .answer import AnswerText
@@ -92,7 +93,7 @@ def server_command(args: argparse.Namespace, port: int, max_rows: int) -> list[s
                         ("--quantize", args.quantize)):
         if value is not None:
             cmd += [flag, str(value)]
-    return cmd + (["--cuda-graphs"] if args.cuda_graphs else [])
+    return cmd + speed_flags(args)
 
 
 @contextmanager
@@ -254,7 +255,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     m.add_argument("--random-weights", default=None, help="a random geometry instead (llada-8b, dream-7b, ...)")
     m.add_argument("--device", default=None, help="cuda, cpu (default: cuda when available)")
     m.add_argument("--dtype", default="auto")
-    m.add_argument("--cuda-graphs", action="store_true")
+    add_speed_options(m)
     m.add_argument("--quantize", choices=("fp8",), default=None,
                    help="FP8 linear weights, for the server and the static baseline (docs/gpu.md#fp8-weights)")
     m.add_argument("--threads", type=int, default=None, help="torch CPU threads (server and static)")

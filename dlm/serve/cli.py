@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..cli import add_speed_options, speed_kwargs
 from ..errors import ConfigError, DlmError
 
 HELP = "serve a model over an OpenAI-compatible HTTP API (continuous batching, streaming, playground)"
@@ -30,7 +31,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     m.add_argument("--served-model-name", default=None, help="the model id of /v1/models (default: the folder name)")
     m.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     m.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16")
-    m.add_argument("--cuda-graphs", action="store_true", help="load with cuda_graphs=True")
+    add_speed_options(m)
     m.add_argument("--quantize", choices=("fp8",), default=None, help="store every linear layer as float8 with per-channel scales (docs/gpu.md#fp8-weights)")
     m.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     m.add_argument("--data-parallel", metavar="N", default=None,
@@ -106,10 +107,12 @@ def load_model(args: argparse.Namespace, device):
             from ..models.fp8 import quantize_model
 
             quantize_model(lm.model)
-        return lm
+        from ..api.lm import fast_options, set_fast_path
+
+        return set_fast_path(lm, *fast_options(args.fast, args.cuda_graphs, args.fused_kernels, device, False))
     from ..api import load
 
-    return load(args.model, device=device, dtype=args.dtype, cuda_graphs=args.cuda_graphs, quantize=args.quantize)
+    return load(args.model, device=device, dtype=args.dtype, quantize=args.quantize, **speed_kwargs(args))
 
 
 def build_server(args: argparse.Namespace):

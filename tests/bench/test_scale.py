@@ -18,3 +18,18 @@ def test_cache_parameters_reach_the_policy():
     assert cheap.fed_per_step < exact.fed_per_step  # the refreshes of the timed blocks feed less
     with pytest.raises(ConfigError, match="refresh_from must be one of"):
         time_config(lm, cache="dual:refresh_from=all", **kw)
+
+
+def test_defaults_table_compares_the_default_with_the_fastest():
+    from dlm.bench.scale import defaults_table
+
+    def row(cache, graphs, fused, ms, batch=1):
+        return {"arch": "a", "batch": batch, "gen_length": 256, "cache": cache, "graphs": graphs, "fused": fused,
+                "ms_per_step": ms}
+
+    rows = [row("dual", True, True, 10.0), row("dual", True, False, 9.0), row("dual", False, False, 20.0),
+            row("prefix", True, True, 30.0), row("prefix", False, True, 40.0),
+            row("none", False, False, 5.0)]  # the default not measured: no line
+    lines = defaults_table(rows).splitlines()[2:]
+    assert lines == ["| a | 1 | 256 | dual | 10.00 | graphs 9.00 | 1.111 | 2.00 |",
+                     "| a | 1 | 256 | prefix | 30.00 | graphs + fused 30.00 | 1.000 | - |"]

@@ -58,7 +58,8 @@ def test_compiled_row_quantizer_equals_eager():
 @pytest.fixture(scope="module")
 def tiny_fp8():
     """The bundled dlm-tiny (dims multiples of 16: every layer takes the fast path) in bf16, plain and FP8."""
-    return dlm.load(device="cuda", dtype="bfloat16"), dlm.load(device="cuda", dtype="bfloat16", quantize="fp8")
+    return (dlm.load(device="cuda", dtype="bfloat16", fast=False),
+            dlm.load(device="cuda", dtype="bfloat16", quantize="fp8", fast=False))
 
 
 def task_prompts(n_per_family: int = 2) -> list[str]:

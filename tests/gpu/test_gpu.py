@@ -20,7 +20,7 @@ def gpu_path(request, llada_path, dream_path):
 
 def test_generate_on_gpu_matches_cpu_fp32(gpu_path):
     cpu = dlm.load(gpu_path, device="cpu", dtype="float32")
-    gpu = dlm.load(gpu_path, device="cuda", dtype="float32")
+    gpu = dlm.load(gpu_path, device="cuda", dtype="float32", fast=False)
     prompts = random_prompts(cpu, 3, seed=1)
     cfg = GenerationConfig(gen_length=16, block_length=8, stop_at_eos=False)
     a, b = cpu.generate(prompts, cfg).sequences, gpu.generate(prompts, cfg).sequences
@@ -29,7 +29,7 @@ def test_generate_on_gpu_matches_cpu_fp32(gpu_path):
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual", "delayed", "window"])
 def test_cuda_graphs_equal_eager(gpu_path, cache):
-    lm = dlm.load(gpu_path, device="cuda", dtype="float32")
+    lm = dlm.load(gpu_path, device="cuda", dtype="float32", fast=False)
     prompts = random_prompts(lm, 4, seed=2, min_len=1, max_len=12)
     cfg = GenerationConfig(gen_length=32, block_length=8, steps=16, cache=cache, stop_at_eos=False)
     eager = lm.generate(prompts, cfg).sequences
@@ -39,7 +39,7 @@ def test_cuda_graphs_equal_eager(gpu_path, cache):
 
 
 def test_exact_caches_on_gpu(gpu_path):
-    lm = dlm.load(gpu_path, device="cuda", dtype="float32")
+    lm = dlm.load(gpu_path, device="cuda", dtype="float32", fast=False)
     prompts = random_prompts(lm, 3, seed=3)
     base = GenerationConfig(gen_length=16, block_length=8, stop_at_eos=False)
     ref = lm.generate(prompts, base).sequences
@@ -74,7 +74,43 @@ def test_fused_kernels_match_eager(gpu_path):
         torch.testing.assert_close(ops.swiglu(x, x), ew.swiglu(x, x), **tol)
     prompts = random_prompts(dlm.load(gpu_path, device="cpu"), 3, seed=5)
     cfg = GenerationConfig(gen_length=16, block_length=8, cache="dual", stop_at_eos=False)
-    eager = dlm.load(gpu_path, device="cuda", dtype="float32").generate(prompts, cfg).sequences
+    eager = dlm.load(gpu_path, device="cuda", dtype="float32", fast=False).generate(prompts, cfg).sequences
     lm = dlm.load(gpu_path, device="cuda", dtype="float32", fused_kernels=True, cuda_graphs=True)
     assert lm.model.ops.fused
     assert (lm.generate(prompts, cfg).sequences == eager).float().mean() > 0.9
+
+
+def test_fast_path_is_the_default_on_cuda(gpu_path):
+    """dlm.load on one CUDA device turns on CUDA graphs and the fused kernels; fast=False and the per-option
+    switches give the reference path; answers agree (fused kernels round differently, graphs do not)."""
+    fast = dlm.load(gpu_path, device="cuda", dtype="float32")
+    assert fast.cuda_graphs and fast.model.ops.fused
+    ref = dlm.load(gpu_path, device="cuda", dtype="float32", fast=False)
+    assert not ref.cuda_graphs and not ref.model.ops.fused
+    only = dlm.load(gpu_path, device="cuda", dtype="float32", fused_kernels=False)
+    assert only.cuda_graphs and not only.model.ops.fused
+    prompts = random_prompts(ref, 3, seed=6, min_len=1, max_len=12)
+    for cache in ("none", "prefix", "dual"):
+        cfg = GenerationConfig(gen_length=32, block_length=8, steps=16, cache=cache, stop_at_eos=False)
+        assert torch.equal(only.generate(prompts, cfg).sequences, ref.generate(prompts, cfg).sequences)
+        assert (fast.generate(prompts, cfg).sequences == ref.generate(prompts, cfg).sequences).float().mean() > 0.9
+
+
+def test_capture_returns_the_warm_up_logits(gpu_path):
+    """The step that captures a layout returns its eager warm-up's logits; with room for one graph the prefix
+    cache's per-block layouts replace each other; answers equal eager ones."""
+    from dlm.engine.graphs import StepGraphs
+
+    lm = dlm.load(gpu_path, device="cuda", dtype="float32", fast=False)
+    prompts = random_prompts(lm, 3, seed=7, min_len=1, max_len=12)
+    cfg = GenerationConfig(gen_length=32, block_length=8, steps=16, cache="prefix", stop_at_eos=False)
+
+    def run(graphs):
+        engine = dlm.Engine(lm, max_rows=3, graphs=graphs)
+        reqs = [engine.submit(p, cfg) for p in prompts]
+        engine.run()
+        return torch.cat([r.output.sequences for r in reqs])
+
+    graphs = StepGraphs(max_graphs=1)
+    assert torch.equal(run(graphs), run(None))
+    assert graphs.captures >= 4 and graphs.replays > 0 and len(graphs.entries) == 1

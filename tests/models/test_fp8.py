@@ -295,6 +295,7 @@ def test_serve_random_weights_quantized():
 
     from dlm.serve.cli import load_model
 
-    args = Namespace(random_weights="llada-tiny", dtype="auto", quantize="fp8")
+    args = Namespace(random_weights="llada-tiny", dtype="auto", quantize="fp8", fast=True, cuda_graphs=None,
+                     fused_kernels=None)
     lm = load_model(args, torch.device("cpu"))
     assert count(lm.model, FP8Linear) == 7 * lm.arch.num_layers + 1 and lm.model.quantization == "fp8"

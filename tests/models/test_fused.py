@@ -42,7 +42,8 @@ def test_fused_functions_match_eager(dtype):
 
 
 @pytest.mark.parametrize("name", ["llada", "Dream"])
-def test_fused_model_matches_eager(name, llada_path, dream_path):
+def test_fused_model_matches_eager(name, llada_path, dream_path, monkeypatch):
+    monkeypatch.setattr(ew, "FUSED_MIN_POSITIONS", 0)  # the engine's small steps use the fused functions too
     path = llada_path if name == "llada" else dream_path
     eager = dlm.load(path, device="cpu", dtype="float32")
     fused = dlm.load(path, device="cpu", dtype="float32", fused_kernels=True)
@@ -54,3 +55,23 @@ def test_fused_model_matches_eager(name, llada_path, dream_path):
     cfg = GenerationConfig(gen_length=16, block_length=8, cache="dual", stop_at_eos=False)
     a, b = eager.generate(prompts, cfg).sequences, fused.generate(prompts, cfg).sequences
     assert (a == b).float().mean() > 0.95  # rounding may flip a near-tie, nothing more
+
+
+def test_each_key_has_its_own_compiled_functions_and_the_limit_falls_back(monkeypatch):
+    """fused_ops(key): one Ops per key, each with its own code objects (torch.compile's recompile budget is per
+    code object); past the budget a call runs the eager function instead of failing."""
+    a, b = ew.fused_ops(("test", 1)), ew.fused_ops(("test", 2))
+    assert ew.fused_ops(("test", 1)) is a and a is not b
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    x, w = torch.randn(3, 8), torch.randn(8)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):  # each dtype a new specialisation
+        got = b.rms_norm(x.to(dtype), w.to(dtype), 1e-6)
+        torch.testing.assert_close(got, ew.rms_norm(x.to(dtype), w.to(dtype), 1e-6))
+
+
+def test_load_gives_one_compiled_set_per_dtype_and_architecture(llada_path, dream_path):
+    a = dlm.load(llada_path, device="cpu", dtype="float32", fused_kernels=True)
+    b = dlm.load(llada_path, device="cpu", dtype="float32", fused_kernels=True)
+    c = dlm.load(dream_path, device="cpu", dtype="float32", fused_kernels=True)
+    assert a.model.ops is b.model.ops and a.model.ops is not c.model.ops
+    assert a.model.ops.rms_norm is not c.model.ops.rms_norm

@@ -22,7 +22,8 @@ class CpuStepGraphs(StepGraphs):
     tensors the closure holds by address): a runner that let it go fails here instead of reading freed memory."""
 
     def _make_graph(self, run):
-        out = run()
+        first = run()
+        out = torch.full_like(first, float("nan"))  # like a captured graph, the output is written by replays only
         closure = weakref.ref(run)
 
         def replay():
@@ -30,7 +31,7 @@ class CpuStepGraphs(StepGraphs):
             assert f is not None, "the captured closure (and the index tensors it holds) was freed"
             out.copy_(f())
 
-        return replay, out
+        return replay, out, first
 
 
 @pytest.mark.parametrize("attention", ["loop", "padded"])
@@ -49,3 +50,100 @@ def test_replayed_steps_equal_eager(tiny, cache, attention):
     assert torch.equal(run(graphs), run(None))
     if cache in ("none", "dual", "prefix"):
         assert graphs.replays > 0, "repeated step layouts were not replayed"
+
+
+def _decode(lm, graphs, cache="prefix", n=3):
+    prompts = random_prompts(lm, n, seed=5, min_len=2, max_len=10)
+    cfg = GenerationConfig(gen_length=32, block_length=8, steps=16, cache=cache, stop_at_eos=False)
+    engine = dlm.Engine(lm, max_rows=n, graphs=graphs)
+    reqs = [engine.submit(p, cfg) for p in prompts]
+    engine.run()
+    return torch.cat([r.output.sequences for r in reqs])
+
+
+def test_least_recently_used_graphs_are_dropped(tiny):
+    """The prefix cache's layout changes at every block: with room for one graph, each block's layout replaces
+    the last one, and the answers stay the eager ones."""
+    graphs = CpuStepGraphs(max_graphs=1)
+    assert torch.equal(_decode(tiny, graphs), _decode(tiny, None))
+    assert graphs.captures >= 4 and len(graphs.entries) == 1 and graphs.replays > 0
+
+
+def test_large_layouts_are_not_captured(tiny):
+    graphs = CpuStepGraphs(max_tokens=0)
+    assert torch.equal(_decode(tiny, graphs, cache="dual"), _decode(tiny, None, cache="dual"))
+    assert graphs.captures == 0 and graphs.replays == 0 and not graphs.entries
+
+
+def test_the_capturing_step_costs_one_forward(tiny, monkeypatch):
+    """The step that captures a layout returns its warm-up forward's logits: it runs the model once, like an
+    eager step (the stand-in's replays run it once each, a real graph's none)."""
+    class Counting(CpuStepGraphs):
+        steps = 0
+
+        def forward(self, *args):
+            self.steps += 1
+            return super().forward(*args)
+
+    graphs, calls = Counting(), []
+    forward = type(tiny.model).forward
+    monkeypatch.setattr(type(tiny.model), "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    _decode(tiny, graphs, cache="dual", n=1)
+    assert graphs.captures >= 1 and graphs.replays >= 1
+    assert len(calls) == graphs.steps
+
+
+def _captures(keys, replayed=True, **kw):
+    """Which steps of a sequence of layouts capture (the decisions alone, no forward); a captured layout that
+    comes again counts as a replay when ``replayed``."""
+    graphs, out, captured = StepGraphs(**kw), [], set()
+    for key in keys:
+        if key in captured and replayed:
+            graphs._count(1)
+            out.append(False)
+            continue
+        capture = graphs._should_capture(key, 10)
+        if capture:
+            captured.add(key)
+            graphs._count(0)
+        out.append(capture)
+    return out
+
+
+def test_when_a_layout_is_captured():
+    assert _captures("AAB") == [False, True, False]  # at its second occurrence
+    assert _captures("ABAB") == [False, False, True, True]
+    assert _captures("ABCDEFGH") == [False] * 8  # every layout new (a staggered batch): nothing captured
+    assert _captures("AAAA", max_tokens=5) == [False] * 4  # too large to gain from a graph
+    # captures that are never replayed: after four, a layout needs backoff_uses occurrences
+    assert _captures("AABBCCDDEEEE", replayed=False, backoff_uses=4) == [False, True] * 4 + [False] * 3 + [True]
+    graphs = StepGraphs()
+    graphs.recent = [10, 20]
+    assert graphs.uses_needed() == 2
+    graphs.recent = [10, 19]
+    assert graphs.uses_needed() == 8
+
+
+def test_small_eager_steps_run_the_eager_elementwise_functions(tiny, monkeypatch):
+    """Fused ops are used by eager forwards from FUSED_MIN_POSITIONS fed positions on (and inside graphs);
+    smaller eager steps run the eager functions, and the model keeps its fused ops afterwards."""
+    from dlm.models import elementwise as ew
+
+    calls = {"fused": 0}
+
+    def counting(fn):
+        def wrapped(*a, **k):
+            calls["fused"] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    fake = ew.Ops(counting(ew.rms_norm), counting(ew.rope), counting(ew.swiglu), fused=True)
+    monkeypatch.setattr(tiny.model, "ops", fake)
+    prompts = random_prompts(tiny, 2, seed=3, min_len=2, max_len=8)
+    cfg = GenerationConfig(gen_length=16, block_length=8, steps=8, cache="dual", stop_at_eos=False)
+    monkeypatch.setattr(ew, "FUSED_MIN_POSITIONS", 10**9)
+    small = tiny.generate(prompts, cfg).sequences
+    assert calls["fused"] == 0 and tiny.model.ops is fake
+    monkeypatch.setattr(ew, "FUSED_MIN_POSITIONS", 0)
+    assert torch.equal(tiny.generate(prompts, cfg).sequences, small)  # same functions, other wrappers
+    assert calls["fused"] > 0 and tiny.model.ops is fake

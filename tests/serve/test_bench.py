@@ -53,3 +53,11 @@ def test_the_started_server_gets_the_model_options():
     for flag, value in (("--random-weights", "llada-tiny"), ("--dtype", "float32"), ("--quantize", "fp8")):
         assert cmd[cmd.index(flag) + 1] == value
     assert "--cuda-graphs" in cmd
+    args = p.parse_args(["--no-fast", "--no-fused-kernels"])
+    cmd = server_command(args, port=1234, max_rows=8)
+    assert "--no-fast" in cmd and "--no-fused-kernels" in cmd and "--cuda-graphs" not in cmd
+    from dlm.serve.cli import configure as serve_configure
+    served = argparse.ArgumentParser()
+    serve_configure(served)
+    parsed = served.parse_args(cmd[cmd.index("dlm.serve") + 1:])
+    assert (parsed.fast, parsed.cuda_graphs, parsed.fused_kernels) == (False, None, False)
