@@ -114,6 +114,6 @@ def test_every_request_equals_itself_alone(llada, dream, causal_path, model, see
     rng = random.Random(seed)
     submitted = run_random_traffic(lm, rng, n, causal_path, allow_causal=model == "llada")
     done, cancelled = check_alone(lm, submitted)
-    assert done >= 0.8 * n and cancelled >= 1, (done, cancelled)
+    assert done >= 0.7 * n and cancelled >= 1, (done, cancelled)  # about 1 in 5 requests is cancelled
     kinds = {(c.verify or c.scheduler) for _, _, c in submitted}
     assert {"stepwise", "threshold", "low_confidence"} <= kinds, kinds
