@@ -197,7 +197,12 @@ def time_config(lm, *, cache: str, batch: int, gen_length: int, block_length: in
 
 
 def run(archs, batches, gens, caches, graphs_modes, out_path: Path | None, tokens_per_step: int = 4,
-        timed_blocks: int = 2, device: str = "cuda", fused_modes: Sequence[bool] = (False,)) -> list[dict]:
+        timed_blocks: int = 2, device: str = "cuda", fused_modes: Sequence[bool] = (False,),
+        warm_shapes: bool = False) -> list[dict]:
+    """Time every (arch, batch, gen, cache) with every option set. ``warm_shapes``: run each configuration once
+    untimed first, so that shapes seen for the first time (cuDNN attention plans, compiled kernels: the
+    ``prefix``, ``delayed`` and ``window`` caches meet new ones in the timed blocks) cost no option set more than
+    another; a CUDA graph is still captured in each timed run."""
     cuda = torch.device(device).type == "cuda"
     bw = copy_bandwidth(device, 2**31 if cuda else 2**26, 20 if cuda else 3)
     rate = matmul_rate(device, 8192 if cuda else 512, 10 if cuda else 3)
@@ -216,6 +221,10 @@ def run(archs, batches, gens, caches, graphs_modes, out_path: Path | None, token
             for gen in gens:
                 base: dict[tuple, float] = {}
                 for cache in caches:
+                    if warm_shapes:
+                        lm.cuda_graphs, lm.model.ops = False, EAGER
+                        time_config(lm, cache=cache, batch=batch, gen_length=gen, tokens_per_step=tokens_per_step,
+                                    timed_blocks=timed_blocks)
                     for fused, graphs in combos:  # every option set of a configuration before the next one
                         lm.cuda_graphs = graphs
                         lm.model.ops = fused_ops() if fused else EAGER
@@ -293,6 +302,9 @@ def main(argv=None) -> None:
     ap.add_argument("--fused", choices=["off", "on", "both"], default="off",
                     help="elementwise kernels fused with torch.compile (dlm.load(..., fused_kernels=True))")
     ap.add_argument("--tokens-per-step", type=int, default=4)
+    ap.add_argument("--warm-shapes", action="store_true",
+                    help="run each configuration once untimed before timing its option sets (fair when comparing "
+                    "option sets on caches whose shapes change from block to block)")
     ap.add_argument("--timed-blocks", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--device", default="cuda", help="cuda (the real thing) or cpu (a smoke run of llada-tiny)")
@@ -304,7 +316,7 @@ def main(argv=None) -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = run(args.arch, args.batch, args.gen, args.cache, modes, args.out, args.tokens_per_step, args.timed_blocks,
-               args.device, both[args.fused])
+               args.device, both[args.fused], args.warm_shapes)
     print(markdown(rows))
     if len(modes) > 1 or args.fused == "both":
         print(defaults_table(rows))

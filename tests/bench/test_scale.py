@@ -33,3 +33,19 @@ def test_defaults_table_compares_the_default_with_the_fastest():
     lines = defaults_table(rows).splitlines()[2:]
     assert lines == ["| a | 1 | 256 | dual | 10.00 | graphs 9.00 | 1.111 | 2.00 |",
                      "| a | 1 | 256 | prefix | 30.00 | graphs + fused 30.00 | 1.000 | - |"]
+
+
+def test_warm_shapes_runs_each_configuration_once_untimed(monkeypatch):
+    import dlm.bench.scale as scale
+
+    calls = []
+    real = scale.time_config
+
+    def counting(lm, **kw):
+        calls.append((kw["cache"], bool(lm.cuda_graphs), kw.get("bandwidth", 1.0) != 1.0))
+        return real(lm, **kw)
+
+    monkeypatch.setattr(scale, "time_config", counting)
+    rows = scale.run(["llada-tiny"], [1], [256], ["prefix"], [False], None, tokens_per_step=8, device="cpu",
+                     warm_shapes=True)
+    assert len(rows) == 1 and [c[2] for c in calls] == [False, True]  # one untimed run, then the timed one
