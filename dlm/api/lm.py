@@ -142,12 +142,14 @@ class DiffusionLM:
         from .engine import Engine
 
         e = getattr(self, "_engine", None)
-        graphs = bool(self.cuda_graphs)  # the engine is rebuilt when the setting changed since it was built
+        # rebuilt when CUDA graphs or the elementwise functions changed since it was built (its captured graphs
+        # hold the functions of their capture)
+        setting = (bool(self.cuda_graphs), self.model.ops)
         if (e is None or e.pending or e.core.max_rows < rows or e.core.slot_len < length
-                or getattr(self, "_engine_graphs", graphs) != graphs):
+                or getattr(self, "_engine_setting", setting) != setting):
             self._engine = None  # free the old pool first
             e = self._engine = Engine(self, max_rows=rows, max_tokens=rows * length)
-            self._engine_graphs = graphs
+            self._engine_setting = setting
         return e
 
 

@@ -63,3 +63,20 @@ def test_cli_flags(argv, expected):
     args = p.parse_args(argv)
     assert speed_kwargs(args) == expected
     assert speed_kwargs(p.parse_args(speed_flags(args))) == expected  # flags handed on reproduce the options
+
+
+def test_the_cached_engine_follows_the_settings(llada_path):
+    """generate's engine is rebuilt when CUDA graphs or the elementwise functions change (captured graphs would
+    otherwise replay the functions of their capture)."""
+    from dlm.models.elementwise import EAGER, Ops, rms_norm, rope, swiglu
+
+    lm = dlm.load(llada_path, device="cpu")
+    first = lm.engine_for(2, 64)
+    assert lm.engine_for(2, 64) is first
+    lm.model.ops = Ops(rms_norm, rope, swiglu, fused=True)  # another set of functions
+    second = lm.engine_for(2, 64)
+    assert second is not first and lm.engine_for(2, 64) is second
+    lm.model.ops = EAGER
+    lm.cuda_graphs = True
+    third = lm.engine_for(2, 64)
+    assert third is not second
