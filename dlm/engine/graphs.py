@@ -65,7 +65,7 @@ class StepGraphs:
     def forward(self, model, kv_pool, backend: str, rows: RaggedRows, ids: torch.Tensor, positions: torch.Tensor,
                 logits_index: torch.Tensor) -> torch.Tensor:
         """Logits (N, V) of the fed ``ids`` (1, T) at ``positions`` (1, T); ``logits_index`` (1, N)."""
-        key = (rows.signature(), logits_index.shape[1])
+        key = (rows.signature(), logits_index.shape[1], model.ops)  # a graph replays the functions it captured
         entry = self.entries.pop(key, None)
         if entry is None:
             if not self._should_capture(key, ids.shape[1]):

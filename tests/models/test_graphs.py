@@ -147,3 +147,24 @@ def test_small_eager_steps_run_the_eager_elementwise_functions(tiny, monkeypatch
     monkeypatch.setattr(ew, "FUSED_MIN_POSITIONS", 0)
     assert torch.equal(tiny.generate(prompts, cfg).sequences, small)  # same functions, other wrappers
     assert calls["fused"] > 0 and tiny.model.ops is fake
+
+
+def test_other_elementwise_functions_capture_their_own_graphs(tiny, monkeypatch):
+    from dlm.models import elementwise as ew
+
+    graphs = CpuStepGraphs()
+    cfg = GenerationConfig(gen_length=16, block_length=8, steps=8, cache="dual", stop_at_eos=False)
+    prompts = random_prompts(tiny, 2, seed=9, min_len=2, max_len=8)
+
+    def run():
+        engine = dlm.Engine(tiny, max_rows=2, graphs=graphs)
+        reqs = [engine.submit(p, cfg) for p in prompts]
+        engine.run()
+        return torch.cat([r.output.sequences for r in reqs])
+
+    first = run()
+    captured = graphs.captures
+    assert captured > 0
+    monkeypatch.setattr(tiny.model, "ops", ew.Ops(ew.rms_norm, ew.rope, ew.swiglu, fused=True))
+    assert torch.equal(run(), first)
+    assert graphs.captures > captured  # not the replays of graphs captured with the other functions
