@@ -44,9 +44,8 @@ class StepGraphs:
     replayed at least twice each on average: the in-block steps of a block repeat their layout, and a block's
     refresh comes back at the next block), else at its ``backoff_uses``-th (layouts that rarely come back, as the
     ``window`` cache's and a staggered batch's do: a capture costs host time that only replays repay). Until then
-    it runs eagerly. ``max_graphs``: graphs
-    kept at once; capturing one more drops the least recently replayed (the ``prefix`` cache's layouts change at
-    every block, so old ones never come back). ``max_tokens``: layouts feeding more positions than this are never
+    it runs eagerly. ``max_graphs``: graphs kept at once; capturing one more drops the least recently replayed
+    (the ``prefix`` cache's layouts change at every block, so old ones never come back). ``max_tokens``: layouts feeding more positions than this are never
     captured: such a step is bound by its matrix products, not by the host's launches, so a graph saves nothing
     and its capture would cost. The step that captures returns the result of its warm-up forward, so capturing
     costs one eager forward plus the recording, not a forward more.
@@ -76,16 +75,14 @@ class StepGraphs:
                 self.entries.pop(next(iter(self.entries)))
             entry, first = self._capture(model, kv_pool, backend, rows, ids, positions, logits_index)
             self.entries[key] = entry
-            self.captures += 1
-            self._count(0)
+            self._count(replay=False)
             return first
         self.entries[key] = entry  # now the most recently used
         entry.ids.copy_(ids)
         entry.positions.copy_(positions)
         entry.logits_index.copy_(logits_index)
         entry.replay()
-        self.replays += 1
-        self._count(1)
+        self._count(replay=True)
         return entry.out
 
     def _should_capture(self, key: tuple, tokens: int) -> bool:
@@ -101,8 +98,13 @@ class StepGraphs:
         captures, replays = self.recent
         return self.min_uses if captures < 4 or replays >= 2 * captures else self.backoff_uses
 
-    def _count(self, i: int) -> None:
-        self.recent[i] += 1
+    def _count(self, replay: bool) -> None:
+        """One more capture or replay, in all and in the recent window."""
+        if replay:
+            self.replays += 1
+        else:
+            self.captures += 1
+        self.recent[int(replay)] += 1
         if self.recent[0] >= 64:
             self.recent = [self.recent[0] // 2, self.recent[1] // 2]
 

@@ -99,13 +99,13 @@ def _captures(keys, replayed=True, **kw):
     graphs, out, captured = StepGraphs(**kw), [], set()
     for key in keys:
         if key in captured and replayed:
-            graphs._count(1)
+            graphs._count(replay=True)
             out.append(False)
             continue
         capture = graphs._should_capture(key, 10)
         if capture:
             captured.add(key)
-            graphs._count(0)
+            graphs._count(replay=False)
         out.append(capture)
     return out
 
