@@ -35,17 +35,23 @@ def test_defaults_table_compares_the_default_with_the_fastest():
                      "| a | 1 | 256 | prefix | 30.00 | graphs + fused 30.00 | 1.000 | - |"]
 
 
-def test_warm_shapes_runs_each_configuration_once_untimed(monkeypatch):
+def test_warm_shapes_runs_each_option_set_once_untimed_in_the_engine_it_times(monkeypatch):
     import dlm.bench.scale as scale
 
     calls = []
     real = scale.time_config
 
     def counting(lm, **kw):
-        calls.append((kw["cache"], bool(lm.cuda_graphs), kw.get("bandwidth", 1.0) != 1.0))
-        return real(lm, **kw)
+        out = real(lm, **kw)
+        calls.append((kw["cache"], bool(lm.cuda_graphs), lm.model.ops.fused, kw.get("bandwidth", 1.0) != 1.0,
+                      id(lm._engine)))  # the engine the run used
+        return out
 
     monkeypatch.setattr(scale, "time_config", counting)
-    rows = scale.run(["llada-tiny"], [1], [256], ["prefix"], [False], None, tokens_per_step=8, device="cpu",
-                     warm_shapes=True)
-    assert len(rows) == 1 and [c[2] for c in calls] == [False, True]  # one untimed run, then the timed one
+    rows = scale.run(["llada-tiny"], [1], [256], ["prefix"], [True, False], None, tokens_per_step=8, device="cpu",
+                     fused_modes=(False,), warm_shapes=True)
+    assert len(rows) == 2
+    # per option set: one untimed run, then the timed one with the same options in the same engine
+    assert [c[1:4] for c in calls] == [(True, False, False), (True, False, True),
+                                       (False, False, False), (False, False, True)]
+    assert calls[0][4] == calls[1][4] and calls[2][4] == calls[3][4]
