@@ -33,7 +33,7 @@ from ..models.transfer import to_device
 from ..outputs import GenerationOutput, StepEvent, StepTrace
 from ..sampling import Draws, compute_candidates
 from .buffers import SlotBuffers
-from .pack import Packed, RowPlan, host_plan, pack, step_info
+from .pack import LOGIT_STEP, Packed, RowPlan, host_plan, pack, step_info
 from .request import Request, Status
 from .select import BAD_EDIT, EMPTY, FINISH_WITHOUT_REGION, HELD_TOO_LONG, OUTSIDE, GroupCommit, decide, group_key
 from .stops import apply_stops
@@ -164,7 +164,7 @@ class EngineCore:
             for r, rows in zip(reqs, per_request):
                 r.fed_this_step = bool(rows)
             plans += [p for rows in per_request for p in rows]
-        packed = pack(plans, self.pad_rows) if plans else None
+        packed = pack(plans, self.pad_rows, LOGIT_STEP if self.graphs is not None else 1) if plans else None
         logits = self._forward(packed) if plans else None  # no rows: every driven request finishes from drafts
         outcomes, flags = {}, None
         if plain:

@@ -42,8 +42,8 @@ class StepGraphs:
 
     When a layout is captured: at its ``min_uses``-th occurrence while captures pay off (the recent ones were
     replayed at least twice each on average: the in-block steps of a block repeat their layout, and a block's
-    refresh comes back at the next block), else at its ``backoff_uses``-th (layouts that rarely come back, as the
-    ``window`` cache's and a staggered batch's do: a capture costs host time that only replays repay). Until then
+    refresh comes back at the next block), else at its ``backoff_uses``-th (layouts that rarely come back, as a
+    staggered batch's do: a capture costs host time that only replays repay). Until then
     it runs eagerly. ``max_graphs``: graphs kept at once; capturing one more drops the least recently replayed
     (the ``prefix`` cache's layouts change at every block, so old ones never come back). ``max_tokens``: layouts feeding more positions than this are never
     captured: such a step is bound by its matrix products, not by the host's launches, so a graph saves nothing

@@ -23,6 +23,7 @@ from ..models.ragged import RaggedRows
 from .request import Request
 
 MIN_ROWS = 16
+LOGIT_STEP = 16  # with CUDA graphs, the logits' positions are padded to a multiple of this (see pack())
 
 
 @dataclass
@@ -128,8 +129,10 @@ def step_info(request: Request, tokens: torch.Tensor, committed: torch.Tensor, c
     )
 
 
-def pack(plans: list[RowPlan], pad_rows: bool) -> Packed:
-    """Pack the plans into one ragged forward (see the module doc)."""
+def pack(plans: list[RowPlan], pad_rows: bool, logit_step: int = 1) -> Packed:
+    """Pack the plans into one ragged forward (see the module doc). ``logit_step``: pad the logits' positions to
+    a multiple of it (with the first packed position, whose extra logits nobody reads), so that steps whose
+    number of logits varies by a few (the ``window`` cache's) repeat their shape for CUDA graphs."""
     q_start, q_len, k_len, slot, fresh, write, block, min_pos = [], [], [], [], [], [], [], []
     pos_parts, slot_parts = [], []
     cond, uncond, scale, cand_slot, cand_col, segments = [], [], [], [], [], []
@@ -174,6 +177,8 @@ def pack(plans: list[RowPlan], pad_rows: bool) -> Packed:
     logits_index = torch.cat(logit_parts)
     if pad_rows and logits_index.numel() < MIN_ROWS:
         logits_index = torch.cat([logits_index, logits_index.new_zeros(MIN_ROWS - logits_index.numel())])
+    if logits_index.numel() % logit_step:
+        logits_index = torch.cat([logits_index, logits_index.new_zeros(-logits_index.numel() % logit_step)])
     position = torch.cat(pos_parts)
     rows = RaggedRows(q_start, q_len, k_len, slot, fresh, write, block, position, min_pos)
     packed = Packed(rows, torch.cat(slot_parts), position, logits_index, torch.tensor(cond), torch.tensor(uncond),

@@ -229,3 +229,22 @@ def test_dual_last_block_is_the_default_refresh_for_one_block_and_cheaper_for_mo
 def test_dual_refresh_from_is_checked():
     with pytest.raises(dlm.errors.ConfigError, match="refresh_from must be one of canvas, last_block, got 'all'"):
         GenerationConfig(cache="dual", cache_kwargs={"refresh_from": "all"})
+
+
+def test_window_padding_changes_shapes_not_results(tiny, monkeypatch):
+    """The ``window`` policy pads its fed positions to a multiple of WIDTH_STEP with copies of a fed position
+    (so CUDA graphs see repeated shapes); the tokens are those of the unpadded policy, on many prompts, with
+    either scheduler and with sampling."""
+    import dlm.cache.window as window
+
+    cfgs = [GenerationConfig(gen_length=24, block_length=8, steps=steps, scheduler=sch, cache="window",
+                             cache_kwargs=kw, stop_at_eos=False, temperature=t, seed=3)
+            for sch, steps, kw, t in (("low_confidence", 12, {}, 0.0), ("threshold", 24, {"window": 1}, 0.0),
+                                      ("low_confidence", 24, {"candidates": 2, "refresh_every": None}, 0.8))]
+    prompts = random_prompts(tiny, 6, seed=77, min_len=1, max_len=20)
+    padded = [tiny.generate(prompts, c) for c in cfgs]
+    monkeypatch.setattr(window, "WIDTH_STEP", 1)
+    for cfg, out in zip(cfgs, padded):
+        plain = tiny.generate(prompts, cfg)
+        assert torch.equal(plain.sequences, out.sequences), cfg
+        assert plain.stats["fed_positions"] < out.stats["fed_positions"]

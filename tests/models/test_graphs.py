@@ -168,3 +168,21 @@ def test_other_elementwise_functions_capture_their_own_graphs(tiny, monkeypatch)
     monkeypatch.setattr(tiny.model, "ops", ew.Ops(ew.rms_norm, ew.rope, ew.swiglu, fused=True))
     assert torch.equal(run(), first)
     assert graphs.captures > captured  # not the replays of graphs captured with the other functions
+
+
+def test_window_steps_repeat_their_shapes(tiny):
+    """The ``window`` cache feeds a data-dependent number of positions with a data-dependent number of logits;
+    padded (the fed positions by the policy, the logits by the engine when it has graphs), its in-block steps
+    repeat their layout and are replayed at batch 1, with the eager answer."""
+    prompt = random_prompts(tiny, 1, seed=3, min_len=8, max_len=8)
+    cfg = GenerationConfig(gen_length=64, block_length=32, steps=64, cache="window", stop_at_eos=False)
+
+    def run(graphs):
+        engine = dlm.Engine(tiny, max_rows=1, graphs=graphs)
+        req = engine.submit(prompt[0], cfg)
+        engine.run()
+        return req.output.sequences
+
+    graphs = CpuStepGraphs()
+    assert torch.equal(run(graphs), run(None))
+    assert graphs.replays >= 20 and graphs.replays > 2 * graphs.captures
