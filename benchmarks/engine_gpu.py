@@ -35,6 +35,7 @@ import torch
 from parts import run_parts
 
 import dlm
+from dlm.api.lm import set_fast_path
 from dlm.bench.scale import copy_bandwidth, forward_flops, matmul_rate, random_lm
 
 RESULTS: dict = {}
@@ -86,8 +87,6 @@ def timed_run(engine, prompts, cfg, device):
 
 # ------------------------------------------------------------------------------------------------ parts
 def part_static(lm, args, rate):
-    from dlm.models.elementwise import EAGER, fused_ops
-
     rows = []
     prompts = random_prompts(lm, args.batch, args.prompt)
     cfg = schedule_config(args.gen, args.tps)
@@ -95,8 +94,7 @@ def part_static(lm, args, rate):
     if args.device == "cuda":  # CUDA graphs: a static batch in lockstep repeats its step layouts
         variants += [("padded", False, True), ("padded", True, True)]
     for attention, fused, graphs in variants:
-        lm.model.ops = fused_ops() if fused else EAGER
-        lm.cuda_graphs = graphs
+        set_fast_path(lm, graphs, fused)
         engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen),
                             attention=attention)
         reqs, wall = timed_run(engine, prompts, cfg, args.device)
@@ -108,24 +106,22 @@ def part_static(lm, args, rate):
                      "ceiling_s": flops / rate, "share_of_ceiling": flops / rate / wall})
         print(f"static {attention} fused={fused} graphs={graphs}: {rows[-1]['tokens_per_s']:.0f} tok/s, "
               f"{100 * rows[-1]['share_of_ceiling']:.1f}% of the compute ceiling", flush=True)
-    lm.model.ops, lm.cuda_graphs = EAGER, False
+    set_fast_path(lm, False, False)
     return rows
 
 
 def part_staggered(lm, args):
     """Eager, and on a GPU with CUDA graphs and with graphs + fused kernels (dlm.load's default there), both
     sides of the ratio alike."""
-    from dlm.models.elementwise import EAGER, fused_ops
 
     out = {}
     settings = [("eager", False, False)]
     if args.device == "cuda":
         settings += [("graphs", True, False), ("graphs+fused", True, True)]
     for name, graphs, fused in settings:
-        lm.cuda_graphs = graphs
-        lm.model.ops = fused_ops() if fused else EAGER
+        set_fast_path(lm, graphs, fused)
         out[name] = staggered_run(lm, args)
-    lm.cuda_graphs, lm.model.ops = False, EAGER
+    set_fast_path(lm, False, False)
     return out
 
 

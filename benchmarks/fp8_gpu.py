@@ -35,10 +35,10 @@ from torch import nn
 
 import dlm
 from dlm.api import from_model
+from dlm.api.lm import set_fast_path
 from dlm.bench.measure import sync
 from dlm.bench.scale import copy_bandwidth, matmul_rate, random_lm
 from dlm.models import fp8
-from dlm.models.elementwise import fused_ops
 
 RESULTS: dict = {}
 
@@ -136,8 +136,7 @@ def with_floors(row: dict, model: nn.Module, bandwidth: float) -> dict:
 
 def fast_settings(lm, device: str):
     if torch.device(device).type == "cuda":
-        lm.cuda_graphs = True
-        lm.model.ops = fused_ops()
+        set_fast_path(lm, True, True)
     return lm
 
 

@@ -12,8 +12,8 @@ import time
 import torch
 
 import dlm
+from dlm.api.lm import set_fast_path
 from dlm.bench.scale import random_lm
-from dlm.models.elementwise import EAGER, fused_ops
 
 
 def main() -> None:
@@ -21,8 +21,7 @@ def main() -> None:
     prompt = torch.randint(0, 100000, (256,), generator=torch.Generator().manual_seed(0)).tolist()
     cfg = dlm.GenerationConfig(gen_length=128, block_length=32, steps=32, cache="prefix", stop_at_eos=False)
     for name, fused in (("graphs", False), ("graphs+fused", True), ("graphs", False), ("graphs+fused", True)):
-        lm.cuda_graphs = True
-        lm.model.ops = fused_ops() if fused else EAGER
+        set_fast_path(lm, True, fused)
         times, last = [], [0.0]
 
         def stream(ev):

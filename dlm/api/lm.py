@@ -191,8 +191,9 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
             :mod:`dlm.engine.graphs`); ignored on CPU. ``None``: as ``fast`` decides; True / False override it.
         fused_kernels: fuse the elementwise parts of each layer (RMSNorm, RoPE, SwiGLU) with ``torch.compile``
             (see :mod:`dlm.models.elementwise`); compiled on first use (Triton on CUDA, a C++ compiler on CPU).
-            Same arithmetic as the eager functions up to floating-point rounding. ``None``: as ``fast``
-            decides; True / False override it.
+            Also joins each layer's q/k/v and gate/up weights so that small CUDA steps run one product per group
+            (see :mod:`dlm.models.joined`). Same arithmetic as the eager path up to floating-point rounding.
+            ``None``: as ``fast`` decides; True / False override it.
         device_map: spread whole layers over devices, for a model larger than one GPU: ``"auto"`` (balanced over
             the GPUs within ``max_memory``), ``"sequential"``, or a dict ``{"embed": 0, "layers.0": 0, ...}``;
             each weight is streamed straight to its device (see :mod:`dlm.parallel.placement`).
@@ -232,12 +233,15 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
 
 
 def set_fast_path(lm: DiffusionLM, cuda_graphs: bool, fused_kernels: bool) -> DiffusionLM:
-    """Switch ``lm``'s CUDA graphs and fused elementwise kernels on or off (what :func:`load` does with its
-    resolved options; also for models built another way, e.g. random weights)."""
+    """Switch ``lm``'s CUDA graphs and fused kernels (the elementwise functions, and the joined q/k/v and
+    gate/up products of :mod:`dlm.models.joined`) on or off: what :func:`load` does with its resolved options;
+    also for models built another way, e.g. random weights."""
     from ..models.elementwise import EAGER, fused_ops
+    from ..models.joined import join_projections, split_projections
 
     lm.cuda_graphs = bool(cuda_graphs)
     lm.model.ops = fused_ops((lm.dtype, type(lm.model).__name__, lm.model_type)) if fused_kernels else EAGER
+    (join_projections if fused_kernels else split_projections)(lm.model)
     return lm
 
 

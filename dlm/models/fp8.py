@@ -157,7 +157,7 @@ def row_quantizer() -> Callable:
     return compiled
 
 
-def _function_mode_active() -> bool:
+def function_mode_active() -> bool:
     """A torch function mode other than a default-device context is active (e.g. the batch-invariant tiling of
     dlm.engine.numerics): it must see the product as ``F.linear``, so the reference path runs."""
     if not torch._C._is_torch_function_mode_enabled():
@@ -207,7 +207,7 @@ class FP8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features) in x's dtype."""
-        if self.impl == "scaled_mm" and x.dtype == torch.bfloat16 and not _function_mode_active():
+        if self.impl == "scaled_mm" and x.dtype == torch.bfloat16 and not function_mode_active():
             return linear_scaled_mm(x, self.weight, self.weight_scale, self.bias, self.quantize_rows)
         return linear_reference(x, self.weight, self.weight_scale, self.bias)
 

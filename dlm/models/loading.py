@@ -20,8 +20,15 @@ from torch.overrides import TorchFunctionMode
 from ..errors import CheckpointError
 from .base import MODELS, Architecture, SpecialIds
 from .files import (
-    FLOAT_DTYPES, INDEX_FILE, read_generation_config, read_header, read_json_object, read_tensor, weight_files,
+    FLOAT_DTYPES,
+    INDEX_FILE,
+    read_generation_config,
+    read_header,
+    read_json_object,
+    read_tensor,
+    weight_files,
 )
+from .joined import unjoined_state
 from .transformer import ArchConfig, Transformer
 
 DTYPES = {
@@ -227,7 +234,7 @@ def _checkpoint_tensors(model: Transformer, arch_cls: type[Architecture], cfg: d
         name, row = (target, None) if isinstance(target, str) else target
         inverse.setdefault(name, []).append((ckpt, row))
     tensors = {}
-    for internal, t in model.state_dict().items():
+    for internal, t in unjoined_state(model).items():
         if internal not in inverse:
             raise CheckpointError(f"parameter {internal!r} has no name in the {arch_cls.model_type} format")
         t = t.detach().to("cpu")

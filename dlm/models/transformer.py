@@ -23,6 +23,7 @@ from torch import nn
 
 from . import elementwise as ew
 from .attention import attend
+from .joined import linear_parts
 
 
 @dataclass(frozen=True)
@@ -163,10 +164,11 @@ class Block(nn.Module):
 
     def project_qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Hook: normalised hidden states h (B, Q, d) -> q (B, Q, H, D), k and v (B, Q, Hkv, D); separate
-        projections here (a fused QKV projection overrides it)."""
+        projections here, or joined ones (:mod:`dlm.models.joined`); a checkpoint's fused QKV overrides it."""
         B, Q, _ = h.shape
         hd = self.cfg.head_dim
-        return self.q(h).view(B, Q, -1, hd), self.k(h).view(B, Q, -1, hd), self.v(h).view(B, Q, -1, hd)
+        q, k, v = linear_parts(self, ("q", "k", "v"), h)
+        return q.view(B, Q, -1, hd), k.view(B, Q, -1, hd), v.view(B, Q, -1, hd)
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                ops: ew.Ops) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,7 +182,8 @@ class Block(nn.Module):
 
     def mlp(self, h: torch.Tensor, ops: ew.Ops) -> torch.Tensor:
         """The feed-forward part on normalised hidden states h (B, Q, d): SwiGLU."""
-        return self.down(ops.swiglu(self.gate(h), self.up(h)))
+        gate, up = linear_parts(self, ("gate", "up"), h)
+        return self.down(ops.swiglu(gate, up))
 
     def forward(
         self,

@@ -96,6 +96,23 @@ def test_fast_path_is_the_default_on_cuda(gpu_path):
         assert (fast.generate(prompts, cfg).sequences == ref.generate(prompts, cfg).sequences).float().mean() > 0.9
 
 
+def test_joined_projections_on_cuda(gpu_path):
+    """The fast path joins q/k/v and gate/up; on CUDA small steps take the joined product: logits within float32
+    rounding of the separate products, answers agree, and larger steps multiply by the parts."""
+    from dlm.models import joined
+
+    lm = dlm.load(gpu_path, device="cuda", dtype="float32")
+    assert hasattr(lm.model.layers[0], "q_k_v")
+    ref = dlm.load(gpu_path, device="cuda", dtype="float32", fast=False)
+    ids = torch.tensor(random_prompts(ref, 2, seed=3, min_len=16, max_len=16), device="cuda")
+    assert joined.use_joined_product(torch.zeros(32, 8, device="cuda"))
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids), ref.model(ids), rtol=1e-4, atol=1e-4)
+    prompts = random_prompts(ref, 4, seed=8, min_len=1, max_len=12)
+    cfg = GenerationConfig(gen_length=32, block_length=8, steps=16, cache="dual", stop_at_eos=False)
+    assert (lm.generate(prompts, cfg).sequences == ref.generate(prompts, cfg).sequences).float().mean() > 0.9
+
+
 def test_capture_returns_the_warm_up_logits(gpu_path):
     """The step that captures a layout returns its eager warm-up's logits; with room for one graph the prefix
     cache's per-block layouts replace each other; answers equal eager ones."""

@@ -233,9 +233,9 @@ def test_a_function_mode_sees_the_product_as_f_linear():
     assert torch.nn.functional.linear in seen and torch._scaled_mm not in seen
     torch.testing.assert_close(y, fp8.linear_reference(x, layer.weight, layer.weight_scale, layer.bias))
     with torch.device("cpu"):
-        assert not fp8._function_mode_active()
+        assert not fp8.function_mode_active()
     with Spy():
-        assert fp8._function_mode_active()
+        assert fp8.function_mode_active()
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -1,0 +1,135 @@
+"""Joined projections: a layer's q/k/v products, and its gate/up products, as one matrix product each.
+
+A decode step at batch 1 feeds a few dozen positions, and its matrix products are bound by reading the weights.
+cuBLAS reads a 4096 x 4096 weight less efficiently than a 12288 x 4096 one, so the three products q, k, v of a
+layer run faster as one product over their stacked weights, and gate/up likewise (measured on an H200 at LLaDA-8B
+geometry: the seven products of 32 layers at 32 rows 4.52 -> 4.06 ms, weight floor 3.30 ms; at 256 rows the
+joined products were slower, 6.21 -> 6.76 ms: ``python benchmarks/step_profile.py --parts projections``).
+
+:func:`join_projections` stacks the weights of each group into one :class:`JoinedLinear` (the separate modules
+are removed; no weight is stored twice). Its forward takes the joined product only on CUDA, for at most
+:data:`JOIN_MAX_ROWS` rows, outside any torch function mode (the batch-invariant numerics of
+:mod:`dlm.engine.numerics` decide per tile, not per step); otherwise it multiplies by each part's rows of the
+stacked weight, a contiguous view, which is the very product the separate module ran (bit for bit).
+:func:`split_projections` undoes the join, again without copies; :func:`unjoined_state` gives the state under
+the separate names (what :func:`dlm.models.loading.save_checkpoint` writes).
+
+``dlm.load`` joins them with the fused kernels (``fused_kernels=True``, on by default on one CUDA device).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fp8 import function_mode_active
+
+JOIN_MAX_ROWS = 64  # joined products are used up to this many rows (see the module doc)
+GROUPS = (("q", "k", "v"), ("gate", "up"))
+
+
+def use_joined_product(x: torch.Tensor) -> bool:
+    """Whether :class:`JoinedLinear` multiplies ``x`` by the stacked weight at once (see the module doc)."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    return x.is_cuda and rows <= JOIN_MAX_ROWS and not function_mode_active()
+
+
+class JoinedLinear(nn.Module):
+    """The products of ``x`` with several linear layers of the same input, as a tuple in their order."""
+
+    def __init__(self, parts: list[nn.Linear]):
+        super().__init__()
+        self.sizes = [p.out_features for p in parts]
+        grad = parts[0].weight.requires_grad
+        self.weight = nn.Parameter(torch.cat([p.weight.detach() for p in parts]), requires_grad=grad)
+        has_bias = [p.bias is not None for p in parts]
+        if any(has_bias) and not all(has_bias):
+            raise ValueError("joined projections need a bias on every part or on none")
+        self.bias = (nn.Parameter(torch.cat([p.bias.detach() for p in parts]), requires_grad=grad)
+                     if all(has_bias) else None)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if use_joined_product(x):
+            return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+        return tuple(F.linear(x, w, b) for w, b in zip(self.weight.split(self.sizes), self._biases()))
+
+    def _biases(self) -> list[torch.Tensor | None]:
+        return [None] * len(self.sizes) if self.bias is None else list(self.bias.split(self.sizes))
+
+    def parts(self) -> list[nn.Linear]:
+        """Separate linear layers over views of the stacked weight (no copy)."""
+        out = []
+        for w, b in zip(self.weight.split(self.sizes), self._biases()):
+            lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
+            lin.weight = nn.Parameter(w, requires_grad=self.weight.requires_grad)
+            if b is not None:
+                lin.bias = nn.Parameter(b, requires_grad=self.weight.requires_grad)
+            out.append(lin)
+        return out
+
+
+def _joinable(mods: list) -> bool:
+    if not all(type(m) is nn.Linear for m in mods):  # a quantized or sharded layer keeps its own products
+        return False
+    w = [m.weight for m in mods]
+    return (len({(t.dtype, t.device, t.shape[1]) for t in w}) == 1 and not any(t.is_meta for t in w)
+            and len({m.bias is None for m in mods}) == 1)
+
+
+def join_projections(model: nn.Module) -> int:
+    """Join q/k/v and gate/up of every layer of ``model.layers`` where they are plain ``nn.Linear`` layers of one
+    dtype and device; returns the number of groups joined (0 when already joined)."""
+    joined = 0
+    for layer in model.layers:
+        for names in GROUPS:
+            mods = [layer._modules.get(n) for n in names]
+            if not _joinable(mods):
+                continue
+            with torch.no_grad():
+                layer.add_module("_".join(names), JoinedLinear(mods))
+            for n in names:
+                delattr(layer, n)
+            joined += 1
+    return joined
+
+
+def split_projections(model: nn.Module) -> int:
+    """Undo :func:`join_projections` (views, no copies); returns the number of groups split."""
+    split = 0
+    for layer in model.layers:
+        for names in GROUPS:
+            key = "_".join(names)
+            group = layer._modules.get(key)
+            if not isinstance(group, JoinedLinear):
+                continue
+            for n, lin in zip(names, group.parts()):
+                layer.add_module(n, lin)
+            delattr(layer, key)
+            split += 1
+    return split
+
+
+def unjoined_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every joined group under its separate layers' names (views, no copies): what
+    a checkpoint of the model holds."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if not isinstance(module, JoinedLinear):
+            continue
+        parent, _, group = name.rpartition(".")
+        for leaf in ("weight", "bias"):
+            t = state.pop(f"{name}.{leaf}", None)
+            if t is None:
+                continue
+            for part, piece in zip(group.split("_"), t.split(module.sizes)):
+                state[f"{parent}.{part}.{leaf}" if parent else f"{part}.{leaf}"] = piece
+    return state
+
+
+def linear_parts(layer: nn.Module, names: tuple[str, ...], h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``h`` through the named linear layers of ``layer``: one :class:`JoinedLinear` when they were joined."""
+    group = layer._modules.get("_".join(names))
+    if group is not None:
+        return group(h)
+    return tuple(getattr(layer, n)(h) for n in names)
