@@ -146,7 +146,7 @@ class CachePolicy(Configurable):
         src = torch.arange(info.region_start - shift, info.region_end - shift, device=device)
         n = src.numel()
         rest = extra[:, : info.length].clone()
-        rest[:, src] = False
+        rest.index_fill_(1, src, False)  # not `rest[:, src] = False`: that copies False to the GPU and waits for it
         order = left_align(rest, src[:1].expand(rest.shape[0], 1))
         fed = torch.cat([src.expand(rest.shape[0], n), order], dim=1)
         return Plan(fed, slice(0, n))

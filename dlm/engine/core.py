@@ -130,10 +130,11 @@ class EngineCore:
             copies.append(canvas.clone())
             copies[1][: r.layout.prompt_len] = self.mask_id
         for s, c in zip(slots, copies):
+            c = to_device(c, self.device)  # pinned: the host does not wait for the running forward
             if r.borrowed:  # keep the owner's commit steps
-                self.buf.tokens[s, : c.numel()] = c.to(self.device)
+                self.buf.tokens[s, : c.numel()] = c
             else:
-                self.buf.reset(s, c.to(self.device))
+                self.buf.reset(s, c)
         r.length = r.layout.length
         r.policy.setup(CacheContext(r.layout.length, r.layout.prompt_len, self.lm.logits_shift))
         r.policy.begin_block(*r.block_span())

@@ -224,5 +224,5 @@ def _write(reqs, buf: SlotBuffers, slots, cols, cur, commit, tokens) -> None:
         buf.tokens[to_device([s for _, s in uncond], dev, torch.long).unsqueeze(1), cols[idx]] = new[idx]
     step = to_device([r.steps for r in reqs], dev, torch.int32).unsqueeze(1)
     buf.commit_step[rows, cols] = torch.where(commit, step, buf.commit_step[rows, cols])
-    buf.committed[slots] = False
+    buf.committed.index_fill_(0, slots, False)  # a scalar fill: `t[index] = False` would copy False to the GPU and wait
     buf.committed[rows, cols] = commit
