@@ -83,9 +83,13 @@ class KVPool:
     # ----------------------------------------------------------------- data
     def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor,
               v: torch.Tensor) -> None:
-        """Store keys/values of T positions: slots, positions (T,) long; k, v (T, kv_heads, head_dim)."""
-        self.k[layer][slots, positions] = k
-        self.v[layer][slots, positions] = v
+        """Store keys/values of T positions: slots, positions (T,) long; k, v (T, kv_heads, head_dim).
+
+        One row copy per position into the flattened slots (``index_copy_``): on a GPU an assignment through
+        two index tensors (``k[slots, positions] = ...``) ran an elementwise kernel about ten times slower."""
+        rows = torch.add(positions, slots, alpha=self.shape.slot_len)
+        self.k[layer].view(-1, *self.k[layer].shape[2:]).index_copy_(0, rows, k)
+        self.v[layer].view(-1, *self.v[layer].shape[2:]).index_copy_(0, rows, v)
 
     def keys(self, layer: int, slots: slice | int, length: int) -> torch.Tensor:
         """A view (rows, kv_heads, length, head_dim) of a slot (int) or a contiguous range of slots (slice)."""
