@@ -118,6 +118,7 @@ def part_staggered(lm, args):
     settings = [("eager", False, False)]
     if args.device == "cuda":
         settings += [("graphs", True, False), ("graphs+fused", True, True)]
+    settings = [s for s in settings if args.settings is None or s[0] in args.settings]
     for name, graphs, fused in settings:
         set_fast_path(lm, graphs, fused)
         out[name] = staggered_run(lm, args)
@@ -301,6 +302,8 @@ def main(argv=None) -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--tps", type=int, default=4, help="tokens committed per step (fixed schedule)")
+    ap.add_argument("--settings", nargs="+", default=None, choices=["eager", "graphs", "graphs+fused"],
+                    help="the staggered part's option sets (default: all three on a GPU)")
     args = ap.parse_args(argv)
     if args.tiny:
         args.batch, args.prompt, args.gen = 4, 16, 64

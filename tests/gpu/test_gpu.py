@@ -113,6 +113,36 @@ def test_joined_projections_on_cuda(gpu_path):
     assert (lm.generate(prompts, cfg).sequences == ref.generate(prompts, cfg).sequences).float().mean() > 0.9
 
 
+def test_one_synchronisation_per_step(gpu_path):
+    """The host waits for the GPU once per step (the step's one transfer), plus once per finished request (its
+    output): any other synchronising operation would leave the GPU idle while the host works."""
+    import traceback
+    import warnings
+
+    lm = dlm.load(gpu_path, device="cuda", dtype="bfloat16")
+    cfg = GenerationConfig(gen_length=64, block_length=32, steps=16, cache="dual", stop_at_eos=False)
+    prompts = random_prompts(lm, 2, seed=4, min_len=8, max_len=8)
+    lm.generate(prompts, cfg)
+    sites = []
+
+    def record(message, *args, **kwargs):
+        if "synchronizing" not in str(message):  # e.g. the mode's own note that it is a prototype
+            return
+        frames = [f for f in traceback.extract_stack()[:-1] if "/dlm/" in f.filename]
+        sites.append(frames[-1].name if frames else "?")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode(1)
+        try:
+            out = lm.generate(prompts, cfg)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert set(sites) <= {"_transfer", "_output"}, sites
+    assert sites.count("_transfer") == out.steps
+
+
 def test_capture_returns_the_warm_up_logits(gpu_path):
     """The step that captures a layout returns its eager warm-up's logits; with room for one graph the prefix
     cache's per-block layouts replace each other; answers equal eager ones."""

@@ -1,0 +1,253 @@
+"""Where a cached decode step's time goes at batch 1 (LLaDA-8B geometry, random bf16 weights, one GPU).
+
+    python benchmarks/step_profile.py --out results/step_profile.json [--parts steps kernels projections]
+
+Parts (each recorded on its own; a failing part does not stop the others):
+
+``steps``
+    the time of every step of two mid-answer blocks (prompt 128, gen 1024, block 32, 4 tokens per step) with the
+    default options (CUDA graphs + fused kernels), for ``dual`` and ``dual`` with ``refresh_from="last_block"``,
+    and for ``dual`` with the joined projections split again, after a warm-up run in the same engine: the
+    block's refresh step against its in-block steps.
+``kernels``, ``kernels_graphs``, ``kernels_b32``
+    the CUDA kernels of two blocks of the same decode under ``torch.profiler``, summed per kernel name: graphs
+    off (fused kernels on), the default options (graphs + fused kernels; the profiler sees the kernels of
+    replayed graphs), and a static batch of 32 at gen 256 with the default options (as
+    ``benchmarks/engine_gpu.py --parts static``).
+``host``, ``host_b32``
+    the host time of each phase of the engine's step (batch 1 as ``steps``; a static batch of 32 at gen 256):
+    what the GPU waits for between the step's synchronisation and the next forward.
+``projections``
+    the matrix products of the 32 layers at 32 / 64 / 256 rows, as the model runs them (q, k, v, o, gate, up,
+    down: seven products) and with q/k/v and gate/up as one product each (four), each in a CUDA graph, against
+    the weight-read floor (weight bytes over the measured copy bandwidth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from parts import run_parts
+
+import dlm
+from dlm.api.lm import set_fast_path
+from dlm.bench.scale import copy_bandwidth, random_lm
+
+PROMPT, GEN, BLOCK, PER_STEP = 128, 1024, 32, 4
+
+
+def _config(cache_kwargs: dict, batch: int = 1, gen: int = GEN, prefill: bool = True
+            ) -> tuple[list[list[int]], dlm.GenerationConfig]:
+    """``batch`` random prompts of PROMPT tokens, with half the answer pre-filled when ``prefill`` (as
+    dlm.bench.scale does), and the rest's decode settings (``dual`` cache, 4 tokens per step)."""
+    g = torch.Generator().manual_seed(0)
+    half = gen // 2 if prefill else 0
+    prompts = torch.randint(0, 100000, (batch, PROMPT + half), generator=g).tolist()
+    rest = gen - half
+    cfg = dlm.GenerationConfig(gen_length=rest, block_length=BLOCK, steps=rest // PER_STEP, cache="dual",
+                               cache_kwargs=cache_kwargs, stop_at_eos=False)
+    return prompts, cfg
+
+
+def _step_times(lm, cache_kwargs: dict, blocks: int = 4, batch: int = 1, gen: int = GEN,
+                prefill: bool = True) -> list[float]:
+    """ms of each of the first ``blocks`` blocks' steps (synchronised at every step)."""
+    prompts, cfg = _config(cache_kwargs, batch, gen, prefill)
+    n = blocks * BLOCK // PER_STEP
+    marks: list[float] = []
+
+    def stream(ev):  # every request takes the same steps: time request 0, stop them all
+        if ev.tag == 0:
+            torch.cuda.synchronize()
+            marks.append(time.perf_counter())
+        if ev.step >= n:
+            ev.stop()
+
+    torch.cuda.synchronize()
+    marks.append(time.perf_counter())
+    lm.generate(prompts, cfg, stream=stream)
+    return [(b - a) * 1e3 for a, b in zip(marks, marks[1:])][:n]
+
+
+def part_steps(lm) -> dict:
+    """Default options; ``dual`` and its ``last_block`` refresh with the joined projections, and ``dual`` with
+    the projections split again (same run, a fresh engine each: the kept engine's graphs hold their weights)."""
+    from dlm.models.joined import join_projections, split_projections
+
+    out = {}
+    for name, kw, joined in (("dual", {}, True), ("dual:refresh_from=last_block", {"refresh_from": "last_block"}, True),
+                             ("dual, projections split", {}, False)):
+        set_fast_path(lm, True, True)
+        if not joined:
+            split_projections(lm.model)
+        lm._engine = None
+        _step_times(lm, kw)  # warm-up: shapes, compiled kernels and graphs carry over in the kept engine
+        ms = _step_times(lm, kw)[2 * BLOCK // PER_STEP:]  # the last two blocks
+        per = BLOCK // PER_STEP
+        refresh = [ms[i] for i in range(0, len(ms), per)]
+        inblock = [t for i, t in enumerate(ms) if i % per]
+        out[name] = {"ms": ms, "refresh_ms": sum(refresh) / len(refresh), "in_block_ms": sum(inblock) / len(inblock),
+                     "average_ms": sum(ms) / len(ms)}
+        print(name, json.dumps({k: v for k, v in out[name].items() if k != "ms"}), flush=True)
+    join_projections(lm.model)
+    lm._engine = None
+    return out
+
+
+def part_kernels(lm, batch: int = 1, gen: int = GEN, graphs: bool = False) -> dict:
+    """The kernels of two blocks of ``dual`` steps, fused kernels on, CUDA graphs as asked (the profiler sees
+    the kernels a replayed graph runs too). Batch 1 pre-fills half the answer (as the scale runs); a batch
+    decodes from the prompt (as benchmarks/engine_gpu.py's static batch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    set_fast_path(lm, graphs, True)
+    prefill = batch == 1
+    _step_times(lm, {}, 2, batch, gen, prefill)  # warm-up: shapes, compiled kernels, graphs
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        times = _step_times(lm, {}, 2, batch, gen, prefill)
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        if not str(e.device_type).endswith("CUDA"):  # kernels only: an operator's row repeats its kernels' time
+            continue
+        dev = getattr(e, "self_device_time_total", None)
+        if dev is None:
+            dev = getattr(e, "self_cuda_time_total", 0)
+        if dev > 0:
+            rows.append({"name": e.key[:120], "count": e.count, "device_ms": dev / 1e3})
+    rows.sort(key=lambda r: -r["device_ms"])
+    total = sum(r["device_ms"] for r in rows)
+    mm = sum(r["device_ms"] for r in rows if r["name"].startswith(("nvjet", "sm90_xmma", "cutlass", "gemm")))
+    steps = len(times)
+    print(f"kernels batch {batch} gen {gen} graphs {graphs}: {steps} steps, wall {sum(times):.1f} ms, "
+          f"kernels {total:.1f} ms (matrix products {mm:.1f} ms)", flush=True)
+    for r in rows[:25]:
+        print(f"  {r['device_ms'] / steps:8.3f} ms/step  x{r['count'] / steps:<6.1f} {r['name']}", flush=True)
+    return {"batch": batch, "gen": gen, "graphs": graphs, "steps": steps, "wall_ms": sum(times),
+            "kernel_ms": total, "matmul_ms": mm, "top": rows[:60]}
+
+
+HOST_PHASES = ("_admit", "_plan", "_forward", "_sample", "_select", "_flags", "_transfer", "_emit")
+
+
+def part_host(lm, batch: int = 1, gen: int = GEN) -> dict:
+    """Host time of each phase of the engine's step (default options, ``dual``), by wrapping EngineCore's
+    methods with timers: the GPU waits for the host between the step's one synchronisation (in ``_transfer``)
+    and the next forward's launch (``_emit``, ``_admit``, ``_plan``, ``pack`` and the start of ``_forward``)."""
+    import dlm.engine.core as core
+
+    set_fast_path(lm, True, True)
+    prefill = batch == 1
+    totals: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    saved = {name: getattr(core.EngineCore, name) for name in HOST_PHASES}
+    saved_pack, saved_stops = core.pack, core.apply_stops
+    _step_times(lm, {}, 2, batch, gen, prefill)  # warm-up
+    try:
+        for name in HOST_PHASES:
+            setattr(core.EngineCore, name, timed(name, saved[name]))
+        core.pack, core.apply_stops = timed("pack", saved_pack), timed("apply_stops", saved_stops)
+        t0 = time.perf_counter()
+        times = _step_times(lm, {}, 2, batch, gen, prefill)
+        wall = time.perf_counter() - t0
+    finally:
+        for name in HOST_PHASES:
+            setattr(core.EngineCore, name, saved[name])
+        core.pack, core.apply_stops = saved_pack, saved_stops
+    steps = len(times)
+    per = {k: v / steps * 1e3 for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    print(f"host batch {batch} gen {gen}: {sum(times) / steps:.2f} ms per step (wall {wall * 1e3 / steps:.2f}); "
+          + ", ".join(f"{k} {v:.3f}" for k, v in per.items()), flush=True)
+    return {"batch": batch, "gen": gen, "ms_per_step": sum(times) / steps, "phase_ms_per_step": per}
+
+
+def part_projections() -> dict:
+    d, m, layers = 4096, 12288, 32
+    bw = copy_bandwidth("cuda")
+    dev, dt = "cuda", torch.bfloat16
+    sep = [[torch.randn(n, d, device=dev, dtype=dt) * 0.02 for n in (d, d, d)] + [torch.randn(d, d, device=dev, dtype=dt)]
+           + [torch.randn(m, d, device=dev, dtype=dt), torch.randn(m, d, device=dev, dtype=dt),
+              torch.randn(d, m, device=dev, dtype=dt)] for _ in range(layers)]
+    fused = [[torch.cat(w[:3]), w[3], torch.cat(w[4:6]), w[6]] for w in sep]
+    nbytes = sum(w.numel() * w.element_size() for ws in sep for w in ws)
+    out = {"copy_bandwidth_TBps": bw / 1e12, "floor_ms": nbytes / bw * 1e3}
+
+    def separate(x):
+        for q, k, v, o, g, u, dn in sep:
+            torch.nn.functional.linear(x, q), torch.nn.functional.linear(x, k), torch.nn.functional.linear(x, v)
+            torch.nn.functional.linear(x, o)
+            h = torch.nn.functional.linear(x, g) * torch.nn.functional.linear(x, u)
+            torch.nn.functional.linear(h, dn)
+
+    def joined(x):
+        for qkv, o, gu, dn in fused:
+            torch.nn.functional.linear(x, qkv)
+            torch.nn.functional.linear(x, o)
+            h = torch.nn.functional.linear(x, gu)
+            torch.nn.functional.linear(h[..., :m] * h[..., m:], dn)
+
+    for rows in (32, 64, 256):
+        x = torch.randn(rows, d, device=dev, dtype=dt)
+        for name, fn in (("separate", separate), ("joined", joined)):
+            fn(x)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn(x)
+            times = []
+            for _ in range(13):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                graph.replay()
+                torch.cuda.synchronize()
+                times.append((time.perf_counter() - t0) * 1e3)
+            ms = sorted(times[3:])[5]
+            out[f"{name}_{rows}"] = ms
+            print(f"projections {name} rows {rows}: {ms:.3f} ms ({ms / out['floor_ms']:.2f}x the floor "
+                  f"{out['floor_ms']:.3f} ms)", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", nargs="+", default=["projections", "steps", "kernels"])
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                     "date": time.strftime("%Y-%m-%d")}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    lm = None
+
+    def model():
+        nonlocal lm
+        if lm is None:
+            lm = random_lm("llada-8b")
+        return lm
+
+    jobs = {"steps": lambda: part_steps(model()), "kernels": lambda: part_kernels(model()),
+            "kernels_graphs": lambda: part_kernels(model(), graphs=True),
+            "kernels_b32": lambda: part_kernels(model(), batch=32, gen=256, graphs=True),
+            "host": lambda: part_host(model()), "host_b32": lambda: part_host(model(), batch=32, gen=256),
+            "projections": part_projections}
+    run_parts(args.parts, jobs, results, lambda: args.out.write_text(json.dumps(results, indent=1)))
+
+
+if __name__ == "__main__":
+    main()
