@@ -260,6 +260,9 @@ def quantize_model(model: nn.Module) -> int:
     peak is the model plus one layer's FP8 copy). Returns how many were replaced."""
     if getattr(model, "tensor_parallel", None) is not None:
         raise _tensor_parallel_error()
+    from .joined import split_projections
+
+    split_projections(model)  # joined q/k/v and gate/up (the fast path's) are quantized as their parts
     names = linear_names(model)
     for name in names:
         _replace(model, name, FP8Linear.from_linear(model.get_submodule(name)))

@@ -42,12 +42,11 @@ class JoinedLinear(nn.Module):
         super().__init__()
         self.sizes = [p.out_features for p in parts]
         grad = parts[0].weight.requires_grad
-        self.weight = nn.Parameter(torch.cat([p.weight.detach() for p in parts]), requires_grad=grad)
         has_bias = [p.bias is not None for p in parts]
         if any(has_bias) and not all(has_bias):
             raise ValueError("joined projections need a bias on every part or on none")
-        self.bias = (nn.Parameter(torch.cat([p.bias.detach() for p in parts]), requires_grad=grad)
-                     if all(has_bias) else None)
+        self.weight = nn.Parameter(_stacked([p.weight for p in parts]), requires_grad=grad)
+        self.bias = nn.Parameter(_stacked([p.bias for p in parts]), requires_grad=grad) if all(has_bias) else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if use_joined_product(x):
@@ -69,12 +68,32 @@ class JoinedLinear(nn.Module):
         return out
 
 
+def _stacked(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The parts stacked along the first dimension. Parts that lie one after the other in one storage (a group
+    split by :func:`split_projections`) give a view of it, so a split then a join moves no weight: a CUDA graph
+    captured before the split still reads live memory."""
+    storage = parts[0].untyped_storage()
+    offset = parts[0].storage_offset()
+    for p in parts:
+        if (p.untyped_storage().data_ptr() != storage.data_ptr() or not p.is_contiguous()
+                or p.storage_offset() != offset):
+            return torch.cat([t.detach() for t in parts])
+        offset += p.numel()
+    first = parts[0]
+    shape = (sum(p.shape[0] for p in parts), *first.shape[1:])
+    return torch.empty(0, dtype=first.dtype, device=first.device).set_(storage, first.storage_offset(), shape)
+
+
 def _joinable(mods: list) -> bool:
-    if not all(type(m) is nn.Linear for m in mods):  # a quantized or sharded layer keeps its own products
+    """Plain linear layers of one dtype and device, with ordinary tensors as weights and no hooks: a quantized
+    layer, a tensor-parallel layer (DTensor weights, hooks of its plan) or a hooked one keeps its own products."""
+    if not all(type(m) is nn.Linear for m in mods):
+        return False
+    if any(m._forward_hooks or m._forward_pre_hooks for m in mods):
         return False
     w = [m.weight for m in mods]
-    return (len({(t.dtype, t.device, t.shape[1]) for t in w}) == 1 and not any(t.is_meta for t in w)
-            and len({m.bias is None for m in mods}) == 1)
+    return (all(type(t.data) is torch.Tensor for t in w) and not any(t.is_meta for t in w)
+            and len({(t.dtype, t.device, t.shape[1]) for t in w}) == 1 and len({m.bias is None for m in mods}) == 1)
 
 
 def join_projections(model: nn.Module) -> int:

@@ -91,6 +91,44 @@ def test_fp8_layers_keep_their_own_products(llada_path):
     assert hasattr(lm.model.layers[0], "q") and not hasattr(lm.model.layers[0], "q_k_v")
 
 
+def test_quantizing_a_joined_model_quantizes_every_part(fresh):
+    from dlm.models.fp8 import FP8Linear, linear_names, quantize_model
+
+    n = len(linear_names(fresh.model))
+    join_projections(fresh.model)
+    assert quantize_model(fresh.model) == n
+    assert not any(isinstance(m, JoinedLinear) for m in fresh.model.modules())
+    assert isinstance(fresh.model.layers[0].q, FP8Linear) and isinstance(fresh.model.layers[0].up, FP8Linear)
+
+
+def test_hooked_or_subclassed_layers_are_not_joined(fresh):
+    """A layer another component hooks (a tensor-parallel plan, an adapter) or whose weight is a tensor subclass
+    (a DTensor) keeps its own products."""
+
+    class Sub(torch.Tensor):
+        pass
+
+    layers = fresh.model.layers
+    layers[0].k.register_forward_hook(lambda *a: None)
+    layers[1].up.weight = torch.nn.Parameter(layers[1].up.weight.detach().as_subclass(Sub))
+    join_projections(fresh.model)
+    assert hasattr(layers[0], "q") and hasattr(layers[0], "gate_up")
+    assert hasattr(layers[1], "q_k_v") and hasattr(layers[1], "gate")
+
+
+def test_a_split_then_join_moves_no_weight(fresh):
+    """Rejoining parts split from one stacked weight views that weight again: CUDA graphs captured before keep
+    reading live memory."""
+    ids = torch.tensor(random_prompts(fresh, 2, seed=6, min_len=7, max_len=7))
+    join_projections(fresh.model)
+    ptrs = [m.weight.data_ptr() for m in fresh.model.modules() if isinstance(m, JoinedLinear)]
+    ref = _logits(fresh, ids)
+    split_projections(fresh.model)
+    join_projections(fresh.model)
+    assert [m.weight.data_ptr() for m in fresh.model.modules() if isinstance(m, JoinedLinear)] == ptrs
+    assert torch.equal(_logits(fresh, ids), ref)
+
+
 @pytest.mark.parametrize("fmt, groups", [("llada2_moe", 1), ("sdar", 6)])
 def test_block_families_join_what_they_have(fmt, groups, tmp_path, monkeypatch):
     """LLaDA2's checkpoint QKV and its experts stay as they are (only the dense layer's gate/up is joined); SDAR's

@@ -8,6 +8,7 @@ import torch
 
 import dlm
 from dlm.errors import ConfigError
+from dlm.models.joined import join_projections
 from dlm.parallel.tensor import TensorParallel
 
 from .group import one_process, run_group
@@ -51,6 +52,10 @@ def run_rank(rank: int, world: int, paths: dict) -> dict:
                     out[f"{key}/{cache}"] = lm.generate(PROMPTS, config(cache)).sequences
                 except Exception as exc:  # noqa: BLE001 - compared (and reported) in the parent
                     out[f"{key}/{cache}"] = f"{type(exc).__name__}: {exc}"
+            # the fast path's joined projections: never over DTensor weights or the plan's hooked layers
+            out[key + "/joined"] = join_projections(lm.model)
+            with torch.no_grad():
+                out[key + "/logits_joined"] = lm.model(probe_ids()).float()
     return out
 
 
@@ -93,6 +98,17 @@ def test_tokens_match_one_process(tp_results, reference, mt, mode, cache, reques
         got = rank[f"{mt}/{mode}/{cache}"]
         assert not isinstance(got, str), got
         assert torch.equal(torch.from_numpy(got), reference[f"{mt}/{cache}"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["llada/local", "llada/dtensor", "Dream/local", "Dream/dtensor"])
+def test_joined_projections_leave_tensor_parallel_layers_alone(tp_results, key):
+    """Joining the local shards of plain layers is exact (on the CPU the parts' products run); DTensor layers,
+    whose plan hooks the modules, are not joined."""
+    for rank in tp_results:
+        if key.endswith("dtensor"):
+            assert rank[key + "/joined"] == 0
+        assert torch.equal(torch.as_tensor(rank[key + "/logits_joined"]), torch.as_tensor(rank[key + "/logits"]))
 
 
 @pytest.mark.slow
