@@ -26,11 +26,14 @@ from ..registry import Configurable, Registry
 @dataclass(frozen=True)
 class CacheContext:
     """The request a policy plans for: its canvas length (prompt + answer), where the answer starts, and the
-    model's logit shift (1 when the logit at position i-1 predicts token i, as in Dream)."""
+    model's logit shift (1 when the logit at position i-1 predicts token i, as in Dream). ``shape_step``: a
+    policy whose number of fed positions depends on the data pads it to a multiple of this with copies of a fed
+    position (same result, repeated shapes: the engine sets 16 when it replays CUDA graphs, else 1)."""
 
     canvas_length: int
     answer_start: int
     logits_shift: int
+    shape_step: int = 1
 
 
 Lazy = torch.Tensor | Callable[[], torch.Tensor] | None

@@ -8,9 +8,10 @@ candidate computed at an earlier step. The whole canvas is refreshed at each blo
 ``refresh_every`` steps. The most aggressive and the lossiest policy; ``refresh_every=1`` makes it exact.
 
 How many positions a step feeds depends on the data, so step shapes would rarely repeat and CUDA graphs would
-seldom replay. The fed positions are therefore padded to a multiple of :data:`WIDTH_STEP` with copies of the
-first fed position: a copy computes (and stores) exactly what the original does, so the padding changes the
-cost of a step, never its result. (The engine pads the number of logits likewise when it captures graphs.)
+seldom replay. Under CUDA graphs the fed positions are therefore padded to a multiple of the context's
+``shape_step`` (16) with copies of the first fed position: a copy computes (and stores) exactly what the
+original does, so the padding changes the cost of a step, never its result. (The engine pads the number of
+logits likewise.)
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import torch.nn.functional as F
 
 from ._refresh import RefreshParams
 from .base import CachePolicy, Plan, StepInfo, left_align, register_cache
-
-WIDTH_STEP = 16  # fed positions per step are padded to a multiple of this (see the module doc)
 
 
 @register_cache("window")
@@ -72,7 +71,7 @@ class WindowCache(CachePolicy):
         rest.scatter_(1, src, False)
         rorder = left_align(rest, src[:, :1])
         fed = torch.cat([src, rorder], dim=1)
-        pad = -fed.shape[1] % WIDTH_STEP
+        pad = -fed.shape[1] % self.ctx.shape_step
         if pad:
             fed = torch.cat([fed, src[:, :1].expand(-1, pad)], dim=1)
         return Plan(fed, slice(0, width), targets=order)

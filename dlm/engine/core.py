@@ -33,7 +33,7 @@ from ..models.transfer import to_device
 from ..outputs import GenerationOutput, StepEvent, StepTrace
 from ..sampling import Draws, compute_candidates
 from .buffers import SlotBuffers
-from .pack import LOGIT_STEP, Packed, RowPlan, host_plan, pack, step_info
+from .pack import SHAPE_STEP, Packed, RowPlan, host_plan, pack, step_info
 from .request import Request, Status
 from .select import BAD_EDIT, EMPTY, FINISH_WITHOUT_REGION, HELD_TOO_LONG, OUTSIDE, GroupCommit, decide, group_key
 from .stops import apply_stops
@@ -89,6 +89,11 @@ class EngineCore:
         return core
 
     @property
+    def shape_step(self) -> int:
+        """Steps' data-dependent sizes are padded to multiples of this: repeated shapes for CUDA graphs."""
+        return SHAPE_STEP if self.graphs is not None else 1
+
+    @property
     def slot_len(self) -> int:
         return self.pool.shape.slot_len
 
@@ -136,7 +141,7 @@ class EngineCore:
             else:
                 self.buf.reset(s, c)
         r.length = r.layout.length
-        r.policy.setup(CacheContext(r.layout.length, r.layout.prompt_len, self.lm.logits_shift))
+        r.policy.setup(CacheContext(r.layout.length, r.layout.prompt_len, self.lm.logits_shift, self.shape_step))
         r.policy.begin_block(*r.block_span())
         r.status, r.t_start = Status.RUNNING, time.perf_counter()
         self.running.append(r)
@@ -165,7 +170,7 @@ class EngineCore:
             for r, rows in zip(reqs, per_request):
                 r.fed_this_step = bool(rows)
             plans += [p for rows in per_request for p in rows]
-        packed = pack(plans, self.pad_rows, LOGIT_STEP if self.graphs is not None else 1) if plans else None
+        packed = pack(plans, self.pad_rows, self.shape_step) if plans else None
         logits = self._forward(packed) if plans else None  # no rows: every driven request finishes from drafts
         outcomes, flags = {}, None
         if plain:

@@ -23,7 +23,7 @@ from ..models.ragged import RaggedRows
 from .request import Request
 
 MIN_ROWS = 16
-LOGIT_STEP = 16  # with CUDA graphs, the logits' positions are padded to a multiple of this (see pack())
+SHAPE_STEP = 16  # under CUDA graphs: logits (pack()) and data-dependent plans (CacheContext) padded to multiples
 
 
 @dataclass

@@ -231,20 +231,26 @@ def test_dual_refresh_from_is_checked():
         GenerationConfig(cache="dual", cache_kwargs={"refresh_from": "all"})
 
 
-def test_window_padding_changes_shapes_not_results(tiny, monkeypatch):
-    """The ``window`` policy pads its fed positions to a multiple of WIDTH_STEP with copies of a fed position
-    (so CUDA graphs see repeated shapes); the tokens are those of the unpadded policy, on many prompts, with
-    either scheduler and with sampling."""
-    import dlm.cache.window as window
+def test_window_padding_changes_shapes_not_results(tiny, registered_cache):
+    """Under CUDA graphs the ``window`` policy pads its fed positions to a multiple of the context's
+    ``shape_step`` with copies of a fed position (repeated shapes); the tokens are those of the unpadded policy,
+    on many prompts, with either scheduler and with sampling."""
+    import dataclasses
 
+    from dlm.cache.window import WindowCache
+
+    class Padded(WindowCache):
+        def setup(self, ctx):
+            super().setup(dataclasses.replace(ctx, shape_step=16))
+
+    padded_name = registered_cache("test_window_padded", Padded)
     cfgs = [GenerationConfig(gen_length=24, block_length=8, steps=steps, scheduler=sch, cache="window",
                              cache_kwargs=kw, stop_at_eos=False, temperature=t, seed=3)
             for sch, steps, kw, t in (("low_confidence", 12, {}, 0.0), ("threshold", 24, {"window": 1}, 0.0),
                                       ("low_confidence", 24, {"candidates": 2, "refresh_every": None}, 0.8))]
     prompts = random_prompts(tiny, 6, seed=77, min_len=1, max_len=20)
-    padded = [tiny.generate(prompts, c) for c in cfgs]
-    monkeypatch.setattr(window, "WIDTH_STEP", 1)
-    for cfg, out in zip(cfgs, padded):
+    for cfg in cfgs:
         plain = tiny.generate(prompts, cfg)
-        assert torch.equal(plain.sequences, out.sequences), cfg
-        assert plain.stats["fed_positions"] < out.stats["fed_positions"]
+        padded = tiny.generate(prompts, cfg.replace(cache=padded_name))
+        assert torch.equal(plain.sequences, padded.sequences), cfg
+        assert plain.stats["fed_positions"] < padded.stats["fed_positions"]

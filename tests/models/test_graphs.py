@@ -172,8 +172,8 @@ def test_other_elementwise_functions_capture_their_own_graphs(tiny, monkeypatch)
 
 def test_window_steps_repeat_their_shapes(tiny):
     """The ``window`` cache feeds a data-dependent number of positions with a data-dependent number of logits;
-    padded (the fed positions by the policy, the logits by the engine when it has graphs), its in-block steps
-    repeat their layout and are replayed at batch 1, with the eager answer."""
+    padded when the engine has graphs (the fed positions by the policy, the logits by the engine), its in-block
+    steps repeat their layout and are replayed at batch 1, with the eager answer."""
     prompt = random_prompts(tiny, 1, seed=3, min_len=8, max_len=8)
     cfg = GenerationConfig(gen_length=64, block_length=32, steps=64, cache="window", stop_at_eos=False)
 
