@@ -87,6 +87,9 @@ class KVPool:
 
         One row copy per position into the flattened slots (``index_copy_``): on a GPU an assignment through
         two index tensors (``k[slots, positions] = ...``) ran an elementwise kernel about ten times slower."""
+        if positions.device.type == "cpu" and positions.numel() and int(positions.max()) >= self.shape.slot_len:
+            # (on a GPU the check would make the host wait; admission keeps canvases within their slots)
+            raise ValueError(f"position {int(positions.max())} is outside the slots' {self.shape.slot_len} positions")
         rows = torch.add(positions, slots, alpha=self.shape.slot_len)
         self.k[layer].view(-1, *self.k[layer].shape[2:]).index_copy_(0, rows, k)
         self.v[layer].view(-1, *self.v[layer].shape[2:]).index_copy_(0, rows, v)

@@ -44,7 +44,7 @@ def test_warm_shapes_runs_each_option_set_once_untimed_in_the_engine_it_times(mo
     def counting(lm, **kw):
         out = real(lm, **kw)
         calls.append((kw["cache"], bool(lm.cuda_graphs), lm.model.ops.fused, kw.get("bandwidth", 1.0) != 1.0,
-                      id(lm._engine)))  # the engine the run used
+                      lm._engine))  # the engine the run used (kept alive here, so `is` compares objects)
         return out
 
     monkeypatch.setattr(scale, "time_config", counting)
@@ -54,4 +54,4 @@ def test_warm_shapes_runs_each_option_set_once_untimed_in_the_engine_it_times(mo
     # per option set: one untimed run, then the timed one with the same options in the same engine
     assert [c[1:4] for c in calls] == [(True, False, False), (True, False, True),
                                        (False, False, False), (False, False, True)]
-    assert calls[0][4] == calls[1][4] and calls[2][4] == calls[3][4]
+    assert calls[0][4] is calls[1][4] and calls[2][4] is calls[3][4] and calls[0][4] is not calls[2][4]

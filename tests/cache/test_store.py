@@ -3,6 +3,7 @@ and positions (in any order, the last slot and position included)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dlm.cache.store import KVPool, PoolShape
@@ -26,3 +27,5 @@ def test_write_stores_each_position_in_its_slot():
         assert torch.equal(pool.k[1], ref_k) and torch.equal(pool.v[1], ref_v)
     assert not pool.k[0].any()
     assert torch.equal(pool.keys(1, 2, 7), ref_k[2:3].transpose(1, 2))
+    with pytest.raises(ValueError, match="position 7 is outside"):  # would land in the next slot's first row
+        pool.write(0, torch.tensor([0]), torch.tensor([7]), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))

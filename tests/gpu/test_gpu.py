@@ -114,8 +114,10 @@ def test_joined_projections_on_cuda(gpu_path):
 
 
 def test_one_synchronisation_per_step(gpu_path):
-    """The host waits for the GPU once per step (the step's one transfer), plus once per finished request (its
-    output): any other synchronising operation would leave the GPU idle while the host works."""
+    """With `dual` the host waits for the GPU once per step (the step's one transfer), plus once per finished
+    request (its output): any other synchronising operation would leave the GPU idle while the host works.
+    (Policies whose step width depends on the data, `window` and `delayed`, read that width on the host once
+    more per step.)"""
     import traceback
     import warnings
 
