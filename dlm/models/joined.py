@@ -26,7 +26,7 @@ from torch import nn
 from .fp8 import function_mode_active
 
 JOIN_MAX_ROWS = 64  # joined products are used up to this many rows (see the module doc)
-GROUPS = (("q", "k", "v"), ("gate", "up"))
+GROUPS = {"q_k_v": ("q", "k", "v"), "gate_up": ("gate", "up")}  # a joined module's name -> its parts' names
 
 
 def use_joined_product(x: torch.Tensor) -> bool:
@@ -36,10 +36,12 @@ def use_joined_product(x: torch.Tensor) -> bool:
 
 
 class JoinedLinear(nn.Module):
-    """The products of ``x`` with several linear layers of the same input, as a tuple in their order."""
+    """The products of ``x`` with several linear layers of the same input (``names``), as a tuple in their
+    order."""
 
-    def __init__(self, parts: list[nn.Linear]):
+    def __init__(self, names: tuple[str, ...], parts: list[nn.Linear]):
         super().__init__()
+        self.names = names
         self.sizes = [p.out_features for p in parts]
         grad = parts[0].weight.requires_grad
         has_bias = [p.bias is not None for p in parts]
@@ -101,12 +103,12 @@ def join_projections(model: nn.Module) -> int:
     dtype and device; returns the number of groups joined (0 when already joined)."""
     joined = 0
     for layer in model.layers:
-        for names in GROUPS:
+        for key, names in GROUPS.items():
             mods = [layer._modules.get(n) for n in names]
             if not _joinable(mods):
                 continue
             with torch.no_grad():
-                layer.add_module("_".join(names), JoinedLinear(mods))
+                layer.add_module(key, JoinedLinear(names, mods))
             for n in names:
                 delattr(layer, n)
             joined += 1
@@ -117,12 +119,11 @@ def split_projections(model: nn.Module) -> int:
     """Undo :func:`join_projections` (views, no copies); returns the number of groups split."""
     split = 0
     for layer in model.layers:
-        for names in GROUPS:
-            key = "_".join(names)
+        for key in GROUPS:
             group = layer._modules.get(key)
             if not isinstance(group, JoinedLinear):
                 continue
-            for n, lin in zip(names, group.parts()):
+            for n, lin in zip(group.names, group.parts()):
                 layer.add_module(n, lin)
             delattr(layer, key)
             split += 1
@@ -136,19 +137,20 @@ def unjoined_state(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, module in model.named_modules():
         if not isinstance(module, JoinedLinear):
             continue
-        parent, _, group = name.rpartition(".")
+        parent = name.rpartition(".")[0]
         for leaf in ("weight", "bias"):
             t = state.pop(f"{name}.{leaf}", None)
             if t is None:
                 continue
-            for part, piece in zip(group.split("_"), t.split(module.sizes)):
+            for part, piece in zip(module.names, t.split(module.sizes)):
                 state[f"{parent}.{part}.{leaf}" if parent else f"{part}.{leaf}"] = piece
     return state
 
 
-def linear_parts(layer: nn.Module, names: tuple[str, ...], h: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``h`` through the named linear layers of ``layer``: one :class:`JoinedLinear` when they were joined."""
-    group = layer._modules.get("_".join(names))
-    if group is not None:
-        return group(h)
-    return tuple(getattr(layer, n)(h) for n in names)
+def linear_parts(layer: nn.Module, group: str, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``h`` through the linear layers of ``layer`` that :data:`GROUPS` names ``group``: one
+    :class:`JoinedLinear` when they were joined."""
+    joined = layer._modules.get(group)
+    if joined is not None:
+        return joined(h)
+    return tuple(getattr(layer, n)(h) for n in GROUPS[group])

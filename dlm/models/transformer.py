@@ -167,7 +167,7 @@ class Block(nn.Module):
         projections here, or joined ones (:mod:`dlm.models.joined`); a checkpoint's fused QKV overrides it."""
         B, Q, _ = h.shape
         hd = self.cfg.head_dim
-        q, k, v = linear_parts(self, ("q", "k", "v"), h)
+        q, k, v = linear_parts(self, "q_k_v", h)
         return q.view(B, Q, -1, hd), k.view(B, Q, -1, hd), v.view(B, Q, -1, hd)
 
     def rotate(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -182,7 +182,7 @@ class Block(nn.Module):
 
     def mlp(self, h: torch.Tensor, ops: ew.Ops) -> torch.Tensor:
         """The feed-forward part on normalised hidden states h (B, Q, d): SwiGLU."""
-        gate, up = linear_parts(self, ("gate", "up"), h)
+        gate, up = linear_parts(self, "gate_up", h)
         return self.down(ops.swiglu(gate, up))
 
     def forward(
