@@ -128,10 +128,12 @@ def test_one_synchronisation_per_step(gpu_path):
     sites = []
 
     def record(message, *args, **kwargs):
-        if "synchronizing" not in str(message):  # e.g. the mode's own note that it is a prototype
+        if "called a synchronizing CUDA operation" not in str(message):  # not e.g. the mode's own warnings
             return
-        frames = [f for f in traceback.extract_stack()[:-1] if "/dlm/" in f.filename]
-        sites.append(frames[-1].name if frames else "?")
+        stack = traceback.extract_stack()[:-1]
+        frames = [f for f in stack if "/dlm/" in f.filename]
+        # outside dlm's code: where it was, to say what synchronised
+        sites.append(frames[-1].name if frames else " < ".join(f"{f.filename}:{f.lineno}" for f in stack[::-1][:6]))
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
