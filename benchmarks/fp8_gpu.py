@@ -2,15 +2,23 @@
 
 Parts (``--parts``; each writes its JSON to --out as soon as it is done, and a failing part is recorded, not fatal):
 
-matmul  one linear layer at M=32 rows (a block of 32 positions at batch 1): 4096x4096 and 4096->12288, bf16
-        ``F.linear`` vs the FP8 layer (per-token activation quantization + ``torch._scaled_mm``), each call replayed
-        from a CUDA graph of 50 calls; each against its weight bytes over the measured copy bandwidth
+matmul  one linear layer (LLaDA-8B's 4096->4096, 4096->12288 and 12288->4096) at 1 to 1152 rows (a block of 32
+        positions at batch 1 is 32 rows, a refresh at prompt 128 + gen 1024 is 1152): bf16 ``F.linear``, the FP8
+        layer's W8A16 Triton kernel (``dlm.models.fp8_kernel``, up to its 128 rows), its W8A8 path (per-token
+        activation quantization + ``torch._scaled_mm``) and the reference path (dequantize, then ``F.linear``),
+        each call replayed from a CUDA graph of 48 calls cycling over 8 copies of the weight (so the weight comes
+        from memory, not from the 50 MB L2 cache); each against its weight bytes over the measured copy bandwidth.
+        Where the W8A16 kernel stops winning is ``fp8_kernel.MAX_ROWS``
+kernel  the W8A16 kernel's tiles (BLOCK_N x BLOCK_K, warps, pipeline stages, K split) around the defaults, on
+        the three shapes at 32 and 128 rows (``--sweep-rows``), against the defaults
 scale   LLaDA-8B geometry with random bf16 weights (std 0.02), batch 1, prompt 128, gen 1024, block 32, 4 tokens
         per step (low_confidence, a fixed schedule), dual cache, CUDA graphs + fused kernels: the whole generation
         after a warm-up generation (which compiles and captures), ms per step in bf16, then the same weights
         quantized in place (``dlm.models.fp8.quantize_model``) in FP8; each against its own weight-read floor:
         the bytes of all parameters (FP8: 1 byte per linear weight + 4 per output channel, embedding in bf16) over
-        the copy bandwidth, and without the embedding table (a step gathers only its rows)
+        the copy bandwidth, and without the embedding table (a step gathers only its rows). FP8 twice: the default
+        path (``w8a16``: the kernel up to 128 rows, ``torch._scaled_mm`` above) and ``scaled_mm`` for every
+        product
 tiny    the bundled dlm-tiny in bf16 and FP8 on the device: logit error over the answer positions of one task
         prompt per family (prompt + 32 masks), and the exact-match accuracy of the reference decode
         (``llada-reference``: one token per step, no cache) on the test split of every task family, 64 examples
@@ -38,7 +46,7 @@ from dlm.api import from_model
 from dlm.api.lm import set_fast_path
 from dlm.bench.measure import sync
 from dlm.bench.scale import copy_bandwidth, matmul_rate, random_lm
-from dlm.models import fp8
+from dlm.models import fp8, fp8_kernel
 
 RESULTS: dict = {}
 
@@ -48,17 +56,25 @@ def param_bytes(model: nn.Module, skip_embedding: bool = False) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ matmul
-def per_call_us(fn, device: str) -> float:
-    """Median microseconds per call of ``fn``; on a GPU the calls replay from one CUDA graph (no launch gaps)."""
-    calls, repeats = (50, 20) if torch.device(device).type == "cuda" else (5, 3)
-    for _ in range(3):
-        fn()  # compiles the activation quantizer on its first call
-    run = lambda: [fn() for _ in range(calls)]  # noqa: E731
-    if torch.device(device).type == "cuda":
+SHAPES = [(4096, 4096), (4096, 12288), (12288, 4096)]  # (in, out): q/k/v/o, gate/up, down of LLaDA-8B
+TINY_SHAPES = [(256, 256), (256, 768)]
+ROWS = [1, 16, 32, 64, 128, 256, 1152]
+COPIES, CALLS = 8, 48  # weights cycled per graph: 8 x 16 MB (the smallest FP8 layer) is past the L2 cache
+
+
+def per_call_us(fn, device: str, calls: int = CALLS) -> float:
+    """Median microseconds per call of ``fn(i)`` for i = 0..calls-1; on a GPU the calls replay from one CUDA graph
+    (no launch gaps)."""
+    cuda = torch.device(device).type == "cuda"
+    calls, repeats = (calls, 20) if cuda else (min(calls, 4), 3)
+    for i in range(3):
+        fn(i)  # compiles the activation quantizer / the kernel on its first call
+    run = lambda: [fn(i) for i in range(calls)]  # noqa: E731
+    if cuda:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            fn()
+            run()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -74,31 +90,101 @@ def per_call_us(fn, device: str) -> float:
     return sorted(times)[len(times) // 2] / calls * 1e6
 
 
-def time_layer(k: int, n: int, device: str, bandwidth: float) -> dict:
-    """One k -> n layer at 32 rows: bf16 F.linear, the FP8 layer, and its torch._scaled_mm alone."""
-    dtype = torch.bfloat16
-    linear = nn.Linear(k, n, bias=False, device=device, dtype=dtype)
-    nn.init.normal_(linear.weight, std=0.02)
-    layer = fp8.FP8Linear.from_linear(linear)
-    x = torch.randn(32, k, device=device, dtype=dtype)
-    xq, xs = layer.quantize_rows(x)
-    with torch.no_grad():
-        bf16_us = per_call_us(lambda: F.linear(x, linear.weight), device)
-        fp8_us = per_call_us(lambda: layer(x), device)
-        mm_us = (per_call_us(lambda: torch._scaled_mm(xq, layer.weight.t(), scale_a=xs,
-                                                      scale_b=layer.weight_scale.view(1, -1), out_dtype=dtype),
-                             device) if layer.impl == "scaled_mm" else None)
-    bytes_bf16, bytes_fp8 = linear.weight.nbytes, layer.weight.nbytes + layer.weight_scale.nbytes
-    print(f"matmul {k}x{n} M=32: bf16 {bf16_us:.1f} us, fp8 {fp8_us:.1f} us ({layer.impl}), "
-          f"x{bf16_us / fp8_us:.2f}", flush=True)
-    return {"in": k, "out": n, "rows": 32, "fp8_impl": layer.impl, "bf16_us": bf16_us, "fp8_us": fp8_us,
-            "fp8_scaled_mm_only_us": mm_us, "speedup": bf16_us / fp8_us,
-            "bf16_floor_us": bytes_bf16 / bandwidth * 1e6, "fp8_floor_us": bytes_fp8 / bandwidth * 1e6}
+def fp8_layers(k: int, n: int, device: str, copies: int) -> list[fp8.FP8Linear]:
+    """``copies`` FP8 layers k -> n (random bf16 weights, std 0.02, quantized); each keeps its bf16 weight as
+    ``.bf16`` for the bf16 timing."""
+    layers = []
+    for _ in range(copies):
+        linear = nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16)
+        nn.init.normal_(linear.weight, std=0.02)
+        layer = fp8.FP8Linear.from_linear(linear)
+        layer.bf16 = linear.weight
+        layers.append(layer)
+    return layers
+
+
+def time_layer(k: int, n: int, device: str, bandwidth: float, rows_list) -> list[dict]:
+    """One k -> n layer at each row count: bf16 F.linear, the W8A16 kernel and the W8A8 scaled_mm path."""
+    copies = COPIES if torch.device(device).type == "cuda" else 1
+    layers = fp8_layers(k, n, device, copies)
+    kernel = layers[0].impl == "w8a16"
+    out = []
+
+    def lay(i: int) -> fp8.FP8Linear:
+        return layers[i % copies]
+
+    for rows in rows_list:
+        x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
+        with torch.no_grad():
+            r = {"in": k, "out": n, "rows": rows, "fp8_impl": layers[0].impl,
+                 "bf16_us": per_call_us(lambda i, x=x: F.linear(x, lay(i).bf16), device)}
+            if layers[0].impl != "reference":
+                r["scaled_mm_us"] = per_call_us(lambda i, x=x: fp8.linear_scaled_mm(
+                    x, lay(i).weight, lay(i).weight_scale, None, lay(i).quantize_rows), device)
+            r["reference_us"] = per_call_us(lambda i, x=x: fp8.linear_reference(
+                x, lay(i).weight, lay(i).weight_scale, None), device)
+            if kernel and rows <= fp8_kernel.MAX_ROWS:
+                r["w8a16_us"] = per_call_us(lambda i, x=x: fp8_kernel.linear_w8a16(
+                    x, lay(i).weight, lay(i).weight_scale, None), device)
+        r["bf16_floor_us"] = layers[0].bf16.nbytes / bandwidth * 1e6
+        r["fp8_floor_us"] = (layers[0].weight.nbytes + layers[0].weight_scale.nbytes) / bandwidth * 1e6
+        r["fp8_us"] = min(r.get(key, float("inf")) for key in ("w8a16_us", "scaled_mm_us", "reference_us"))
+        r["speedup"] = r["bf16_us"] / r["fp8_us"] if r["fp8_us"] < float("inf") else None
+        print(f"matmul {k}x{n} M={rows}: bf16 {r['bf16_us']:.1f} us, w8a16 {r.get('w8a16_us', float('nan')):.1f}, "
+              f"scaled_mm {r.get('scaled_mm_us', float('nan')):.1f}, dequantized {r['reference_us']:.1f} (floors {r['bf16_floor_us']:.1f} / "
+              f"{r['fp8_floor_us']:.1f})", flush=True)
+        out.append(r)
+    return out
 
 
 def part_matmul(args, bandwidth: float) -> list[dict]:
-    shapes = [(256, 256), (256, 768)] if args.tiny else [(4096, 4096), (4096, 12288)]
-    return [time_layer(k, n, args.device, bandwidth) for k, n in shapes]
+    shapes, rows = (TINY_SHAPES, [1, 32]) if args.tiny else (SHAPES, ROWS)
+    return [r for k, n in shapes for r in time_layer(k, n, args.device, bandwidth, rows)]
+
+
+# (BLOCK_N, BLOCK_K, warps, stages, split): the tiles around the defaults. Earlier sweeps (2026-11-28): 60
+# tiles at 32 rows (BLOCK_N 32-128, BLOCK_K 64-256, 4/8 warps, 4/6 stages, split 1-8) chose 64 x 128, 4 warps,
+# 4 stages, split 2-4; at 128 rows 4 warps and 3 stages; float16 operands (the weight converted in one
+# instruction, the activations scaled into float16's range) were slower than bf16 ones
+TILES = {32: [(bn, bk, w, st, split) for bn, bk, w, st in ((64, 128, 4, 4), (64, 64, 4, 4), (128, 128, 8, 4))
+              for split in (2, 4)],
+         128: [(bn, bk, w, st, None) for bn, bk, w, st in ((64, 128, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3))]}
+
+
+def part_kernel(args, bandwidth: float) -> list[dict]:
+    """The W8A16 kernel's tile sweep (BLOCK_N, BLOCK_K, warps, stages, K split) at the row counts of
+    ``--sweep-rows``, fastest first per shape, and the defaults (the fixed tiles with the layer's own split,
+    ``fp8_kernel.splits``)."""
+    if torch.device(args.device).type != "cuda" or not fp8_kernel.works(torch.device(args.device)):
+        raise RuntimeError("the W8A16 kernel needs a CUDA GPU of compute capability >= 8.9 with Triton")
+    return [sweep_tiles(k, n, m, args.device, bandwidth) for m in args.sweep_rows for k, n in SHAPES]
+
+
+def sweep_tiles(k: int, n: int, m: int, device: str, bandwidth: float) -> dict:
+    """The tiles of ``TILES[m]`` on one k -> n layer at m rows, and the defaults."""
+    layers = fp8_layers(k, n, device, COPIES)
+    x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+    floor = (layers[0].weight.nbytes + layers[0].weight_scale.nbytes) / bandwidth * 1e6
+    rows = []
+    default = (fp8_kernel.BLOCK_N, fp8_kernel.BLOCK_K, fp8_kernel.NUM_WARPS, None, None)
+    for bn, bk, w, st, split in TILES[m] + [default]:
+        tile = {"block_n": bn, "block_k": bk, "warps": w, "stages": st, "split": split}
+
+        def fn(i, bn=bn, bk=bk, w=w, st=st, split=split, layers=layers, x=x):
+            lay = layers[i % COPIES]
+            return fp8_kernel.linear_w8a16(x, lay.weight, lay.weight_scale, None, bn, bk, w, st, split)
+        try:
+            us = per_call_us(fn, device)
+        except Exception as exc:  # noqa: BLE001 - a tile Triton cannot build is recorded, not fatal
+            rows.append({**tile, "error": repr(exc)[:200]})
+            continue
+        rows.append({**tile, "us": us, "x_floor": us / floor})
+    default = rows.pop()
+    rows.sort(key=lambda r: r.get("us", float("inf")))
+    print(f"kernel {k}x{n} M={m}: default {default}, floor {floor:.1f} us; fastest:", flush=True)
+    for r in rows[:4]:
+        print(f"    {r}", flush=True)
+    return {"in": k, "out": n, "rows": m, "fp8_floor_us": floor, "tiles": rows, "default": default}
 
 
 # ------------------------------------------------------------------------------------------------ scale
@@ -140,8 +226,24 @@ def fast_settings(lm, device: str):
     return lm
 
 
-def part_scale(args, bandwidth: float) -> dict:
-    arch = "llada-tiny" if args.tiny else "llada-8b"
+def fp8_lm(model, arch_cls, ids, max_length, impl: str | None, device: str):
+    """A DiffusionLM over the (already quantized) ``model`` with the fast settings, its FP8 path forced to
+    ``impl`` (``None``: the default)."""
+    if impl is not None:
+        fp8.set_fp8_impl(model, impl)
+    lm = from_model(model, arch_cls, ids)
+    lm.max_length = max_length
+    return fast_settings(lm, device)
+
+
+def free(device: str) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def scale_arch(arch: str, args, bandwidth: float) -> dict:
+    """bf16, then the same weights in FP8 with the default path and with scaled_mm for every product."""
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     lm = fast_settings(random_lm(arch, device=args.device, dtype=dtype), args.device)
     res = {"arch": arch, "batch": 1, "prompt": args.prompt, "gen": args.gen, "block": 32, "tokens_per_step": 4,
@@ -151,21 +253,30 @@ def part_scale(args, bandwidth: float) -> dict:
           f"({res['bf16']['floor_ms']:.2f} ms)", flush=True)
     model, arch_cls, ids, max_length = lm.model, lm.arch_cls, lm.ids, lm.max_length
     del lm  # its engine (key/value pool, captured graphs) goes before the weights change
-    gc.collect()
-    if args.device == "cuda":
-        torch.cuda.empty_cache()
+    free(args.device)
     t0 = time.perf_counter()
     res["layers_quantized"] = fp8.quantize_model(model)
     sync(torch.device(args.device))
     res["quantize_s"] = time.perf_counter() - t0
-    res["fp8_impls"] = sorted({m.impl for m in model.modules() if isinstance(m, fp8.FP8Linear)})
-    lm = from_model(model, arch_cls, ids)
-    lm.max_length = max_length
-    res["fp8"] = with_floors(end_to_end(fast_settings(lm, args.device), args), model, bandwidth)
-    res["fp8_vs_bf16_speedup"] = res["bf16"]["ms_per_step"] / res["fp8"]["ms_per_step"]
-    print(f"scale {arch} fp8: {res['fp8']['ms_per_step']:.2f} ms/step, {res['fp8']['x_floor']:.2f}x its floor "
-          f"({res['fp8']['floor_ms']:.2f} ms); x{res['fp8_vs_bf16_speedup']:.2f} vs bf16", flush=True)
+    default = sorted({m.impl for m in model.modules() if isinstance(m, fp8.FP8Linear)})
+    res["fp8_impls"] = default
+    runs = [("fp8", None)] + ([("fp8_scaled_mm", "scaled_mm")] if default == ["w8a16"] else [])
+    for key, impl in runs:
+        lm = fp8_lm(model, arch_cls, ids, max_length, impl, args.device)
+        res[key] = with_floors(end_to_end(lm, args), model, bandwidth)
+        res[key + "_vs_bf16_speedup"] = res["bf16"]["ms_per_step"] / res[key]["ms_per_step"]
+        print(f"scale {arch} {key}: {res[key]['ms_per_step']:.2f} ms/step, {res[key]['x_floor']:.2f}x its floor "
+              f"({res[key]['floor_ms']:.2f} ms); x{res[key + '_vs_bf16_speedup']:.2f} vs bf16", flush=True)
+        del lm
+        free(args.device)
+    del model
+    free(args.device)
     return res
+
+
+def part_scale(args, bandwidth: float) -> list[dict]:
+    archs = ["llada-tiny"] if args.tiny else args.archs
+    return [scale_arch(arch, args, bandwidth) for arch in archs]
 
 
 # ------------------------------------------------------------------------------------------------ dlm-tiny
@@ -226,20 +337,32 @@ def table() -> str:
     lines = []
     for r in RESULTS.get("matmul") or []:
         if isinstance(r, dict) and "bf16_us" in r:
-            lines.append(f"matmul {r['in']}x{r['out']} M=32 | bf16 {r['bf16_us']:.1f} us (floor {r['bf16_floor_us']:.1f})"
-                         f" | fp8 {r['fp8_us']:.1f} us (floor {r['fp8_floor_us']:.1f}) | x{r['speedup']:.2f}")
-    s = RESULTS.get("scale") or {}
-    for key in ("bf16", "fp8"):
-        if key in s:
-            r = s[key]
-            mode = "graphs+fused" if s["graphs"] and s["fused"] else "eager"
-            lines.append(f"{s['arch']} gen {s['gen']} dual {mode} {key} | {r['ms_per_step']:.2f} ms/step | floor "
-                         f"{r['floor_ms']:.2f} ms ({r['floor_no_embedding_ms']:.2f} w/o embedding) | "
-                         f"{r['x_floor']:.2f}x floor")
+            cell = lambda key, r=r: f"{r[key]:.1f}" if key in r else "-"  # noqa: E731
+            lines.append(f"matmul {r['in']}x{r['out']} M={r['rows']} | bf16 {r['bf16_us']:.1f} us (floor "
+                         f"{r['bf16_floor_us']:.1f}) | w8a16 {cell('w8a16_us')} | scaled_mm {cell('scaled_mm_us')} | "
+                         f"dequantized {cell('reference_us')} | "
+                         f"fp8 floor {r['fp8_floor_us']:.1f} | x{r['speedup'] or float('nan'):.2f}")
+    for r in RESULTS.get("kernel") or []:
+        if isinstance(r, dict) and r.get("tiles"):
+            best, d = r["tiles"][0], r["default"] or {}
+            lines.append(f"kernel {r['in']}x{r['out']} M={r['rows']} | best {best.get('block_n')}x{best.get('block_k')} "
+                         f"w{best.get('warps')} s{best.get('stages')} split {best.get('split')} "
+                         f"{best.get('us', float('nan')):.1f} us | default "
+                         f"{d.get('us', float('nan')):.1f} us | floor {r['fp8_floor_us']:.1f}")
+    scale = RESULTS.get("scale")
+    for s in scale if isinstance(scale, list) else []:
+        for key in [k for k in s if k == "bf16" or k.startswith("fp8") and isinstance(s[k], dict)]:
+            if key in s:
+                r = s[key]
+                mode = "graphs+fused" if s["graphs"] and s["fused"] else "eager"
+                lines.append(f"{s['arch']} gen {s['gen']} dual {mode} {key} | {r['ms_per_step']:.2f} ms/step | floor "
+                             f"{r['floor_ms']:.2f} ms ({r['floor_no_embedding_ms']:.2f} w/o embedding) | "
+                             f"{r['x_floor']:.2f}x floor")
     t = RESULTS.get("tiny") or {}
     if "diff_points" in t:
-        lines.append(f"dlm-tiny logits | max {t['logits']['max_abs']:.3f} mean {t['logits']['mean_abs']:.4f} "
-                     f"rel {t['logits']['rel_l2']:.4f} argmax {t['logits']['argmax_agreement']:.3f}")
+        lines.append(f"dlm-tiny logits ({', '.join(t['fp8_impls'])}) | max {t['logits']['max_abs']:.3f} mean "
+                     f"{t['logits']['mean_abs']:.4f} rel {t['logits']['rel_l2']:.4f} argmax "
+                     f"{t['logits']['argmax_agreement']:.3f}")
         for f, d in t["diff_points_per_family"].items():
             lines.append(f"dlm-tiny {f} | bf16 {100 * t['bf16']['families'][f]:.1f} | fp8 "
                          f"{100 * t['fp8']['families'][f]:.1f} | {d:+.1f} points")
@@ -251,7 +374,11 @@ def table() -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--parts", nargs="+", default=["matmul", "scale", "tiny"], choices=["matmul", "scale", "tiny"])
+    ap.add_argument("--parts", nargs="+", default=["matmul", "scale", "tiny"],
+                    choices=["matmul", "kernel", "scale", "tiny"])
+    ap.add_argument("--sweep-rows", nargs="+", type=int, default=sorted(TILES), choices=sorted(TILES),
+                    help="row counts of the kernel part")
+    ap.add_argument("--archs", nargs="+", default=["llada-8b", "dream-7b"], help="geometries of the scale part")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny geometry, gen 64, 2 examples per family (smoke run)")
     ap.add_argument("--prompt", type=int, default=128)
@@ -267,7 +394,8 @@ def main(argv=None) -> None:
     RESULTS["env"] = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
                       "copy_bandwidth_TBps": bandwidth / 1e12, "date": time.strftime("%Y-%m-%d"),
                       "matmul_TFLOPs": matmul_rate(args.device, 8192 if cuda else 256, 10 if cuda else 2) / 1e12}
-    jobs = {"matmul": lambda: part_matmul(args, bandwidth), "scale": lambda: part_scale(args, bandwidth),
+    jobs = {"matmul": lambda: part_matmul(args, bandwidth), "kernel": lambda: part_kernel(args, bandwidth),
+            "scale": lambda: part_scale(args, bandwidth),
             "tiny": lambda: part_tiny(args)}
     run_parts(args.parts, jobs, RESULTS, lambda: args.out.write_text(json.dumps(RESULTS, indent=2, default=str)))
     print(table())

@@ -8,22 +8,35 @@ halves the weight-read floor of a decode step. What stays in the model dtype: th
 head when the embeddings are tied), norms, biases, the MoE routers and the stacked experts of MoE layers
 (:class:`~dlm.models.moe.ExpertBank`, whose grouped product has no FP8 path here).
 
-Two paths compute ``x @ W.T + b``:
+Three paths compute ``x @ W.T + b``:
 
-- ``scaled_mm`` (CUDA, compute capability >= 8.9, bf16 activations, K and N multiples of 16): each row (token) of
-  x is quantized to float8_e4m3fn with its own float32 scale (``max |x[m]| / 448``), then
-  ``torch._scaled_mm(x_fp8, Q.T, scale_a=(M, 1), scale_b=(1, N), bias=b, out_dtype=bf16)`` multiplies with
-  row-wise scales (products of FP8 values accumulated in float32, both scales applied to the result). The
-  activation quantizer is compiled with ``torch.compile`` (Triton) so it is one or two kernels; it falls back to
-  the eager function where Triton is missing.
+- ``w8a16`` (the default where it runs: CUDA, compute capability >= 8.9, Triton, bf16 activations, K and N
+  multiples of 16): products of at most :data:`~dlm.models.fp8_kernel.MAX_ROWS` rows (the steps of a decode at
+  small batch) run :func:`~dlm.models.fp8_kernel.linear_w8a16`, a Triton kernel that reads the FP8 weight,
+  converts it to bf16 in registers and multiplies with the unquantized bf16 activations (float32 sums, the scale
+  applied to the sum). These products are bound by the weight read, which FP8 halves. Products of more rows (a
+  cache refresh, a large batch) are bound by arithmetic and take ``scaled_mm``; so does every product where
+  Triton is missing or its kernel fails its check at load (a warning says so).
+- ``scaled_mm`` (same devices): each row (token) of x is quantized to float8_e4m3fn with its own
+  float32 scale (``max |x[m]| / 448``), then ``torch._scaled_mm(x_fp8, Q.T, scale_a=(M, 1), scale_b=(1, N),
+  bias=b, out_dtype=bf16)`` multiplies with row-wise scales (products of FP8 values accumulated in float32, both
+  scales applied to the result) at FP8's tensor-core rate. The activation quantizer is compiled with
+  ``torch.compile`` (Triton) so it is one or two kernels; it falls back to the eager function where Triton is
+  missing.
 - ``reference``: ``F.linear(x, (Q * scale).to(x.dtype), b)``: the weight dequantized, then the usual product in
   the compute dtype. Used on the CPU (FP8 then saves memory, not time: every call dequantizes), on GPUs older
-  than sm 8.9, for shapes the fast path does not take, and inside a torch function mode (the batch-invariant
+  than sm 8.9, for shapes the fast paths do not take, and inside a torch function mode (the batch-invariant
   numerics of :mod:`dlm.engine.numerics` tile ``F.linear``, which only this path calls).
 
-The two differ by the activation rounding (e4m3 keeps 3 mantissa bits): ``tests/gpu/test_fp8_gpu.py`` checks
-that they agree within a stated tolerance; ``tests/models/test_fp8.py`` checks the reference path against the
-unquantized model.
+So with the default path, a product's rounding depends on how many rows it multiplies (W8A16 up to
+:data:`~dlm.models.fp8_kernel.MAX_ROWS` rows, W8A8 above), as cuBLAS's depends on the batch shape in bf16;
+``batch_invariant=True`` takes the reference path for every product.
+
+``reference`` rounds each dequantized weight to bf16, ``w8a16`` does not (it scales the float32 sum); ``scaled_mm``
+also rounds the activations to e4m3 (3 mantissa bits). ``tests/gpu/test_fp8_gpu.py`` checks that the paths agree
+within stated tolerances and each kernel against the exact product of its operands,
+``tests/models/test_fp8_kernel.py`` runs the W8A16 kernel in Triton's CPU interpreter, and
+``tests/models/test_fp8.py`` checks the reference path against the unquantized model.
 
 Quantization streams with loading (:func:`quantizing_place`): each weight is read from its safetensors shard,
 sent to its device in its stored precision, quantized there in chunks of rows, and only the FP8 copy is kept,
@@ -41,11 +54,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from . import fp8_kernel
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 QUANTIZE = ("fp8",)  # the values of dlm.load(quantize=...) besides None
-IMPLS = ("scaled_mm", "reference")
+IMPLS = ("w8a16", "scaled_mm", "reference")
 _CHUNK = 1 << 24  # elements quantized at once: bounds the float32 temporaries at load (64 MiB)
 _MIN_ROW_SCALE = 1e-12  # an all-zero activation row: any positive scale gives exact zeros
 
@@ -176,7 +190,9 @@ class FP8Linear(nn.Module):
         weight: (out_features, in_features) float8_e4m3fn.
         weight_scale: (out_features,) float32 per-output-channel scales.
         bias: (out_features,) in the model dtype, or ``None``.
-        impl: ``"scaled_mm"`` (taken for bf16 inputs outside a torch function mode) or ``"reference"``.
+        impl: ``"w8a16"`` or ``"scaled_mm"`` (taken for bf16 inputs outside a torch function mode; ``"w8a16"``
+            runs its kernel up to ``fp8_kernel.MAX_ROWS`` rows and ``torch._scaled_mm`` above) or
+            ``"reference"``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None):
@@ -207,7 +223,9 @@ class FP8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features) in x's dtype."""
-        if self.impl == "scaled_mm" and x.dtype == torch.bfloat16 and not function_mode_active():
+        if self.impl != "reference" and x.dtype == torch.bfloat16 and not function_mode_active():
+            if self.impl == "w8a16" and x.numel() <= fp8_kernel.MAX_ROWS * self.in_features:
+                return fp8_kernel.linear_w8a16(x, self.weight, self.weight_scale, self.bias)
             return linear_scaled_mm(x, self.weight, self.weight_scale, self.bias, self.quantize_rows)
         return linear_reference(x, self.weight, self.weight_scale, self.bias)
 
@@ -216,30 +234,34 @@ class FP8Linear(nn.Module):
                 f"impl={self.impl}")
 
 
-def select_impl(module: FP8Linear, device: torch.device, dtype: torch.dtype) -> None:
-    """The fast path where it runs: bf16 model on a device with row-wise scaled_mm, both dims multiples of 16
-    (torch._scaled_mm's requirement); the reference path otherwise."""
+def select_impl(module: FP8Linear, device: torch.device, dtype: torch.dtype, impl: str | None = None) -> None:
+    """The fastest path that runs (or ``impl`` where it runs): the fast paths need a bf16 model on a device with
+    row-wise scaled_mm and both dims multiples of 16 (torch._scaled_mm's requirement), ``w8a16`` also the Triton
+    kernel; the reference path otherwise."""
     fast = (dtype == torch.bfloat16 and module.in_features % 16 == 0 and module.out_features % 16 == 0
             and scaled_mm_works(device))
-    module.impl = "scaled_mm" if fast else "reference"
+    if impl == "reference" or not fast:
+        module.impl = "reference"
+    elif impl == "scaled_mm" or not fp8_kernel.works(device):
+        module.impl = "scaled_mm"
+    else:
+        module.impl = "w8a16"
     module.compute_dtype = dtype
     module.quantize_rows = row_quantizer() if fast else quantize_rows
 
 
 def set_fp8_impl(model: nn.Module, impl: str) -> int:
-    """Force the path of every FP8Linear of ``model``: ``"reference"`` anywhere, ``"scaled_mm"`` where
-    :func:`select_impl` allows it (a ConfigError otherwise). Returns how many layers were set."""
+    """Force the path of every FP8Linear of ``model``: ``"reference"`` anywhere, ``"scaled_mm"`` or ``"w8a16"``
+    where :func:`select_impl` allows it (a ConfigError otherwise). Returns how many layers were set."""
     if impl not in IMPLS:
         raise ConfigError(f"unknown FP8 implementation {impl!r}; allowed: {', '.join(IMPLS)}")
     layers = [m for m in model.modules() if isinstance(m, FP8Linear)]
     for m in layers:
-        if impl == "reference":
-            m.impl = "reference"
-            continue
-        select_impl(m, m.weight.device, m.compute_dtype)
-        if m.impl != "scaled_mm":
-            raise ConfigError(f"FP8 implementation 'scaled_mm' needs a bf16 model on a CUDA device of compute "
-                              f"capability >= 8.9 and dims that are multiples of 16; a {m.in_features}x"
+        select_impl(m, m.weight.device, m.compute_dtype, impl)
+        if m.impl != impl:
+            raise ConfigError(f"FP8 implementation {impl!r} needs a bf16 model on a CUDA device of compute "
+                              f"capability >= 8.9 and dims that are multiples of 16"
+                              f"{' and Triton' if impl == 'w8a16' else ''}; a {m.in_features}x"
                               f"{m.out_features} layer on {m.weight.device} cannot take it")
     return len(layers)
 

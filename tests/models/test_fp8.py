@@ -248,10 +248,12 @@ def test_bad_quantize_values_name_the_value_and_the_allowed_ones(llada_path, val
 
 def test_set_fp8_impl_checks_its_argument(llada):
     lm = dlm.load(llada.path, device="cpu", quantize="fp8")
-    with pytest.raises(ConfigError, match="unknown FP8 implementation 'fast'; allowed: scaled_mm, reference"):
+    with pytest.raises(ConfigError, match="unknown FP8 implementation 'fast'; allowed: w8a16, scaled_mm, reference"):
         fp8.set_fp8_impl(lm.model, "fast")
     with pytest.raises(ConfigError, match="'scaled_mm' needs a bf16 model on a CUDA device"):
         fp8.set_fp8_impl(lm.model, "scaled_mm")
+    with pytest.raises(ConfigError, match="'w8a16' needs a bf16 model on a CUDA device .* and Triton"):
+        fp8.set_fp8_impl(lm.model, "w8a16")
     assert fp8.set_fp8_impl(lm.model, "reference") == count(lm.model, FP8Linear)
 
 

@@ -1,0 +1,92 @@
+"""The W8A16 Triton kernel of FP8 weights (dlm.models.fp8_kernel) in Triton's CPU interpreter: every row tile,
+ragged K, bias or none, batch dimensions, against the product of the same operands in float64 rounded to bf16.
+Skipped where Triton is not installed (CI installs it with the test extra on Linux x86-64); the GPU run of the
+same kernel is in tests/gpu/test_fp8_gpu.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from dlm.models import fp8_kernel
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+
+# (rows, out_features, in_features, bias, split): rows 1..128 cover the four row tiles (16 to 128) and
+# partial tiles; in_features not a multiple of the 128-wide K tile takes the masked loop; out_features not a
+# multiple of the 64-wide N tile masks the last program's columns; split None is the layer's own
+# (fp8_kernel.splits: 1, 2 and 4 here), an explicit one cuts K into parts of uneven or no work
+CASES = [(1, 64, 256, False, None), (5, 96, 512, True, None), (16, 48, 320, True, None), (17, 128, 768, False, None),
+         (32, 64, 96, True, None), (33, 80, 1024, False, None), (64, 128, 1000, True, None), (7, 64, 640, True, 3),
+         (40, 64, 256, False, 4), (100, 64, 256, True, None), (128, 48, 384, False, 2)]
+
+SCRIPT = textwrap.dedent('''
+    import json, sys
+    import torch
+    from dlm.models.fp8 import quantize_weight
+    from dlm.models.fp8_kernel import linear_w8a16
+    results = []
+    for i, (m, n, k, bias, split) in enumerate(json.loads(sys.argv[1])):
+        g = torch.Generator().manual_seed(i)
+        q, scale = quantize_weight(torch.randn(n, k, generator=g) * 0.05)
+        x = torch.randn(2, m, k, generator=g).bfloat16()[1]  # a view with a row stride of k
+        x[0, : k // 2] *= 1000  # rows of very different ranges within one K tile, and across tiles
+        b = torch.randn(n, generator=g).bfloat16() if bias else None
+        y = linear_w8a16(x.unsqueeze(0), q, scale, b, split=split)[0]
+        want = x.double() @ q.double().T * scale.double()[None, :] + (b.double() if bias else 0)
+        want16 = want.to(torch.bfloat16)
+        ulp = (want16.float().abs() * 2.0 ** -7).clamp(min=2.0 ** -126)
+        results.append({"shape": list(y.shape), "dtype": str(y.dtype),
+                        "mismatch": int((y != want16).sum()), "size": y.numel(),
+                        "max_ulps": float(((y.float() - want16.float()).abs() / ulp).max())})
+    print(json.dumps(results))
+''')
+
+
+def run_interpreted(cases) -> list[dict]:
+    import json
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases)], env=env, capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_kernel_is_the_rounded_product_of_its_operands():
+    """The output is x @ (Q * scale).T + b computed exactly and rounded once to bf16: at most one bf16 step off
+    anywhere (a float32 sum against float64) and equal almost everywhere."""
+    results = run_interpreted(CASES)
+    assert len(results) == len(CASES) == 11
+    for case, r in zip(CASES, results):
+        assert r["shape"] == list(case[:2]) and r["dtype"] == "torch.bfloat16"
+        assert r["max_ulps"] <= 1.0, (case, r)
+        assert r["mismatch"] <= 0.01 * r["size"], (case, r)
+
+
+def test_splits_depend_on_the_shape_only():
+    """K is cut until a product has about two programs per SM, each part at least two K tiles."""
+    assert [fp8_kernel.splits(n, k) for n, k in [(4096, 4096), (12288, 4096), (4096, 12288), (126464, 4096),
+                                                 (64, 256), (64, 1024), (512, 3584)]] == [4, 2, 4, 1, 1, 4, 8]
+
+
+def test_row_tiles():
+    assert [fp8_kernel.block_m(m) for m in (1, 16, 17, 32, 33, 64, 65, 200, 256)] == [16, 16, 32, 32, 64, 64, 128,
+                                                                                       256, 256]
+
+
+def test_more_rows_than_the_kernel_takes_is_an_error():
+    q = torch.zeros(16, 16, dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match=f"at most {fp8_kernel.MAX_ROWS} rows, got {fp8_kernel.MAX_ROWS + 1}"):
+        fp8_kernel.linear_w8a16(torch.zeros(fp8_kernel.MAX_ROWS + 1, 16, dtype=torch.bfloat16), q,
+                                torch.ones(16), None)
+
+
+def test_not_used_off_the_gpu():
+    assert not fp8_kernel.works(torch.device("cpu"))
