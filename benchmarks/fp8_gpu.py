@@ -16,9 +16,9 @@ scale   LLaDA-8B geometry with random bf16 weights (std 0.02), batch 1, prompt 1
         after a warm-up generation (which compiles and captures), ms per step in bf16, then the same weights
         quantized in place (``dlm.models.fp8.quantize_model``) in FP8; each against its own weight-read floor:
         the bytes of all parameters (FP8: 1 byte per linear weight + 4 per output channel, embedding in bf16) over
-        the copy bandwidth, and without the embedding table (a step gathers only its rows). FP8 twice: the default
-        path (``w8a16``: the kernel up to 128 rows, ``torch._scaled_mm`` above) and ``scaled_mm`` for every
-        product
+        the copy bandwidth, and without the embedding table (a step gathers only its rows). FP8 three times: the
+        default (``w8a16``: the kernel up to 128 rows, ``torch._scaled_mm`` above; q/k/v and gate/up joined), the
+        same with q/k/v and gate/up split again, and ``scaled_mm`` for every product
 tiny    the bundled dlm-tiny in bf16 and FP8 on the device: logit error over the answer positions of one task
         prompt per family (prompt + 32 masks), and the exact-match accuracy of the reference decode
         (``llada-reference``: one token per step, no cache) on the test split of every task family, 64 examples
@@ -47,6 +47,7 @@ from dlm.api.lm import set_fast_path
 from dlm.bench.measure import sync
 from dlm.bench.scale import copy_bandwidth, matmul_rate, random_lm
 from dlm.models import fp8, fp8_kernel
+from dlm.models.joined import split_projections
 
 RESULTS: dict = {}
 
@@ -226,14 +227,17 @@ def fast_settings(lm, device: str):
     return lm
 
 
-def fp8_lm(model, arch_cls, ids, max_length, impl: str | None, device: str):
+def fp8_lm(model, arch_cls, ids, max_length, impl: str | None, device: str, split: bool = False):
     """A DiffusionLM over the (already quantized) ``model`` with the fast settings, its FP8 path forced to
-    ``impl`` (``None``: the default)."""
-    if impl is not None:
-        fp8.set_fp8_impl(model, impl)
+    ``impl`` (``None``: the default), its joined q/k/v and gate/up split again when ``split``."""
     lm = from_model(model, arch_cls, ids)
     lm.max_length = max_length
-    return fast_settings(lm, device)
+    lm = fast_settings(lm, device)
+    if split:
+        split_projections(lm.model)
+    if impl is not None:
+        fp8.set_fp8_impl(lm.model, impl)
+    return lm
 
 
 def free(device: str) -> None:
@@ -260,9 +264,10 @@ def scale_arch(arch: str, args, bandwidth: float) -> dict:
     res["quantize_s"] = time.perf_counter() - t0
     default = sorted({m.impl for m in model.modules() if isinstance(m, fp8.FP8Linear)})
     res["fp8_impls"] = default
-    runs = [("fp8", None)] + ([("fp8_scaled_mm", "scaled_mm")] if default == ["w8a16"] else [])
-    for key, impl in runs:
-        lm = fp8_lm(model, arch_cls, ids, max_length, impl, args.device)
+    runs = [("fp8", None, False), ("fp8_split", None, True)]
+    runs += [("fp8_scaled_mm", "scaled_mm", False)] if default == ["w8a16"] else []
+    for key, impl, split in runs:
+        lm = fp8_lm(model, arch_cls, ids, max_length, impl, args.device, split)
         res[key] = with_floors(end_to_end(lm, args), model, bandwidth)
         res[key + "_vs_bf16_speedup"] = res["bf16"]["ms_per_step"] / res[key]["ms_per_step"]
         print(f"scale {arch} {key}: {res[key]['ms_per_step']:.2f} ms/step, {res[key]['x_floor']:.2f}x its floor "

@@ -14,6 +14,10 @@ stacked weight, a contiguous view, which is the very product the separate module
 :func:`split_projections` undoes the join, again without copies; :func:`unjoined_state` gives the state under
 the separate names (what :func:`dlm.models.loading.save_checkpoint` writes).
 
+FP8 layers (:mod:`dlm.models.fp8`) of a group join too, as one :class:`JoinedFP8Linear`: their FP8 weights and
+scales stacked, one product on whichever FP8 path the layer takes, for any number of rows (for FP8 the joined
+products were as fast or faster at every row count measured: ``benchmarks/fp8_gpu.py``).
+
 ``dlm.load`` joins them with the fused kernels (``fused_kernels=True``, on by default on one CUDA device).
 """
 
@@ -23,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fp8 import function_mode_active
+from .fp8 import FP8Linear, function_mode_active, select_impl
 
 JOIN_MAX_ROWS = 64  # joined products are used up to this many rows (see the module doc)
 GROUPS = {"q_k_v": ("q", "k", "v"), "gate_up": ("gate", "up")}  # a joined module's name -> its parts' names
@@ -70,6 +74,40 @@ class JoinedLinear(nn.Module):
         return out
 
 
+class JoinedFP8Linear(FP8Linear):
+    """FP8 layers of the same input (``names``) as one :class:`~dlm.models.fp8.FP8Linear` over their stacked
+    weights, scales and biases; its forward returns the parts' outputs as a tuple in their order."""
+
+    def __init__(self, names: tuple[str, ...], parts: list[FP8Linear]):
+        super().__init__(parts[0].in_features, sum(p.out_features for p in parts), bias=False, device="meta")
+        self.names = names
+        self.sizes = [p.out_features for p in parts]
+        self.weight = nn.Parameter(_stacked([p.weight for p in parts]), requires_grad=False)
+        self.weight_scale = nn.Parameter(_stacked([p.weight_scale for p in parts]), requires_grad=False)
+        if parts[0].bias is not None:
+            self.bias = nn.Parameter(_stacked([p.bias for p in parts]), requires_grad=False)
+        select_impl(self, self.weight.device, parts[0].compute_dtype, parts[0].impl)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return super().forward(x).split(self.sizes, dim=-1)
+
+    def parts(self) -> list[FP8Linear]:
+        """Separate FP8 layers over views of the stacked tensors (no copy), on this layer's path."""
+        biases = [None] * len(self.sizes) if self.bias is None else self.bias.split(self.sizes)
+        out = []
+        for w, s, b in zip(self.weight.split(self.sizes), self.weight_scale.split(self.sizes), biases):
+            lin = FP8Linear(self.in_features, w.shape[0], bias=False, device="meta")
+            lin.weight = nn.Parameter(w, requires_grad=False)
+            lin.weight_scale = nn.Parameter(s, requires_grad=False)
+            lin.bias = None if b is None else nn.Parameter(b, requires_grad=False)
+            select_impl(lin, w.device, self.compute_dtype, self.impl)
+            out.append(lin)
+        return out
+
+
+JOINED = (JoinedLinear, JoinedFP8Linear)
+
+
 def _stacked(parts: list[torch.Tensor]) -> torch.Tensor:
     """The parts stacked along the first dimension. Parts that lie one after the other in one storage (a group
     split by :func:`split_projections`) give a view of it, so a split then a join moves no weight: a CUDA graph
@@ -98,17 +136,27 @@ def _joinable(mods: list) -> bool:
             and len({(t.dtype, t.device, t.shape[1]) for t in w}) == 1 and len({m.bias is None for m in mods}) == 1)
 
 
+def _fp8_joinable(mods: list) -> bool:
+    """FP8 layers (exactly :class:`~dlm.models.fp8.FP8Linear`) of one input size, device, path and compute
+    dtype, without hooks, with a bias on every part or on none."""
+    if not all(type(m) is FP8Linear for m in mods) or any(m._forward_hooks or m._forward_pre_hooks for m in mods):
+        return False
+    return (not any(m.weight.is_meta for m in mods) and len({m.bias is None for m in mods}) == 1
+            and len({(m.in_features, m.weight.device, m.impl, m.compute_dtype) for m in mods}) == 1)
+
+
 def join_projections(model: nn.Module) -> int:
     """Join q/k/v and gate/up of every layer of ``model.layers`` where they are plain ``nn.Linear`` layers of one
-    dtype and device; returns the number of groups joined (0 when already joined)."""
+    dtype and device, or FP8 layers alike; returns the number of groups joined (0 when already joined)."""
     joined = 0
     for layer in model.layers:
         for key, names in GROUPS.items():
             mods = [layer._modules.get(n) for n in names]
-            if not _joinable(mods):
+            cls = JoinedLinear if _joinable(mods) else JoinedFP8Linear if _fp8_joinable(mods) else None
+            if cls is None:
                 continue
             with torch.no_grad():
-                layer.add_module(key, JoinedLinear(names, mods))
+                layer.add_module(key, cls(names, mods))
             for n in names:
                 delattr(layer, n)
             joined += 1
@@ -121,7 +169,7 @@ def split_projections(model: nn.Module) -> int:
     for layer in model.layers:
         for key in GROUPS:
             group = layer._modules.get(key)
-            if not isinstance(group, JoinedLinear):
+            if not isinstance(group, JOINED):
                 continue
             for n, lin in zip(group.names, group.parts()):
                 layer.add_module(n, lin)
@@ -135,10 +183,10 @@ def unjoined_state(model: nn.Module) -> dict[str, torch.Tensor]:
     a checkpoint of the model holds."""
     state = model.state_dict()
     for name, module in model.named_modules():
-        if not isinstance(module, JoinedLinear):
+        if not isinstance(module, JOINED):
             continue
         parent = name.rpartition(".")[0]
-        for leaf in ("weight", "bias"):
+        for leaf in ("weight", "bias", "weight_scale"):
             t = state.pop(f"{name}.{leaf}", None)
             if t is None:
                 continue
@@ -149,7 +197,7 @@ def unjoined_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def linear_parts(layer: nn.Module, group: str, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``h`` through the linear layers of ``layer`` that :data:`GROUPS` names ``group``: one
-    :class:`JoinedLinear` when they were joined."""
+    :class:`JoinedLinear` or :class:`JoinedFP8Linear` when they were joined."""
     joined = layer._modules.get(group)
     if joined is not None:
         return joined(h)

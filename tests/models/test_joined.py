@@ -86,9 +86,44 @@ def test_fused_kernels_switch_joins_and_splits(llada_path):
     assert not hasattr(dlm.load(llada_path, device="cpu").model.layers[0], "q_k_v")
 
 
-def test_fp8_layers_keep_their_own_products(llada_path):
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+
+
+def test_fp8_layers_join_as_one_fp8_layer(llada_path, dream_path):
+    """FP8 q/k/v and gate/up stack into one FP8 layer each (weights, scales, biases), on the parts' path; the
+    state keeps the parts' names; a split gives FP8 layers over views of the stacked tensors; logits agree and
+    tokens are equal."""
+    from dlm.models.fp8 import FP8, FP8Linear
+
+    for path in (llada_path, dream_path):
+        lm = dlm.load(path, device="cpu", quantize="fp8")
+        ids = torch.tensor(random_prompts(lm, 2, seed=6, min_len=10, max_len=10))
+        prompts = random_prompts(lm, 6, seed=2, min_len=1, max_len=16)
+        cfg = GenerationConfig(gen_length=16, block_length=8, cache="dual", stop_at_eos=False)
+        ref, ref_tokens = _logits(lm, ids), lm.generate(prompts, cfg).sequences
+        before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+        assert join_projections(lm.model) == 2 * lm.arch.num_layers
+        group = lm.model.layers[0].q_k_v
+        assert isinstance(group, joined.JoinedFP8Linear) and group.impl == "reference"
+        assert group.weight.dtype == FP8 and group.sizes == [before[f"layers.0.{n}.weight"].shape[0] for n in "qkv"]
+        assert torch.equal(group.weight_scale, torch.cat([before[f"layers.0.{n}.weight_scale"] for n in "qkv"]))
+        assert (group.bias is None) == ("layers.0.q.bias" not in before)
+        torch.testing.assert_close(_logits(lm, ids), ref, rtol=1e-5, atol=1e-5)
+        assert torch.equal(lm.generate(prompts, cfg).sequences, ref_tokens)
+        state = joined.unjoined_state(lm.model)
+        assert state.keys() == before.keys() and all(torch.equal(_bits(state[k]), _bits(before[k])) for k in before)
+        ptr = group.weight.data_ptr()
+        assert split_projections(lm.model) == 2 * lm.arch.num_layers
+        q = lm.model.layers[0].q
+        assert type(q) is FP8Linear and q.impl == "reference" and q.weight.data_ptr() == ptr
+        assert torch.equal(_logits(lm, ids), ref)  # the parts again: the unjoined model bit for bit
+
+
+def test_fp8_model_joins_with_the_fused_kernels_switch(llada_path):
     lm = dlm.load(llada_path, device="cpu", quantize="fp8", fused_kernels=True)
-    assert hasattr(lm.model.layers[0], "q") and not hasattr(lm.model.layers[0], "q_k_v")
+    assert isinstance(lm.model.layers[0].q_k_v, joined.JoinedFP8Linear)
+    assert isinstance(lm.model.layers[0].gate_up, joined.JoinedFP8Linear)
 
 
 def test_quantizing_a_joined_model_quantizes_every_part(fresh):
