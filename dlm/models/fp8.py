@@ -14,7 +14,7 @@ Three paths compute ``x @ W.T + b``:
   multiples of 16): products of at most :data:`~dlm.models.fp8_kernel.MAX_ROWS` rows (the steps of a decode at
   small batch) run :func:`~dlm.models.fp8_kernel.linear_w8a16`, a Triton kernel that reads the FP8 weight,
   converts it to bf16 in registers and multiplies with the unquantized bf16 activations (float32 sums, the scale
-  applied to the sum). These products are bound by the weight read, which FP8 halves. Products of more rows (a
+  applied to the sums). These products are bound by the weight read, which FP8 halves. Products of more rows (a
   cache refresh, a large batch) are bound by arithmetic and take ``scaled_mm``; so does every product where
   Triton is missing or its kernel fails its check at load (a warning says so).
 - ``scaled_mm`` (same devices): each row (token) of x is quantized to float8_e4m3fn with its own
@@ -32,7 +32,7 @@ So with the default path, a product's rounding depends on how many rows it multi
 :data:`~dlm.models.fp8_kernel.MAX_ROWS` rows, W8A8 above), as cuBLAS's depends on the batch shape in bf16;
 ``batch_invariant=True`` takes the reference path for every product.
 
-``reference`` rounds each dequantized weight to bf16, ``w8a16`` does not (it scales the float32 sum); ``scaled_mm``
+``reference`` rounds each dequantized weight to bf16, ``w8a16`` does not (it scales the float32 sums); ``scaled_mm``
 also rounds the activations to e4m3 (3 mantissa bits). ``tests/gpu/test_fp8_gpu.py`` checks that the paths agree
 within stated tolerances and each kernel against the exact product of its operands,
 ``tests/models/test_fp8_kernel.py`` runs the W8A16 kernel in Triton's CPU interpreter, and
@@ -282,13 +282,16 @@ def quantize_model(model: nn.Module) -> int:
     peak is the model plus one layer's FP8 copy). Returns how many were replaced."""
     if getattr(model, "tensor_parallel", None) is not None:
         raise _tensor_parallel_error()
-    from .joined import split_projections
+    from .joined import join_projections, split_projections
 
-    split_projections(model)  # joined q/k/v and gate/up (the fast path's) are quantized as their parts
+
+    joined = split_projections(model)  # joined q/k/v and gate/up (the fast path's) are quantized as their parts
     names = linear_names(model)
     for name in names:
         _replace(model, name, FP8Linear.from_linear(model.get_submodule(name)))
     model.quantization = "fp8"
+    if joined:  # and joined again, as FP8 layers
+        join_projections(model)
     return len(names)
 
 

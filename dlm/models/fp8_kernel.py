@@ -3,8 +3,8 @@
 ``y = (x @ Q.T) * scale + b`` for x (M, K) bf16 activations, Q (N, K) float8_e4m3fn weights and per-output-channel
 float32 scales. Each program reads a (BLOCK_N, BLOCK_K) tile of Q at a time, converts it to bf16 in registers
 (exact: every e4m3 value is a bf16 value) and multiplies it with the matching bf16 tile of x on the tensor cores,
-accumulating in float32; the scale and the bias are applied once, to the float32 sum, and the result is rounded to
-bf16 once. The activations are not quantized (unlike ``torch._scaled_mm``'s W8A8 product), so the only error
+accumulating in float32; the scale is applied to the float32 sum (to each part's sum when K is cut into parts,
+below), the bias after it, and the result is rounded to bf16 once. The activations are not quantized (unlike ``torch._scaled_mm``'s W8A8 product), so the only error
 against the unquantized layer is the weight's own rounding.
 
 A decode step at batch 1 feeds a few dozen positions, so its products read each weight once for a few rows: they
@@ -28,6 +28,7 @@ arithmetic, and whose cast to bf16 truncates, so there the kernel stores float32
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -115,13 +116,19 @@ def block_m(rows: int) -> int:
 
 
 def splits(n: int, k: int, block_n: int = BLOCK_N, block_k: int = BLOCK_K) -> int:
-    """How many parts K is cut into: doubled (up to :data:`MAX_SPLIT`, each part at least two K tiles) until
-    the product has :data:`MIN_PROGRAMS` programs. Depends on the layer's shape only, never on the row count,
-    so a layer always sums in the same order."""
+    """How many parts K is cut into: doubled (up to :data:`MAX_SPLIT`, while the parts keep two K tiles or more
+    on average) until the product has :data:`MIN_PROGRAMS` programs, then as many as equal parts of whole tiles
+    need (:func:`part_tiles`; no part is empty). Depends on the layer's shape only, never on the row count, so
+    a layer always sums in the same order."""
     split, tiles_n, tiles_k = 1, -(-n // block_n), -(-k // block_k)
     while tiles_n * split < MIN_PROGRAMS and split < MAX_SPLIT and tiles_k >= 4 * split:
         split *= 2
-    return split
+    return -(-tiles_k // part_tiles(tiles_k, split))
+
+
+def part_tiles(tiles_k: int, split: int) -> int:
+    """K tiles per part when ``tiles_k`` tiles are cut into at most ``split`` parts."""
+    return -(-tiles_k // split)
 
 
 def linear_w8a16(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
@@ -131,15 +138,19 @@ def linear_w8a16(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: to
     float32, bias (N,) or ``None``. The tile arguments are for the benchmark's sweep (``num_stages=None``: by
     the row count; ``split=None``: :func:`splits`); the defaults are the ones the model uses."""
     lead, k = x.shape[:-1], x.shape[-1]
+    if x.dtype != torch.bfloat16 or q.dtype != torch.float8_e4m3fn or q.shape[1] != k:
+        raise ValueError(f"linear_w8a16 multiplies bf16 activations (..., K) by a float8_e4m3fn weight (N, K); got "
+                         f"{x.dtype} {tuple(x.shape)} and {q.dtype} {tuple(q.shape)}")
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m, n = x2.shape[0], q.shape[0]
     if m > MAX_ROWS:
         raise ValueError(f"linear_w8a16 takes at most {MAX_ROWS} rows, got {m}")
-    split = splits(n, k, block_n, block_k) if split is None else split
+    tiles_k = -(-k // block_k)
+    per = part_tiles(tiles_k, splits(n, k, block_n, block_k) if split is None else split)
+    split, k_split = -(-tiles_k // per), per * block_k  # equal parts of whole K tiles, none empty
     num_stages = num_stages or (NUM_STAGES if m <= 64 else NUM_STAGES - 1)
-    k_split = -(-k // (split * block_k)) * block_k
     # the interpreter truncates float32 to bf16 instead of rounding it: there the kernel stores float32
     out_dtype = torch.float32 if interpreted() else x.dtype
     y = torch.empty((m, n), dtype=out_dtype, device=x.device)
@@ -149,23 +160,25 @@ def linear_w8a16(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: to
     partial = split > 1
     out = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if partial else y
     dummy = scale  # stands for an absent bias (never read)
-    w8a16[(-(-n // block_n), split)](
-        x2, q, scale, bias if bias is not None else dummy, out, m, n, k, k_split, x2.stride(0), q.stride(0),
-        HAS_BIAS=bias is not None, EVEN_K=k % k_split == 0 and k_split % block_k == 0, DOT_FP32=interpreted(),
-        PARTIAL=partial, BLOCK_M=block_m(m), BLOCK_N=block_n,
-        BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
-    if partial:
-        block = 1024
-        reduce_splits[(-(-(m * n) // block),)](out, bias if bias is not None else dummy, y, m * n, n, SPLIT=split,
-                                              HAS_BIAS=bias is not None, BLOCK=block)
+    # Triton launches on the current device: make it the tensors' (a device_map spreads layers over GPUs)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        w8a16[(-(-n // block_n), split)](
+            x2, q, scale, bias if bias is not None else dummy, out, m, n, k, k_split, x2.stride(0), q.stride(0),
+            HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, DOT_FP32=interpreted(), PARTIAL=partial,
+            BLOCK_M=block_m(m), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+        if partial:
+            block = 1024
+            reduce_splits[(-(-(m * n) // block),)](out, bias if bias is not None else dummy, y, m * n, n,
+                                                  SPLIT=split, HAS_BIAS=bias is not None, BLOCK=block)
     return y.to(x.dtype).view(*lead, n)
 
 
 @functools.cache
 def works(device: torch.device) -> bool:
     """Whether the kernel runs on ``device`` and gives the right numbers: a CUDA GPU of compute capability
-    >= 8.9 with Triton. Tried once per device on small products of every row tile (at load, which also compiles
-    them outside any CUDA-graph capture); a failure warns and leaves ``torch._scaled_mm``."""
+    >= 8.9 with Triton. Tried once per device, at load, on small products of every row tile, with and without
+    a bias; a failure warns and leaves ``torch._scaled_mm``. (Variants of other shapes compile on first use,
+    which in a CUDA-graph step is its eager warm-up run, never the capture.)"""
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
         return False
     from torch.utils._triton import has_triton

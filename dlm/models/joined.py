@@ -79,6 +79,8 @@ class JoinedFP8Linear(FP8Linear):
     weights, scales and biases; its forward returns the parts' outputs as a tuple in their order."""
 
     def __init__(self, names: tuple[str, ...], parts: list[FP8Linear]):
+        if len({p.bias is None for p in parts}) > 1:
+            raise ValueError("joined projections need a bias on every part or on none")
         super().__init__(parts[0].in_features, sum(p.out_features for p in parts), bias=False, device="meta")
         self.names = names
         self.sizes = [p.out_features for p in parts]

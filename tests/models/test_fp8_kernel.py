@@ -35,9 +35,10 @@ SCRIPT = textwrap.dedent('''
     for i, (m, n, k, bias, split) in enumerate(json.loads(sys.argv[1])):
         g = torch.Generator().manual_seed(i)
         q, scale = quantize_weight(torch.randn(n, k, generator=g) * 0.05)
-        x = torch.randn(2, m, k, generator=g).bfloat16()[1]  # a view with a row stride of k
+        x = torch.randn(m, 2 * k, generator=g).bfloat16()[:, k:]  # a view with a row stride of 2k
         x[0, : k // 2] *= 1000  # rows of very different ranges within one K tile, and across tiles
         b = torch.randn(n, generator=g).bfloat16() if bias else None
+        assert x.stride(0) == 2 * k
         y = linear_w8a16(x.unsqueeze(0), q, scale, b, split=split)[0]
         want = x.double() @ q.double().T * scale.double()[None, :] + (b.double() if bias else 0)
         want16 = want.to(torch.bfloat16)
@@ -71,9 +72,10 @@ def test_kernel_is_the_rounded_product_of_its_operands():
 
 
 def test_splits_depend_on_the_shape_only():
-    """K is cut until a product has about two programs per SM, each part at least two K tiles."""
+    """K is cut until a product has about two programs per SM, into equal parts of whole K tiles, none empty
+    (Dream-7B's 3584 inputs: 28 tiles, 7 parts of 4, not 8 parts with an empty one)."""
     assert [fp8_kernel.splits(n, k) for n, k in [(4096, 4096), (12288, 4096), (4096, 12288), (126464, 4096),
-                                                 (64, 256), (64, 1024), (512, 3584)]] == [4, 2, 4, 1, 1, 4, 8]
+                                                 (64, 256), (64, 1024), (512, 3584)]] == [4, 2, 4, 1, 1, 4, 7]
 
 
 def test_row_tiles():
@@ -86,6 +88,14 @@ def test_more_rows_than_the_kernel_takes_is_an_error():
     with pytest.raises(ValueError, match=f"at most {fp8_kernel.MAX_ROWS} rows, got {fp8_kernel.MAX_ROWS + 1}"):
         fp8_kernel.linear_w8a16(torch.zeros(fp8_kernel.MAX_ROWS + 1, 16, dtype=torch.bfloat16), q,
                                 torch.ones(16), None)
+
+
+def test_operands_are_checked():
+    q = torch.zeros(16, 32, dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match=r"bf16 activations \(\.\.\., K\) by a float8_e4m3fn weight \(N, K\)"):
+        fp8_kernel.linear_w8a16(torch.zeros(2, 16, dtype=torch.bfloat16), q, torch.ones(16), None)  # K 16 != 32
+    with pytest.raises(ValueError, match="torch.float32"):
+        fp8_kernel.linear_w8a16(torch.zeros(2, 32), q, torch.ones(16), None)
 
 
 def test_not_used_off_the_gpu():

@@ -120,6 +120,15 @@ def test_fp8_layers_join_as_one_fp8_layer(llada_path, dream_path):
         assert torch.equal(_logits(lm, ids), ref)  # the parts again: the unjoined model bit for bit
 
 
+def test_fp8_parts_need_a_bias_on_all_or_none():
+    from dlm.models.fp8 import FP8Linear
+
+    with_bias, without = (FP8Linear.from_linear(torch.nn.Linear(32, 16, bias=b)) for b in (True, False))
+    for parts in ([with_bias, without], [without, with_bias]):
+        with pytest.raises(ValueError, match="a bias on every part or on none"):
+            joined.JoinedFP8Linear(("a", "b"), parts)
+
+
 def test_fp8_model_joins_with_the_fused_kernels_switch(llada_path):
     lm = dlm.load(llada_path, device="cpu", quantize="fp8", fused_kernels=True)
     assert isinstance(lm.model.layers[0].q_k_v, joined.JoinedFP8Linear)
@@ -133,7 +142,12 @@ def test_quantizing_a_joined_model_quantizes_every_part(fresh):
     join_projections(fresh.model)
     assert quantize_model(fresh.model) == n
     assert not any(isinstance(m, JoinedLinear) for m in fresh.model.modules())
-    assert isinstance(fresh.model.layers[0].q, FP8Linear) and isinstance(fresh.model.layers[0].up, FP8Linear)
+    layer = fresh.model.layers[0]  # joined again, as FP8 layers
+    assert isinstance(layer.q_k_v, joined.JoinedFP8Linear) and isinstance(layer.gate_up, joined.JoinedFP8Linear)
+    split_projections(fresh.model)
+    assert isinstance(layer.q, FP8Linear) and isinstance(layer.up, FP8Linear)
+    plain = dlm.load(fresh.path, device="cpu").model
+    assert quantize_model(plain) == n and not hasattr(plain.layers[0], "q_k_v")  # an unjoined one stays so
 
 
 def test_hooked_or_subclassed_layers_are_not_joined(fresh):
