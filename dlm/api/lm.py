@@ -204,9 +204,10 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
         quantize: ``None`` (weights in ``dtype``) or ``"fp8"``: every linear layer (attention, dense MLP, shared
             experts, an untied head) stored as float8 e4m3 with per-output-channel scales, quantized on its
             device as it is read (see :mod:`dlm.models.fp8`); embeddings, norms, routers and the stacked MoE
-            experts stay in ``dtype``. On CUDA with compute capability >= 8.9 and bfloat16 it runs
-            ``torch._scaled_mm`` (activations quantized per token); elsewhere, the CPU included, it dequantizes
-            each weight before its product (half the weight memory, no speed-up). Combines with ``cuda_graphs``,
+            experts stay in ``dtype``. On CUDA with compute capability >= 8.9 and bfloat16, products of up to 128
+            rows run a Triton kernel with bf16 activations (W8A16) and larger ones ``torch._scaled_mm``
+            (activations quantized per token); elsewhere, the CPU included, it dequantizes each weight before
+            its product (half the weight memory, no speed-up). Combines with ``cuda_graphs``,
             ``fused_kernels`` and ``device_map``; ``tensor_parallel`` gives a ConfigError.
     """
     from ..models.loading import parse_dtype, read_config, weight_files
