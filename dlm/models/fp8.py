@@ -284,7 +284,6 @@ def quantize_model(model: nn.Module) -> int:
         raise _tensor_parallel_error()
     from .joined import join_projections, split_projections
 
-
     joined = split_projections(model)  # joined q/k/v and gate/up (the fast path's) are quantized as their parts
     names = linear_names(model)
     for name in names:

@@ -115,20 +115,22 @@ def block_m(rows: int) -> int:
     return max(16, 1 << max(0, rows - 1).bit_length())
 
 
+@functools.cache
 def splits(n: int, k: int, block_n: int = BLOCK_N, block_k: int = BLOCK_K) -> int:
     """How many parts K is cut into: doubled (up to :data:`MAX_SPLIT`, while the parts keep two K tiles or more
     on average) until the product has :data:`MIN_PROGRAMS` programs, then as many as equal parts of whole tiles
-    need (:func:`part_tiles`; no part is empty). Depends on the layer's shape only, never on the row count, so
-    a layer always sums in the same order."""
+    need (:func:`cut`; no part is empty). Depends on the layer's shape only, never on the row count, so a layer
+    always sums in the same order."""
     split, tiles_n, tiles_k = 1, -(-n // block_n), -(-k // block_k)
     while tiles_n * split < MIN_PROGRAMS and split < MAX_SPLIT and tiles_k >= 4 * split:
         split *= 2
-    return -(-tiles_k // part_tiles(tiles_k, split))
+    return cut(tiles_k, split)[0]
 
 
-def part_tiles(tiles_k: int, split: int) -> int:
-    """K tiles per part when ``tiles_k`` tiles are cut into at most ``split`` parts."""
-    return -(-tiles_k // split)
+def cut(tiles_k: int, split: int) -> tuple[int, int]:
+    """(parts, K tiles per part) of ``tiles_k`` tiles cut into at most ``split`` equal parts, none empty."""
+    per = -(-tiles_k // split)
+    return -(-tiles_k // per), per
 
 
 def linear_w8a16(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
@@ -147,9 +149,8 @@ def linear_w8a16(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: to
     m, n = x2.shape[0], q.shape[0]
     if m > MAX_ROWS:
         raise ValueError(f"linear_w8a16 takes at most {MAX_ROWS} rows, got {m}")
-    tiles_k = -(-k // block_k)
-    per = part_tiles(tiles_k, splits(n, k, block_n, block_k) if split is None else split)
-    split, k_split = -(-tiles_k // per), per * block_k  # equal parts of whole K tiles, none empty
+    split, per = cut(-(-k // block_k), splits(n, k, block_n, block_k) if split is None else split)
+    k_split = per * block_k
     num_stages = num_stages or (NUM_STAGES if m <= 64 else NUM_STAGES - 1)
     # the interpreter truncates float32 to bf16 instead of rounding it: there the kernel stores float32
     out_dtype = torch.float32 if interpreted() else x.dtype

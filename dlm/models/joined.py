@@ -48,11 +48,10 @@ class JoinedLinear(nn.Module):
         self.names = names
         self.sizes = [p.out_features for p in parts]
         grad = parts[0].weight.requires_grad
-        has_bias = [p.bias is not None for p in parts]
-        if any(has_bias) and not all(has_bias):
-            raise ValueError("joined projections need a bias on every part or on none")
+        _check_biases(parts)
         self.weight = nn.Parameter(_stacked([p.weight for p in parts]), requires_grad=grad)
-        self.bias = nn.Parameter(_stacked([p.bias for p in parts]), requires_grad=grad) if all(has_bias) else None
+        has_bias = parts[0].bias is not None
+        self.bias = nn.Parameter(_stacked([p.bias for p in parts]), requires_grad=grad) if has_bias else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if use_joined_product(x):
@@ -79,8 +78,7 @@ class JoinedFP8Linear(FP8Linear):
     weights, scales and biases; its forward returns the parts' outputs as a tuple in their order."""
 
     def __init__(self, names: tuple[str, ...], parts: list[FP8Linear]):
-        if len({p.bias is None for p in parts}) > 1:
-            raise ValueError("joined projections need a bias on every part or on none")
+        _check_biases(parts)
         super().__init__(parts[0].in_features, sum(p.out_features for p in parts), bias=False, device="meta")
         self.names = names
         self.sizes = [p.out_features for p in parts]
@@ -110,6 +108,15 @@ class JoinedFP8Linear(FP8Linear):
 JOINED = (JoinedLinear, JoinedFP8Linear)
 
 
+def _check_biases(parts: list[nn.Module]) -> None:
+    if len({p.bias is None for p in parts}) > 1:
+        raise ValueError("joined projections need a bias on every part or on none")
+
+
+def _hooked(mods: list[nn.Module]) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in mods)
+
+
 def _stacked(parts: list[torch.Tensor]) -> torch.Tensor:
     """The parts stacked along the first dimension. Parts that lie one after the other in one storage (a group
     split by :func:`split_projections`) give a view of it, so a split then a join moves no weight: a CUDA graph
@@ -129,9 +136,7 @@ def _stacked(parts: list[torch.Tensor]) -> torch.Tensor:
 def _joinable(mods: list) -> bool:
     """Plain linear layers of one dtype and device, with ordinary tensors as weights and no hooks: a quantized
     layer, a tensor-parallel layer (DTensor weights, hooks of its plan) or a hooked one keeps its own products."""
-    if not all(type(m) is nn.Linear for m in mods):
-        return False
-    if any(m._forward_hooks or m._forward_pre_hooks for m in mods):
+    if not all(type(m) is nn.Linear for m in mods) or _hooked(mods):
         return False
     w = [m.weight for m in mods]
     return (all(type(t.data) is torch.Tensor for t in w) and not any(t.is_meta for t in w)
@@ -141,7 +146,7 @@ def _joinable(mods: list) -> bool:
 def _fp8_joinable(mods: list) -> bool:
     """FP8 layers (exactly :class:`~dlm.models.fp8.FP8Linear`) of one input size, device, path and compute
     dtype, without hooks, with a bias on every part or on none."""
-    if not all(type(m) is FP8Linear for m in mods) or any(m._forward_hooks or m._forward_pre_hooks for m in mods):
+    if not all(type(m) is FP8Linear for m in mods) or _hooked(mods):
         return False
     return (not any(m.weight.is_meta for m in mods) and len({m.bias is None for m in mods}) == 1
             and len({(m.in_features, m.weight.device, m.impl, m.compute_dtype) for m in mods}) == 1)
