@@ -158,19 +158,19 @@ def part_host(lm, batch: int = 1, gen: int = GEN) -> dict:
         return wrapper
 
     saved = {name: getattr(core.EngineCore, name) for name in HOST_PHASES}
-    saved_pack, saved_stops = core.pack, core.apply_stops
+    saved_pack, saved_stops = core.PackCache.pack, core.apply_stops
     _step_times(lm, {}, 2, batch, gen, prefill)  # warm-up
     try:
         for name in HOST_PHASES:
             setattr(core.EngineCore, name, timed(name, saved[name]))
-        core.pack, core.apply_stops = timed("pack", saved_pack), timed("apply_stops", saved_stops)
+        core.PackCache.pack, core.apply_stops = timed("pack", saved_pack), timed("apply_stops", saved_stops)
         t0 = time.perf_counter()
         times = _step_times(lm, {}, 2, batch, gen, prefill)
         wall = time.perf_counter() - t0
     finally:
         for name in HOST_PHASES:
             setattr(core.EngineCore, name, saved[name])
-        core.pack, core.apply_stops = saved_pack, saved_stops
+        core.PackCache.pack, core.apply_stops = saved_pack, saved_stops
     steps = len(times)
     per = {k: v / steps * 1e3 for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
     print(f"host batch {batch} gen {gen}: {sum(times) / steps:.2f} ms per step (wall {wall * 1e3 / steps:.2f}); "

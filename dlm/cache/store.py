@@ -91,8 +91,8 @@ class KVPool:
             # (on a GPU the check would make the host wait; admission keeps canvases within their slots)
             raise ValueError(f"position {int(positions.max())} is outside the slots' {self.shape.slot_len} positions")
         rows = torch.add(positions, slots, alpha=self.shape.slot_len)
-        self.k[layer].view(-1, *self.k[layer].shape[2:]).index_copy_(0, rows, k)
-        self.v[layer].view(-1, *self.v[layer].shape[2:]).index_copy_(0, rows, v)
+        copy_rows(self.k[layer].view(-1, *self.k[layer].shape[2:]), rows, k)
+        copy_rows(self.v[layer].view(-1, *self.v[layer].shape[2:]), rows, v)
 
     def keys(self, layer: int, slots: slice | int, length: int) -> torch.Tensor:
         """A view (rows, kv_heads, length, head_dim) of a slot (int) or a contiguous range of slots (slice)."""
@@ -108,3 +108,16 @@ class KVPool:
 
     def pointers(self) -> list[int]:
         return [t.data_ptr() for t in self.k + self.v]
+
+
+def copy_rows(dst: torch.Tensor, rows: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst[rows] = src`` along dim 0, bit for bit, moving 8-byte words where both layouts allow it.
+
+    ``index_copy_`` runs an elementwise kernel, one element per thread: with 2-byte elements a warp moves
+    64 bytes at a time and the copy runs at a fraction of the memory bandwidth. Viewed as int64 words the same
+    bytes move in a quarter of the elements (a pure copy: no value is read as a number)."""
+    try:
+        dst, src = dst.view(torch.int64), src.view(torch.int64)
+    except RuntimeError:  # a last dimension of odd bytes or strides not in whole words: copy the elements
+        pass
+    dst.index_copy_(0, rows, src)

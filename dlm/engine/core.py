@@ -33,7 +33,7 @@ from ..models.transfer import to_device
 from ..outputs import GenerationOutput, StepEvent, StepTrace
 from ..sampling import Draws, compute_candidates
 from .buffers import SlotBuffers
-from .pack import SHAPE_STEP, Packed, RowPlan, host_plan, pack, step_info
+from .pack import SHAPE_STEP, PackCache, Packed, RowPlan, host_plan, step_info
 from .request import Request, Status
 from .select import BAD_EDIT, EMPTY, FINISH_WITHOUT_REGION, HELD_TOO_LONG, OUTSIDE, GroupCommit, decide, group_key
 from .stops import apply_stops
@@ -65,6 +65,7 @@ class EngineCore:
         self.buf = SlotBuffers(max_rows, slot_len, self.device)
         self.queue: deque[Request] = deque()
         self.running: list[Request] = []
+        self.packs = PackCache()
         self.steps = 0
         self.mask_id, self.eos_id = lm.ids.mask_id, lm.ids.eos_id
 
@@ -170,7 +171,7 @@ class EngineCore:
             for r, rows in zip(reqs, per_request):
                 r.fed_this_step = bool(rows)
             plans += [p for rows in per_request for p in rows]
-        packed = pack(plans, self.pad_rows, self.shape_step) if plans else None
+        packed = self.packs.pack(plans, self.pad_rows, self.shape_step) if plans else None
         logits = self._forward(packed) if plans else None  # no rows: every driven request finishes from drafts
         outcomes, flags = {}, None
         if plain:
@@ -195,11 +196,11 @@ class EngineCore:
     def _forward(self, p: Packed) -> torch.Tensor:
         """(Nc, V) logits of every candidate position (guidance applied)."""
         dev = self.device
-        slot, position = to_device(p.slot, dev), to_device(p.position, dev)
+        slot, position = p.on("slot", dev), p.on("position", dev)
         ids = self.buf.tokens[slot, position].unsqueeze(0)
         if p.explicit_ids is not None:  # drafts feed their own canvases
-            ids[0].index_copy_(0, to_device(p.explicit_index, dev), p.explicit_ids)
-        index = to_device(p.logits_index, dev).unsqueeze(0)
+            ids[0].index_copy_(0, p.on("explicit_index", dev), p.explicit_ids)
+        index = p.on("logits_index", dev).unsqueeze(0)
         if self.tiled:  # batch-invariant numerics on a GPU (see dlm.engine.numerics)
             from .numerics import invariant_forward
 
@@ -215,9 +216,9 @@ class EngineCore:
                 logits = self.lm.model(ids, position.unsqueeze(0), attention=attention, logits_index=index)[0]
         if not bool((p.cfg_scale > 0).any()):  # the conditional logits are the first ones, in order
             return logits[: p.cond.numel()]
-        cond = logits[to_device(p.cond, dev)]
-        uncond = logits[to_device(p.uncond, dev)]
-        w = to_device(p.cfg_scale, dev, logits.dtype).unsqueeze(1)
+        cond = logits[p.on("cond", dev)]
+        uncond = logits[p.on("uncond", dev)]
+        w = p.on("cfg_scale", dev).to(logits.dtype).unsqueeze(1)
         mixed = uncond + (w + 1) * (cond - uncond)
         # ids outside the vocabulary are -inf in both; keep them -inf instead of inf - inf = nan
         mixed = torch.where(torch.isneginf(cond) & torch.isneginf(uncond), cond, mixed)
@@ -230,10 +231,9 @@ class EngineCore:
         groups: dict[tuple, list[tuple[Request, int, int]]] = {}
         for seg in segments:  # requests with the same sampling settings share the call (each its own, if tiled)
             groups.setdefault(_sampling_key(seg[0]) + ((seg[0].id,) if self.tiled else ()), []).append(seg)
-        cand_slot, cand_col = to_device(p.cand_slot, dev), to_device(p.cand_col, dev)
         for segs in groups.values():
             r0 = segs[0][0]
-            index = to_device(torch.cat([torch.arange(a, a + n) for _, a, n in segs]), dev)
+            index, cand_slot, cand_col = _candidate_rows(p, segs, dev)
             c = r0.config
             cand = compute_candidates(
                 logits[index], mode=r0.mode, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
@@ -241,10 +241,11 @@ class EngineCore:
                 measures=set().union(*(r.measures for r, _, _ in segs)),
                 ban_ids=(self.eos_id,) if c.logits_eos_inf else (),
                 low_confidence_ids=r0.stop_ids if c.confidence_eos_eot_inf else (), never_ids=(self.mask_id,))
-            self.buf.store_candidates(cand_slot[index], cand_col[index], cand)
-        index = to_device(torch.cat([torch.arange(a, a + n) for _, a, n in segments]), dev)
+            self.buf.store_candidates(cand_slot, cand_col, cand)
+        index, _, _ = _candidate_rows(p, segments, dev)
         bad = torch.isnan(logits.amax(-1)[index]).long()  # (reducing first: no copy of the logits)
-        seg_of = to_device(torch.cat([torch.full((n,), i) for i, (_, _, n) in enumerate(segments)]), dev)
+        seg_of = p.derived(("segment of", str(dev), _spans(segments)), lambda: to_device(
+            torch.cat([torch.full((n,), i) for i, (_, _, n) in enumerate(segments)]), dev))
         return torch.zeros(len(segments), dtype=torch.long, device=dev).index_add_(0, seg_of, bad) > 0
 
     def _select(self, reqs: list[Request]) -> list[GroupCommit]:
@@ -412,6 +413,19 @@ def _driver_logits(p: Packed, logits: torch.Tensor, reqs: list[Request]) -> list
         if id(plan.request) in out:
             out[id(plan.request)].append(logits[a : a + n])
     return [out[id(r)] for r in reqs]
+
+
+def _spans(segments) -> tuple:
+    return tuple((a, n) for _, a, n in segments)
+
+
+def _candidate_rows(p: Packed, segments, dev) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits rows of ``segments`` (request, first, count) and where their candidates go (slot, column)."""
+    def build():
+        index = to_device(torch.cat([torch.arange(a, a + n) for _, a, n in segments]), dev)
+        return index, p.on("cand_slot", dev)[index], p.on("cand_col", dev)[index]
+
+    return p.derived(("candidates", str(dev), _spans(segments)), build)
 
 
 def _sampling_key(r: Request) -> tuple:

@@ -14,12 +14,14 @@ kernel is fixed).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
 
 import torch
 
 from ..cache.base import Plan, StepInfo
 from ..models.ragged import RaggedRows
+from ..models.transfer import to_device
 from .request import Request
 
 MIN_ROWS = 16
@@ -38,6 +40,7 @@ class RowPlan:
         write: the fed keys/values go to the request's slots.
         ids: None: the input ids are the request's canvas; else the canvas to feed instead, (Q,) long on the
             device (a verifier's draft: fresh, not stored).
+        first_fed: the smallest position in ``fed``.
     """
 
     request: Request
@@ -47,6 +50,11 @@ class RowPlan:
     fresh: bool
     write: bool
     ids: torch.Tensor | None = None
+    first_fed: int = -1  # the smallest fed position (computed from ``fed`` when not given)
+
+    def __post_init__(self) -> None:
+        if self.first_fed < 0:
+            self.first_fed = int(self.fed.min())
 
     @classmethod
     def draft(cls, request: Request, ids: torch.Tensor, logits_from: int, logits_to: int) -> "RowPlan":
@@ -95,23 +103,76 @@ class Packed:
     segments: list[tuple[RowPlan, int, int]]
     explicit_index: torch.Tensor | None = None
     explicit_ids: torch.Tensor | None = None
+    _derived: dict = field(default_factory=dict, repr=False)
+
+    def on(self, name: str, device) -> torch.Tensor:
+        """Field ``name`` on ``device``, copied once (a layout that the next step reuses keeps its copies)."""
+        return self.derived((name, str(device)), lambda: to_device(getattr(self, name), device))
+
+    def derived(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """``build()``, computed once per packed layout and ``key`` (device tensors derived from the layout)."""
+        if key not in self._derived:
+            self._derived[key] = build()
+        return self._derived[key]
+
+
+class PackCache:
+    """The last step's packed layout, returned again while every row plan is the same object as then (the
+    requests' plans repeat: :func:`host_plan`). A layout's device copies and derived indices then carry over
+    too, and the host does not rebuild any of it between the step's synchronisation and the next forward."""
+
+    def __init__(self) -> None:
+        self._plans: list[RowPlan] = []
+        self._packed: Packed | None = None
+
+    def pack(self, plans: list[RowPlan], pad_rows: bool, logit_step: int) -> Packed:
+        same = (self._packed is not None and len(plans) == len(self._plans)
+                and all(a is b for a, b in zip(plans, self._plans)))
+        if not same:  # the plans are kept: an object's identity is only unique while it lives
+            self._plans, self._packed = list(plans), pack(plans, pad_rows, logit_step)
+        return self._packed
 
 
 def host_plan(request: Request, plan: Plan, shift: int) -> RowPlan:
-    """A policy's :class:`~dlm.cache.base.Plan` as host tensors."""
-    if isinstance(plan.fed, slice):
-        fed = torch.arange(plan.fed.start, plan.fed.stop)
-    else:
-        fed = plan.fed[0].cpu()
-    index = plan.logits_index
-    logit_src = torch.arange(index.start, index.stop) if isinstance(index, slice) else index[0].cpu()
+    """A policy's :class:`~dlm.cache.base.Plan` as host tensors. The request keeps the last one: a plan of
+    slices that repeats (the in-block steps of a block) returns the same :class:`RowPlan` object, which lets
+    :class:`PackCache` reuse the step's packed layout."""
+    key = _repeat_key(request, plan, shift)
+    if key is not None and request.row_plan is not None and request.row_plan[0] == key:
+        return request.row_plan[1]
+    row = _build_row(request, plan, shift)
+    request.row_plan = None if key is None else (key, row)
+    return row
+
+
+def _repeat_key(request: Request, plan: Plan, shift: int) -> tuple | None:
+    """Everything a RowPlan is built from, for plans of slices (None for index plans: never reused)."""
+    fed, index = plan.fed, plan.logits_index
+    if not (isinstance(fed, slice) and isinstance(index, slice) and plan.targets is None):
+        return None
+    return (fed.start, fed.stop, fed.step, index.start, index.stop, index.step, request.visible,
+            request.region_span()[0], shift, request.policy.uses_storage, tuple(request.slots))
+
+
+def _build_row(request: Request, plan: Plan, shift: int) -> RowPlan:
     region_start, _ = request.region_span()
-    if plan.targets is None:
-        cols = fed[logit_src] + shift - region_start
+    fed, index = plan.fed, plan.logits_index
+    if isinstance(fed, slice):  # (policies' slices have no step)
+        fed_t, first = torch.arange(fed.start, fed.stop), fed.start
+        fresh = fed.start == 0 and fed.stop == request.visible
     else:
+        fed_t = fed[0].cpu()
+        first = int(fed_t.min())
+        fresh = fed_t.numel() == request.visible and bool((fed_t == torch.arange(request.visible)).all())
+    logit_src = torch.arange(index.start, index.stop) if isinstance(index, slice) else index[0].cpu()
+    if plan.targets is not None:
         cols = plan.targets[0].cpu()
-    fresh = fed.numel() == request.visible and bool((fed == torch.arange(request.visible)).all())
-    return RowPlan(request, fed, logit_src, cols, fresh, request.policy.uses_storage)
+    elif isinstance(fed, slice) and isinstance(index, slice):  # consecutive columns
+        col = fed.start + index.start + shift - region_start
+        cols = torch.arange(col, col + index.stop - index.start)
+    else:
+        cols = fed_t[logit_src] + shift - region_start
+    return RowPlan(request, fed_t, logit_src, cols, fresh, request.policy.uses_storage, first_fed=first)
 
 
 def step_info(request: Request, tokens: torch.Tensor, committed: torch.Tensor, confidence: torch.Tensor,
@@ -134,33 +195,32 @@ def pack(plans: list[RowPlan], pad_rows: bool, logit_step: int = 1) -> Packed:
     a multiple of it (with the first packed position, whose extra logits nobody reads), so that steps whose
     number of logits varies by a few (the ``window`` cache's) repeat their shape for CUDA graphs."""
     q_start, q_len, k_len, slot, fresh, write, block, min_pos = [], [], [], [], [], [], [], []
-    pos_parts, slot_parts = [], []
+    pos_parts, slot_of_row, logit_src, logit_rows = [], [], [], []
     cond, uncond, scale, cand_slot, cand_col, segments = [], [], [], [], [], []
     explicit_index, explicit_ids = [], []
     cursor = n_logits = 0
-    logit_parts = []
-    for p in plans:
+    for p in plans:  # Python numbers per row; the tensors are joined once below
         r = p.request
         first = len(cond)
-        row_logits = []
+        q = p.fed.numel()
         for copy, s in enumerate(p.slots):
             q_start.append(cursor)
-            q_len.append(p.fed.numel())
+            q_len.append(q)
             k_len.append(p.keys)
             slot.append(s)
             fresh.append(p.fresh)
             write.append(p.write)
             block.append(r.layout.block_causal)
-            min_pos.append(int(p.fed.min()))
+            min_pos.append(p.first_fed)
             pos_parts.append(p.fed)
-            slot_parts.append(torch.full((p.fed.numel(),), max(s, r.slots[0] if r.slots else 0), dtype=torch.long))
+            slot_of_row.append(max(s, r.slots[0] if r.slots else 0))
             if p.ids is not None:
-                explicit_index.append(torch.arange(cursor, cursor + p.fed.numel()))
+                explicit_index.append(torch.arange(cursor, cursor + q))
                 explicit_ids.append(p.ids if copy == 0 else _unconditional(p.ids, r))
-            row_logits.append(cursor + p.logit_src)
-            cursor += p.fed.numel()
+            logit_src.append(p.logit_src)
+            logit_rows.append(len(q_start) - 1)
+            cursor += q
         n = p.logit_src.numel()
-        logit_parts += row_logits
         cond += range(n_logits, n_logits + n)
         uncond += range(n_logits + n, n_logits + 2 * n) if r.copies == 2 else range(n_logits, n_logits + n)
         n_logits += n * r.copies
@@ -173,15 +233,19 @@ def pack(plans: list[RowPlan], pad_rows: bool, logit_step: int = 1) -> Packed:
         q_start.append(cursor), q_len.append(extra), k_len.append(extra), slot.append(-1), fresh.append(True)
         write.append(False), block.append(None), min_pos.append(0)
         pos_parts.append(torch.arange(extra))
-        slot_parts.append(torch.full((extra,), plans[0].request.slots[0], dtype=torch.long))
-    logits_index = torch.cat(logit_parts)
+        slot_of_row.append(plans[0].request.slots[0])
+    # each logit's packed position: its row's first packed position + its index among the row's fed positions
+    offsets = torch.tensor([q_start[i] for i in logit_rows]).repeat_interleave(
+        torch.tensor([t.numel() for t in logit_src]))
+    logits_index = torch.cat(logit_src) + offsets
     if pad_rows and logits_index.numel() < MIN_ROWS:
         logits_index = torch.cat([logits_index, logits_index.new_zeros(MIN_ROWS - logits_index.numel())])
     if logits_index.numel() % logit_step:
         logits_index = torch.cat([logits_index, logits_index.new_zeros(-logits_index.numel() % logit_step)])
     position = torch.cat(pos_parts)
+    slot_index = torch.tensor(slot_of_row).repeat_interleave(torch.tensor(q_len))
     rows = RaggedRows(q_start, q_len, k_len, slot, fresh, write, block, position, min_pos)
-    packed = Packed(rows, torch.cat(slot_parts), position, logits_index, torch.tensor(cond), torch.tensor(uncond),
+    packed = Packed(rows, slot_index, position, logits_index, torch.tensor(cond), torch.tensor(uncond),
                     torch.tensor(scale), torch.tensor(cand_slot), torch.cat(cand_col), segments)
     if explicit_ids:
         packed.explicit_index, packed.explicit_ids = torch.cat(explicit_index), torch.cat(explicit_ids)

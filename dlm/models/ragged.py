@@ -64,7 +64,7 @@ class RaggedRows:
     block: list[int | None]
     positions: torch.Tensor
     min_position: list[int]
-    _per_device: dict = field(default_factory=dict, repr=False)
+    _per_device: dict = field(default_factory=dict, repr=False)  # index tensors per device, and the signature
 
     @property
     def total(self) -> int:
@@ -80,9 +80,12 @@ class RaggedRows:
 
     def signature(self) -> tuple:
         """Everything about the batch's layout except the positions: two batches with equal signatures run the
-        same kernels on the same shapes (what a captured CUDA graph needs)."""
-        return (tuple(self.q_len), tuple(self.k_len), tuple(self.slot), tuple(self.fresh), tuple(self.write),
+        same kernels on the same shapes (what a captured CUDA graph needs). Computed once per batch."""
+        if "signature" not in self._per_device:
+            self._per_device["signature"] = (
+                tuple(self.q_len), tuple(self.k_len), tuple(self.slot), tuple(self.fresh), tuple(self.write),
                 tuple(self.block), tuple(self.masked_rows()))
+        return self._per_device["signature"]
 
     def masked_rows(self) -> list[int]:
         """Block-causal rows whose queries need a mask (some query's block ends before the row's last key)."""

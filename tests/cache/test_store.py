@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlm.cache.store import KVPool, PoolShape
+from dlm.cache.store import KVPool, PoolShape, copy_rows
 
 
 def test_write_stores_each_position_in_its_slot():
@@ -29,3 +29,25 @@ def test_write_stores_each_position_in_its_slot():
     assert torch.equal(pool.keys(1, 2, 7), ref_k[2:3].transpose(1, 2))
     with pytest.raises(ValueError, match="position 7 is outside"):  # would land in the next slot's first row
         pool.write(0, torch.tensor([0]), torch.tensor([7]), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("heads, dim", [(2, 8), (3, 4), (2, 5), (1, 3)])
+def test_copy_rows_is_index_copy_bit_for_bit(dtype, heads, dim):
+    """As 8-byte words where the rows allow it (2 x 8 bf16), element by element otherwise (2 x 5 bf16): the same
+    bytes as ``index_copy_``, NaN payloads and negative zeros included, from contiguous and strided sources."""
+    g = torch.Generator().manual_seed(heads * 10 + dim)
+    bits = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}[dtype]
+    info = torch.iinfo(bits)
+
+    def random_bits(*shape):  # every bit pattern, NaNs with payloads among them
+        return torch.randint(info.min, info.max, shape, generator=g, dtype=bits).view(dtype)
+
+    for strided in (False, True):
+        dst = random_bits(12, heads, dim)
+        ref = dst.clone()
+        src = random_bits(heads, 5, dim).transpose(0, 1) if strided else random_bits(5, heads, dim)
+        rows = torch.randperm(12, generator=g)[:5]
+        ref.index_copy_(0, rows, src)
+        copy_rows(dst, rows, src)
+        assert torch.equal(dst.view(bits), ref.view(bits))
