@@ -4,8 +4,9 @@ compute them (the order of casts matters in bf16), eager (the reference) or fuse
 At batch 1 a cached diffusion step feeds a few dozen positions, so each of the ~40 small kernels of a layer
 (RMSNorm's casts and reduction, the rotary embedding's slicing and products, SwiGLU) costs about as much as the
 data it touches, even when the forward is replayed from a CUDA graph. :func:`fused_ops` compiles the same three
-functions with ``torch.compile`` so each becomes one or two generated kernels; the matrix products stay with
-cuBLAS. Enabled with ``dlm.load(..., fused_kernels=True)``. The eager functions are the reference;
+functions with ``torch.compile`` so each becomes one or two generated kernels (RoPE in bfloat16 on a GPU takes
+the Triton kernel of :mod:`dlm.models.rope_kernel` instead, which equals the eager function bit for bit); the
+matrix products stay with cuBLAS. Enabled with ``dlm.load(..., fused_kernels=True)``. The eager functions are the reference;
 ``tests/models/test_fused.py`` checks the compiled ones against them.
 """
 
@@ -69,8 +70,22 @@ def fused_ops(key: Hashable = None) -> Ops:
     key per dtype and architecture. Past the limit the compiled functions fall back to the eager ones (correct,
     slower), never an error."""
     if key not in _FUSED:
-        _FUSED[key] = Ops(_compiled(rms_norm), _compiled(rope), _compiled(swiglu), fused=True)
+        _FUSED[key] = Ops(_compiled(rms_norm), _with_rope_kernel(_compiled(rope)), _compiled(swiglu), fused=True)
     return _FUSED[key]
+
+
+def _with_rope_kernel(compiled: Callable) -> Callable:
+    """RoPE by :mod:`dlm.models.rope_kernel` (a Triton kernel equal to :func:`rope` bit for bit) where it
+    applies (bfloat16 on a CUDA GPU with Triton), else by ``compiled``."""
+
+    def fused_rope(q, k, cos, sin, full_precision: bool):
+        from . import rope_kernel
+
+        if rope_kernel.applies(q, k, cos, sin):
+            return rope_kernel.rope(q, k, cos, sin, full_precision)
+        return compiled(q, k, cos, sin, full_precision)
+
+    return fused_rope
 
 
 def _compiled(fn: Callable) -> Callable:
