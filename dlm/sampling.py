@@ -159,22 +159,32 @@ def compute_candidates(
             Unlike ``ban_ids`` they do not change the probabilities confidences are read from, so whenever the
             best token is not one of them, tokens and confidences are exactly the official samplers'.
     """
+    pick = _PICKS.get(mode)
+    if pick is None:
+        raise ValueError(f"unknown sampling mode {mode!r}; allowed: {', '.join(SAMPLING_MODES)}")
     raw = logits.float()
+    owned = raw is not logits  # a copy of the caller's logits (other dtype): free to change in place
     if ban_ids:
-        raw = raw.clone()
+        raw = raw if owned else raw.clone()
+        owned = True
         raw.index_fill_(-1, id_index(ban_ids, raw.device), float("-inf"))
     margin = neg_entropy = gap = None
     if "logit_gap" in measures:
         top2 = raw.topk(2, dim=-1).values
         gap = top2[..., 0] - top2[..., 1]
-    choice = raw
-    if never_ids:
-        choice = raw.clone()
-        choice.index_fill_(-1, id_index(never_ids, raw.device), float("-inf"))
-    pick = _PICKS.get(mode)
-    if pick is None:
-        raise ValueError(f"unknown sampling mode {mode!r}; allowed: {', '.join(SAMPLING_MODES)}")
-    tokens, probs = pick(raw, choice, temperature, top_k, top_p, generator, never_ids)
+    if never_ids and owned and pick is _pick_gumbel:
+        # the confidences' softmax first, then the never-chosen ids filled into the copy itself: the same tokens
+        # and probabilities as with a second copy of the logits, without writing one (a large share of a
+        # batched step's sampling on a GPU)
+        probs = torch.softmax(raw, dim=-1)
+        raw.index_fill_(-1, id_index(never_ids, raw.device), float("-inf"))
+        tokens = _gumbel_tokens(raw, temperature, top_k, top_p, generator)
+    else:
+        choice = raw
+        if never_ids:
+            choice = raw.clone()
+            choice.index_fill_(-1, id_index(never_ids, raw.device), float("-inf"))
+        tokens, probs = pick(raw, choice, temperature, top_k, top_p, generator, never_ids)
     confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if "margin" in measures:
         top2p = probs.topk(2, dim=-1).values
@@ -203,13 +213,17 @@ def _without(probs: torch.Tensor, never_ids: tuple[int, ...]) -> torch.Tensor:
 
 def _pick_gumbel(raw, choice, temperature, top_k, top_p, generator, never_ids):
     """(tokens, probs): Gumbel-max over the filtered logits; confidences from the unfiltered distribution."""
+    return _gumbel_tokens(choice, temperature, top_k, top_p, generator), torch.softmax(raw, dim=-1)
+
+
+def _gumbel_tokens(choice, temperature, top_k, top_p, generator):
     filtered = choice
     if temperature > 0:
         if top_p is not None and top_p < 1:
             filtered = top_p_filter(filtered, top_p)
         if top_k is not None:
             filtered = top_k_filter(filtered, top_k)
-    return gumbel_argmax(filtered, temperature, generator), torch.softmax(raw, dim=-1)
+    return gumbel_argmax(filtered, temperature, generator)
 
 
 def _pick_categorical(raw, choice, temperature, top_k, top_p, generator, never_ids):
