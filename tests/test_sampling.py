@@ -24,8 +24,8 @@ def test_in_place_path_equals_the_copying_one(temperature, top_k, top_p, ban):
     logits16[0, 0, :] = 1.0  # all tied: the first allowed id wins
     logits32 = logits16.float()
     before16, before32 = logits16.clone(), logits32.clone()
-    kwargs = dict(mode="gumbel", temperature=temperature, top_k=top_k, top_p=top_p, ban_ids=ban,
-                  never_ids=(MASK,), measures={"margin", "entropy", "logit_gap"})
+    kwargs = {"mode": "gumbel", "temperature": temperature, "top_k": top_k, "top_p": top_p, "ban_ids": ban,
+              "never_ids": (MASK,), "measures": {"margin", "entropy", "logit_gap"}}
     fast = compute_candidates(logits16, generator=torch.Generator().manual_seed(1), **kwargs)  # its own copy
     ref = compute_candidates(logits32, generator=torch.Generator().manual_seed(1), **kwargs)  # copies again
     for name in ("tokens", "confidence", "margin", "neg_entropy", "logit_gap"):
