@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.rows import copy_rows
+
 
 @dataclass(frozen=True)
 class PoolShape:
@@ -109,15 +111,3 @@ class KVPool:
     def pointers(self) -> list[int]:
         return [t.data_ptr() for t in self.k + self.v]
 
-
-def copy_rows(dst: torch.Tensor, rows: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst[rows] = src`` along dim 0, bit for bit, moving 8-byte words where both layouts allow it.
-
-    ``index_copy_`` runs an elementwise kernel, one element per thread: with 2-byte elements a warp moves
-    64 bytes at a time and the copy runs at a fraction of the memory bandwidth. Viewed as int64 words the same
-    bytes move in a quarter of the elements (a pure copy: no value is read as a number)."""
-    try:
-        dst, src = dst.view(torch.int64), src.view(torch.int64)
-    except RuntimeError:  # a last dimension of odd bytes or strides not in whole words: copy the elements
-        pass
-    dst.index_copy_(0, rows, src)

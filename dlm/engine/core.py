@@ -308,12 +308,13 @@ class EngineCore:
         if flags is not None:
             parts.append(torch.cat([flags, flags.new_zeros(len(reqs) - flags.shape[0], flags.shape[1])]))
         host = torch.cat(parts, 1).cpu()
-        tokens, committed = host[:, :Gmax], host[:, Gmax : 2 * Gmax].bool()
+        tokens, committed = host[:, :Gmax].unbind(0), host[:, Gmax : 2 * Gmax].bool().unbind(0)  # rows: views
         events = []
         for i, r in enumerate(reqs):
             G = r.layout.gen_length
-            events.append(StepEvent(request_id=r.id, step=r.steps + 1, block=r.block, committed=committed[i, :G],
-                                    tokens=tokens[i, :G], done=False, tag=r.tag, request=r))
+            t, c = (tokens[i], committed[i]) if G == Gmax else (tokens[i][:G], committed[i][:G])
+            events.append(StepEvent(request_id=r.id, step=r.steps + 1, block=r.block, committed=c, tokens=t,
+                                    done=False, tag=r.tag, request=r))
         return events, host[:, 2 * Gmax :].tolist()
 
     # ----------------------------------------------------------------- emit

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import attend
+from .rows import copy_rows, select_rows
 from .transfer import to_device
 
 BACKENDS = ("loop", "padded")
@@ -200,15 +201,17 @@ class RaggedAttention:
             keys = kt[a:b].view(g.n_rows, g.Lmax, Hkv, D).transpose(1, 2)
             values = vt[a:b].view(g.n_rows, g.Lmax, Hkv, D).transpose(1, 2)
         else:
-            keys = kt.new_zeros(g.n_rows * g.Lmax, Hkv, D).index_copy_(0, g.dest, kt[g.packed])
-            values = vt.new_zeros(g.n_rows * g.Lmax, Hkv, D).index_copy_(0, g.dest, vt[g.packed])
+            keys, values = kt.new_zeros(g.n_rows * g.Lmax, Hkv, D), vt.new_zeros(g.n_rows * g.Lmax, Hkv, D)
+            copy_rows(keys, g.dest, select_rows(kt, g.packed))
+            copy_rows(values, g.dest, select_rows(vt, g.packed))
             keys = keys.view(g.n_rows, g.Lmax, Hkv, D).transpose(1, 2)
             values = values.view(g.n_rows, g.Lmax, Hkv, D).transpose(1, 2)
         if g.uniform is not None:
             a, b = g.uniform
             qp = qt[a:b].view(g.n_rows, g.Qmax, H, D).transpose(1, 2)
         else:
-            qp = qt.new_zeros(g.n_rows * g.Qmax, H, D).index_copy_(0, g.qdest, qt[g.packed])
+            qp = qt.new_zeros(g.n_rows * g.Qmax, H, D)
+            copy_rows(qp, g.qdest, select_rows(qt, g.packed))
             qp = qp.view(g.n_rows, g.Qmax, H, D).transpose(1, 2)
         mask = None if g.all_keys else g.key_ok[:, None, None, :]
         mine = [(r, p) for r, p in zip(g.members, g.place) if r in masks]
@@ -223,7 +226,7 @@ class RaggedAttention:
             a, b = g.uniform
             out[a:b] = o.reshape(b - a, H, D)
         else:
-            out[g.packed] = o.reshape(g.n_rows * g.Qmax, H, D)[g.qdest]
+            copy_rows(out, g.packed, select_rows(o.reshape(g.n_rows * g.Qmax, H, D), g.qdest))
 
 
 ALL = object()  # marker: every fed position is written, in packed order

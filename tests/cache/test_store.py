@@ -1,12 +1,14 @@
 """The key/value pool's write: what an assignment through (slot, position) indices would store, for any slots
-and positions (in any order, the last slot and position included)."""
+and positions (in any order, the last slot and position included); and the row copies it and the padded attention
+use (dlm.models.rows), bit for bit the element copies."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dlm.cache.store import KVPool, PoolShape, copy_rows
+from dlm.cache.store import KVPool, PoolShape
+from dlm.models.rows import copy_rows, select_rows
 
 
 def test_write_stores_each_position_in_its_slot():
@@ -51,3 +53,14 @@ def test_copy_rows_is_index_copy_bit_for_bit(dtype, heads, dim):
         ref.index_copy_(0, rows, src)
         copy_rows(dst, rows, src)
         assert torch.equal(dst.view(bits), ref.view(bits))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("heads, dim", [(2, 8), (2, 5)])
+def test_select_rows_is_indexing_bit_for_bit(dtype, heads, dim):
+    g = torch.Generator().manual_seed(dim)
+    src = torch.randn(heads, 9, dim, generator=g).to(dtype).transpose(0, 1)  # strided rows
+    index = torch.tensor([4, 0, 8, 4])
+    got = select_rows(src, index)
+    assert got.dtype == dtype and got.shape == (4, heads, dim) and got.is_contiguous()
+    assert torch.equal(got, src[index])
