@@ -1,4 +1,5 @@
-"""Where a cached decode step's time goes at batch 1 (LLaDA-8B geometry, random bf16 weights, one GPU).
+"""Where a cached decode step's time goes (LLaDA-8B geometry, random bf16 weights, one GPU): batch 1, and a batch
+of 32 in lockstep or arriving staggered.
 
     python benchmarks/step_profile.py --out results/step_profile.json [--parts steps kernels projections]
 
@@ -17,6 +18,13 @@ Parts (each recorded on its own; a failing part does not stop the others):
 ``host``, ``host_b32``
     the host time of each phase of the engine's step (batch 1 as ``steps``; a static batch of 32 at gen 256):
     what the GPU waits for between the step's synchronisation and the next forward.
+``staggered_steps``
+    staggered arrivals as ``benchmarks/engine_gpu.py --parts staggered`` (batch 32, gen 256, default options),
+    step by step: each step's time, fed positions and rows, and whether it replayed a CUDA graph, captured one
+    or ran eagerly.
+``kernels_mixed``
+    the kernels of eight steady-state staggered steps (32 rows at different blocks; fused kernels, no graphs)
+    and the same steps' unprofiled time.
 ``projections``
     the matrix products of the 32 layers at 32 / 64 / 256 rows, as the model runs them (q, k, v, o, gate, up,
     down: seven products) and with q/k/v and gate/up as one product each (four), each in a CUDA graph, against
@@ -114,6 +122,17 @@ def part_kernels(lm, batch: int = 1, gen: int = GEN, graphs: bool = False) -> di
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         times = _step_times(lm, {}, 2, batch, gen, prefill)
         torch.cuda.synchronize()
+    steps = len(times)
+    rows, total, mm = _kernel_rows(prof)
+    print(f"kernels batch {batch} gen {gen} graphs {graphs}: {steps} steps, wall {sum(times):.1f} ms, "
+          f"kernels {total:.1f} ms (matrix products {mm:.1f} ms)", flush=True)
+    _print_kernels(rows, steps)
+    return {"batch": batch, "gen": gen, "graphs": graphs, "steps": steps, "wall_ms": sum(times),
+            "kernel_ms": total, "matmul_ms": mm, "top": rows[:60]}
+
+
+def _kernel_rows(prof) -> tuple[list[dict], float, float]:
+    """The profile's kernels summed per name (largest first), their total ms and the matrix products' ms."""
     rows = []
     for e in prof.key_averages():
         if not str(e.device_type).endswith("CUDA"):  # kernels only: an operator's row repeats its kernels' time
@@ -126,14 +145,102 @@ def part_kernels(lm, batch: int = 1, gen: int = GEN, graphs: bool = False) -> di
     rows.sort(key=lambda r: -r["device_ms"])
     total = sum(r["device_ms"] for r in rows)
     mm = sum(r["device_ms"] for r in rows if r["name"].startswith(("nvjet", "sm90_xmma", "cutlass", "gemm")))
-    steps = len(times)
-    print(f"kernels batch {batch} gen {gen} graphs {graphs}: {steps} steps, wall {sum(times):.1f} ms, "
-          f"kernels {total:.1f} ms (matrix products {mm:.1f} ms)", flush=True)
+    return rows, total, mm
+
+
+def _print_kernels(rows: list[dict], steps: int) -> None:
     for r in rows[:25]:
         print(f"  {r['device_ms'] / steps:8.3f} ms/step  x{r['count'] / steps:<6.1f} {r['name']}", flush=True)
-    return {"batch": batch, "gen": gen, "graphs": graphs, "steps": steps, "wall_ms": sum(times),
-            "kernel_ms": total, "matmul_ms": mm, "top": rows[:60]}
 
+
+def _sync(lm) -> None:
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _staggered_engine(lm, batch: int, prompt: int, gen: int):
+    """An engine warmed up with one static batch, the staggered benchmark's prompts and config (as
+    ``benchmarks/engine_gpu.py --parts staggered``)."""
+    from engine_gpu import random_prompts, schedule_config
+
+    prompts = random_prompts(lm, 3 * batch, prompt, seed=1)
+    cfg = schedule_config(gen, PER_STEP)
+    engine = dlm.Engine(lm, max_rows=batch, max_tokens=batch * (prompt + gen))
+    for p in prompts[:batch]:
+        engine.submit(p, cfg)
+    engine.run()
+    return engine, prompts, cfg
+
+
+def part_staggered_steps(lm, batch: int = 32, prompt: int = 128, gen: int = 256) -> dict:
+    """Staggered arrivals (one per step, 3 x ``batch`` requests; the default options) step by step: each step's
+    wall time (synchronised after it), fed positions, rows, and whether its forward replayed a CUDA graph,
+    captured one or ran eagerly."""
+    set_fast_path(lm, True, True)
+    engine, prompts, cfg = _staggered_engine(lm, batch, prompt, gen)
+    graphs = engine.core.graphs  # None off a GPU: every step is eager
+    _sync(lm)
+    todo, steps = list(prompts), []
+    t_all = time.perf_counter()
+    while todo or engine.pending:
+        if todo:
+            engine.submit(todo.pop(0), cfg)
+        before = (graphs.captures, graphs.replays) if graphs else (0, 0)
+        t0 = time.perf_counter()
+        engine.step()
+        _sync(lm)
+        ms = (time.perf_counter() - t0) * 1e3
+        rows = engine.core.packs._packed.rows
+        after = (graphs.captures, graphs.replays) if graphs else (0, 0)
+        kind = "capture" if after[0] > before[0] else "replay" if after[1] > before[1] else "eager"
+        steps.append({"ms": ms, "fed": rows.total, "rows": len(rows.q_len), "kind": kind})
+    wall = time.perf_counter() - t_all
+    kinds = {}
+    for k in ("eager", "capture", "replay"):
+        sel = [st for st in steps if st["kind"] == k]
+        if sel:
+            kinds[k] = {"steps": len(sel), "mean_ms": sum(st["ms"] for st in sel) / len(sel),
+                        "mean_fed": sum(st["fed"] for st in sel) / len(sel)}
+    full = [st["ms"] for st in steps if st["rows"] == batch]
+    out = {"batch": batch, "requests": len(prompts), "engine_steps": len(steps),
+           "static_engine_steps": len(prompts) // batch * (gen // PER_STEP), "wall_s": wall,
+           "tokens_per_s": len(prompts) * gen / wall, "kinds": kinds, "full_batch_steps": len(full),
+           "full_batch_mean_ms": sum(full) / max(1, len(full)), "steps": steps}
+    print("staggered steps", json.dumps({k: v for k, v in out.items() if k != "steps"}), flush=True)
+    return out
+
+
+def part_kernels_mixed(lm, batch: int = 32, prompt: int = 128, gen: int = 256, warm_steps: int = 48,
+                       steps: int = 8) -> dict:
+    """The kernels of steady-state staggered steps (``batch`` rows at different blocks: each step some rows
+    refresh, the others take in-block steps) with fused kernels and no CUDA graphs, and the same number of such
+    steps unprofiled before them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    set_fast_path(lm, False, True)
+    engine, prompts, cfg = _staggered_engine(lm, batch, prompt, gen)
+    todo = list(prompts)
+
+    def run(n):
+        for _ in range(n):
+            engine.submit(todo.pop(0), cfg)
+            engine.step()
+        _sync(lm)
+
+    run(warm_steps)
+    t0 = time.perf_counter()
+    run(steps)
+    step_ms = (time.perf_counter() - t0) / steps * 1e3
+    fed = engine.core.packs._packed.rows.total
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        run(steps)
+    rows, total, mm = _kernel_rows(prof)
+    print(f"kernels of mixed steps: {step_ms:.1f} ms per step unprofiled ({fed} positions fed), kernels "
+          f"{total / steps:.1f} ms per step (matrix products {mm / steps:.1f} ms)", flush=True)
+    _print_kernels(rows, steps)
+    set_fast_path(lm, True, True)
+    return {"batch": batch, "steps": steps, "step_ms": step_ms, "fed": fed, "kernel_ms": total, "matmul_ms": mm,
+            "top": rows[:60]}
 
 HOST_PHASES = ("_admit", "_plan", "_forward", "_sample", "_select", "_flags", "_transfer", "_emit")
 
@@ -245,7 +352,8 @@ def main() -> None:
             "kernels_graphs": lambda: part_kernels(model(), graphs=True),
             "kernels_b32": lambda: part_kernels(model(), batch=32, gen=256, graphs=True),
             "host": lambda: part_host(model()), "host_b32": lambda: part_host(model(), batch=32, gen=256),
-            "projections": part_projections}
+            "projections": part_projections, "staggered_steps": lambda: part_staggered_steps(model()),
+            "kernels_mixed": lambda: part_kernels_mixed(model())}
     run_parts(args.parts, jobs, results, lambda: args.out.write_text(json.dumps(results, indent=1)))
 
 

@@ -124,6 +124,28 @@ def test_when_a_layout_is_captured():
     assert graphs.uses_needed() == 8
 
 
+def test_large_layouts_are_captured_only_when_they_repeat_step_after_step():
+    """Above repeat_tokens positions a layout is captured at a consecutive repeat (a batch in lockstep), never when
+    it comes back after other layouts (a staggered batch's cycle of refreshing rows); small layouts as before."""
+    def decisions(keys, tokens):
+        graphs, out, last = StepGraphs(repeat_tokens=100), [], None
+        for key in keys:
+            out.append(graphs._should_capture(key, tokens, key == last))
+            last = key
+        return out
+
+    assert decisions("ABABABAB", 101) == [False] * 8
+    assert decisions("ABAABB", 101) == [False, False, False, True, False, True]
+    assert decisions("ABAB", 100) == [False, False, True, True]  # at the limit: the count alone decides
+
+
+def test_the_runner_tracks_the_previous_layout(tiny):
+    """A lockstep decode captures its in-block layout with repeat_tokens at 0 (every layout counts as large)."""
+    graphs = CpuStepGraphs(repeat_tokens=0)
+    assert torch.equal(_decode(tiny, graphs, cache="dual"), _decode(tiny, None, cache="dual"))
+    assert graphs.captures >= 1 and graphs.replays > 0
+
+
 def test_small_eager_steps_run_the_eager_elementwise_functions(tiny, monkeypatch):
     """Fused ops are used by eager forwards from FUSED_MIN_POSITIONS fed positions on (and inside graphs);
     smaller eager steps run the eager functions, and the model keeps its fused ops afterwards."""
