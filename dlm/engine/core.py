@@ -376,6 +376,7 @@ class EngineCore:
     def _end(self, r: Request, status: Status) -> None:
         r.status = status
         r.t_end = time.perf_counter()
+        r.row_plan = None
         if r.slots:
             r.output = self._output(r)
             if not r.borrowed:

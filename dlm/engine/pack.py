@@ -124,12 +124,14 @@ class PackCache:
     def __init__(self) -> None:
         self._plans: list[RowPlan] = []
         self._packed: Packed | None = None
+        self._options: tuple[bool, int] | None = None
 
     def pack(self, plans: list[RowPlan], pad_rows: bool, logit_step: int) -> Packed:
-        same = (self._packed is not None and len(plans) == len(self._plans)
-                and all(a is b for a, b in zip(plans, self._plans)))
+        same = (self._packed is not None and self._options == (pad_rows, logit_step)
+                and len(plans) == len(self._plans) and all(a is b for a, b in zip(plans, self._plans)))
         if not same:  # the plans are kept: an object's identity is only unique while it lives
             self._plans, self._packed = list(plans), pack(plans, pad_rows, logit_step)
+            self._options = (pad_rows, logit_step)
         return self._packed
 
 

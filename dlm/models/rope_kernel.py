@@ -101,6 +101,8 @@ def applies(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     interpreter, for the tests)."""
     if not available() or q.dim() != 4 or k.dim() != 4 or cos.shape != sin.shape:
         return False
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        return False  # no backward: the compiled function keeps autograd
     B, _, Q, D = q.shape
     half = D // 2
     return (q.dtype == k.dtype == torch.bfloat16 and cos.dtype == sin.dtype == torch.float32
@@ -108,7 +110,15 @@ def applies(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
             and D % 2 == 0 and half & (half - 1) == 0 and half >= 1
             and q.stride(3) == k.stride(3) == cos.stride(3) == sin.stride(3) == 1 and cos.stride() == sin.stride()
             and len({q.device, k.device, cos.device, sin.device}) == 1
+            and all(_reach(t) < 2**31 for t in (q, k, cos, sin))
+            and (B * Q + BLOCK_Q) * max(q.shape[1], k.shape[1]) * D < 2**31  # the outputs
             and (q.is_cuda or (q.device.type == "cpu" and _interpreted())))
+
+
+def _reach(t: torch.Tensor) -> int:
+    """The largest element offset a program computes for ``t`` (a position tile past the end included): the
+    kernel's offsets are 32-bit integers."""
+    return sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) + BLOCK_Q * abs(t.stride(2))
 
 
 def _interpreted() -> bool:

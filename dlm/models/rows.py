@@ -24,8 +24,8 @@ def _words(t: torch.Tensor) -> torch.Tensor | None:
 
 def copy_rows(dst: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> None:
     """``dst.index_copy_(0, index, src)``, as words where both layouts allow it."""
-    dw, sw = _words(dst), _words(src)
-    if dw is None or sw is None:
+    dw, sw = (_words(dst), _words(src)) if dst.dtype == src.dtype else (None, None)
+    if dw is None or sw is None:  # (index_copy_ also checks the dtypes)
         dst.index_copy_(0, index, src)
     else:
         dw.index_copy_(0, index, sw)

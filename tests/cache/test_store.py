@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dlm.cache.store import KVPool, PoolShape
-from dlm.models.rows import copy_rows, select_rows
+from dlm.models.rows import _words, copy_rows, select_rows
 
 
 def test_write_stores_each_position_in_its_slot():
@@ -53,6 +53,12 @@ def test_copy_rows_is_index_copy_bit_for_bit(dtype, heads, dim):
         ref.index_copy_(0, rows, src)
         copy_rows(dst, rows, src)
         assert torch.equal(dst.view(bits), ref.view(bits))
+        assert (_words(src) is not None) == ((heads * dim * src.element_size()) % 8 == 0 and dim * src.element_size() % 8 == 0)
+
+
+def test_copy_rows_refuses_another_dtype_like_index_copy():
+    with pytest.raises(RuntimeError):  # same width, other dtype: index_copy_'s own error, not a copy of the bits
+        copy_rows(torch.zeros(4, 8, dtype=torch.bfloat16), torch.tensor([1]), torch.zeros(1, 8, dtype=torch.float16))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

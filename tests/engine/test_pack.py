@@ -55,6 +55,8 @@ def test_pack_cache_reuses_only_the_same_plan_objects(llada):
     for name in ("slot", "position", "logits_index", "cond", "uncond", "cfg_scale", "cand_slot", "cand_col"):
         assert torch.equal(getattr(again, name), getattr(ref, name)), name
     assert cache.pack(fresh[:2], False, 1) is not again  # a request left
+    kept = cache.pack(fresh, False, 1)
+    assert cache.pack(fresh, False, 16) is not kept  # other padding of the logits: packed again
 
 
 def test_in_block_steps_reuse_the_layout_and_answers_do_not_change(llada, dream):

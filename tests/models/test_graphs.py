@@ -140,10 +140,24 @@ def test_large_layouts_are_captured_only_when_they_repeat_step_after_step():
 
 
 def test_the_runner_tracks_the_previous_layout(tiny):
-    """A lockstep decode captures its in-block layout with repeat_tokens at 0 (every layout counts as large)."""
-    graphs = CpuStepGraphs(repeat_tokens=0)
+    """The runner tells the policy whether a step repeats the previous step's layout: a lockstep decode captures
+    its in-block layout with repeat_tokens at 0 (every layout counts as large), and each decision saw the truth."""
+    class Recording(CpuStepGraphs):
+        def forward(self, model, kv_pool, backend, rows, ids, positions, logits_index):
+            self.keys.append((rows.signature(), logits_index.shape[1], model.ops))
+            return super().forward(model, kv_pool, backend, rows, ids, positions, logits_index)
+
+        def _should_capture(self, key, tokens, repeated=True):
+            self.asked.append((len(self.keys) - 1, repeated))
+            return super()._should_capture(key, tokens, repeated)
+
+    graphs = Recording(repeat_tokens=0)
+    graphs.keys, graphs.asked = [], []
     assert torch.equal(_decode(tiny, graphs, cache="dual"), _decode(tiny, None, cache="dual"))
     assert graphs.captures >= 1 and graphs.replays > 0
+    keys = graphs.keys
+    assert graphs.asked and all(rep == (i > 0 and keys[i] == keys[i - 1]) for i, rep in graphs.asked)
+    assert any(not rep for _, rep in graphs.asked) and any(rep for _, rep in graphs.asked)
 
 
 def test_small_eager_steps_run_the_eager_elementwise_functions(tiny, monkeypatch):

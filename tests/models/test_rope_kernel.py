@@ -78,3 +78,16 @@ def test_applies_only_where_the_kernel_is_exact():
     assert not rope_kernel.applies(q.half(), k.half(), cos, sin)  # float16: not emulated
     assert not rope_kernel.applies(q[..., :12], k[..., :12], cos[..., :12], sin[..., :12])  # half of 6
     assert not rope_kernel.applies(q.transpose(2, 3), k, cos, sin)  # rows not contiguous
+
+
+def test_applies_neither_to_gradients_nor_to_offsets_past_32_bits(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU tensors count as the kernel's (nothing is launched here)
+    q = torch.zeros(2, 4, 8, 16, dtype=torch.bfloat16)
+    k = torch.zeros(2, 2, 8, 16, dtype=torch.bfloat16)
+    cos = sin = torch.zeros(2, 1, 8, 16)
+    assert rope_kernel.applies(q, k, cos, sin)
+    assert not rope_kernel.applies(q.requires_grad_(), k, cos, sin)  # no backward: the compiled function's
+    with torch.no_grad():
+        assert rope_kernel.applies(q, k, cos, sin)
+    # the largest offset a program computes, a position tile past the end included
+    assert rope_kernel._reach(k) == (1 * 256 + 1 * 128 + 7 * 16 + 15) + rope_kernel.BLOCK_Q * 16
