@@ -1,6 +1,7 @@
 """The RoPE Triton kernel on a GPU (skipped without CUDA): bit for bit the eager function at LLaDA-8B and
-Dream-7B geometry (q and k as views of the joined projection's output, as the model passes them), at the
-position counts of decode steps and refreshes, and as the fused path of a model."""
+Dream-7B geometry (q and k as views of the joined projection's output, as the model passes them, with infinite,
+NaN, huge, tiny and negative-zero entries among them), at the position counts of decode steps and refreshes, and
+as the fused path of a model."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def test_kernel_equals_the_eager_function(heads, kv_heads, full, positions):
     g = torch.Generator(device="cuda").manual_seed(positions)
     D = 128
     qkv = torch.randn(1, positions, (heads + 2 * kv_heads) * D, device="cuda", generator=g).bfloat16() * 3
+    specials = torch.tensor([float("inf"), -float("inf"), float("nan"), -0.0, 3e38, -3e38, 1e-40, 65504.0],
+                            device="cuda").bfloat16()  # compiled code must round and pass them as the eager one
+    flat = qkv.view(-1)
+    flat[torch.randint(0, flat.numel(), (specials.numel(),), device="cuda", generator=g)] = specials
     q = qkv[..., : heads * D].view(1, positions, heads, D).transpose(1, 2)
     k = qkv[..., heads * D : (heads + kv_heads) * D].view(1, positions, kv_heads, D).transpose(1, 2)
     pos = torch.randint(0, 32768, (1, positions), device="cuda", generator=g)
