@@ -4,7 +4,9 @@ For each request the cache policy says which canvas positions to feed and which 
 turns those plans into the packed inputs of :class:`~dlm.models.ragged.RaggedAttention` (one sequence of T fed
 positions, no padding between rows), the positions whose logits are computed, and where each logit's candidates
 go (the request's slot and region column). Built on the host from Python integers and moved to the device in
-one transfer.
+one transfer. While every request's plan repeats (the in-block steps of a block), the step reuses the last packed
+layout and its device copies (:class:`PackCache`): between the step's synchronisation and the next forward the
+host then only asks the cache policies for their plans.
 
 On a CPU the packed sequence and the logits are padded to at least :data:`MIN_ROWS` rows: float32 matrix
 products of fewer rows take another kernel whose rounding differs, so without the padding a request's logits
