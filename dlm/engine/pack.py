@@ -3,8 +3,8 @@
 For each request the cache policy says which canvas positions to feed and which of them need logits; this module
 turns those plans into the packed inputs of :class:`~dlm.models.ragged.RaggedAttention` (one sequence of T fed
 positions, no padding between rows), the positions whose logits are computed, and where each logit's candidates
-go (the request's slot and region column). Built on the host from Python integers and moved to the device in
-one transfer. While every request's plan repeats (the in-block steps of a block), the step reuses the last packed
+go (the request's slot and region column). Built on the host from Python integers; each field is copied to the
+device once, when a step first reads it (:meth:`Packed.on`). While every request's plan repeats (the in-block steps of a block), the step reuses the last packed
 layout and its device copies (:class:`PackCache`): between the step's synchronisation and the next forward the
 host then only asks the cache policies for their plans.
 
