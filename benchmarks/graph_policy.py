@@ -58,22 +58,12 @@ def record_layouts() -> list[tuple[str, tuple, int, int]]:
 
 
 def decide(graphs: StepGraphs, steps) -> list[tuple[str, str, int]]:
-    """(phase, kind, rows) per step: the policy's decisions (no forward runs)."""
-    out, last = [], None
+    """(phase, kind, rows) per step: the policy's decisions (no forward runs; a capture stores a placeholder)."""
+    out = []
     for phase, key, tokens, rows in steps:
-        repeated, last = key == last, key
-        if key in graphs.entries:
-            graphs.entries[key] = graphs.entries.pop(key)
-            graphs._count(replay=True)
-            kind = "replay"
-        elif graphs._should_capture(key, tokens, repeated):
-            while len(graphs.entries) >= graphs.max_graphs:
-                graphs.entries.pop(next(iter(graphs.entries)))
+        kind = graphs.decide(key, tokens)
+        if kind == "capture":
             graphs.entries[key] = None
-            graphs._count(replay=False)
-            kind = "capture"
-        else:
-            kind = "eager"
         out.append((phase, kind, rows))
     return out
 

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_gpu import random_prompts, schedule_config, sync
 from parts import run_parts
 
 import dlm
@@ -153,16 +154,9 @@ def _print_kernels(rows: list[dict], steps: int) -> None:
         print(f"  {r['device_ms'] / steps:8.3f} ms/step  x{r['count'] / steps:<6.1f} {r['name']}", flush=True)
 
 
-def _sync(lm) -> None:
-    if lm.device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _staggered_engine(lm, batch: int, prompt: int, gen: int):
     """An engine warmed up with one static batch, the staggered benchmark's prompts and config (as
     ``benchmarks/engine_gpu.py --parts staggered``)."""
-    from engine_gpu import random_prompts, schedule_config
-
     prompts = random_prompts(lm, 3 * batch, prompt, seed=1)
     cfg = schedule_config(gen, PER_STEP)
     engine = dlm.Engine(lm, max_rows=batch, max_tokens=batch * (prompt + gen))
@@ -179,7 +173,7 @@ def part_staggered_steps(lm, batch: int = 32, prompt: int = 128, gen: int = 256)
     set_fast_path(lm, True, True)
     engine, prompts, cfg = _staggered_engine(lm, batch, prompt, gen)
     graphs = engine.core.graphs  # None off a GPU: every step is eager
-    _sync(lm)
+    sync(lm.device)
     todo, steps = list(prompts), []
     t_all = time.perf_counter()
     while todo or engine.pending:
@@ -188,7 +182,7 @@ def part_staggered_steps(lm, batch: int = 32, prompt: int = 128, gen: int = 256)
         before = (graphs.captures, graphs.replays) if graphs else (0, 0)
         t0 = time.perf_counter()
         engine.step()
-        _sync(lm)
+        sync(lm.device)
         ms = (time.perf_counter() - t0) * 1e3
         rows = engine.core.packs._packed.rows
         after = (graphs.captures, graphs.replays) if graphs else (0, 0)
@@ -225,7 +219,7 @@ def part_kernels_mixed(lm, batch: int = 32, prompt: int = 128, gen: int = 256, w
         for _ in range(n):
             engine.submit(todo.pop(0), cfg)
             engine.step()
-        _sync(lm)
+        sync(lm.device)
 
     run(warm_steps)
     t0 = time.perf_counter()

@@ -162,29 +162,12 @@ def compute_candidates(
     pick = _PICKS.get(mode)
     if pick is None:
         raise ValueError(f"unknown sampling mode {mode!r}; allowed: {', '.join(SAMPLING_MODES)}")
-    raw = logits.float()
-    owned = raw is not logits  # a copy of the caller's logits (other dtype): free to change in place
-    if ban_ids:
-        raw = raw if owned else raw.clone()
-        owned = True
-        raw.index_fill_(-1, id_index(ban_ids, raw.device), float("-inf"))
+    raw, owned = _float_logits(logits, ban_ids)
     margin = neg_entropy = gap = None
     if "logit_gap" in measures:
         top2 = raw.topk(2, dim=-1).values
         gap = top2[..., 0] - top2[..., 1]
-    if never_ids and owned and pick is _pick_gumbel:
-        # the confidences' softmax first, then the never-chosen ids filled into the copy itself: the same tokens
-        # and probabilities as with a second copy of the logits, without writing one (a large share of a
-        # batched step's sampling on a GPU)
-        probs = torch.softmax(raw, dim=-1)
-        raw.index_fill_(-1, id_index(never_ids, raw.device), float("-inf"))
-        tokens = _gumbel_tokens(raw, temperature, top_k, top_p, generator)
-    else:
-        choice = raw
-        if never_ids:
-            choice = raw.clone()
-            choice.index_fill_(-1, id_index(never_ids, raw.device), float("-inf"))
-        tokens, probs = pick(raw, choice, temperature, top_k, top_p, generator, never_ids)
+    tokens, probs = _choose(pick, raw, owned, temperature, top_k, top_p, generator, never_ids)
     confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if "margin" in measures:
         top2p = probs.topk(2, dim=-1).values
@@ -195,6 +178,34 @@ def compute_candidates(
         banned = torch.isin(tokens, id_index(low_confidence_ids, tokens.device))
         confidence = confidence.masked_fill(banned, float("-inf"))
     return Candidates(tokens, confidence, margin, neg_entropy, gap)
+
+
+def _float_logits(logits: torch.Tensor, ban_ids: tuple[int, ...]) -> tuple[torch.Tensor, bool]:
+    """(float32 logits with the banned ids at -inf, whether that tensor is a copy this call owns)."""
+    raw = logits.float()
+    owned = raw is not logits  # a copy of the caller's logits (other dtype): free to change in place
+    if ban_ids:
+        raw = raw if owned else raw.clone()
+        owned = True
+        raw.index_fill_(-1, id_index(ban_ids, raw.device), float("-inf"))
+    return raw, owned
+
+
+def _choose(pick, raw, owned: bool, temperature, top_k, top_p, generator,
+            never_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, probs) of a sampling mode's ``pick``, the never-chosen ids kept out of the choice."""
+    if never_ids and owned and pick is _pick_gumbel:
+        # the confidences' softmax first, then the never-chosen ids filled into the copy itself: the same tokens
+        # and probabilities as with a second copy of the logits, without writing one (a large share of a
+        # batched step's sampling on a GPU)
+        probs = torch.softmax(raw, dim=-1)
+        raw.index_fill_(-1, id_index(never_ids, raw.device), float("-inf"))
+        return _gumbel_tokens(raw, temperature, top_k, top_p, generator), probs
+    choice = raw
+    if never_ids:
+        choice = raw.clone()
+        choice.index_fill_(-1, id_index(never_ids, raw.device), float("-inf"))
+    return pick(raw, choice, temperature, top_k, top_p, generator, never_ids)
 
 
 def _draw(pick: torch.Tensor, generator) -> torch.Tensor:

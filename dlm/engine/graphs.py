@@ -72,26 +72,37 @@ class StepGraphs:
                 logits_index: torch.Tensor) -> torch.Tensor:
         """Logits (N, V) of the fed ``ids`` (1, T) at ``positions`` (1, T); ``logits_index`` (1, N)."""
         key = (rows.signature(), logits_index.shape[1], model.ops)  # a graph replays the functions it captured
-        repeated, self.last_key = key == self.last_key, key
-        entry = self.entries.pop(key, None)
-        if entry is None:
-            if not self._should_capture(key, ids.shape[1], repeated):
-                attention = RaggedAttention(rows, kv_pool, backend)
-                with ops_for_positions(model, ids.shape[1]):
-                    return model(ids, positions, attention=attention, logits_index=logits_index)[0]
-            while len(self.entries) >= self.max_graphs:
-                self.entries.pop(next(iter(self.entries)))
+        kind = self.decide(key, ids.shape[1])
+        if kind == "eager":
+            attention = RaggedAttention(rows, kv_pool, backend)
+            with ops_for_positions(model, ids.shape[1]):
+                return model(ids, positions, attention=attention, logits_index=logits_index)[0]
+        if kind == "capture":
             entry, first = self._capture(model, kv_pool, backend, rows, ids, positions, logits_index)
             self.entries[key] = entry
-            self._count(replay=False)
             return first
-        self.entries[key] = entry  # now the most recently used
+        entry = self.entries[key]
         entry.ids.copy_(ids)
         entry.positions.copy_(positions)
         entry.logits_index.copy_(logits_index)
         entry.replay()
-        self._count(replay=True)
         return entry.out
+
+    def decide(self, key: tuple, tokens: int) -> str:
+        """What the step of layout ``key`` feeding ``tokens`` positions does: ``"replay"`` its graph (now the
+        most recently used), ``"capture"`` one (room made for it: the caller stores the entry) or run
+        ``"eager"``; counts the captures and replays."""
+        repeated, self.last_key = key == self.last_key, key
+        if key in self.entries:
+            self.entries[key] = self.entries.pop(key)  # now the most recently used
+            self._count(replay=True)
+            return "replay"
+        if not self._should_capture(key, tokens, repeated):
+            return "eager"
+        while len(self.entries) >= self.max_graphs:
+            self.entries.pop(next(iter(self.entries)))
+        self._count(replay=False)
+        return "capture"
 
     def _should_capture(self, key: tuple, tokens: int, repeated: bool = True) -> bool:
         """Whether to capture a layout not captured yet; ``repeated``: the previous step had the same layout."""

@@ -78,9 +78,9 @@ def _with_rope_kernel(compiled: Callable) -> Callable:
     """RoPE by :mod:`dlm.models.rope_kernel` (a Triton kernel equal to :func:`rope` bit for bit) where it
     applies (bfloat16 on a CUDA GPU with Triton), else by ``compiled``."""
 
-    def fused_rope(q, k, cos, sin, full_precision: bool):
-        from . import rope_kernel
+    from . import rope_kernel  # (imports Triton, if installed: only once fused kernels are asked for)
 
+    def fused_rope(q, k, cos, sin, full_precision: bool):
         if rope_kernel.applies(q, k, cos, sin):
             return rope_kernel.rope(q, k, cos, sin, full_precision)
         return compiled(q, k, cos, sin, full_precision)

@@ -19,9 +19,10 @@ is used, and :func:`dlm.models.elementwise.fused_ops` falls back to the compiled
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
+
+from .fp8_kernel import interpreted
 
 BLOCK_Q = 32  # positions per program
 NUM_WARPS = 4
@@ -112,17 +113,13 @@ def applies(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
             and len({q.device, k.device, cos.device, sin.device}) == 1
             and all(_reach(t) < 2**31 for t in (q, k, cos, sin))
             and (B * Q + BLOCK_Q) * max(q.shape[1], k.shape[1]) * D < 2**31  # the outputs
-            and (q.is_cuda or (q.device.type == "cpu" and _interpreted())))
+            and (q.is_cuda or (q.device.type == "cpu" and interpreted())))
 
 
 def _reach(t: torch.Tensor) -> int:
     """The largest element offset a program computes for ``t`` (a position tile past the end included): the
     kernel's offsets are 32-bit integers."""
     return sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) + BLOCK_Q * abs(t.stride(2))
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool
