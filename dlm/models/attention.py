@@ -13,6 +13,33 @@ _SDPA_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")  
 
 BACKENDS = ("sdpa", "flash_attn")
 
+#: Whether torch's SDPA may pick cuDNN's attention kernel (its first choice on Hopper GPUs since torch 2.5). cuDNN
+#: builds an execution plan for every new combination of shapes, tens of milliseconds each on an H200 (measured
+#: by ``benchmarks/micro_attention.py``), and an engine that batches requests as they come meets new shapes at
+#: almost every step; flash and memory-efficient attention start at once. Off by default: :func:`sdpa` then
+#: leaves torch the flash, memory-efficient and math kernels. :func:`use_cudnn_attention` sets it.
+CUDNN_ATTENTION = False
+
+
+def use_cudnn_attention(enabled: bool) -> None:
+    """Let :func:`sdpa` use cuDNN's attention (torch's own choice of kernel) or not (the default)."""
+    global CUDNN_ATTENTION
+    CUDNN_ATTENTION = bool(enabled)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+         enable_gqa: bool = False) -> torch.Tensor:
+    """``scaled_dot_product_attention`` with cuDNN's kernel left out on a GPU unless :data:`CUDNN_ATTENTION`
+    (torch's backend switch is set for this call only and restored after it)."""
+    kwargs = {"enable_gqa": True} if enable_gqa else {}
+    if CUDNN_ATTENTION or not q.is_cuda or not torch.backends.cuda.cudnn_sdp_enabled():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kwargs)
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kwargs)
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+
 
 def flash_attn_available() -> bool:
     try:
@@ -45,7 +72,7 @@ def attend(
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         if _SDPA_HAS_GQA:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            return sdpa(q, k, v, mask, enable_gqa=True)
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return sdpa(q, k, v, mask)

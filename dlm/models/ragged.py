@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention import attend
+from .attention import attend, sdpa
 from .rows import copy_rows, select_rows
 from .transfer import to_device
 
@@ -291,9 +291,9 @@ def _attend_folded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     R, H, Q, D = q.shape
     g = H // kv_heads
     if g == 1:
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return sdpa(q, k, v, mask)
     qf = q.reshape(R, kv_heads, g * Q, D)
     if mask is not None and mask.shape[2] != 1:
         mask = mask.repeat(1, 1, g, 1)
-    o = torch.nn.functional.scaled_dot_product_attention(qf, k, v, attn_mask=mask)
+    o = sdpa(qf, k, v, mask)
     return o.reshape(R, H, Q, D)

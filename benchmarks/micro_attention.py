@@ -1,0 +1,138 @@
+"""The padded attention's SDPA call (``dlm.models.ragged._attend_folded``) on one GPU, per SDPA backend: the time
+of a call at shapes the engine runs, and the cost of the FIRST call at a shape the process has not seen (cuDNN
+builds an execution plan per new shape; a continuous batch meets a new shape whenever its rows or lengths change).
+
+    python benchmarks/micro_attention.py --out results/micro_attention.json
+
+Backends: ``cudnn``, ``flash`` (no mask only), ``efficient``, ``torch`` (torch's own choice, which on a Hopper
+GPU with torch 2.11 is cuDNN) and ``dlm`` (``dlm.models.attention.sdpa``'s: torch's choice without cuDNN). ``--avoid-recompile`` re-runs the first-call sweep in a subprocess with
+``TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1`` (torch's opt-in that serves new sequence lengths from one cuDNN plan).
+Steady figures are the mean of 20 back-to-back calls between two CUDA events, in microseconds; first-call
+figures are host wall time of one synchronised call minus that shape's steady time, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from dlm.models import attention
+from dlm.models.ragged import _attend_folded
+
+BACKENDS = {"dlm": None, "torch": None, "cudnn": [SDPBackend.CUDNN_ATTENTION], "flash": [SDPBackend.FLASH_ATTENTION],
+            "efficient": [SDPBackend.EFFICIENT_ATTENTION]}
+# (name, rows, queries, keys, heads, kv heads, masked): LLaDA-8B (32/32) and Dream-7B (28/4) at the engine's shapes
+SHAPES = [
+    ("in-block b32", 32, 32, 384, 32, 32, False),
+    ("refresh b32", 32, 384, 384, 32, 32, False),
+    ("mixed fresh 4 rows", 4, 384, 384, 32, 32, False),
+    ("mixed pooled 28 rows, key mask", 28, 32, 384, 32, 32, True),
+    ("b1 in-block gen 1024", 1, 32, 1152, 32, 32, False),
+    ("b1 refresh gen 1024", 1, 1152, 1152, 32, 32, False),
+    ("dream in-block b32", 32, 32, 384, 28, 4, False),
+    ("dream refresh b32", 32, 384, 384, 28, 4, False),
+]
+
+
+def operands(rows, queries, keys, heads, kv_heads, masked, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(rows, queries, heads, 128, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
+    k = torch.randn(rows, keys, kv_heads, 128, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
+    v = torch.randn(rows, keys, kv_heads, 128, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
+    mask = None
+    if masked:  # rows of different lengths: each row's first keys valid
+        lengths = torch.randint(keys // 2, keys + 1, (rows,), device="cuda", generator=g)
+        mask = (torch.arange(keys, device="cuda")[None] < lengths[:, None])[:, None, None, :]
+    return q, k, v, mask, kv_heads
+
+
+def call(backend: str, args) -> torch.Tensor:
+    attention.use_cudnn_attention(backend != "dlm")
+    if BACKENDS[backend] is None:
+        return _attend_folded(*args)
+    with sdpa_kernel(BACKENDS[backend]):
+        return _attend_folded(*args)
+
+
+def steady_us(backend: str, args, calls: int = 20) -> float:
+    for _ in range(3):
+        call(backend, args)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        call(backend, args)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / calls * 1e3
+
+
+def first_call_ms(backend: str, masked: bool, base: int, count: int = 12) -> list[float]:
+    """First calls at ``count`` shapes this process has not seen (rows 1..count, keys base + 8 * rows; each sweep
+    its own base), each minus the same shape's steady time."""
+    out = []
+    for rows in range(1, count + 1):
+        args = operands(rows, 32, base + 8 * rows, 32, 32, masked, seed=rows)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        call(backend, args)
+        torch.cuda.synchronize()
+        first = (time.perf_counter() - t0) * 1e3
+        out.append(first - steady_us(backend, args) / 1e3)
+    return out
+
+
+def supported(backend: str, masked: bool) -> bool:
+    return not (backend == "flash" and masked)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("results/micro_attention.json"))
+    ap.add_argument("--first-only", action="store_true", help="only the first-call sweep (for the subprocess)")
+    ap.add_argument("--backends", nargs="+", default=list(BACKENDS))
+    ap.add_argument("--avoid-recompile", action="store_true")
+    a = ap.parse_args()
+    res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                 "cudnn": torch.backends.cudnn.version(), "first_call_ms": {}}
+    if not a.first_only:
+        res["steady_us"] = {}
+        for name, *shape in SHAPES:
+            args = operands(*shape)
+            ref = call("efficient", args).float()
+            row = {}
+            for b in a.backends:
+                if supported(b, shape[-1]):
+                    row[b] = steady_us(b, args)
+                    row[b + "_max_abs_diff_vs_efficient"] = (call(b, args).float() - ref).abs().max().item()
+            res["steady_us"][name] = row
+            print(name, {k: round(v, 1) for k, v in row.items() if k in BACKENDS}, flush=True)
+    base = 400
+    for b in a.backends:
+        for masked in (False, True):
+            if supported(b, masked):
+                base += 8 * 16
+                ms = first_call_ms(b, masked, base)
+                res["first_call_ms"][f"{b}{' masked' if masked else ''}"] = ms
+                print(f"first call {b} masked={masked}: mean {sum(ms) / len(ms):.1f} ms, max {max(ms):.1f}", flush=True)
+    if a.avoid_recompile:
+        env = dict(os.environ, TORCH_CUDNN_SDPA_AVOID_RECOMPILE="1")
+        sub = a.out.with_suffix(".avoid_recompile.json")
+        subprocess.run([sys.executable, __file__, "--first-only", "--backends", "cudnn", "--out", str(sub)],
+                       env=env, check=False)
+        if sub.exists():
+            res["avoid_recompile_first_call_ms"] = json.loads(sub.read_text())["first_call_ms"]
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
