@@ -197,15 +197,18 @@ def step_info(request: Request, tokens: torch.Tensor, committed: torch.Tensor, c
 def pack(plans: list[RowPlan], pad_rows: bool, logit_step: int = 1) -> Packed:
     """Pack the plans into one ragged forward (see the module doc). ``logit_step``: pad the logits' positions to
     a multiple of it (with the first packed position, whose extra logits nobody reads), so that steps whose
-    number of logits varies by a few (the ``window`` cache's) repeat their shape for CUDA graphs."""
+    number of logits varies by a few (the ``window`` cache's) repeat their shape for CUDA graphs.
+
+    Rows that feed their whole canvas (fresh) are placed first, the others after them, each kind in the plans'
+    order (:func:`placement`); the logits and the segments keep the plans' order."""
     q_start, q_len, k_len, slot, fresh, write, block, min_pos = [], [], [], [], [], [], [], []
-    pos_parts, slot_of_row, logit_src, logit_rows = [], [], [], []
-    cond, uncond, scale, cand_slot, cand_col, segments = [], [], [], [], [], []
+    pos_parts, slot_of_row, first_row = [], [], {}
     explicit_index, explicit_ids = [], []
-    cursor = n_logits = 0
-    for p in plans:  # Python numbers per row; the tensors are joined once below
+    cursor = 0
+    for i in placement(plans):  # Python numbers per row; the tensors are joined once below
+        p = plans[i]
         r = p.request
-        first = len(cond)
+        first_row[i] = len(q_start)
         q = p.fed.numel()
         for copy, s in enumerate(p.slots):
             q_start.append(cursor)
@@ -221,9 +224,46 @@ def pack(plans: list[RowPlan], pad_rows: bool, logit_step: int = 1) -> Packed:
             if p.ids is not None:
                 explicit_index.append(torch.arange(cursor, cursor + q))
                 explicit_ids.append(p.ids if copy == 0 else _unconditional(p.ids, r))
-            logit_src.append(p.logit_src)
-            logit_rows.append(len(q_start) - 1)
             cursor += q
+    if pad_rows and cursor < MIN_ROWS:  # a dummy row that attends to itself only and writes nothing
+        extra = MIN_ROWS - cursor
+        q_start.append(cursor), q_len.append(extra), k_len.append(extra), slot.append(-1), fresh.append(True)
+        write.append(False), block.append(None), min_pos.append(0)
+        pos_parts.append(torch.arange(extra))
+        slot_of_row.append(plans[0].request.slots[0])
+    logits_index, candidates = _logits(plans, first_row, q_start)
+    if pad_rows and logits_index.numel() < MIN_ROWS:
+        logits_index = torch.cat([logits_index, logits_index.new_zeros(MIN_ROWS - logits_index.numel())])
+    if logits_index.numel() % logit_step:
+        logits_index = torch.cat([logits_index, logits_index.new_zeros(-logits_index.numel() % logit_step)])
+    position = torch.cat(pos_parts)
+    slot_index = torch.tensor(slot_of_row).repeat_interleave(torch.tensor(q_len))
+    rows = RaggedRows(q_start, q_len, k_len, slot, fresh, write, block, position, min_pos)
+    packed = Packed(rows, slot_index, position, logits_index, *candidates)
+    if explicit_ids:
+        packed.explicit_index, packed.explicit_ids = torch.cat(explicit_index), torch.cat(explicit_ids)
+    return packed
+
+
+def placement(plans: list[RowPlan]) -> list[int]:
+    """The order in which the plans' rows are placed in the packed sequence: fresh rows first. Fresh rows of
+    equal length placed one after the other are one view in the padded attention
+    (:class:`~dlm.models.ragged.RaggedAttention`), with no index kernels, whatever order the requests run in."""
+    return sorted(range(len(plans)), key=lambda i: not plans[i].fresh)
+
+
+def _logits(plans: list[RowPlan], first_row: dict[int, int], q_start: list[int]) -> tuple[torch.Tensor, tuple]:
+    """The packed positions whose logits are computed, in the plans' order (per request its conditional rows,
+    then its unconditional ones), and the candidates' fields of :class:`Packed` (cond .. segments)."""
+    logit_src, logit_start = [], []
+    cond, uncond, scale, cand_slot, cand_col, segments = [], [], [], [], [], []
+    n_logits = 0
+    for i, p in enumerate(plans):
+        r = p.request
+        first = len(cond)
+        for copy in range(len(p.slots)):
+            logit_src.append(p.logit_src)
+            logit_start.append(q_start[first_row[i] + copy])
         n = p.logit_src.numel()
         cond += range(n_logits, n_logits + n)
         uncond += range(n_logits + n, n_logits + 2 * n) if r.copies == 2 else range(n_logits, n_logits + n)
@@ -232,28 +272,10 @@ def pack(plans: list[RowPlan], pad_rows: bool, logit_step: int = 1) -> Packed:
         cand_slot += [r.slots[0]] * n
         cand_col.append(p.cols)
         segments.append((p, first, n))
-    if pad_rows and cursor < MIN_ROWS:  # a dummy row that attends to itself only and writes nothing
-        extra = MIN_ROWS - cursor
-        q_start.append(cursor), q_len.append(extra), k_len.append(extra), slot.append(-1), fresh.append(True)
-        write.append(False), block.append(None), min_pos.append(0)
-        pos_parts.append(torch.arange(extra))
-        slot_of_row.append(plans[0].request.slots[0])
     # each logit's packed position: its row's first packed position + its index among the row's fed positions
-    offsets = torch.tensor([q_start[i] for i in logit_rows]).repeat_interleave(
-        torch.tensor([t.numel() for t in logit_src]))
-    logits_index = torch.cat(logit_src) + offsets
-    if pad_rows and logits_index.numel() < MIN_ROWS:
-        logits_index = torch.cat([logits_index, logits_index.new_zeros(MIN_ROWS - logits_index.numel())])
-    if logits_index.numel() % logit_step:
-        logits_index = torch.cat([logits_index, logits_index.new_zeros(-logits_index.numel() % logit_step)])
-    position = torch.cat(pos_parts)
-    slot_index = torch.tensor(slot_of_row).repeat_interleave(torch.tensor(q_len))
-    rows = RaggedRows(q_start, q_len, k_len, slot, fresh, write, block, position, min_pos)
-    packed = Packed(rows, slot_index, position, logits_index, torch.tensor(cond), torch.tensor(uncond),
-                    torch.tensor(scale), torch.tensor(cand_slot), torch.cat(cand_col), segments)
-    if explicit_ids:
-        packed.explicit_index, packed.explicit_ids = torch.cat(explicit_index), torch.cat(explicit_ids)
-    return packed
+    offsets = torch.tensor(logit_start).repeat_interleave(torch.tensor([t.numel() for t in logit_src]))
+    return torch.cat(logit_src) + offsets, (torch.tensor(cond), torch.tensor(uncond), torch.tensor(scale),
+                                            torch.tensor(cand_slot), torch.cat(cand_col), segments)
 
 
 def _unconditional(ids: torch.Tensor, r: Request) -> torch.Tensor:

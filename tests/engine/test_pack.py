@@ -73,3 +73,36 @@ def test_in_block_steps_reuse_the_layout_and_answers_do_not_change(llada, dream)
             solo = alone.submit(r.prompt_ids, r.config)
             alone.run()
             assert torch.equal(solo.output.sequences, r.output.sequences)
+
+
+def test_fresh_rows_are_placed_first_and_logits_keep_the_plans_order(llada):
+    """Requests that refresh (fresh rows) between requests in their blocks: the fresh rows are placed first,
+    one view for the padded attention when their lengths are equal, and every request's logits, candidates and
+    segment stay where the plans' order puts them."""
+    engine = dlm.Engine(llada, max_rows=4, max_tokens=4 * 64)
+    cfg = dlm.GenerationConfig(gen_length=16, block_length=8, steps=16, cache="dual", stop_at_eos=False)
+    reqs = [engine.submit(p, cfg) for p in random_prompts(llada, 4, seed=5, min_len=6, max_len=6)]
+    engine.step()
+    shift = llada.logits_shift
+    plans = []
+    for i, r in enumerate(reqs):
+        start, end = r.block_span()
+        if i % 2:  # the whole canvas, logits of the block
+            plans.append(host_plan(r, Plan(slice(0, r.visible), slice(start, end)), shift))
+        else:  # the block only
+            plans.append(host_plan(r, Plan(slice(start, end), slice(0, end - start)), shift))
+    assert [p.fresh for p in plans] == [False, True, False, True]
+    packed = pack(plans, False, 1)
+    rows = packed.rows
+    assert rows.fresh == [True, True, False, False]
+    assert rows.q_start[:2] == [0, reqs[1].visible]
+    for i, (plan, first, n) in enumerate(packed.segments):
+        assert plan is plans[i]
+        where = packed.logits_index[packed.cond[first : first + n]]
+        assert torch.equal(packed.position[where], plan.fed[plan.logit_src])
+        assert set(packed.slot[where].tolist()) == {reqs[i].slots[0]}
+        assert set(packed.cand_slot[first : first + n].tolist()) == {reqs[i].slots[0]}
+    from dlm.models.ragged import _Group
+
+    group = _Group.build(rows, [0, 1], False, "cpu")
+    assert group.uniform == (0, 2 * reqs[1].visible)
