@@ -39,6 +39,7 @@ from parts import run_parts
 import dlm
 from dlm.api.lm import set_fast_path
 from dlm.bench.scale import copy_bandwidth, forward_flops, matmul_rate, random_lm
+from dlm.models.attention import use_cudnn_attention
 
 RESULTS: dict = {}
 
@@ -87,6 +88,13 @@ def timed_run(engine, prompts, cfg, device):
     return reqs, wall
 
 
+def setting_name(attention: str, fused: bool, graphs: bool) -> str:
+    """A static variant's name for ``--settings``: its options, or ``loop`` for the loop attention."""
+    if attention == "loop":
+        return "loop"
+    return "+".join([n for n, on in (("graphs", graphs), ("fused", fused)) if on]) or "eager"
+
+
 # ------------------------------------------------------------------------------------------------ parts
 def part_static(lm, args, rate):
     rows = []
@@ -95,6 +103,8 @@ def part_static(lm, args, rate):
     variants = [("padded", False, False), ("loop", False, False), ("padded", True, False)]
     if args.device == "cuda":  # CUDA graphs: a static batch in lockstep repeats its step layouts
         variants += [("padded", False, True), ("padded", True, True)]
+    if args.settings is not None:
+        variants = [v for v in variants if setting_name(*v) in args.settings]
     for attention, fused, graphs in variants:
         set_fast_path(lm, graphs, fused)
         engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen),
@@ -123,7 +133,9 @@ def part_staggered(lm, args):
     settings = [s for s in settings if args.settings is None or s[0] in args.settings]
     for name, graphs, fused in settings:
         set_fast_path(lm, graphs, fused)
-        out[name] = staggered_run(lm, args)
+        runs = [staggered_run(lm, args) for _ in range(args.repeat)]
+        out[name] = runs[0] if args.repeat == 1 else {"runs": runs, "ratios": [r["ratio"] for r in runs],
+                                                      "steady_ratios": [r["steady_ratio"] for r in runs]}
     set_fast_path(lm, False, False)
     return out
 
@@ -315,9 +327,14 @@ def main(argv=None) -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--tps", type=int, default=4, help="tokens committed per step (fixed schedule)")
-    ap.add_argument("--settings", nargs="+", default=None, choices=["eager", "graphs", "graphs+fused"],
-                    help="the staggered part's option sets (default: all three on a GPU)")
+    ap.add_argument("--settings", nargs="+", default=None, choices=["eager", "graphs", "graphs+fused", "fused", "loop"],
+                    help="only these option sets in the static and staggered parts (default: all)")
+    ap.add_argument("--repeat", type=int, default=1, help="the staggered part's runs per option set")
+    ap.add_argument("--cudnn-attention", action="store_true",
+                    help="let SDPA use cuDNN's attention (dlm.models.attention.use_cudnn_attention; off by default)")
     args = ap.parse_args(argv)
+    use_cudnn_attention(args.cudnn_attention)
+    RESULTS["cudnn_attention"] = args.cudnn_attention
     if args.tiny:
         args.batch, args.prompt, args.gen = 4, 16, 64
     RESULTS["device"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"

@@ -10,6 +10,9 @@ Parts (each recorded on its own; a failing part does not stop the others):
     default options (CUDA graphs + fused kernels), for ``dual`` and ``dual`` with ``refresh_from="last_block"``,
     and for ``dual`` with the joined projections split again, after a warm-up run in the same engine: the
     block's refresh step against its in-block steps.
+``steps_cudnn``
+    ``dual`` as ``steps`` with SDPA's cuDNN attention off (dlm's default) and on
+    (``dlm.models.attention.use_cudnn_attention``), alternating twice in one process.
 ``kernels``, ``kernels_graphs``, ``kernels_b32``
     the CUDA kernels of two blocks of the same decode under ``torch.profiler``, summed per kernel name: graphs
     off (fused kernels on), the default options (graphs + fused kernels; the profiler sees the kernels of
@@ -25,6 +28,9 @@ Parts (each recorded on its own; a failing part does not stop the others):
 ``kernels_mixed``
     the kernels of eight steady-state staggered steps (32 rows at different blocks; fused kernels, no graphs)
     and the same steps' unprofiled time.
+``kernels_ramp``
+    the first eight steps of the same staggered arrivals (default options) under ``torch.profiler``: each
+    step's wall time, the kernels summed per name and the host's busiest operators.
 ``projections``
     the matrix products of the 32 layers at 32 / 64 / 256 rows, as the model runs them (q, k, v, o, gate, up,
     down: seven products) and with q/k/v and gate/up as one product each (four), each in a CUDA graph, against
@@ -48,6 +54,7 @@ from parts import run_parts
 import dlm
 from dlm.api.lm import set_fast_path
 from dlm.bench.scale import copy_bandwidth, random_lm
+from dlm.models.attention import use_cudnn_attention
 
 PROMPT, GEN, BLOCK, PER_STEP = 128, 1024, 32, 4
 
@@ -107,6 +114,30 @@ def part_steps(lm) -> dict:
         print(name, json.dumps({k: v for k, v in out[name].items() if k != "ms"}), flush=True)
     join_projections(lm.model)
     lm._engine = None
+    return out
+
+
+def part_steps_cudnn(lm, rounds: int = 2) -> dict:
+    """``dual`` at batch 1 (default options, as ``steps``) with SDPA's cuDNN attention off (the default) and on,
+    alternating ``rounds`` times in one process, a fresh engine each (graphs captured with that choice)."""
+    out: dict = {"off": [], "on": []}
+    set_fast_path(lm, True, True)
+    for _ in range(rounds):
+        for name in ("off", "on"):
+            use_cudnn_attention(name == "on")
+            lm._engine = None
+            _step_times(lm, {})  # warm-up: plans, graphs
+            ms = _step_times(lm, {})[2 * BLOCK // PER_STEP:]
+            per = BLOCK // PER_STEP
+            out[name].append({"refresh_ms": sum(ms[::per]) / len(ms[::per]),
+                              "in_block_ms": sum(t for i, t in enumerate(ms) if i % per) / (len(ms) - len(ms[::per])),
+                              "average_ms": sum(ms) / len(ms)})
+            print("cudnn", name, json.dumps(out[name][-1]), flush=True)
+    use_cudnn_attention(False)
+    lm._engine = None
+    for name in ("off", "on"):
+        out[name + "_average_ms"] = sum(r["average_ms"] for r in out[name]) / rounds
+    out["on_over_off"] = out["on_average_ms"] / out["off_average_ms"]
     return out
 
 
@@ -236,6 +267,33 @@ def part_kernels_mixed(lm, batch: int = 32, prompt: int = 128, gen: int = 256, w
     return {"batch": batch, "steps": steps, "step_ms": step_ms, "fed": fed, "kernel_ms": total, "matmul_ms": mm,
             "top": rows[:60]}
 
+def part_kernels_ramp(lm, batch: int = 32, prompt: int = 128, gen: int = 256, steps: int = 8) -> dict:
+    """The first ``steps`` steps of staggered arrivals (default options) under the profiler: per step its wall
+    time, and the kernels summed over them (the ramp-up, where each step adds a row: new shapes at every step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    set_fast_path(lm, True, True)
+    engine, prompts, cfg = _staggered_engine(lm, batch, prompt, gen)
+    sync(lm.device)
+    walls = []
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for p in prompts[:steps]:
+            t0 = time.perf_counter()
+            engine.submit(p, cfg)
+            engine.step()
+            sync(lm.device)
+            walls.append((time.perf_counter() - t0) * 1e3)
+    rows, total, mm = _kernel_rows(prof)
+    print(f"ramp-up steps under the profiler: {[round(w, 1) for w in walls]} ms; kernels {total / steps:.1f} ms "
+          f"per step (matrix products {mm / steps:.1f} ms)", flush=True)
+    _print_kernels(rows, steps)
+    cpu = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:25]
+    host = [{"name": e.key, "count": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3} for e in cpu]
+    print("host (self CPU):", ", ".join(f"{h['name']} {h['self_cpu_ms']:.1f}" for h in host[:12]), flush=True)
+    return {"batch": batch, "steps": steps, "wall_ms": walls, "kernel_ms": total, "matmul_ms": mm,
+            "top": rows[:40], "host": host}
+
+
 HOST_PHASES = ("_admit", "_plan", "_forward", "_sample", "_select", "_flags", "_transfer", "_emit")
 
 
@@ -330,9 +388,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", default=["projections", "steps", "kernels"])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--cudnn-attention", action="store_true",
+                    help="let SDPA use cuDNN's attention (dlm.models.attention.use_cudnn_attention; off by default)")
     args = ap.parse_args()
+    use_cudnn_attention(args.cudnn_attention)
     results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                     "date": time.strftime("%Y-%m-%d")}
+                     "date": time.strftime("%Y-%m-%d"), "cudnn_attention": args.cudnn_attention}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     lm = None
 
@@ -347,7 +408,7 @@ def main() -> None:
             "kernels_b32": lambda: part_kernels(model(), batch=32, gen=256, graphs=True),
             "host": lambda: part_host(model()), "host_b32": lambda: part_host(model(), batch=32, gen=256),
             "projections": part_projections, "staggered_steps": lambda: part_staggered_steps(model()),
-            "kernels_mixed": lambda: part_kernels_mixed(model())}
+            "kernels_mixed": lambda: part_kernels_mixed(model()), "steps_cudnn": lambda: part_steps_cudnn(model()), "kernels_ramp": lambda: part_kernels_ramp(model())}
     run_parts(args.parts, jobs, results, lambda: args.out.write_text(json.dumps(results, indent=1)))
 
 
