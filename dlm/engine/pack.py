@@ -23,6 +23,7 @@ import torch
 
 from ..cache.base import Plan, StepInfo
 from ..models.ragged import RaggedRows
+from ..models.rows import ranges, runs
 from ..models.transfer import to_device
 from .request import Request
 
@@ -237,7 +238,7 @@ def pack(plans: list[RowPlan], pad_rows: bool, logit_step: int = 1) -> Packed:
     if logits_index.numel() % logit_step:
         logits_index = torch.cat([logits_index, logits_index.new_zeros(-logits_index.numel() % logit_step)])
     position = torch.cat(pos_parts)
-    slot_index = torch.tensor(slot_of_row).repeat_interleave(torch.tensor(q_len))
+    slot_index = runs(slot_of_row, q_len)
     rows = RaggedRows(q_start, q_len, k_len, slot, fresh, write, block, position, min_pos)
     packed = Packed(rows, slot_index, position, logits_index, *candidates)
     if explicit_ids:
@@ -255,27 +256,29 @@ def placement(plans: list[RowPlan]) -> list[int]:
 def _logits(plans: list[RowPlan], first_row: dict[int, int], q_start: list[int]) -> tuple[torch.Tensor, tuple]:
     """The packed positions whose logits are computed, in the plans' order (per request its conditional rows,
     then its unconditional ones), and the candidates' fields of :class:`Packed` (cond .. segments)."""
-    logit_src, logit_start = [], []
-    cond, uncond, scale, cand_slot, cand_col, segments = [], [], [], [], [], []
-    n_logits = 0
+    logit_src, logit_start, logit_len = [], [], []
+    cond, uncond, counts, scale, cand_slot, cand_col, segments = [], [], [], [], [], [], []
+    n_logits = n_cand = 0
     for i, p in enumerate(plans):
         r = p.request
-        first = len(cond)
+        n = p.logit_src.numel()
         for copy in range(len(p.slots)):
             logit_src.append(p.logit_src)
             logit_start.append(q_start[first_row[i] + copy])
-        n = p.logit_src.numel()
-        cond += range(n_logits, n_logits + n)
-        uncond += range(n_logits + n, n_logits + 2 * n) if r.copies == 2 else range(n_logits, n_logits + n)
+            logit_len.append(n)
+        cond.append(n_logits)  # (the first logit of each run of n)
+        uncond.append(n_logits + n if r.copies == 2 else n_logits)
         n_logits += n * r.copies
-        scale += [float(r.config.cfg_scale)] * n
-        cand_slot += [r.slots[0]] * n
+        counts.append(n)
+        scale.append(float(r.config.cfg_scale))
+        cand_slot.append(r.slots[0])
         cand_col.append(p.cols)
-        segments.append((p, first, n))
+        segments.append((p, n_cand, n))
+        n_cand += n
     # each logit's packed position: its row's first packed position + its index among the row's fed positions
-    offsets = torch.tensor(logit_start).repeat_interleave(torch.tensor([t.numel() for t in logit_src]))
-    return torch.cat(logit_src) + offsets, (torch.tensor(cond), torch.tensor(uncond), torch.tensor(scale),
-                                            torch.tensor(cand_slot), torch.cat(cand_col), segments)
+    index = torch.cat(logit_src) + runs(logit_start, logit_len)
+    return index, (ranges(cond, counts), ranges(uncond, counts), runs(scale, counts, torch.float32),
+                   runs(cand_slot, counts), torch.cat(cand_col), segments)
 
 
 def _unconditional(ids: torch.Tensor, r: Request) -> torch.Tensor:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import attend, sdpa
-from .rows import copy_rows, select_rows
+from .rows import copy_rows, ranges, runs, select_rows
 from .transfer import to_device
 
 BACKENDS = ("loop", "padded")
@@ -106,19 +106,15 @@ class _Index:
 
     @staticmethod
     def build(rows: RaggedRows, device) -> "_Index":
-        src, slot = [], []
-        for r in range(len(rows.q_len)):
-            if rows.write[r] and rows.slot[r] >= 0:
-                src.append(torch.arange(rows.q_start[r], rows.q_start[r] + rows.q_len[r]))
-                slot.append(torch.full((rows.q_len[r],), rows.slot[r]))
+        stored = [r for r in range(len(rows.q_len)) if rows.write[r] and rows.slot[r] >= 0]
         positions = to_device(rows.positions, device)
-        if not src:
+        if not stored:
             return _Index(positions, None, None)
-        write_src = torch.cat(src)
-        write_slot = to_device(torch.cat(slot), device)
-        if write_src.numel() == positions.numel():  # every fed position is stored, in packed order
+        lengths = [rows.q_len[r] for r in stored]
+        write_slot = to_device(runs([rows.slot[r] for r in stored], lengths), device)
+        if sum(lengths) == positions.numel():  # every fed position is stored, in packed order
             return _Index(positions, ALL, write_slot)
-        return _Index(positions, to_device(write_src, device), write_slot)
+        return _Index(positions, to_device(ranges([rows.q_start[r] for r in stored], lengths), device), write_slot)
 
     def masks(self, rows: RaggedRows) -> dict[int, torch.Tensor]:
         """Row -> (Q, L) bool block-causal mask of the rows that need one (computed from the positions)."""
@@ -247,9 +243,9 @@ class _Group:
     n_rows: int
     Qmax: int
     Lmax: int
-    packed: torch.Tensor  # packed positions of the group's fed positions
-    qdest: torch.Tensor  # their rows in the padded (rows * Qmax) query layout
-    dest: torch.Tensor  # their rows in the padded (rows * Lmax) fresh-key layout
+    packed: torch.Tensor  # packed positions of the group's fed positions (empty where ``uniform``)
+    qdest: torch.Tensor  # their rows in the padded (rows * Qmax) query layout (empty where ``uniform``)
+    dest: torch.Tensor  # their rows in the padded (rows * Lmax) fresh-key layout (empty where ``uniform``)
     key_ok: torch.Tensor  # (rows, Lmax) bool
     all_keys: bool
     uniform: tuple[int, int] | None
@@ -264,23 +260,22 @@ class _Group:
             lo, n_rows, place = 0, len(group), list(range(len(group)))
         Qmax = max(rows.q_len[r] for r in group)
         Lmax = max(rows.k_len[r] for r in group)
-        packed, qdest, dest = [], [], []
         k_len = torch.full((n_rows,), Lmax, dtype=torch.long)
-        for r, p in zip(group, place):
-            n = rows.q_len[r]
-            packed.append(torch.arange(rows.q_start[r], rows.q_start[r] + n))
-            qdest.append(p * Qmax + torch.arange(n))
-            dest.append(p * Lmax + torch.arange(n))
-            k_len[p] = rows.k_len[r]
+        k_len[place] = torch.tensor([rows.k_len[r] for r in group])
         key_ok = torch.arange(Lmax).unsqueeze(0) < k_len.unsqueeze(1)
         starts = [rows.q_start[r] for r in group]
+        lengths = [rows.q_len[r] for r in group]
         uniform = None
-        if (place == list(range(n_rows)) and all(rows.q_len[r] == Qmax for r in group)
+        if (place == list(range(n_rows)) and all(n == Qmax for n in lengths)
                 and all(b - a == Qmax for a, b in zip(starts, starts[1:]))
                 and (pooled_keys or all(rows.k_len[r] == Qmax for r in group))):
             uniform = (starts[0], starts[0] + n_rows * Qmax)
-        return cls(group, place, pooled_keys, lo, n_rows, Qmax, Lmax, to_device(torch.cat(packed), device),
-                   to_device(torch.cat(qdest), device), to_device(torch.cat(dest), device), to_device(key_ok, device),
+            packed = qdest = dest = torch.empty(0, dtype=torch.long, device=device)  # views: no index used
+        else:
+            packed = to_device(ranges(starts, lengths), device)
+            qdest = to_device(ranges([p * Qmax for p in place], lengths), device)
+            dest = to_device(ranges([p * Lmax for p in place], lengths), device)
+        return cls(group, place, pooled_keys, lo, n_rows, Qmax, Lmax, packed, qdest, dest, to_device(key_ok, device),
                    bool(key_ok.all()), uniform)
 
 

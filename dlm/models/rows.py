@@ -5,6 +5,9 @@ elements a warp moves 64 bytes at a time, and on an H200 a key/value row copy at
 than the same bytes moved as int64 words (``benchmarks/gpu-2026-11-28/``). Viewed as int64 the same bytes move in a
 quarter of the elements. Nothing is read as a number, so the result is the element copy's, bit for bit; where a
 row's bytes or strides are not whole words the element kernels run as before.
+
+Also the CPU index builders of a step's packed layout (:func:`ranges`, :func:`runs`): a few tensor operations per
+step instead of one small tensor per row, which the host otherwise builds while the GPU waits for the step.
 """
 
 from __future__ import annotations
@@ -37,3 +40,23 @@ def select_rows(src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if sw is None:
         return src[index]
     return sw.index_select(0, index).view(src.dtype)
+
+
+def ranges(starts: list[int], lengths: list[int]) -> torch.Tensor:
+    """``torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lengths)])`` (long, on the CPU) in a few
+    operations instead of one tensor per range: the host builds these for every row of every step."""
+    if not lengths:
+        return torch.empty(0, dtype=torch.long)
+    if all(n == lengths[0] for n in lengths):
+        return (torch.tensor(starts).unsqueeze(1) + torch.arange(lengths[0])).flatten()
+    n = torch.tensor(lengths)
+    shift = torch.tensor(starts) - (n.cumsum(0) - n)  # each range's start minus its offset in the result
+    return torch.arange(int(n.sum())) + shift.repeat_interleave(n)
+
+
+def runs(values: list, lengths: list[int], dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Each of ``values`` repeated its length in ``lengths``, one after the other (on the CPU)."""
+    total = sum(lengths)
+    if values and all(v == values[0] for v in values):
+        return torch.full((total,), values[0], dtype=dtype)
+    return torch.tensor(values, dtype=dtype).repeat_interleave(torch.tensor(lengths, dtype=torch.long))

@@ -1,6 +1,6 @@
 """The key/value pool's write: what an assignment through (slot, position) indices would store, for any slots
 and positions (in any order, the last slot and position included); and the row copies it and the padded attention
-use (dlm.models.rows), bit for bit the element copies."""
+use (dlm.models.rows), bit for bit the element copies; and the index builders of the packed layout."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dlm.cache.store import KVPool, PoolShape
-from dlm.models.rows import _words, copy_rows, select_rows
+from dlm.models.rows import _words, copy_rows, ranges, runs, select_rows
 
 
 def test_write_stores_each_position_in_its_slot():
@@ -70,3 +70,23 @@ def test_select_rows_is_indexing_bit_for_bit(dtype, heads, dim):
     got = select_rows(src, index)
     assert got.dtype == dtype and got.shape == (4, heads, dim) and got.is_contiguous()
     assert torch.equal(got, src[index])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_ranges_and_runs_equal_one_tensor_per_row(seed):
+    """The index builders of the packed layout against the per-row tensors they replace: equal and unequal
+    lengths, empty ranges, no rows at all."""
+    g = torch.Generator().manual_seed(seed)
+    k = int(torch.randint(0, 7, (1,), generator=g))
+    starts = torch.randint(0, 60, (k,), generator=g).tolist()
+    lengths = [int(torch.tensor([0, 1, 3, 32])[i]) for i in torch.randint(0, 4, (k,), generator=g)]
+    if seed % 3 == 0:  # every row the same length (the fast path)
+        lengths = [lengths[0]] * k if k else []
+    values = torch.randint(0, 3 if seed % 2 else 1, (k,), generator=g).tolist()
+    empty = torch.empty(0, dtype=torch.long)
+    expect = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lengths)]) if k else empty
+    assert torch.equal(ranges(starts, lengths), expect)
+    expect = torch.cat([torch.full((n,), v) for v, n in zip(values, lengths)]) if k else empty
+    assert torch.equal(runs(values, lengths), expect)
+    got = runs([float(v) for v in values], lengths, torch.float32)
+    assert got.dtype == torch.float32 and torch.equal(got, expect.float())
