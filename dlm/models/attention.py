@@ -6,6 +6,8 @@ included) attends to the valid keys of its row, so no row is ever fully masked a
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -13,7 +15,7 @@ _SDPA_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")  
 
 BACKENDS = ("sdpa", "flash_attn")
 
-#: Whether torch's SDPA may pick cuDNN's attention kernel (its first choice on Hopper GPUs since torch 2.5). cuDNN
+#: Whether torch's SDPA may pick cuDNN's attention kernel (its first choice on an H200 with torch 2.11). cuDNN
 #: builds an execution plan for every new combination of shapes, tens of milliseconds each on an H200 (measured
 #: by ``benchmarks/micro_attention.py``), and an engine that batches requests as they come meets new shapes at
 #: almost every step; flash and memory-efficient attention start at once. Off by default: :func:`sdpa` then
@@ -29,16 +31,43 @@ def use_cudnn_attention(enabled: bool) -> None:
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
          enable_gqa: bool = False) -> torch.Tensor:
-    """``scaled_dot_product_attention`` with cuDNN's kernel left out on a GPU unless :data:`CUDNN_ATTENTION`
-    (torch's backend switch is set for this call only and restored after it)."""
+    """``scaled_dot_product_attention`` with cuDNN's kernel left out on a GPU unless :data:`CUDNN_ATTENTION`:
+    torch's process-wide backend switch is turned off while calls run and restored after the last one (threads
+    share it: :func:`_cudnn_off_enter`). Left alone where the caller turned cuDNN off, or where it is the only
+    backend left on (``torch.nn.attention.sdpa_kernel([SDPBackend.CUDNN_ATTENTION])``)."""
     kwargs = {"enable_gqa": True} if enable_gqa else {}
-    if CUDNN_ATTENTION or not q.is_cuda or not torch.backends.cuda.cudnn_sdp_enabled():
+    if CUDNN_ATTENTION or not q.is_cuda:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kwargs)
-    torch.backends.cuda.enable_cudnn_sdp(False)
+    _cudnn_off_enter()
     try:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kwargs)
     finally:
-        torch.backends.cuda.enable_cudnn_sdp(True)
+        _cudnn_off_exit()
+
+
+_SWITCH = threading.Lock()
+_cudnn_off = {"calls": 0, "restore": False}  # calls between enter and exit; whether the last one turns cuDNN on
+
+
+def _cudnn_off_enter() -> None:
+    """Turn torch's cuDNN attention switch off, if it is on and another backend is on. Counted, so that overlapping
+    calls from several threads (the data-parallel server's engines) restore it once, after the last one."""
+    cuda = torch.backends.cuda
+    with _SWITCH:
+        if _cudnn_off["calls"] == 0:
+            others = cuda.flash_sdp_enabled() or cuda.mem_efficient_sdp_enabled() or cuda.math_sdp_enabled()
+            _cudnn_off["restore"] = cuda.cudnn_sdp_enabled() and others
+            if _cudnn_off["restore"]:
+                cuda.enable_cudnn_sdp(False)
+        _cudnn_off["calls"] += 1
+
+
+def _cudnn_off_exit() -> None:
+    with _SWITCH:
+        _cudnn_off["calls"] -= 1
+        if _cudnn_off["calls"] == 0 and _cudnn_off["restore"]:
+            torch.backends.cuda.enable_cudnn_sdp(True)
+            _cudnn_off["restore"] = False
 
 
 def flash_attn_available() -> bool:

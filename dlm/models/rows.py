@@ -55,7 +55,9 @@ def ranges(starts: list[int], lengths: list[int]) -> torch.Tensor:
 
 
 def runs(values: list, lengths: list[int], dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """Each of ``values`` repeated its length in ``lengths``, one after the other (on the CPU)."""
+    """Each of ``values`` repeated its length in ``lengths``, one after the other (on the CPU), as ``dtype``."""
+    if len(values) != len(lengths):
+        raise ValueError(f"runs: {len(values)} values for {len(lengths)} lengths")
     total = sum(lengths)
     if values and all(v == values[0] for v in values):
         return torch.full((total,), values[0], dtype=dtype)

@@ -90,3 +90,5 @@ def test_ranges_and_runs_equal_one_tensor_per_row(seed):
     assert torch.equal(runs(values, lengths), expect)
     got = runs([float(v) for v in values], lengths, torch.float32)
     assert got.dtype == torch.float32 and torch.equal(got, expect.float())
+    with pytest.raises(ValueError, match="values for"):
+        runs(values + [0], lengths)

@@ -78,10 +78,13 @@ def test_in_block_steps_reuse_the_layout_and_answers_do_not_change(llada, dream)
 def test_fresh_rows_are_placed_first_and_logits_keep_the_plans_order(llada):
     """Requests that refresh (fresh rows) between requests in their blocks: the fresh rows are placed first,
     one view for the padded attention when their lengths are equal, and every request's logits, candidates and
-    segment stay where the plans' order puts them."""
-    engine = dlm.Engine(llada, max_rows=4, max_tokens=4 * 64)
+    segment stay where the plans' order puts them (requests 2 and 3 with guidance: two rows each, their
+    unconditional logits on their second slot)."""
+    engine = dlm.Engine(llada, max_rows=6, max_tokens=6 * 64)
     cfg = dlm.GenerationConfig(gen_length=16, block_length=8, steps=16, cache="dual", stop_at_eos=False)
-    reqs = [engine.submit(p, cfg) for p in random_prompts(llada, 4, seed=5, min_len=6, max_len=6)]
+    guided = cfg.replace(cfg_scale=1.5)
+    prompts = random_prompts(llada, 4, seed=5, min_len=6, max_len=6)
+    reqs = [engine.submit(p, cfg if i < 2 else guided) for i, p in enumerate(prompts)]
     engine.step()
     shift = llada.logits_shift
     plans = []
@@ -94,15 +97,19 @@ def test_fresh_rows_are_placed_first_and_logits_keep_the_plans_order(llada):
     assert [p.fresh for p in plans] == [False, True, False, True]
     packed = pack(plans, False, 1)
     rows = packed.rows
-    assert rows.fresh == [True, True, False, False]
-    assert rows.q_start[:2] == [0, reqs[1].visible]
+    assert rows.fresh == [True, True, True, False, False, False]  # request 3's two rows, then 0 and 2's
+    assert rows.q_start[:3] == [0, reqs[1].visible, 2 * reqs[1].visible]
     for i, (plan, first, n) in enumerate(packed.segments):
         assert plan is plans[i]
-        where = packed.logits_index[packed.cond[first : first + n]]
-        assert torch.equal(packed.position[where], plan.fed[plan.logit_src])
-        assert set(packed.slot[where].tolist()) == {reqs[i].slots[0]}
-        assert set(packed.cand_slot[first : first + n].tolist()) == {reqs[i].slots[0]}
+        r = reqs[i]
+        for kind, slot in (("cond", r.slots[0]), ("uncond", r.slots[-1])):
+            where = packed.logits_index[getattr(packed, kind)[first : first + n]]
+            assert torch.equal(packed.position[where], plan.fed[plan.logit_src]), (i, kind)
+            assert set(packed.slot[where].tolist()) == {slot}, (i, kind)
+        assert len(r.slots) == (2 if i >= 2 else 1)
+        assert set(packed.cand_slot[first : first + n].tolist()) == {r.slots[0]}
+        assert set(packed.cfg_scale[first : first + n].tolist()) == {1.5 if i >= 2 else 0.0}
     from dlm.models.ragged import _Group
 
-    group = _Group.build(rows, [0, 1], False, "cpu")
-    assert group.uniform == (0, 2 * reqs[1].visible)
+    group = _Group.build(rows, [0, 1, 2], False, "cpu")
+    assert group.uniform == (0, 3 * reqs[1].visible)

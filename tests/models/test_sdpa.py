@@ -3,6 +3,8 @@ backend switch restored after every call (its GPU behaviour, the kernels it pick
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,10 +30,15 @@ def seen(monkeypatch):
         return "out"
 
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", fake)
-    torch.backends.cuda.enable_cudnn_sdp(True)
+    cuda = torch.backends.cuda
+    switches = [(cuda.enable_flash_sdp, cuda.flash_sdp_enabled()), (cuda.enable_math_sdp, cuda.math_sdp_enabled()),
+                (cuda.enable_mem_efficient_sdp, cuda.mem_efficient_sdp_enabled())]
+    cuda.enable_cudnn_sdp(True)
     yield calls
     attention.use_cudnn_attention(False)
-    torch.backends.cuda.enable_cudnn_sdp(True)
+    cuda.enable_cudnn_sdp(True)
+    for enable, was in switches:
+        enable(was)
 
 
 def test_gpu_call_runs_without_cudnn_and_restores_the_switch(seen):
@@ -58,6 +65,45 @@ def test_switch_left_off_when_the_user_turned_cudnn_off(seen):
     attention.sdpa(_OnGpu(), None, None)
     assert seen == [False]
     assert not torch.backends.cuda.cudnn_sdp_enabled()  # not turned on behind the user's back
+
+
+def test_switch_left_on_where_cudnn_is_the_only_backend(seen):
+    """As inside ``sdpa_kernel([SDPBackend.CUDNN_ATTENTION])``: turning cuDNN off would leave no kernel."""
+    cuda = torch.backends.cuda
+    for enable in (cuda.enable_flash_sdp, cuda.enable_math_sdp, cuda.enable_mem_efficient_sdp):
+        enable(False)
+    attention.sdpa(_OnGpu(), None, None)
+    assert seen == [True]
+
+
+def test_overlapping_calls_restore_the_switch_after_the_last(seen, monkeypatch):
+    """Two threads (the data-parallel server's engines) whose calls overlap, the first to start ending first:
+    cuDNN stays off while the other still runs, and is on again after both."""
+    first_inside, go, first_done = threading.Event(), threading.Event(), threading.Event()
+    during = []
+
+    def slow(q, k, v, attn_mask=None, **kw):
+        if k == "first":
+            first_inside.set()
+            go.wait(timeout=10)
+        else:  # the second call: still running after the first one has ended
+            go.set()
+            first_done.wait(timeout=10)
+        during.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return "out"
+
+    def first_call():
+        attention.sdpa(_OnGpu(), "first", None)
+        first_done.set()
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", slow)
+    thread = threading.Thread(target=first_call)
+    thread.start()
+    assert first_inside.wait(timeout=10)
+    attention.sdpa(_OnGpu(), "second", None)
+    thread.join(timeout=10)
+    assert during == [False, False]
+    assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
 def test_cpu_call_equals_torch_sdpa():
