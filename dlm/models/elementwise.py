@@ -49,12 +49,14 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Ops:
-    """The three elementwise functions a transformer layer calls."""
+    """The three elementwise functions a transformer layer calls; ``small``: the ones an eager forward of few
+    positions calls instead (:func:`ops_for_positions`), None for :data:`EAGER`."""
 
     rms_norm: Callable
     rope: Callable
     swiglu: Callable
     fused: bool = False
+    small: Ops | None = None
 
 
 EAGER = Ops(rms_norm, rope, swiglu, fused=False)
@@ -70,13 +72,15 @@ def fused_ops(key: Hashable = None) -> Ops:
     key per dtype and architecture. Past the limit the compiled functions fall back to the eager ones (correct,
     slower), never an error."""
     if key not in _FUSED:
-        _FUSED[key] = Ops(_compiled(rms_norm), _with_rope_kernel(_compiled(rope)), _compiled(swiglu), fused=True)
+        small = Ops(rms_norm, _with_rope_kernel(rope), swiglu)  # the RoPE kernel costs no guards: one launch
+        _FUSED[key] = Ops(_compiled(rms_norm), _with_rope_kernel(_compiled(rope)), _compiled(swiglu), fused=True,
+                          small=small)
     return _FUSED[key]
 
 
 def _with_rope_kernel(compiled: Callable) -> Callable:
     """RoPE by :mod:`dlm.models.rope_kernel` (a Triton kernel equal to :func:`rope` bit for bit) where it
-    applies (bfloat16 on a CUDA GPU with Triton), else by ``compiled``."""
+    applies (bfloat16 on a CUDA GPU with Triton), else by ``compiled`` (the compiled or the eager function)."""
 
     from . import rope_kernel  # (imports Triton, if installed: only once fused kernels are asked for)
 
@@ -97,20 +101,23 @@ def _compiled(fn: Callable) -> Callable:
 
 #: An eager forward feeding fewer positions than this runs the eager functions even when the model holds fused
 #: ones: each call of a compiled function costs host time (its guards) that only a large step or a CUDA-graph
-#: replay hides (measured at LLaDA-8B geometry on an H200: BENCHMARKS.md, "The fast path by default").
+#: replay hides (measured at LLaDA-8B geometry on an H200: BENCHMARKS.md, "The fast path by default"). RoPE
+#: stays the Triton kernel there where it applies: one launch instead of sixteen eager operations per layer, and
+#: the same result bit for bit.
 FUSED_MIN_POSITIONS = 1024
 
 
 @contextmanager
 def ops_for_positions(model, positions: int) -> Iterator[None]:
-    """Within: ``model.ops`` is :data:`EAGER` if the model's ops are fused and the forward feeds fewer than
-    :data:`FUSED_MIN_POSITIONS` positions; otherwise unchanged. Captured CUDA graphs do not use this: a replay
-    launches nothing from the host, so they keep the fused kernels."""
+    """Within: ``model.ops`` is the fused ops' ``small`` set (the eager functions, RoPE by its kernel where it
+    applies) if the model's ops are fused and the forward feeds fewer than :data:`FUSED_MIN_POSITIONS`
+    positions; otherwise unchanged. Captured CUDA graphs do not use this: a replay launches nothing from the
+    host, so they keep the fused kernels."""
     ops = model.ops
     if not ops.fused or positions >= FUSED_MIN_POSITIONS:
         yield
         return
-    model.ops = EAGER
+    model.ops = ops.small or EAGER
     try:
         yield
     finally:

@@ -42,13 +42,18 @@ def test_kernel_equals_the_eager_function(heads, kv_heads, full, positions):
     assert _same(qo, qr) and _same(ko, kr)
 
 
-def test_fused_ops_take_the_kernel():
+@pytest.mark.parametrize("small", [False, True])  # the fused set, and its set for small eager forwards
+def test_fused_ops_take_the_kernel(small):
     if not rope_kernel.available():
         pytest.skip("Triton is not installed")
     ops = ew.fused_ops(("test_rope_gpu",))
+    ops = ops.small if small else ops
     q = torch.randn(1, 4, 64, 128, device="cuda").bfloat16()
     k = torch.randn(1, 2, 64, 128, device="cuda").bfloat16()
     cos, sin = rope_cos_sin(torch.arange(64, device="cuda").unsqueeze(0), 128, 10000.0)
-    qo, ko = ops.rope(q, k, cos, sin, True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        qo, ko = ops.rope(q, k, cos, sin, True)
+        torch.cuda.synchronize()
+    assert any(e.name == "_rope_qk" for e in prof.events()), [e.name for e in prof.events()]
     qr, kr = ew.rope(q, k, cos, sin, True)
     assert _same(qo, qr) and _same(ko, kr)

@@ -160,29 +160,48 @@ def test_the_runner_tracks_the_previous_layout(tiny):
     assert any(not rep for _, rep in graphs.asked) and any(rep for _, rep in graphs.asked)
 
 
-def test_small_eager_steps_run_the_eager_elementwise_functions(tiny, monkeypatch):
+@pytest.mark.parametrize("with_small", [False, True])
+def test_small_eager_steps_run_the_eager_elementwise_functions(tiny, monkeypatch, with_small):
     """Fused ops are used by eager forwards from FUSED_MIN_POSITIONS fed positions on (and inside graphs);
-    smaller eager steps run the eager functions, and the model keeps its fused ops afterwards."""
+    smaller eager steps run the fused ops' ``small`` set (the eager functions when it has none), and the model
+    keeps its fused ops afterwards."""
     from dlm.models import elementwise as ew
 
-    calls = {"fused": 0}
+    calls = {"fused": 0, "small": 0}
 
-    def counting(fn):
+    def counting(fn, kind):
         def wrapped(*a, **k):
-            calls["fused"] += 1
+            calls[kind] += 1
             return fn(*a, **k)
         return wrapped
 
-    fake = ew.Ops(counting(ew.rms_norm), counting(ew.rope), counting(ew.swiglu), fused=True)
+    small_ops = ew.Ops(*(counting(f, "small") for f in (ew.rms_norm, ew.rope, ew.swiglu))) if with_small else None
+    fake = ew.Ops(*(counting(f, "fused") for f in (ew.rms_norm, ew.rope, ew.swiglu)), fused=True, small=small_ops)
     monkeypatch.setattr(tiny.model, "ops", fake)
     prompts = random_prompts(tiny, 2, seed=3, min_len=2, max_len=8)
     cfg = GenerationConfig(gen_length=16, block_length=8, steps=8, cache="dual", stop_at_eos=False)
     monkeypatch.setattr(ew, "FUSED_MIN_POSITIONS", 10**9)
     small = tiny.generate(prompts, cfg).sequences
-    assert calls["fused"] == 0 and tiny.model.ops is fake
+    assert calls["fused"] == 0 and (calls["small"] > 0) == with_small and tiny.model.ops is fake
     monkeypatch.setattr(ew, "FUSED_MIN_POSITIONS", 0)
+    calls["small"] = 0
     assert torch.equal(tiny.generate(prompts, cfg).sequences, small)  # same functions, other wrappers
-    assert calls["fused"] > 0 and tiny.model.ops is fake
+    assert calls["fused"] > 0 and calls["small"] == 0 and tiny.model.ops is fake
+
+
+def test_fused_ops_small_set_is_eager_with_the_rope_kernel():
+    """The fused ops' set for small eager forwards: the eager RMSNorm and SwiGLU, and RoPE that equals the eager
+    function (the Triton kernel where it applies: bf16 on a GPU; here on a CPU the eager function itself)."""
+    from dlm.models import elementwise as ew
+
+    small = ew.fused_ops(("test small set",)).small
+    assert small.rms_norm is ew.rms_norm and small.swiglu is ew.swiglu and not small.fused
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 4, 6, 8, generator=g), torch.randn(1, 2, 6, 8, generator=g)
+    cos, sin = torch.randn(1, 1, 6, 8, generator=g), torch.randn(1, 1, 6, 8, generator=g)
+    for full in (True, False):
+        for a, b in zip(small.rope(q, k, cos, sin, full), ew.rope(q, k, cos, sin, full)):
+            assert torch.equal(a, b)
 
 
 def test_other_elementwise_functions_capture_their_own_graphs(tiny, monkeypatch):
