@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from micro_elementwise import timed_us
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dlm.models import attention
@@ -63,16 +64,7 @@ def call(backend: str, args) -> torch.Tensor:
 
 
 def steady_us(backend: str, args, calls: int = 20) -> float:
-    for _ in range(3):
-        call(backend, args)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(calls):
-        call(backend, args)
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / calls * 1e3
+    return timed_us(lambda: call(backend, args), calls)
 
 
 def first_call_ms(backend: str, masked: bool, base: int, count: int = 12) -> list[float]:

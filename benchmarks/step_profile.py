@@ -92,6 +92,15 @@ def _step_times(lm, cache_kwargs: dict, blocks: int = 4, batch: int = 1, gen: in
     return [(b - a) * 1e3 for a, b in zip(marks, marks[1:])][:n]
 
 
+def _block_split(ms: list[float]) -> dict:
+    """Mean ms of whole blocks' steps: each block's first step (its refresh), the others, all of them."""
+    per = BLOCK // PER_STEP
+    refresh = ms[::per]
+    inblock = [t for i, t in enumerate(ms) if i % per]
+    return {"refresh_ms": sum(refresh) / len(refresh), "in_block_ms": sum(inblock) / len(inblock),
+            "average_ms": sum(ms) / len(ms)}
+
+
 def part_steps(lm) -> dict:
     """Default options; ``dual`` and its ``last_block`` refresh with the joined projections, and ``dual`` with
     the projections split again (same run, a fresh engine each: the kept engine's graphs hold their weights)."""
@@ -106,11 +115,7 @@ def part_steps(lm) -> dict:
         lm._engine = None
         _step_times(lm, kw)  # warm-up: shapes, compiled kernels and graphs carry over in the kept engine
         ms = _step_times(lm, kw)[2 * BLOCK // PER_STEP:]  # the last two blocks
-        per = BLOCK // PER_STEP
-        refresh = [ms[i] for i in range(0, len(ms), per)]
-        inblock = [t for i, t in enumerate(ms) if i % per]
-        out[name] = {"ms": ms, "refresh_ms": sum(refresh) / len(refresh), "in_block_ms": sum(inblock) / len(inblock),
-                     "average_ms": sum(ms) / len(ms)}
+        out[name] = {"ms": ms, **_block_split(ms)}
         print(name, json.dumps({k: v for k, v in out[name].items() if k != "ms"}), flush=True)
     join_projections(lm.model)
     lm._engine = None
@@ -127,11 +132,7 @@ def part_steps_cudnn(lm, rounds: int = 2) -> dict:
             use_cudnn_attention(name == "on")
             lm._engine = None
             _step_times(lm, {})  # warm-up: plans, graphs
-            ms = _step_times(lm, {})[2 * BLOCK // PER_STEP:]
-            per = BLOCK // PER_STEP
-            out[name].append({"refresh_ms": sum(ms[::per]) / len(ms[::per]),
-                              "in_block_ms": sum(t for i, t in enumerate(ms) if i % per) / (len(ms) - len(ms[::per])),
-                              "average_ms": sum(ms) / len(ms)})
+            out[name].append(_block_split(_step_times(lm, {})[2 * BLOCK // PER_STEP:]))
             print("cudnn", name, json.dumps(out[name][-1]), flush=True)
     use_cudnn_attention(False)
     lm._engine = None
@@ -197,6 +198,24 @@ def _staggered_engine(lm, batch: int, prompt: int, gen: int):
     return engine, prompts, cfg
 
 
+def _arrivals(lm, engine, prompts: list, cfg):
+    """``run(n)``: n steps of ``engine``, each after one arrival (the next of ``prompts``), synchronised after
+    each; returns their wall ms."""
+    todo = list(prompts)
+
+    def run(n: int) -> list[float]:
+        walls = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            engine.submit(todo.pop(0), cfg)
+            engine.step()
+            sync(lm.device)
+            walls.append((time.perf_counter() - t0) * 1e3)
+        return walls
+
+    return run
+
+
 def part_staggered_steps(lm, batch: int = 32, prompt: int = 128, gen: int = 256) -> dict:
     """Staggered arrivals (one per step, 3 x ``batch`` requests; the default options) step by step: each step's
     wall time (synchronised after it), fed positions, rows, and whether its forward replayed a CUDA graph,
@@ -244,18 +263,9 @@ def part_kernels_mixed(lm, batch: int = 32, prompt: int = 128, gen: int = 256, w
 
     set_fast_path(lm, False, True)
     engine, prompts, cfg = _staggered_engine(lm, batch, prompt, gen)
-    todo = list(prompts)
-
-    def run(n):
-        for _ in range(n):
-            engine.submit(todo.pop(0), cfg)
-            engine.step()
-        sync(lm.device)
-
+    run = _arrivals(lm, engine, prompts, cfg)
     run(warm_steps)
-    t0 = time.perf_counter()
-    run(steps)
-    step_ms = (time.perf_counter() - t0) / steps * 1e3
+    step_ms = sum(run(steps)) / steps
     fed = engine.core.packs._packed.rows.total
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         run(steps)
@@ -274,15 +284,10 @@ def part_kernels_ramp(lm, batch: int = 32, prompt: int = 128, gen: int = 256, st
 
     set_fast_path(lm, True, True)
     engine, prompts, cfg = _staggered_engine(lm, batch, prompt, gen)
+    run = _arrivals(lm, engine, prompts, cfg)
     sync(lm.device)
-    walls = []
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        for p in prompts[:steps]:
-            t0 = time.perf_counter()
-            engine.submit(p, cfg)
-            engine.step()
-            sync(lm.device)
-            walls.append((time.perf_counter() - t0) * 1e3)
+        walls = run(steps)
     rows, total, mm = _kernel_rows(prof)
     print(f"ramp-up steps under the profiler: {[round(w, 1) for w in walls]} ms; kernels {total / steps:.1f} ms "
           f"per step (matrix products {mm / steps:.1f} ms)", flush=True)

@@ -21,7 +21,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -77,20 +76,9 @@ def staggered_steps(lm, batch: int, gen: int, warm: int = 48, steps: int = 8):
     """Staggered arrivals brought to the steady state (``warm`` steps), the unprofiled times of ``steps`` more,
     and a function running ``steps`` more (the profiled ones)."""
     engine, prompts, cfg = sp._staggered_engine(lm, batch, 128, gen)
-    todo = list(prompts)
-
-    def run(n: int = steps) -> list[float]:
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            engine.submit(todo.pop(0), cfg)
-            engine.step()
-            torch.cuda.synchronize()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return times
-
+    run = sp._arrivals(lm, engine, prompts, cfg)
     run(warm)
-    return run(), run
+    return run(steps), lambda: run(steps)
 
 
 def timeline(events: list[dict]) -> list[dict]:

@@ -29,6 +29,7 @@ from ..cache.store import KVPool, PoolShape
 from ..errors import ConfigError, DlmError, GenerationError, SchedulerError
 from ..models.elementwise import ops_for_positions
 from ..models.ragged import RaggedAttention
+from ..models.rows import ranges, runs
 from ..models.transfer import to_device
 from ..outputs import GenerationOutput, StepEvent, StepTrace
 from ..sampling import Draws, compute_candidates
@@ -245,7 +246,7 @@ class EngineCore:
         index, _, _ = _candidate_rows(p, segments, dev)
         bad = torch.isnan(logits.amax(-1)[index]).long()  # (reducing first: no copy of the logits)
         seg_of = p.derived(("segment of", str(dev), _spans(segments)), lambda: to_device(
-            torch.cat([torch.full((n,), i) for i, (_, _, n) in enumerate(segments)]), dev))
+            runs(list(range(len(segments))), [n for _, _, n in segments]), dev))
         return torch.zeros(len(segments), dtype=torch.long, device=dev).index_add_(0, seg_of, bad) > 0
 
     def _select(self, reqs: list[Request]) -> list[GroupCommit]:
@@ -424,7 +425,7 @@ def _spans(segments) -> tuple:
 def _candidate_rows(p: Packed, segments, dev) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The logits rows of ``segments`` (request, first, count) and where their candidates go (slot, column)."""
     def build():
-        index = to_device(torch.cat([torch.arange(a, a + n) for _, a, n in segments]), dev)
+        index = to_device(ranges([a for _, a, _ in segments], [n for _, _, n in segments]), dev)
         return index, p.on("cand_slot", dev)[index], p.on("cand_col", dev)[index]
 
     return p.derived(("candidates", str(dev), _spans(segments)), build)
