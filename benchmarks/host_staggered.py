@@ -1,0 +1,62 @@
+"""Host time of a staggered step's layout building on the CPU: ``pack`` (the packed sequence, logits and
+candidates), the padded attention's index tensors (``_Index.build``) and its per-kind layouts (``_Group.build``),
+per step, in the steady state of staggered arrivals (llada-tiny geometry with random weights: the model is
+irrelevant here, only the rows' layout; 32 rows, prompt 128, gen 256, one arrival per step).
+
+    python benchmarks/host_staggered.py [--steps 10]
+
+Runs on one CPU thread; each figure is the mean over ``--steps`` steps after 40 steps of ramp-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from engine_gpu import random_prompts, schedule_config
+
+import dlm
+from dlm.bench.scale import random_lm
+from dlm.engine import core
+from dlm.models import ragged
+
+
+def _timed(totals: dict, name: str, fn):
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
+    return wrapper
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    lm = random_lm("llada-tiny", device="cpu", dtype=torch.float32)
+    cfg = schedule_config(256, 4)
+    todo = random_prompts(lm, 96, 128, seed=1)
+    engine = dlm.Engine(lm, max_rows=32, max_tokens=32 * 384, attention="padded", batch_invariant=False)
+    totals: dict[str, float] = {}
+    saved = core.PackCache.pack, ragged._Index.__dict__["build"], ragged._Group.__dict__["build"]
+    try:
+        core.PackCache.pack = _timed(totals, "pack", saved[0])
+        ragged._Index.build = staticmethod(_timed(totals, "index", saved[1].__func__))
+        ragged._Group.build = classmethod(_timed(totals, "groups", saved[2].__func__))
+        for i in range(40 + args.steps):
+            if i == 40:
+                totals.clear()
+            engine.submit(todo.pop(0), cfg)
+            engine.step()
+    finally:
+        core.PackCache.pack, ragged._Index.build, ragged._Group.build = saved
+    print(json.dumps({k: round(v / args.steps * 1e3, 3) for k, v in totals.items()}))  # ms per step
+
+
+if __name__ == "__main__":
+    main()
