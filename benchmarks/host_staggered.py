@@ -12,25 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 from engine_gpu import random_prompts, schedule_config
+from step_profile import timed_into
 
 import dlm
 from dlm.bench.scale import random_lm
 from dlm.engine import core
 from dlm.models import ragged
-
-
-def _timed(totals: dict, name: str, fn):
-    def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
-    return wrapper
 
 
 def main() -> None:
@@ -45,9 +35,9 @@ def main() -> None:
     totals: dict[str, float] = {}
     saved = core.PackCache.pack, ragged._Index.__dict__["build"], ragged._Group.__dict__["build"]
     try:
-        core.PackCache.pack = _timed(totals, "pack", saved[0])
-        ragged._Index.build = staticmethod(_timed(totals, "index", saved[1].__func__))
-        ragged._Group.build = classmethod(_timed(totals, "groups", saved[2].__func__))
+        core.PackCache.pack = timed_into(totals, "pack", saved[0])
+        ragged._Index.build = staticmethod(timed_into(totals, "index", saved[1].__func__))
+        ragged._Group.build = classmethod(timed_into(totals, "groups", saved[2].__func__))
         for i in range(40 + args.steps):
             if i == 40:
                 totals.clear()

@@ -299,6 +299,17 @@ def part_kernels_ramp(lm, batch: int = 32, prompt: int = 128, gen: int = 256, st
             "top": rows[:40], "host": host}
 
 
+def timed_into(totals: dict, name: str, fn):
+    """``fn`` adding its host seconds to ``totals[name]`` at every call."""
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
+    return wrapper
+
+
 HOST_PHASES = ("_admit", "_plan", "_forward", "_sample", "_select", "_flags", "_transfer", "_emit")
 
 
@@ -313,13 +324,7 @@ def part_host(lm, batch: int = 1, gen: int = GEN) -> dict:
     totals: dict[str, float] = {}
 
     def timed(name, fn):
-        def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
-        return wrapper
+        return timed_into(totals, name, fn)
 
     saved = {name: getattr(core.EngineCore, name) for name in HOST_PHASES}
     saved_pack, saved_stops = core.PackCache.pack, core.apply_stops
