@@ -135,15 +135,17 @@ class RaggedAttention:
         pool: an object with ``write(layer, slots, positions, k, v)``, ``keys(layer, slots, length)`` and
             ``values(layer, slots, length)`` (:class:`dlm.cache.store.KVPool`), or None when no row uses a slot.
         backend: ``"loop"`` or ``"padded"`` (see the module doc).
+        out: a (T' >= T, H, D) buffer whose first T rows receive the outputs (the returned tensor is a view of
+            it), or None for a new tensor.
 
     Internally the fed positions are token-major, (T, heads, D): a position's keys are one contiguous row, so the
     pool writes rows, and rows of equal length in slot order (a batch in lockstep) are views, not copies.
     """
 
-    def __init__(self, rows: RaggedRows, pool, backend: str = "loop"):
+    def __init__(self, rows: RaggedRows, pool, backend: str = "loop", out: torch.Tensor | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown ragged attention backend {backend!r}; allowed: {', '.join(BACKENDS)}")
-        self.rows, self.pool, self.backend = rows, pool, backend
+        self.rows, self.pool, self.backend, self.out = rows, pool, backend, out
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q: (1, H, T, D); k, v: (1, Hkv, T, D) -> token-major (T, heads, D)
@@ -154,7 +156,7 @@ class RaggedAttention:
             self.pool.write(layer, idx.write_slot, idx.positions[src] if src is not ALL else idx.positions,
                             kt if src is ALL else kt[src], vt if src is ALL else vt[src])
         masks = idx.masks(self.rows) if any(b is not None for b in self.rows.block) else {}
-        out = torch.empty_like(qt)
+        out = torch.empty_like(qt) if self.out is None else self.out[: qt.shape[0]]
         if self.backend == "loop":
             self._loop(layer, qt, kt, vt, masks, out)
         else:

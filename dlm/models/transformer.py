@@ -194,13 +194,24 @@ class Block(nn.Module):
         attention: Attention,
         ops: ew.Ops = ew.EAGER,
     ) -> torch.Tensor:
-        B, Q, _ = x.shape
+        q, k, v = self.before_attention(x, cos, sin, ops)
+        return self.after_attention(x, attention(layer, q, k, v), ops)
+
+    def before_attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ops: ew.Ops
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layer up to its attention: q (B, H, Q, D), k and v (B, Hkv, Q, D) of hidden states x (B, Q, d).
+        Only the attention sees more than one position at a time (piecewise CUDA graphs,
+        :mod:`dlm.engine.pieces`, capture the rest per number of positions)."""
         h = ops.rms_norm(x, self.attn_norm.weight, self.attn_norm.eps)
         q, k, v = self.project_qkv(h)
-        v = v.transpose(1, 2)
         q, k = self.qk_norm(q, k, ops)
         q, k = self.rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin, ops)
-        a = attention(layer, q, k, v)  # (B, H, Q, D)
+        return q, k, v.transpose(1, 2)
+
+    def after_attention(self, x: torch.Tensor, a: torch.Tensor, ops: ew.Ops) -> torch.Tensor:
+        """The layer after its attention: x (B, Q, d) and the attention's output a (B, H, Q, D) -> the next
+        layer's x."""
+        B, Q, _ = x.shape
         x = x + self.o(a.transpose(1, 2).reshape(B, Q, -1))
         h = ops.rms_norm(x, self.mlp_norm.weight, self.mlp_norm.eps)
         return x + self.mlp(h, ops)
@@ -254,16 +265,28 @@ class Transformer(nn.Module):
     ) -> torch.Tensor:
         """(B, Q, d) hidden states of the fed positions. ``attention`` decides what each query sees; without it,
         a :class:`DenseAttention` over ``cache`` (or the fed positions) with ``key_mask``."""
-        cfg = self.cfg
         if attention is None:
             attention = DenseAttention(cache, key_mask, self.attn_backend)
-        x = self.embed(input_ids)
-        if cfg.embed_scale is not None:
-            x = x * cfg.embed_scale
+        x = self.embed_ids(input_ids)
         cos, sin = self.rope(position_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, i, attention, self.ops)
         return x
+
+    def embed_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, Q) ids -> (B, Q, d) input hidden states (the embedding, scaled where the family scales it)."""
+        x = self.embed(input_ids)
+        if self.cfg.embed_scale is not None:
+            x = x * self.cfg.embed_scale
+        return x
+
+    def gather_logits(self, hidden: torch.Tensor, logits_index: torch.Tensor | slice | None) -> torch.Tensor:
+        """Logits of the positions ``logits_index`` (see :meth:`forward`) of hidden states (B, Q, d)."""
+        if isinstance(logits_index, slice):
+            hidden = hidden[:, logits_index]
+        elif logits_index is not None:
+            hidden = hidden.gather(1, logits_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return self.logits(hidden)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + head on (B, n, d) hidden states."""
@@ -290,11 +313,7 @@ class Transformer(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         h = self.hidden_states(input_ids, position_ids, key_mask, cache, attention=attention)
-        if isinstance(logits_index, slice):
-            h = h[:, logits_index]
-        elif logits_index is not None:
-            h = h.gather(1, logits_index.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
-        return self.logits(h)
+        return self.gather_logits(h, logits_index)
 
 
 def init_weights(model: Transformer, std: float = 0.02, generator: torch.Generator | None = None) -> None:
