@@ -142,6 +142,21 @@ class Engine:
                 if event.stop_requested and not event.request.done:
                     self.cancel(event.request)
 
+    def capture_graphs(self, tokens: int | None = None) -> int:
+        """Capture now the piecewise CUDA graphs (:mod:`dlm.engine.pieces`) of every step size up to ``tokens``
+        fed positions (default: the largest they serve, 4,096), as a server does at start-up, instead of in the
+        first steps that meet each size (a capture costs about one eager step more). They belong to the model
+        and serve its other engines too. Returns how many were captured: 0 without CUDA graphs (a CPU,
+        ``cuda_graphs=False``, ``batch_invariant=True``)."""
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+            raise ConfigError(f"tokens must be a positive int or None (every size), got {tokens!r}")
+        with self._lock:
+            core = self.core
+            pieces = core.graphs.pieces_for(core.lm.model) if core.graphs is not None else None
+            if pieces is None:
+                return 0
+            return pieces.capture_all(core.lm.model, pieces.max_tokens if tokens is None else tokens, core.device)
+
     @property
     def pending(self) -> int:
         """Requests queued or running."""

@@ -237,9 +237,11 @@ def set_fast_path(lm: DiffusionLM, cuda_graphs: bool, fused_kernels: bool) -> Di
     """Switch ``lm``'s CUDA graphs and fused kernels (the elementwise functions, and the joined q/k/v and
     gate/up products of :mod:`dlm.models.joined`) on or off: what :func:`load` does with its resolved options;
     also for models built another way, e.g. random weights."""
+    from ..engine.pieces import forget
     from ..models.elementwise import EAGER, fused_ops
     from ..models.joined import join_projections, split_projections
 
+    forget(lm.model)  # its piecewise graphs read the weights and functions this may replace
     lm.cuda_graphs = bool(cuda_graphs)
     lm.model.ops = fused_ops((lm.dtype, type(lm.model).__name__, lm.model_type)) if fused_kernels else EAGER
     (join_projections if fused_kernels else split_projections)(lm.model)

@@ -12,6 +12,11 @@ engine). Everything the attention derives from the layout alone (which positions
 scatter indices) is built before the capture; what depends on the positions (where keys are written,
 block-causal masks) is computed inside the graph. The eager path and the replay compute the same function; the
 first occurrence of a layout always runs eagerly.
+
+A step that is not captured whole (a layout seen too seldom, a large layout that does not repeat step after step,
+as in a batch whose requests arrived at different steps) runs through the model's piecewise graphs
+(:mod:`dlm.engine.pieces`: everything but the attention, replayed per number of fed positions) once its size has
+come before, else eagerly.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 
 from ..models.elementwise import ops_for_positions
 from ..models.ragged import RaggedAttention, RaggedRows
+from .pieces import PieceGraphs, pieces_of
 
 
 @dataclass
@@ -57,8 +63,9 @@ class StepGraphs:
     """
 
     def __init__(self, min_uses: int = 2, backoff_uses: int = 8, max_graphs: int = 16, max_tokens: int = 4096,
-                 repeat_tokens: int = 2048):
+                 repeat_tokens: int = 2048, pieces: PieceGraphs | bool = True):
         self.min_uses, self.backoff_uses = min_uses, backoff_uses
+        self.pieces = pieces
         self.max_graphs, self.max_tokens, self.repeat_tokens = max_graphs, max_tokens, repeat_tokens
         self.last_key: tuple | None = None  # the previous step's layout
         self.entries: dict[tuple, _Entry] = {}  # in order of last use (the first is evicted first)
@@ -74,6 +81,9 @@ class StepGraphs:
         key = (rows.signature(), logits_index.shape[1], model.ops)  # a graph replays the functions it captured
         kind = self.decide(key, ids.shape[1])
         if kind == "eager":
+            pieces = self.pieces_for(model)
+            if pieces is not None and pieces.wants(ids.shape[1]):
+                return pieces.forward(model, kv_pool, backend, rows, ids, positions, logits_index)
             attention = RaggedAttention(rows, kv_pool, backend)
             with ops_for_positions(model, ids.shape[1]):
                 return model(ids, positions, attention=attention, logits_index=logits_index)[0]
@@ -87,6 +97,13 @@ class StepGraphs:
         entry.logits_index.copy_(logits_index)
         entry.replay()
         return entry.out
+
+    def pieces_for(self, model) -> PieceGraphs | None:
+        """What runs the steps this runner does not capture whole: the model's shared piecewise graphs
+        (``pieces=True``, a model on a CUDA device), the given ones, or nothing (``False``)."""
+        if self.pieces is True:
+            return pieces_of(model) if model.embed.weight.is_cuda else None
+        return self.pieces or None
 
     def decide(self, key: tuple, tokens: int) -> str:
         """What the step of layout ``key`` feeding ``tokens`` positions does: ``"replay"`` its graph (now the

@@ -29,13 +29,19 @@ def test_generate_on_gpu_matches_cpu_fp32(gpu_path):
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual", "delayed", "window"])
 def test_cuda_graphs_equal_eager(gpu_path, cache):
+    """Whole-step graphs, and pieces in buckets of one position (the eager step's own shapes), give the eager
+    answers bit for bit (the default buckets pad: tests/gpu/test_pieces_gpu.py)."""
+    from dlm.engine.graphs import StepGraphs
+    from dlm.engine.pieces import PieceGraphs
+
     lm = dlm.load(gpu_path, device="cuda", dtype="float32", fast=False)
     prompts = random_prompts(lm, 4, seed=2, min_len=1, max_len=12)
     cfg = GenerationConfig(gen_length=32, block_length=8, steps=16, cache=cache, stop_at_eos=False)
     eager = lm.generate(prompts, cfg).sequences
-    lm.cuda_graphs = True
-    graphed = lm.generate(prompts, cfg).sequences
-    assert torch.equal(eager, graphed)
+    engine = dlm.Engine(lm, max_rows=4, graphs=StepGraphs(pieces=PieceGraphs(granule=1)))
+    reqs = [engine.submit(p, cfg) for p in prompts]
+    engine.run()
+    assert torch.equal(eager, torch.cat([r.output.sequences for r in reqs]))
 
 
 def test_exact_caches_on_gpu(gpu_path):
@@ -82,7 +88,8 @@ def test_fused_kernels_match_eager(gpu_path):
 
 def test_fast_path_is_the_default_on_cuda(gpu_path):
     """dlm.load on one CUDA device turns on CUDA graphs and the fused kernels; fast=False and the per-option
-    switches give the reference path; answers agree (fused kernels round differently, graphs do not)."""
+    switches give the reference path; answers agree (fused kernels round differently, and so may the piecewise
+    graphs' padded products)."""
     fast = dlm.load(gpu_path, device="cuda", dtype="float32")
     assert fast.cuda_graphs and fast.model.ops.fused
     ref = dlm.load(gpu_path, device="cuda", dtype="float32", fast=False)
@@ -92,7 +99,7 @@ def test_fast_path_is_the_default_on_cuda(gpu_path):
     prompts = random_prompts(ref, 3, seed=6, min_len=1, max_len=12)
     for cache in ("none", "prefix", "dual"):
         cfg = GenerationConfig(gen_length=32, block_length=8, steps=16, cache=cache, stop_at_eos=False)
-        assert torch.equal(only.generate(prompts, cfg).sequences, ref.generate(prompts, cfg).sequences)
+        assert (only.generate(prompts, cfg).sequences == ref.generate(prompts, cfg).sequences).float().mean() > 0.9
         assert (fast.generate(prompts, cfg).sequences == ref.generate(prompts, cfg).sequences).float().mean() > 0.9
 
 
@@ -162,6 +169,6 @@ def test_capture_returns_the_warm_up_logits(gpu_path):
         engine.run()
         return torch.cat([r.output.sequences for r in reqs])
 
-    graphs = StepGraphs(max_graphs=1)
+    graphs = StepGraphs(max_graphs=1, pieces=False)
     assert torch.equal(run(graphs), run(None))
     assert graphs.captures >= 4 and graphs.replays > 0 and len(graphs.entries) == 1
