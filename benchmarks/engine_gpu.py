@@ -10,7 +10,8 @@ static      a static batch of 32 (prompt 128, gen 256, dual cache, 4 tokens per 
 staggered   96 requests arriving one per engine step into an engine of 32 rows vs static batches of 32 of the same
             requests: throughput ratio over the whole run (its 31 steps of ramp-up and ramp-down, with fewer
             than 32 rows, included), and the steady state's (the steps that ran 32 rows) against the same static
-            throughput
+            throughput; the piecewise CUDA graphs captured before the timed steps (``--lazy-pieces``: in them)
+            and, as ``--settings no-pieces``, without them
 batch1      per-step latency at batch 1 (dual cache, gen 256 and 1024, eager and CUDA graphs) of this engine and of
             the previous one (``--old PATH``: a copy of the package before the redesign, run in a subprocess)
 invariant   dlm-tiny in bf16: 64 task prompts alone vs in a batch of 64 without and with batch_invariant=True
@@ -39,6 +40,8 @@ from parts import run_parts
 import dlm
 from dlm.api.lm import set_fast_path
 from dlm.bench.scale import copy_bandwidth, forward_flops, matmul_rate, random_lm
+from dlm.engine.graphs import StepGraphs
+from dlm.engine.pieces import pieces_of
 from dlm.models.attention import use_cudnn_attention
 
 RESULTS: dict = {}
@@ -124,27 +127,43 @@ def part_static(lm, args, rate):
 
 def part_staggered(lm, args):
     """Eager, and on a GPU with CUDA graphs and with graphs + fused kernels (dlm.load's default there), both
-    sides of the ratio alike."""
+    sides of the ratio alike; ``no-pieces``: graphs + fused kernels without the piecewise graphs
+    (dlm.engine.pieces) on the staggered side, which otherwise captures them before its timed steps
+    (``--lazy-pieces``: in them). Repeats run the option sets in turn (A, B, A, B, ...); the model's piecewise
+    graphs persist from one run to the next while the options stay."""
 
     out = {}
-    settings = [("eager", False, False)]
+    settings = [("eager", False, False, False)]
     if args.device == "cuda":
-        settings += [("graphs", True, False), ("graphs+fused", True, True)]
+        settings += [("graphs", True, False, True), ("graphs+fused", True, True, True),
+                     ("no-pieces", True, True, False)]
     settings = [s for s in settings if args.settings is None or s[0] in args.settings]
-    for name, graphs, fused in settings:
-        set_fast_path(lm, graphs, fused)
-        runs = [staggered_run(lm, args) for _ in range(args.repeat)]
-        out[name] = runs[0] if args.repeat == 1 else {"runs": runs, "ratios": [r["ratio"] for r in runs],
-                                                      "steady_ratios": [r["steady_ratio"] for r in runs]}
+    runs: dict[str, list] = {name: [] for name, *_ in settings}
+    current = None
+    for _ in range(args.repeat):
+        for name, graphs, fused, pieces in settings:
+            if current != (graphs, fused):  # (a switch drops the model's piecewise graphs)
+                set_fast_path(lm, graphs, fused)
+                current = (graphs, fused)
+            runs[name].append(staggered_run(lm, args, pieces))
+    for name, rs in runs.items():
+        out[name] = rs[0] if args.repeat == 1 else {"runs": rs, "ratios": [r["ratio"] for r in rs],
+                                                    "steady_ratios": [r["steady_ratio"] for r in rs]}
     set_fast_path(lm, False, False)
     return out
 
 
-def staggered_run(lm, args):
+def staggered_run(lm, args, pieces: bool = True):
     n = 3 * args.batch
     prompts = random_prompts(lm, n, args.prompt, seed=1)
     cfg = schedule_config(args.gen, args.tps)
-    engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen))
+    graphs = None if pieces or not lm.cuda_graphs else StepGraphs(pieces=False)
+    engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen), graphs=graphs)
+    shared = pieces_of(lm.model)
+    t0 = time.perf_counter()
+    captured = engine.capture_graphs() if pieces and not args.lazy_pieces else 0  # (a server's start-up)
+    capture_s = time.perf_counter() - t0
+    before = (shared.captures, shared.replays)
     reqs = [engine.submit(p, cfg) for p in prompts[: args.batch]]  # warm-up
     engine.run()
     sync(args.device)
@@ -171,11 +190,14 @@ def staggered_run(lm, args):
     # the steps that ran a full batch (32 requests at once): the ramp-up and ramp-down left out, each of those
     # steps committing tps tokens per request (the fixed schedule)
     res["full_batch_steps"] = full_steps
+    res["piece_captures"], res["piece_replays"] = shared.captures - before[0], shared.replays - before[1]
+    res["captured_up_front"], res["capture_s"] = captured, capture_s
     res["steady_tokens_per_s"] = full_steps * args.batch * args.tps / full_s if full_s else None
     res["steady_ratio"] = res["steady_tokens_per_s"] / res["static_tokens_per_s"] if full_s else None
-    print(f"staggered: {res['staggered_tokens_per_s']:.0f} vs static {res['static_tokens_per_s']:.0f} tok/s "
-          f"({100 * res['ratio']:.1f}%); steady state (full-batch steps) {res['steady_tokens_per_s'] or 0:.0f} tok/s",
-          flush=True)
+    print(f"staggered (pieces {'on' if pieces else 'off'}): {res['staggered_tokens_per_s']:.0f} vs static "
+          f"{res['static_tokens_per_s']:.0f} tok/s ({100 * res['ratio']:.1f}%); steady state (full-batch steps) "
+          f"{res['steady_tokens_per_s'] or 0:.0f} tok/s; pieces captured {res['piece_captures']}, "
+          f"replayed {res['piece_replays']}; up front {captured} in {capture_s:.1f} s", flush=True)
     return res
 
 
@@ -243,54 +265,80 @@ def part_invariant(lm8b, args):
 
 
 def part_causal(args):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from dlm.assets import default_verifier_path
+    """verify="causal" against the verifier's own batched greedy generate: ``--causal-repeats`` timings of each,
+    alternating (dlm, generate, dlm, ...) in one process, compared by their medians (a single timing of either
+    swings by half between processes: both are bound by host work)."""
+    from statistics import median
 
     dev = args.device
     drafter = dlm.load(device=dev, dtype="float32", fast=False)
-    prompts = task_prompts(64, seed=11)
-    ids = drafter.encode(prompts)
+    ids = drafter.encode(task_prompts(64, seed=11))
     G = 32
     cfg = dlm.GenerationConfig(gen_length=G, verify="causal", verify_kwargs={"dtype": "float32", "draft_length": 8})
     drafter.generate(ids[:4], cfg)  # warm-up (loads the verifier)
-    out, t_dlm = timed_generate(drafter, ids, cfg, dev)
-    path = default_verifier_path()
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).to(dev).eval()
-    tok = AutoTokenizer.from_pretrained(str(path))
-    eos = model.generation_config.eos_token_id
-    P = max(len(p) for p in ids)
-    batch = torch.full((len(ids), P), eos)
-    mask = torch.zeros((len(ids), P), dtype=torch.long)
-    for i, p in enumerate(ids):
-        batch[i, P - len(p):] = torch.tensor(p)
-        mask[i, P - len(p):] = 1
-    with torch.no_grad():
-        model.generate(batch[:4].to(dev), attention_mask=mask[:4].to(dev), do_sample=False, max_new_tokens=G,
-                       pad_token_id=eos)
-        sync(dev)
-        t0 = time.perf_counter()
-        hf = model.generate(batch.to(dev), attention_mask=mask.to(dev), do_sample=False, max_new_tokens=G,
-                            pad_token_id=eos)
-        sync(dev)
-        t_hf = time.perf_counter() - t0
-    same = 0
-    for r in range(len(ids)):
-        ref = hf[r, P:].tolist()
-        ref = ref[: next((i for i, t in enumerate(ref) if t == eos), len(ref) - 1) + 1]
-        same += out.sequences[r, : len(ref)].tolist() == ref
-    res = {"batch": len(ids), "gen": G, "dlm_causal_s": t_dlm, "hf_generate_s": t_hf, "speedup": t_hf / t_dlm,
-           "identical_rows": same / len(ids), "block_efficiency": out.stats.get("block_efficiency"),
-           "tokenizer": tok.name_or_path}
+    hf = _HfGenerate(ids, G, dev)
+    hf.run(4)  # warm-up
+    times: dict[str, list[float]] = {"dlm": [], "hf": [], "dlm_graphs": [], "hf_graphs": []}
+    for _ in range(args.causal_repeats):
+        out, t = timed_generate(drafter, ids, cfg, dev)
+        times["dlm"].append(t)
+        times["hf"].append(hf.run())
+    same = sum(out.sequences[r, : len(ref)].tolist() == ref for r, ref in enumerate(hf.answers()))
+    res = {"batch": len(ids), "gen": G, "repeats": args.causal_repeats, "times_s": times,
+           "dlm_causal_s": median(times["dlm"]), "hf_generate_s": median(times["hf"]),
+           "identical_rows": same / len(ids), "block_efficiency": out.stats.get("block_efficiency")}
+    res["speedup"] = res["hf_generate_s"] / res["dlm_causal_s"]
     if dev == "cuda":  # the drafter's steps replayed as CUDA graphs (the verifier runs as before)
         drafter.cuda_graphs = True
         drafter.generate(ids[:4], cfg)
-        out_g, t_g = timed_generate(drafter, ids, cfg, dev)
-        res.update({"dlm_causal_graphs_s": t_g, "speedup_graphs": t_hf / t_g,
+        for _ in range(args.causal_repeats):
+            out_g, t = timed_generate(drafter, ids, cfg, dev)
+            times["dlm_graphs"].append(t)
+            times["hf_graphs"].append(hf.run())
+        res.update({"dlm_causal_graphs_s": median(times["dlm_graphs"]), "hf_generate_graphs_s": median(times["hf_graphs"]),
                     "graphs_identical_to_eager": bool(torch.equal(out_g.sequences, out.sequences))})
-    print(f"causal: {t_dlm:.2f}s vs HF generate {t_hf:.2f}s ({res['speedup']:.2f}x), identical {same}/{len(ids)}",
+        res["speedup_graphs"] = res["hf_generate_graphs_s"] / res["dlm_causal_graphs_s"]
+    print(f"causal: median {res['dlm_causal_s']:.3f}s vs HF generate {res['hf_generate_s']:.3f}s "
+          f"({res['speedup']:.2f}x; graphs {res.get('speedup_graphs', 0):.2f}x), identical {same}/{len(ids)}",
           flush=True)
     return res
+
+
+class _HfGenerate:
+    """The verifier (dlm-tiny-ar) through transformers' batched greedy ``generate``, prompts left-padded."""
+
+    def __init__(self, ids, G: int, dev: str):
+        from transformers import AutoModelForCausalLM
+
+        from dlm.assets import default_verifier_path
+
+        self.model = AutoModelForCausalLM.from_pretrained(str(default_verifier_path()), dtype=torch.float32).to(dev).eval()
+        self.eos, self.G, self.dev = self.model.generation_config.eos_token_id, G, dev
+        self.P = max(len(p) for p in ids)
+        self.batch = torch.full((len(ids), self.P), self.eos)
+        self.mask = torch.zeros((len(ids), self.P), dtype=torch.long)
+        for i, p in enumerate(ids):
+            self.batch[i, self.P - len(p):] = torch.tensor(p)
+            self.mask[i, self.P - len(p):] = 1
+        self.out = None
+
+    def run(self, rows: int | None = None) -> float:
+        """Seconds of one batched generate (of the first ``rows`` prompts: a warm-up)."""
+        with torch.no_grad():
+            sync(self.dev)
+            t0 = time.perf_counter()
+            self.out = self.model.generate(self.batch[:rows].to(self.dev), attention_mask=self.mask[:rows].to(self.dev),
+                                           do_sample=False, max_new_tokens=self.G, pad_token_id=self.eos)
+            sync(self.dev)
+            return time.perf_counter() - t0
+
+    def answers(self) -> list[list[int]]:
+        """Each row's answer up to and with its first EOS."""
+        out = []
+        for r in range(self.out.shape[0]):
+            ref = self.out[r, self.P:].tolist()
+            out.append(ref[: next((i for i, t in enumerate(ref) if t == self.eos), len(ref) - 1) + 1])
+        return out
 
 
 def part_profile(lm, args):
@@ -327,9 +375,13 @@ def main(argv=None) -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--tps", type=int, default=4, help="tokens committed per step (fixed schedule)")
-    ap.add_argument("--settings", nargs="+", default=None, choices=["eager", "graphs", "graphs+fused", "fused", "loop"],
+    ap.add_argument("--settings", nargs="+", default=None, choices=["eager", "graphs", "graphs+fused", "fused", "loop", "no-pieces"],
                     help="only these option sets in the static and staggered parts (default: all)")
     ap.add_argument("--repeat", type=int, default=1, help="the staggered part's runs per option set")
+    ap.add_argument("--causal-repeats", type=int, default=7, help="causal part: timings of each side")
+    ap.add_argument("--lazy-pieces", action="store_true",
+                    help="staggered part: capture the piecewise graphs in the timed steps that first need them "
+                         "instead of before (Engine.capture_graphs, as dlm serve does at start-up)")
     ap.add_argument("--cudnn-attention", action="store_true",
                     help="let SDPA use cuDNN's attention (dlm.models.attention.use_cudnn_attention; off by default)")
     args = ap.parse_args(argv)
