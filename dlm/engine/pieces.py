@@ -33,6 +33,7 @@ states) are allocated once, for ``max_tokens`` positions.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,6 +128,8 @@ class PieceGraphs:
         self.buckets: dict[int, _Bucket] = {}
         self.seen: dict[int, int] = {}
         self.bufs: _Buffers | None = None
+        # engines of one model in several threads share these buffers: a forward through them is one critical section
+        self.lock = threading.Lock()
         self.pool = self.stream = None  # the graphs' memory pool and capture stream
         self.captures = self.replays = 0
 
@@ -149,6 +152,10 @@ class PieceGraphs:
                 logits_index: torch.Tensor) -> torch.Tensor:
         """Logits (N, V) of the fed ``ids`` (1, T) at ``positions`` (1, T) for ``logits_index`` (1, N), as the
         model's forward with a :class:`RaggedAttention` gives them; captures the bucket if it is new."""
+        with self.lock:
+            return self._forward(model, kv_pool, backend, rows, ids, positions, logits_index)
+
+    def _forward(self, model, kv_pool, backend, rows, ids, positions, logits_index) -> torch.Tensor:
         T = ids.shape[1]
         n = self.bucket(T)
         if self.bufs is None:
@@ -171,13 +178,15 @@ class PieceGraphs:
         """Capture every bucket of up to ``tokens`` positions (at most ``max_tokens``) not captured yet, largest
         first, without a step (a server's start-up); returns how many. The forward before each capture runs
         without attention: its values do not matter, only the kernels it prepares."""
-        if self.bufs is None:
-            self.bufs = _Buffers.build(model, self.max_tokens, device)
-        todo = [n for n in range(self.bucket(min(tokens, self.max_tokens)), 0, -self.granule) if n not in self.buckets]
-        for n in todo:
-            self.buckets[n] = self._capture(model, n, None, n)
-        self.captures += len(todo)
-        return len(todo)
+        with self.lock:
+            if self.bufs is None:
+                self.bufs = _Buffers.build(model, self.max_tokens, device)
+            top = self.bucket(min(tokens, self.max_tokens))
+            todo = [n for n in range(top, 0, -self.granule) if n not in self.buckets]
+            for n in todo:
+                self.buckets[n] = self._capture(model, n, None, n)
+            self.captures += len(todo)
+            return len(todo)
 
     def _run(self, run_piece: Callable[[int], None], count: int, attention: RaggedAttention | None, T: int) -> None:
         """Piece 0, attention of layer 0, piece 1, ..., piece L: a forward over the buffers, its hidden states

@@ -168,3 +168,26 @@ def test_cpu_models_run_without_pieces(tiny):
     pieces = CpuPieceGraphs()
     assert StepGraphs(pieces=pieces).pieces_for(tiny.model) is pieces
     assert StepGraphs(pieces=False).pieces_for(tiny.model) is None
+
+
+def test_engines_in_two_threads_share_the_pieces_safely(tiny):
+    """Two engines of one model stepping in two threads share its pieces (and their static buffers): a
+    forward through them is one critical section, so neither reads the other's values."""
+    import threading
+
+    pieces = CpuPieceGraphs(granule=8, min_uses=1)
+    cfgs = _configs("dual", n=8)
+    want = [_staggered(tiny, cfgs, None, seed=s) for s in (3, 4)]
+    got = [None, None]
+
+    def run(i, seed):
+        got[i] = _staggered(tiny, cfgs, StepGraphs(max_graphs=0, pieces=pieces), seed=seed)
+
+    threads = [threading.Thread(target=run, args=(i, s)) for i, s in enumerate((3, 4))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, w in zip(got, want):
+        assert g is not None and all(torch.equal(a, b) for a, b in zip(g, w))
+    assert pieces.replays > 0
