@@ -172,3 +172,22 @@ def test_load_keeps_the_model_in_fp8_on_the_gpu(tiny_fp8):
     size = lambda m: sum(p.nbytes for p in m.parameters())  # noqa: E731
     assert size(lm.model) < 0.7 * size(plain.model)
     assert all(m.weight.dtype == fp8.FP8 and m.weight.is_cuda for m in lm.model.modules() if isinstance(m, FP8Linear))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_fp8_with_a_device_map_over_two_gpus():
+    """The bundled dlm-tiny in FP8 with its layers split over two GPUs: every FP8 layer stays FP8 on its own
+    device, and the logits and answers equal the single-GPU FP8 model's (the same kernels, per device)."""
+    one = dlm.load(device="cuda:0", dtype="bfloat16", quantize="fp8", fast=False)
+    n = one.model.cfg.num_layers
+    device_map = {"embed": 0, "norm": 0, "head": 0} | {f"layers.{i}": int(i >= n // 2) for i in range(n)}
+    two = dlm.load(device_map=device_map, dtype="bfloat16", quantize="fp8")
+    fp8_layers = [m for m in two.model.modules() if isinstance(m, FP8Linear)]
+    assert len(fp8_layers) == sum(isinstance(m, FP8Linear) for m in one.model.modules())
+    assert {m.weight.device.index for m in fp8_layers} == {0, 1}
+    ids = torch.tensor(one.encode(task_prompts(1))[:1], device="cuda:0")
+    with torch.no_grad():
+        assert torch.equal(one.model(ids).cpu(), two.model(ids).cpu())
+    cfg = dlm.GenerationConfig(gen_length=32, block_length=32, cache="dual")
+    prompts = task_prompts(1)
+    assert two.generate(prompts, cfg).texts == one.generate(prompts, cfg).texts
