@@ -213,8 +213,8 @@ class EngineCore:
                                          position.unsqueeze(0), index)
         else:
             attention = RaggedAttention(p.rows, self.pool, self.attention)
-            with ops_for_positions(self.lm.model, ids.shape[1]):
-                logits = self.lm.model(ids, position.unsqueeze(0), attention=attention, logits_index=index)[0]
+            logits = self.lm.model(ids, position.unsqueeze(0), attention=attention, logits_index=index,
+                                   ops=ops_for_positions(self.lm.model, ids.shape[1]))[0]
         if not bool((p.cfg_scale > 0).any()):  # the conditional logits are the first ones, in order
             return logits[: p.cond.numel()]
         cond = logits[p.on("cond", dev)]

@@ -13,9 +13,8 @@ matrix products stay with cuBLAS. Enabled with ``dlm.load(..., fused_kernels=Tru
 from __future__ import annotations
 
 import types
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterator
+from typing import Callable, Hashable
 
 import torch
 import torch.nn.functional as F
@@ -107,18 +106,13 @@ def _compiled(fn: Callable) -> Callable:
 FUSED_MIN_POSITIONS = 1024
 
 
-@contextmanager
-def ops_for_positions(model, positions: int) -> Iterator[None]:
-    """Within: ``model.ops`` is the fused ops' ``small`` set (the eager functions, RoPE by its kernel where it
-    applies) if the model's ops are fused and the forward feeds fewer than :data:`FUSED_MIN_POSITIONS`
-    positions; otherwise unchanged. Captured CUDA graphs do not use this: a replay launches nothing from the
-    host, so they keep the fused kernels."""
+def ops_for_positions(model, positions: int) -> Ops:
+    """The elementwise functions an eager forward of ``positions`` fed positions passes to the model: the fused
+    ops' ``small`` set (the eager functions, RoPE by its kernel where it applies) if the model's ops are fused and
+    the forward feeds fewer than :data:`FUSED_MIN_POSITIONS` positions, else the model's own. Passed as an
+    argument, not set on the model, so another thread's forward of the same model is not affected. Captured CUDA
+    graphs do not use this: a replay launches nothing from the host, so they keep the fused kernels."""
     ops = model.ops
     if not ops.fused or positions >= FUSED_MIN_POSITIONS:
-        yield
-        return
-    model.ops = ops.small or EAGER
-    try:
-        yield
-    finally:
-        model.ops = ops
+        return ops
+    return ops.small or EAGER

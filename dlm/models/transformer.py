@@ -227,6 +227,7 @@ class Transformer(nn.Module):
             With a cache, the cache's own key mask is used when this is ``None``.
         cache: an object with ``update(layer, k, v)``; ``None`` means the fed positions are the whole canvas.
         logits_index: which fed positions get logits: ``None`` (all), a ``slice`` or a (B, n) index tensor.
+        ops: the elementwise functions (:class:`~dlm.models.elementwise.Ops`); ``None``: the model's ``ops``.
 
     Returns:
         (B, n, vocab_size) logits in the model dtype.
@@ -262,15 +263,18 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         *,
         attention: Attention | None = None,
+        ops: ew.Ops | None = None,
     ) -> torch.Tensor:
         """(B, Q, d) hidden states of the fed positions. ``attention`` decides what each query sees; without it,
-        a :class:`DenseAttention` over ``cache`` (or the fed positions) with ``key_mask``."""
+        a :class:`DenseAttention` over ``cache`` (or the fed positions) with ``key_mask``. ``ops``: the
+        elementwise functions (default: the model's)."""
         if attention is None:
             attention = DenseAttention(cache, key_mask, self.attn_backend)
+        ops = self.ops if ops is None else ops
         x = self.embed_ids(input_ids)
         cos, sin = self.rope(position_ids)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, i, attention, self.ops)
+            x = layer(x, cos, sin, i, attention, ops)
         return x
 
     def embed_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -309,10 +313,11 @@ class Transformer(nn.Module):
         logits_index: torch.Tensor | slice | None = None,
         *,
         attention: Attention | None = None,
+        ops: ew.Ops | None = None,
     ) -> torch.Tensor:
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        h = self.hidden_states(input_ids, position_ids, key_mask, cache, attention=attention)
+        h = self.hidden_states(input_ids, position_ids, key_mask, cache, attention=attention, ops=ops)
         return self.gather_logits(h, logits_index)
 
 
