@@ -50,8 +50,9 @@ class Engine:
             over padded rows), ``"auto"`` (loop on CPU and with ``batch_invariant``, padded otherwise).
         batch_invariant: make answers independent of the batch on a GPU too (slower); default: True on CPU,
             where it costs almost nothing, False on CUDA.
-        graphs: what replays repeated step layouts (default: :class:`~dlm.engine.graphs.StepGraphs` on CUDA when
-            the model was loaded with ``cuda_graphs=True``, else nothing).
+        graphs: what replays repeated step layouts, and the other steps' dense parts by piecewise graphs
+            (default: :class:`~dlm.engine.graphs.StepGraphs` on CUDA when the model was loaded with
+            ``cuda_graphs=True``, else nothing).
     """
 
     def __init__(self, model, max_rows: int = 32, max_tokens: int | None = None, *, attention: str = "auto",
@@ -144,10 +145,11 @@ class Engine:
 
     def capture_graphs(self, tokens: int | None = None) -> int:
         """Capture now the piecewise CUDA graphs (:mod:`dlm.engine.pieces`) of every step size up to ``tokens``
-        fed positions (default: the largest they serve, 4,096), as a server does at start-up, instead of in the
-        first steps that meet each size (a capture costs about one eager step more). They belong to the model
-        and serve its other engines too. Returns how many were captured: 0 without CUDA graphs (a CPU,
-        ``cuda_graphs=False``, ``batch_invariant=True``)."""
+        fed positions (default: the most a step of this engine feeds, ``max_tokens``, or the most they serve,
+        4,096, if that is less), as a server does at start-up, instead of in the first steps that meet each size
+        (a capture costs about one eager step more). They belong to the model and serve its other engines too.
+        Returns how many were captured: 0 without CUDA graphs (a CPU, ``cuda_graphs=False``,
+        ``batch_invariant=True``) or where the model cannot run them."""
         if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
             raise ConfigError(f"tokens must be a positive int or None (every size), got {tokens!r}")
         with self._lock:
@@ -155,7 +157,8 @@ class Engine:
             pieces = core.graphs.pieces_for(core.lm.model) if core.graphs is not None else None
             if pieces is None:
                 return 0
-            return pieces.capture_all(core.lm.model, pieces.max_tokens if tokens is None else tokens, core.device)
+            most = core.max_rows * core.slot_len if tokens is None else tokens
+            return pieces.capture_all(core.lm.model, most, core.device)
 
     @property
     def pending(self) -> int:

@@ -28,7 +28,7 @@ import torch
 
 from ..models.elementwise import ops_for_positions
 from ..models.ragged import RaggedAttention, RaggedRows
-from .pieces import PieceGraphs, pieces_of
+from .pieces import PieceGraphs, on_device, pieces_of, supports
 
 
 @dataclass
@@ -59,7 +59,9 @@ class StepGraphs:
     LLaDA-8B geometry, 2,432 positions: 67.0 ms replayed, 69.9 eager, 117.1 capturing), while the layouts of a
     batch whose requests arrived at different steps come back every block but never twice in a row. The step
     that captures returns the result of its warm-up forward, so capturing costs one eager forward plus the
-    recording, not a forward more.
+    recording, not a forward more. ``pieces``: what runs the steps it does not capture whole (see
+    :meth:`pieces_for`): the model's shared :class:`~dlm.engine.pieces.PieceGraphs` (True), given ones, or
+    none (False: those steps run eagerly).
     """
 
     def __init__(self, min_uses: int = 2, backoff_uses: int = 8, max_graphs: int = 16, max_tokens: int = 4096,
@@ -71,13 +73,17 @@ class StepGraphs:
         self.entries: dict[tuple, _Entry] = {}  # in order of last use (the first is evicted first)
         self.seen: dict[tuple, int] = {}
         self.recent = [0, 0]  # captures and replays, halved every 64 captures (the payoff of recent captures)
-        self.pool = None
+        self.pool = self.stream = None  # the graphs' memory pool and capture stream (on the model's device)
         self.replays = 0
         self.captures = 0
 
     def forward(self, model, kv_pool, backend: str, rows: RaggedRows, ids: torch.Tensor, positions: torch.Tensor,
                 logits_index: torch.Tensor) -> torch.Tensor:
         """Logits (N, V) of the fed ``ids`` (1, T) at ``positions`` (1, T); ``logits_index`` (1, N)."""
+        with on_device(ids.device):
+            return self._forward(model, kv_pool, backend, rows, ids, positions, logits_index)
+
+    def _forward(self, model, kv_pool, backend, rows, ids, positions, logits_index) -> torch.Tensor:
         key = (rows.signature(), logits_index.shape[1], model.ops)  # a graph replays the functions it captured
         kind = self.decide(key, ids.shape[1])
         if kind == "eager":
@@ -85,8 +91,8 @@ class StepGraphs:
             if pieces is not None and pieces.wants(ids.shape[1]):
                 return pieces.forward(model, kv_pool, backend, rows, ids, positions, logits_index)
             attention = RaggedAttention(rows, kv_pool, backend)
-            with ops_for_positions(model, ids.shape[1]):
-                return model(ids, positions, attention=attention, logits_index=logits_index)[0]
+            return model(ids, positions, attention=attention, logits_index=logits_index,
+                         ops=ops_for_positions(model, ids.shape[1]))[0]
         if kind == "capture":
             entry, first = self._capture(model, kv_pool, backend, rows, ids, positions, logits_index)
             self.entries[key] = entry
@@ -103,7 +109,7 @@ class StepGraphs:
         (``pieces=True``, a model on a CUDA device), the given ones, or nothing (``False``)."""
         if self.pieces is True:
             return pieces_of(model) if model.embed.weight.is_cuda else None
-        return self.pieces or None
+        return self.pieces if self.pieces and supports(model) else None
 
     def decide(self, key: tuple, tokens: int) -> str:
         """What the step of layout ``key`` feeding ``tokens`` positions does: ``"replay"`` its graph (now the
@@ -172,6 +178,8 @@ class StepGraphs:
         main.wait_stream(side)
         first.record_stream(main)  # allocated on the side stream, read on the main one
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = run()
+        if self.stream is None:  # (torch's default capture stream is on whichever device made it first)
+            self.stream = torch.cuda.Stream(first.device)
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
+            out = run()  # (thread-local capture errors: other engines' threads may allocate meanwhile)
         return graph.replay, out, first

@@ -34,8 +34,9 @@ states) are allocated once, for ``max_tokens`` positions.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 
 import torch
@@ -74,10 +75,11 @@ class _Buffers:
         return tuple(b[:n].unsqueeze(0).transpose(1, 2) for b in (self.q, self.k, self.v))
 
 
-def _pieces(model, n: int, bufs: _Buffers) -> list[Callable]:
-    """The L + 1 pieces of a forward over the first ``n`` positions of ``bufs``. Each takes the state the one
-    before returned (the residual stream x, cos, sin) and returns the next; q/k/v go to the static buffers."""
-    layers, ops = model.layers, model.ops
+def _pieces(model, n: int, bufs: _Buffers, ops) -> list[Callable]:
+    """The L + 1 pieces of a forward over the first ``n`` positions of ``bufs`` with the elementwise functions
+    ``ops``. Each takes the state the one before returned (the residual stream x, cos, sin) and returns the
+    next; q/k/v go to the static buffers."""
+    layers = model.layers
     ids, positions = bufs.ids[:n].unsqueeze(0), bufs.positions[:n].unsqueeze(0)
     attn = bufs.attn[:n].unsqueeze(0).transpose(1, 2)  # (1, H, n, D)
     q_out, k_out, v_out = bufs.qkv(n)
@@ -118,20 +120,24 @@ class PieceGraphs:
     A bucket is captured at its ``min_uses``-th forward (an earlier one runs as the caller's eager forward,
     :meth:`wants` says no); the capturing forward runs the pieces eagerly first (the step's result) and records
     them after. ``granule``: buckets are multiples of it; ``max_tokens``: the largest forward it takes (larger
-    steps are bound by their products, where a replay saves nothing).
+    steps are bound by their products, where a replay saves nothing); ``ops``: the elementwise functions the
+    pieces call (default: the model's at the first capture). If a capture fails (a model whose forward reads
+    values on the host, e.g. a mixture of experts on its ``sorted`` path), a warning says so and every later
+    step runs eagerly (:attr:`failed` holds the reason).
     """
 
-    def __init__(self, granule: int = 64, max_tokens: int = 4096, min_uses: int = 2):
+    def __init__(self, granule: int = 64, max_tokens: int = 4096, min_uses: int = 2, ops=None):
         if granule < 1 or max_tokens < granule:
             raise ValueError(f"need 1 <= granule <= max_tokens, got granule={granule}, max_tokens={max_tokens}")
-        self.granule, self.max_tokens, self.min_uses = granule, max_tokens, min_uses
+        self.granule, self.max_tokens, self.min_uses, self.ops = granule, max_tokens, min_uses, ops
         self.buckets: dict[int, _Bucket] = {}
         self.seen: dict[int, int] = {}
         self.bufs: _Buffers | None = None
-        # engines of one model in several threads share these buffers: a forward through them is one critical section
+        # engines of one model in several threads share the buffers: a forward through them is one critical section
         self.lock = threading.Lock()
-        self.pool = self.stream = None  # the graphs' memory pool and capture stream
+        self.pool = self.stream = self.side = None  # the graphs' memory pool, capture and warm-up streams
         self.captures = self.replays = 0
+        self.failed: str | None = None
 
     def bucket(self, tokens: int) -> int:
         """The bucket of a forward feeding ``tokens`` positions: rounded up to a multiple of ``granule``."""
@@ -139,7 +145,7 @@ class PieceGraphs:
 
     def wants(self, tokens: int) -> bool:
         """Whether :meth:`forward` runs a forward of ``tokens`` positions (counts it when it would capture)."""
-        if not 0 < tokens <= self.max_tokens:
+        if self.failed is not None or not 0 < tokens <= self.max_tokens:
             return False
         n = self.bucket(tokens)
         if n in self.buckets:
@@ -152,15 +158,13 @@ class PieceGraphs:
                 logits_index: torch.Tensor) -> torch.Tensor:
         """Logits (N, V) of the fed ``ids`` (1, T) at ``positions`` (1, T) for ``logits_index`` (1, N), as the
         model's forward with a :class:`RaggedAttention` gives them; captures the bucket if it is new."""
-        with self.lock:
+        with self.lock, on_device(ids.device):
             return self._forward(model, kv_pool, backend, rows, ids, positions, logits_index)
 
     def _forward(self, model, kv_pool, backend, rows, ids, positions, logits_index) -> torch.Tensor:
         T = ids.shape[1]
         n = self.bucket(T)
-        if self.bufs is None:
-            self.bufs = _Buffers.build(model, self.max_tokens, ids.device)
-        bufs = self.bufs
+        bufs = self._buffers(model, ids.device)
         bufs.ids[:T].copy_(ids[0])
         bufs.positions[:T].copy_(positions[0])
         attention = RaggedAttention(rows, kv_pool, backend, out=bufs.attn)
@@ -169,24 +173,33 @@ class PieceGraphs:
             self._run(lambda i: replays[i](), len(replays), attention, T)
             self.replays += 1
         else:
-            self.buckets[n] = self._capture(model, n, attention, T)
-            self.captures += 1
+            self._capture(model, n, attention, T)
         return model.gather_logits(bufs.hidden[:T].unsqueeze(0), logits_index)[0]
 
     @torch.no_grad()  # (outside an engine step, which runs without autograd)
     def capture_all(self, model, tokens: int, device: torch.device) -> int:
         """Capture every bucket of up to ``tokens`` positions (at most ``max_tokens``) not captured yet, largest
         first, without a step (a server's start-up); returns how many. The forward before each capture runs
-        without attention: its values do not matter, only the kernels it prepares."""
-        with self.lock:
-            if self.bufs is None:
-                self.bufs = _Buffers.build(model, self.max_tokens, device)
+        without attention: its values do not matter, only the kernels it prepares. Ends by returning the
+        allocator's unused cached memory to the device."""
+        with self.lock, on_device(device):
+            self._buffers(model, device)
             top = self.bucket(min(tokens, self.max_tokens))
-            todo = [n for n in range(top, 0, -self.granule) if n not in self.buckets]
-            for n in todo:
-                self.buckets[n] = self._capture(model, n, None, n)
-            self.captures += len(todo)
-            return len(todo)
+            done = 0
+            for n in range(top, 0, -self.granule):
+                if self.failed is not None:
+                    break
+                if n not in self.buckets:
+                    done += self._capture(model, n, None, n)
+            if done and device.type == "cuda":
+                torch.cuda.empty_cache()  # the warm-ups' memory, cached for their stream only
+            return done
+
+    def _buffers(self, model, device: torch.device) -> _Buffers:
+        if self.bufs is None:
+            self.bufs = _Buffers.build(model, self.max_tokens, device)
+            self.ops = model.ops if self.ops is None else self.ops
+        return self.bufs
 
     def _run(self, run_piece: Callable[[int], None], count: int, attention: RaggedAttention | None, T: int) -> None:
         """Piece 0, attention of layer 0, piece 1, ..., piece L: a forward over the buffers, its hidden states
@@ -197,15 +210,24 @@ class PieceGraphs:
             if i < count - 1 and attention is not None:
                 attention(i, q, k, v)
 
-    def _capture(self, model, n: int, attention: RaggedAttention | None, T: int) -> _Bucket:
-        """Run the bucket's pieces eagerly (this step's hidden states), then record them as graphs."""
-        pieces = _pieces(model, n, self.bufs)
+    def _capture(self, model, n: int, attention: RaggedAttention | None, T: int) -> bool:
+        """Run the bucket's pieces eagerly (this step's hidden states), then record them as graphs; whether
+        that worked (if not, :attr:`failed` says why and nothing more is captured)."""
+        pieces = _pieces(model, n, self.bufs, self.ops)
         self._eager(pieces, attention, T)
         replays, state = [], ()
-        for piece in pieces:
-            replay, state = self._record(piece, state)
-            replays.append(replay)
-        return _Bucket(replays, pieces)
+        try:
+            for piece in pieces:
+                replay, state = self._record(piece, state)
+                replays.append(replay)
+        except Exception as e:  # noqa: BLE001 - any failure to record leaves the model eager, with this reason
+            self.failed = f"{type(e).__name__}: {e}"
+            warnings.warn(f"dlm: piecewise CUDA graphs are off for this model, capturing failed ({self.failed}); "
+                          "its steps that are not captured whole run eagerly", RuntimeWarning, stacklevel=2)
+            return False
+        self.buckets[n] = _Bucket(replays, pieces)
+        self.captures += 1
+        return True
 
     def _eager(self, pieces: list[Callable], attention: RaggedAttention | None, T: int) -> None:
         """The pieces run eagerly, each on the state the one before returned: the warm-up forward before a
@@ -216,50 +238,76 @@ class PieceGraphs:
             nonlocal state
             state = pieces[i](*state)
 
-        with _side_stream(self.bufs.ids.device):
+        device = self.bufs.ids.device
+        if device.type == "cuda" and self.side is None:  # one stream: the warm-ups reuse each other's memory
+            self.side = torch.cuda.Stream(device)
+        with _side_stream(device, self.side):
             self._run(run_piece, len(pieces), attention, T)
 
     def _record(self, piece: Callable, state: tuple) -> tuple[Callable, tuple]:
         """Capture ``piece(*state)`` into a CUDA graph of the shared pool: (its replay, its outputs). (Not
         ``torch.cuda.graph``, which synchronises and empties the allocator's cache at each of a bucket's
-        L + 1 captures.)"""
+        L + 1 captures.) Capture errors are thread-local: other threads' engines may allocate meanwhile."""
+        device = self.bufs.ids.device
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
-            self.stream = torch.cuda.Stream()
-        graph, main = torch.cuda.CUDAGraph(), torch.cuda.current_stream()
+            self.stream = torch.cuda.Stream(device)
+        graph, main = torch.cuda.CUDAGraph(), torch.cuda.current_stream(device)
         self.stream.wait_stream(main)
         with torch.cuda.stream(self.stream):
-            graph.capture_begin(pool=self.pool)
+            graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
             try:
                 out = piece(*state)
-            finally:
-                graph.capture_end()
+            except BaseException:
+                with suppress(Exception):  # (the capture is invalid: ending it raises too)
+                    graph.capture_end()
+                raise
+            graph.capture_end()
         main.wait_stream(self.stream)
         return graph.replay, out
 
 
+def on_device(device: torch.device):
+    """Within: ``device`` is the current CUDA device (streams, graphs and pools are per device; a model on
+    another GPU than the thread's current one would otherwise capture nothing)."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
 @contextmanager
-def _side_stream(device: torch.device) -> Iterator[None]:
-    """Within: work runs on a new CUDA stream that starts after, and ends before, the current one's next work
-    (nothing on a CPU)."""
+def _side_stream(device: torch.device, side) -> Iterator[None]:
+    """Within: work runs on the CUDA stream ``side``, starting after, and ending before, the current stream's
+    next work (nothing on a CPU)."""
     if device.type != "cuda":
         yield
         return
-    main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    main = torch.cuda.current_stream(device)
     side.wait_stream(main)
     with torch.cuda.stream(side):
         yield
     main.wait_stream(side)
 
 
-def pieces_of(model) -> PieceGraphs:
-    """The model's :class:`PieceGraphs` (created on first use; dropped by :func:`forget` when its weights or
-    elementwise functions change, which the captured graphs read by address)."""
-    pieces = model.__dict__.get("_piece_graphs")
-    if pieces is None or pieces[0] is not model.ops:
-        pieces = (model.ops, PieceGraphs())
-        model.__dict__["_piece_graphs"] = pieces
-    return pieces[1]
+def supports(model) -> bool:
+    """Whether the model's forward is what the pieces compute: its layers' own ``forward`` (no family overrides
+    it) and no hooks on the model or its layers (the pieces call the layers' halves directly)."""
+    from ..models.transformer import Block
+
+    modules = [model, *model.layers]
+    return (all(type(layer).forward is Block.forward for layer in model.layers)
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in modules))
+
+
+def pieces_of(model) -> PieceGraphs | None:
+    """The model's :class:`PieceGraphs` for its current elementwise functions (created on first use; each set
+    of functions has its own, so a forward that passes other functions never replaces them), or None where
+    :func:`supports` says no. :func:`forget` drops them when the weights change, which the graphs read by
+    address."""
+    if not supports(model):
+        return None
+    by_ops = model.__dict__.setdefault("_piece_graphs", {})
+    if model.ops not in by_ops:
+        by_ops[model.ops] = PieceGraphs(ops=model.ops)
+    return by_ops[model.ops]
 
 
 def forget(model) -> None:

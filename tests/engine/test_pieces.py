@@ -154,13 +154,64 @@ def test_buckets_and_when_they_are_captured():
         PieceGraphs(granule=64, max_tokens=32)
 
 
-def test_the_models_pieces_are_dropped_when_its_functions_or_weights_change(tiny):
-    """The captured pieces read the weights and elementwise functions by address: switching the fast path (which
-    joins or splits the projections and swaps the functions) gives the model new ones."""
+def test_the_models_pieces_per_set_of_functions_dropped_when_its_weights_change(tiny):
+    """The captured pieces read the weights and elementwise functions by address: each set of functions has its
+    own (a forward that passes another set replaces nothing), and switching the fast path (which joins or splits
+    the projections) gives the model new ones."""
+    from dlm.models import elementwise as ew
+
     first = pieces_of(tiny.model)
+    assert pieces_of(tiny.model) is first and first.ops is tiny.model.ops
+    ops = tiny.model.ops
+    try:
+        tiny.model.ops = ew.Ops(ew.rms_norm, ew.rope, ew.swiglu, fused=True)
+        other = pieces_of(tiny.model)
+        assert other is not first and other.ops is tiny.model.ops
+    finally:
+        tiny.model.ops = ops
     assert pieces_of(tiny.model) is first
     set_fast_path(tiny, False, False)
     assert pieces_of(tiny.model) is not first
+
+
+def test_models_with_hooks_run_without_pieces(tiny):
+    """The pieces call the layers' halves directly: a model with forward hooks (e.g. a device map's) or a layer
+    whose forward is its own gets none, and its steps run eagerly."""
+    pieces = CpuPieceGraphs()
+    handle = tiny.model.layers[0].register_forward_hook(lambda *a: None)
+    try:
+        assert pieces_of(tiny.model) is None
+        assert StepGraphs(pieces=pieces).pieces_for(tiny.model) is None
+    finally:
+        handle.remove()
+    assert StepGraphs(pieces=pieces).pieces_for(tiny.model) is pieces
+
+
+class FailingPieceGraphs(CpuPieceGraphs):
+    """Recording fails at the third piece, as it does on a GPU for a forward that reads values on the host."""
+
+    def _record(self, piece, state):
+        self.recorded = getattr(self, "recorded", 0) + 1
+        if self.recorded == 3:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return super()._record(piece, state)
+
+
+def test_a_failed_capture_leaves_the_model_eager(tiny):
+    """The capturing step still returns its eager forward's result; a warning names the reason, nothing more is
+    captured, and every later step runs eagerly; the answers are the eager ones."""
+    cfgs = _configs("dual")
+    pieces = FailingPieceGraphs(granule=8, min_uses=1)
+    with pytest.warns(RuntimeWarning, match="piecewise CUDA graphs are off.*operation not permitted"):
+        got = _staggered(tiny, cfgs, StepGraphs(max_graphs=0, pieces=pieces))
+    assert all(torch.equal(a, b) for a, b in zip(got, _staggered(tiny, cfgs, None)))
+    assert pieces.failed.startswith("RuntimeError") and not pieces.buckets and pieces.replays == 0
+    assert not pieces.wants(8) and pieces.recorded == 3
+    up_front = FailingPieceGraphs(granule=8, max_tokens=64)
+    engine = dlm.Engine(tiny, max_rows=2, graphs=StepGraphs(pieces=up_front))
+    with pytest.warns(RuntimeWarning, match="piecewise CUDA graphs are off"):
+        assert engine.capture_graphs() == 0
+    assert up_front.recorded == 3 and not up_front.buckets
 
 
 def test_cpu_models_run_without_pieces(tiny):

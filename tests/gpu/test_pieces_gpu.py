@@ -93,3 +93,40 @@ def test_graphs_captured_up_front_equal_graphs_captured_in_steps(gpu_path):
     want = _staggered(lm, cfgs, StepGraphs(max_graphs=0, pieces=lazy))
     assert lazy.captures < 32
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_model_on_another_gpu_than_the_current_one(llada_path):
+    """A model on cuda:1 while the thread's current device is cuda:0 (a data-parallel server's replicas): its
+    graphs are captured on its own device (whole steps, pieces, and pieces captured up front)."""
+    assert torch.cuda.current_device() == 0
+    lm = dlm.load(llada_path, device="cuda:1", dtype="float32", fast=False)
+    cfgs = _configs("dual", n=8)
+    pieces = PieceGraphs(granule=1, max_tokens=128)
+    got = _staggered(lm, cfgs, StepGraphs(pieces=pieces), max_rows=4, capture=True)
+    want = _staggered(lm, cfgs, None, max_rows=4)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert pieces.replays > 0 and torch.cuda.current_device() == 0
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_mixture_of_experts_through_pieces(tmp_path, dtype):
+    """LLaDA2's experts: in bf16 the grouped product has no host synchronisation and is captured (buckets of
+    one position: the eager answers bit for bit); in float32 the experts take the sorted path, which reads
+    their token counts on the host: the capture fails, a warning says so, and the steps run eagerly."""
+    from dlm.testing import write_tiny_checkpoint
+
+    lm = dlm.load(write_tiny_checkpoint(tmp_path, "llada2_moe", seed=7, std=1.0), device="cuda", dtype=dtype,
+                  fast=False)
+    cfgs = [GenerationConfig(gen_length=16, block_length=4, steps=s, cache="dual", stop_at_eos=False)
+            for s in (16, 8, 16, 8, 4, 16)]
+    pieces = PieceGraphs(granule=1, min_uses=1)
+    if dtype == "bfloat16":
+        got = _staggered(lm, cfgs, StepGraphs(max_graphs=0, pieces=pieces))
+        assert pieces.failed is None and pieces.replays > 0
+    else:
+        with pytest.warns(RuntimeWarning, match="piecewise CUDA graphs are off"):
+            got = _staggered(lm, cfgs, StepGraphs(max_graphs=0, pieces=pieces))
+        assert pieces.failed is not None and not pieces.buckets
+    want = _staggered(lm, cfgs, StepGraphs(max_graphs=0, pieces=False))
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
