@@ -19,6 +19,7 @@ invariant   dlm-tiny in bf16: 64 task prompts alone vs in a batch of 64 without 
 causal      verify="causal" (dlm-tiny drafting, dlm-tiny-ar verifying) at batch 64 vs the causal model's own
             batched greedy generate: time and identical outputs
 profile     torch.profiler over a few steps of the static batch: the top kernels and host time
+capture     Engine.capture_graphs (the piecewise CUDA graphs of every step size): time and GPU memory kept
 
     python benchmarks/engine_gpu.py --out results/engine_gpu.json --old .old
     python benchmarks/engine_gpu.py --device cpu --tiny --out /tmp/e.json        # smoke run
@@ -151,6 +152,25 @@ def part_staggered(lm, args):
                                                     "steady_ratios": [r["steady_ratio"] for r in rs]}
     set_fast_path(lm, False, False)
     return out
+
+
+def part_capture(lm, args):
+    """Engine.capture_graphs at the default fast path: buckets, seconds, and the GPU memory they keep (the static
+    buffers and the graphs' private pool: reserved and allocated bytes after against before)."""
+    set_fast_path(lm, True, True)
+    engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen))
+    sync(args.device)
+    before = torch.cuda.memory_reserved(), torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    n = engine.capture_graphs()
+    sync(args.device)
+    res = {"buckets": n, "seconds": time.perf_counter() - t0,
+           "reserved_gb": (torch.cuda.memory_reserved() - before[0]) / 2**30,
+           "allocated_gb": (torch.cuda.memory_allocated() - before[1]) / 2**30}
+    print(f"capture: {n} buckets in {res['seconds']:.1f} s; GPU memory kept: {res['allocated_gb']:.2f} GB allocated, "
+          f"{res['reserved_gb']:.2f} GB reserved", flush=True)
+    set_fast_path(lm, False, False)
+    return res
 
 
 def staggered_run(lm, args, pieces: bool = True):
@@ -397,7 +417,8 @@ def main(argv=None) -> None:
                    dtype=torch.bfloat16 if args.device == "cuda" else torch.float32)
     jobs = {"static": lambda: part_static(lm, args, rate), "staggered": lambda: part_staggered(lm, args),
             "batch1": lambda: part_batch1(args), "invariant": lambda: part_invariant(lm, args),
-            "causal": lambda: part_causal(args), "profile": lambda: part_profile(lm, args)}
+            "causal": lambda: part_causal(args), "profile": lambda: part_profile(lm, args),
+            "capture": lambda: part_capture(lm, args)}
     run_parts(args.parts, jobs, RESULTS, lambda: save(args.out))
     print(json.dumps({k: v for k, v in RESULTS.items() if k not in ("profile",)}, indent=1, default=str)[-4000:])
 
