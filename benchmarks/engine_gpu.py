@@ -156,7 +156,9 @@ def part_staggered(lm, args):
 
 def part_capture(lm, args):
     """Engine.capture_graphs at the default fast path: buckets, seconds, and the GPU memory they keep (the static
-    buffers and the graphs' private pool: reserved and allocated bytes after against before)."""
+    buffers and the graphs' private pool: reserved and allocated bytes after against before). CUDA only."""
+    if args.device != "cuda":
+        return {"skipped": "CUDA graphs need a CUDA device"}
     set_fast_path(lm, True, True)
     engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen))
     sync(args.device)
