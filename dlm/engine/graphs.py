@@ -84,7 +84,8 @@ class StepGraphs:
             return self._forward(model, kv_pool, backend, rows, ids, positions, logits_index)
 
     def _forward(self, model, kv_pool, backend, rows, ids, positions, logits_index) -> torch.Tensor:
-        key = (rows.signature(), logits_index.shape[1], model.ops)  # a graph replays the functions it captured
+        # a graph replays the functions it captured, over the weights it captured
+        key = (rows.signature(), logits_index.shape[1], model.ops, getattr(model, "weights_version", 0))
         kind = self.decide(key, ids.shape[1])
         if kind == "eager":
             pieces = self.pieces_for(model)

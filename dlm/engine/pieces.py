@@ -300,14 +300,17 @@ def supports(model) -> bool:
 def pieces_of(model) -> PieceGraphs | None:
     """The model's :class:`PieceGraphs` for its current elementwise functions (created on first use; each set
     of functions has its own, so a forward that passes other functions never replaces them), or None where
-    :func:`supports` says no. :func:`forget` drops them when the weights change, which the graphs read by
-    address."""
+    :func:`supports` says no. They are dropped when the weights are replaced (the model's ``weights_version``
+    changed: the graphs read them by address) and by :func:`forget`."""
     if not supports(model):
         return None
     by_ops = model.__dict__.setdefault("_piece_graphs", {})
-    if model.ops not in by_ops:
-        by_ops[model.ops] = PieceGraphs(ops=model.ops)
-    return by_ops[model.ops]
+    key = (model.ops, getattr(model, "weights_version", 0))
+    if key not in by_ops:
+        if any(version != key[1] for _, version in by_ops):  # weights replaced since: those graphs read freed memory
+            by_ops.clear()
+        by_ops[key] = PieceGraphs(ops=model.ops)
+    return by_ops[key]
 
 
 def forget(model) -> None:

@@ -282,12 +282,13 @@ def quantize_model(model: nn.Module) -> int:
     peak is the model plus one layer's FP8 copy). Returns how many were replaced."""
     if getattr(model, "tensor_parallel", None) is not None:
         raise _tensor_parallel_error()
-    from .joined import join_projections, split_projections
+    from .joined import join_projections, split_projections, weights_replaced
 
     joined = split_projections(model)  # joined q/k/v and gate/up (the fast path's) are quantized as their parts
     names = linear_names(model)
     for name in names:
         _replace(model, name, FP8Linear.from_linear(model.get_submodule(name)))
+    weights_replaced(model)
     model.quantization = "fp8"
     if joined:  # and joined again, as FP8 layers
         join_projections(model)

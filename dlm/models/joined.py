@@ -152,6 +152,12 @@ def _fp8_joinable(mods: list) -> bool:
             and len({(m.in_features, m.weight.device, m.impl, m.compute_dtype) for m in mods}) == 1)
 
 
+def weights_replaced(model: nn.Module) -> None:
+    """Record that ``model``'s weight tensors were replaced by others (joined, split, quantized): CUDA graphs
+    captured before read the old ones by address (see ``Transformer.weights_version``)."""
+    model.weights_version = getattr(model, "weights_version", 0) + 1
+
+
 def join_projections(model: nn.Module) -> int:
     """Join q/k/v and gate/up of every layer of ``model.layers`` where they are plain ``nn.Linear`` layers of one
     dtype and device, or FP8 layers alike; returns the number of groups joined (0 when already joined)."""
@@ -167,6 +173,8 @@ def join_projections(model: nn.Module) -> int:
             for n in names:
                 delattr(layer, n)
             joined += 1
+    if joined:
+        weights_replaced(model)
     return joined
 
 
@@ -182,6 +190,8 @@ def split_projections(model: nn.Module) -> int:
                 layer.add_module(n, lin)
             delattr(layer, key)
             split += 1
+    if split:
+        weights_replaced(model)
     return split
 
 

@@ -247,6 +247,9 @@ class Transformer(nn.Module):
         # key/value heads this process computes: all of them, or its shard under tensor parallelism
         self.kv_heads = cfg.num_kv_heads
         self.ops: ew.Ops = ew.EAGER  # ew.fused_ops() with dlm.load(..., fused_kernels=True)
+        # bumped by what replaces weight tensors in place of others (weights_replaced): CUDA graphs read weights
+        # by address, so graphs captured before must not replay after
+        self.weights_version = 0
 
     def rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin (B, 1, Q, D) of the fed positions (B, Q); a family with partial rotary embeddings overrides it."""

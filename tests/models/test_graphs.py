@@ -241,3 +241,34 @@ def test_window_steps_repeat_their_shapes(tiny):
     graphs = CpuStepGraphs()
     assert torch.equal(run(graphs), run(None))
     assert graphs.replays >= 20 and graphs.replays > 2 * graphs.captures
+
+
+def test_graphs_are_not_replayed_over_replaced_weights(tiny):
+    """Graphs read the weights by address: joining, splitting or quantizing the projections replaces weight
+    tensors and bumps the model's weights_version, so layouts captured before are captured again (never
+    replayed over freed memory), and the model's piecewise graphs are new ones."""
+    from dlm.engine.pieces import pieces_of
+    from dlm.models.joined import join_projections, split_projections
+
+    graphs = CpuStepGraphs()
+    before = _decode(tiny, graphs, cache="dual")
+    version, pieces = tiny.model.weights_version, pieces_of(tiny.model)
+    old_keys = set(graphs.entries)
+    assert old_keys and all(k[3] == version for k in old_keys)
+    try:
+        assert join_projections(tiny.model) > 0 and tiny.model.weights_version == version + 1
+        assert pieces_of(tiny.model) is not pieces
+        captures = graphs.captures
+        assert torch.equal(_decode(tiny, graphs, cache="dual"), before)
+        assert graphs.captures > captures and all(k[3] == version + 1 for k in set(graphs.entries) - old_keys)
+    finally:
+        assert split_projections(tiny.model) > 0
+    assert tiny.model.weights_version == version + 2
+
+
+def test_quantizing_bumps_the_weights_version(llada_path):
+    from dlm.models.fp8 import quantize_model
+
+    lm = dlm.load(llada_path, device="cpu")
+    version = lm.model.weights_version
+    assert quantize_model(lm.model) > 0 and lm.model.weights_version > version
