@@ -73,7 +73,7 @@ class StepGraphs:
         self.entries: dict[tuple, _Entry] = {}  # in order of last use (the first is evicted first)
         self.seen: dict[tuple, int] = {}
         self.recent = [0, 0]  # captures and replays, halved every 64 captures (the payoff of recent captures)
-        self.pool = self.stream = None  # the graphs' memory pool and capture stream (on the model's device)
+        self.pool = self.stream = self.side = None  # memory pool, capture and warm-up streams (the model's device)
         self.replays = 0
         self.captures = 0
 
@@ -172,11 +172,12 @@ class StepGraphs:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         main = torch.cuda.current_stream()
-        side = torch.cuda.Stream()
-        side.wait_stream(main)
-        with torch.cuda.stream(side):  # warm-up outside the graph (builds the layout's index tensors too)
+        if self.side is None:  # one warm-up stream: the warm-ups reuse each other's cached memory
+            self.side = torch.cuda.Stream()  # (on the model's device: forward runs under on_device)
+        self.side.wait_stream(main)
+        with torch.cuda.stream(self.side):  # warm-up outside the graph (builds the layout's index tensors too)
             first = run()
-        main.wait_stream(side)
+        main.wait_stream(self.side)
         first.record_stream(main)  # allocated on the side stream, read on the main one
         graph = torch.cuda.CUDAGraph()
         if self.stream is None:  # (torch's default capture stream is on whichever device made it first)
