@@ -28,7 +28,7 @@ import torch
 
 from ..models.elementwise import ops_for_positions
 from ..models.ragged import RaggedAttention, RaggedRows
-from .pieces import PieceGraphs, on_device, pieces_of, supports
+from .pieces import PieceGraphs, on_device, pieces_of, side_stream, supports
 
 
 @dataclass
@@ -171,14 +171,11 @@ class StepGraphs:
         graph keeps no reference to what ``run`` reads: the caller keeps ``run`` alive."""
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
-        main = torch.cuda.current_stream()
         if self.side is None:  # one warm-up stream: the warm-ups reuse each other's cached memory
             self.side = torch.cuda.Stream()  # (on the model's device: forward runs under on_device)
-        self.side.wait_stream(main)
-        with torch.cuda.stream(self.side):  # warm-up outside the graph (builds the layout's index tensors too)
+        with side_stream(self.side):  # warm-up outside the graph (builds the layout's index tensors too)
             first = run()
-        main.wait_stream(self.side)
-        first.record_stream(main)  # allocated on the side stream, read on the main one
+        first.record_stream(torch.cuda.current_stream())  # allocated on the side stream, read on the main one
         graph = torch.cuda.CUDAGraph()
         if self.stream is None:  # (torch's default capture stream is on whichever device made it first)
             self.stream = torch.cuda.Stream(first.device)

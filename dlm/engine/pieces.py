@@ -241,7 +241,7 @@ class PieceGraphs:
         device = self.bufs.ids.device
         if device.type == "cuda" and self.side is None:  # one stream: the warm-ups reuse each other's memory
             self.side = torch.cuda.Stream(device)
-        with _side_stream(device, self.side):
+        with side_stream(self.side):
             self._run(run_piece, len(pieces), attention, T)
 
     def _record(self, piece: Callable, state: tuple) -> tuple[Callable, tuple]:
@@ -252,9 +252,8 @@ class PieceGraphs:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
             self.stream = torch.cuda.Stream(device)
-        graph, main = torch.cuda.CUDAGraph(), torch.cuda.current_stream(device)
-        self.stream.wait_stream(main)
-        with torch.cuda.stream(self.stream):
+        graph = torch.cuda.CUDAGraph()
+        with side_stream(self.stream):
             graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
             try:
                 out = piece(*state)
@@ -263,7 +262,6 @@ class PieceGraphs:
                     graph.capture_end()
                 raise
             graph.capture_end()
-        main.wait_stream(self.stream)
         return graph.replay, out
 
 
@@ -274,13 +272,13 @@ def on_device(device: torch.device):
 
 
 @contextmanager
-def _side_stream(device: torch.device, side) -> Iterator[None]:
+def side_stream(side) -> Iterator[None]:
     """Within: work runs on the CUDA stream ``side``, starting after, and ending before, the current stream's
-    next work (nothing on a CPU)."""
-    if device.type != "cuda":
+    next work (``None``, on a CPU: nothing changes)."""
+    if side is None:
         yield
         return
-    main = torch.cuda.current_stream(device)
+    main = torch.cuda.current_stream(side.device)
     side.wait_stream(main)
     with torch.cuda.stream(side):
         yield
