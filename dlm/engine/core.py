@@ -200,7 +200,7 @@ class EngineCore:
         slot, position = p.on("slot", dev), p.on("position", dev)
         ids = self.buf.tokens[slot, position].unsqueeze(0)
         if p.explicit_ids is not None:  # drafts feed their own canvases
-            ids[0].index_copy_(0, p.on("explicit_index", dev), p.explicit_ids)
+            ids[0].index_copy_(0, p.on("explicit_index", dev), p.on("explicit_ids", dev))
         index = p.on("logits_index", dev).unsqueeze(0)
         if self.tiled:  # batch-invariant numerics on a GPU (see dlm.engine.numerics)
             from .numerics import invariant_forward

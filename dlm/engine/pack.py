@@ -61,8 +61,8 @@ class RowPlan:
 
     @classmethod
     def draft(cls, request: Request, ids: torch.Tensor, logits_from: int, logits_to: int) -> "RowPlan":
-        """A full canvas ``ids`` (L,) fed in place of the request's, with logits for fed positions
-        ``logits_from .. logits_to - 1``."""
+        """A full canvas ``ids`` (L,) fed in place of the request's (a host tensor, moved with the step's other
+        drafts in one copy, or a device tensor), with logits for fed positions ``logits_from .. logits_to - 1``."""
         n = logits_to - logits_from
         return cls(request, torch.arange(ids.numel()), torch.arange(logits_from, logits_to), torch.arange(n),
                    True, False, ids)
@@ -91,7 +91,7 @@ class Packed:
         cand_slot, cand_col: (Nc,) long, where each candidate is stored (request slot, region column).
         segments: per row plan (plan, first candidate, number of candidates), in order.
         explicit_index, explicit_ids: packed positions whose input ids are given by a plan (drafts), and those
-            ids (device), or None.
+            ids (host or device: :func:`_joined_ids`), or None.
     """
 
     rows: RaggedRows
@@ -242,7 +242,7 @@ def pack(plans: list[RowPlan], pad_rows: bool, logit_step: int = 1) -> Packed:
     rows = RaggedRows(q_start, q_len, k_len, slot, fresh, write, block, position, min_pos)
     packed = Packed(rows, slot_index, position, logits_index, *candidates)
     if explicit_ids:
-        packed.explicit_index, packed.explicit_ids = torch.cat(explicit_index), torch.cat(explicit_ids)
+        packed.explicit_index, packed.explicit_ids = torch.cat(explicit_index), _joined_ids(explicit_ids)
     return packed
 
 
@@ -279,6 +279,13 @@ def _logits(plans: list[RowPlan], first_row: dict[int, int], q_start: list[int])
     index = torch.cat(logit_src) + runs(logit_start, logit_len)
     return index, (ranges(cond, counts), ranges(uncond, counts), runs(scale, counts, torch.float32),
                    runs(cand_slot, counts), torch.cat(cand_col), segments)
+
+
+def _joined_ids(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The drafts' canvases as one tensor: on the host when every plan gave host ids (the forward then moves them
+    in one copy), else on the device of the first that did not."""
+    device = next((t.device for t in parts if t.device.type != "cpu"), None)
+    return torch.cat(parts if device is None else [t.to(device) for t in parts])
 
 
 def _unconditional(ids: torch.Tensor, r: Request) -> torch.Tensor:

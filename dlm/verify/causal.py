@@ -172,6 +172,17 @@ class CausalVerifier(Verifier):
         return CausalDriver(self, model, tok)
 
     # ----------------------------------------------------------------- drafting
+    @staticmethod
+    def greedy_drafts(logits: torch.Tensor, lm, eos_inf: torch.Tensor | None) -> torch.Tensor:
+        """The temperature-0 drafts of many positions at once, (N,) long, from their logits (N, V): row i's
+        ``draft_distribution(logits[i:i+1], lm, config_i).argmax(-1)`` for a config at temperature 0, whose
+        ``logits_eos_inf`` is ``eos_inf[i]`` ((N,) bool on the logits' device; None: False everywhere). One
+        argmax over every row instead of one distribution per request (the causal driver's batched path)."""
+        raw = logits.index_fill(-1, torch.tensor([lm.ids.mask_id], device=logits.device), float("-inf"))
+        if eos_inf is not None:
+            raw[:, lm.ids.eos_id].masked_fill_(eos_inf, float("-inf"))
+        return raw.argmax(-1)
+
     def draft_distribution(self, logits: torch.Tensor, lm, config: GenerationConfig,
                            mode: str = "gumbel") -> torch.Tensor:
         """The drafter's token distribution per position, (n, V) float64, from its logits (n, V): the

@@ -22,6 +22,8 @@ import inspect
 
 import torch
 
+from ..models.transfer import to_device
+
 try:  # transformers' base class, so that models that check isinstance(cache, Cache) accept this one
     from transformers.cache_utils import Cache as _CacheBase
 except ImportError:  # pragma: no cover
@@ -71,17 +73,11 @@ class CausalKV(_CacheBase):
         """Feed ``tokens[i]`` to the row of ``slots[i]`` after its cached positions; returns (rows, n, V) logits,
         row i's at index ``slots[i] - min(slots)``, positions 0 .. len(tokens[i]) - 1. The fed positions become
         cached only when :meth:`keep` says so."""
-        rnd = _Round.build(self, slots, tokens, exact_shapes)
+        rnd = _Round.build(self, slots, tokens, exact_shapes, pad_id)
         self._round = rnd
-        dev = self.device
-        ids = torch.full((rnd.rows, rnd.queries), pad_id, dtype=torch.long)
-        pos = torch.zeros((rnd.rows, rnd.queries), dtype=torch.long)
-        for s, t in zip(slots, tokens):
-            ids[s - rnd.lo, : len(t)] = torch.tensor(t)
-            pos[s - rnd.lo, : len(t)] = torch.arange(self.cached[s], self.cached[s] + len(t))
         kwargs = {_cache_argument(model): self, "use_cache": True}
         try:
-            out = model(input_ids=ids.to(dev), position_ids=pos.to(dev), attention_mask=rnd.mask(model.dtype),
+            out = model(input_ids=rnd.ids, position_ids=rnd.pos, attention_mask=rnd.mask(model.dtype),
                         **kwargs)
         finally:
             self._round = None
@@ -99,30 +95,34 @@ class _Round:
     """The layout of one batched forward: rows = the contiguous range of slots ``lo .. hi - 1``."""
 
     @classmethod
-    def build(cls, kv: CausalKV, slots: list[int], tokens: list[list[int]], exact_shapes: bool) -> "_Round":
+    def build(cls, kv: CausalKV, slots: list[int], tokens: list[list[int]], exact_shapes: bool,
+              pad_id: int) -> "_Round":
+        """The layout, its input ids and positions and where its keys/values go, built as host lists and moved
+        to the device in two copies."""
         r = cls()
         r.lo, r.hi = min(slots), max(slots) + 1
         r.rows = r.hi - r.lo
         n = max(len(t) for t in tokens)
         keys = max(kv.cached[s] + len(t) for s, t in zip(slots, tokens))
-        r.queries = _round_up(n, 16) if exact_shapes else n
+        r.queries = Q = _round_up(n, 16) if exact_shapes else n
         r.keys = min(_round_up(keys, 512), kv.max_len) if exact_shapes else keys
         if keys > kv.max_len:
             raise ValueError(f"the causal verifier's context ({kv.max_len}) is too short for {keys} positions")
+        ids, pos = [[pad_id] * Q for _ in range(r.rows)], [[0] * Q for _ in range(r.rows)]
+        limit = [[1] * Q for _ in range(r.rows)]  # keys each query sees: positions < limit
         w_row, w_col, w_slot, w_pos = [], [], [], []
-        limit = torch.zeros(r.rows, r.queries, dtype=torch.long)  # keys each query sees: positions < limit
-        limit[:, :] = 1
         for s, t in zip(slots, tokens):
-            c = kv.cached[s]
-            w_row += [s - r.lo] * len(t)
-            w_col += list(range(len(t)))
-            w_slot += [s] * len(t)
-            w_pos += list(range(c, c + len(t)))
-            limit[s - r.lo, : len(t)] = torch.arange(c + 1, c + len(t) + 1)
-        dev = kv.device
-        r.w_row, r.w_col = torch.tensor(w_row, device=dev), torch.tensor(w_col, device=dev)
-        r.w_slot, r.w_pos = torch.tensor(w_slot, device=dev), torch.tensor(w_pos, device=dev)
-        r.limit = limit.to(dev)
+            c, m, row = kv.cached[s], len(t), s - r.lo
+            ids[row][:m] = t
+            pos[row][:m] = range(c, c + m)
+            limit[row][:m] = range(c + 1, c + m + 1)
+            w_row += [row] * m
+            w_col += range(m)
+            w_slot += [s] * m
+            w_pos += range(c, c + m)
+        r.ids, r.pos, r.limit = to_device(torch.tensor([ids, pos, limit]), kv.device).unbind(0)
+        r.w_row, r.w_col, r.w_slot, r.w_pos = to_device(torch.tensor([w_row, w_col, w_slot, w_pos]),
+                                                        kv.device).unbind(0)
         return r
 
     def mask(self, dtype: torch.dtype) -> torch.Tensor:

@@ -20,14 +20,16 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import dlm
 from dlm import GenerationConfig
-from dlm.errors import CheckpointError, ConfigError
+from dlm.errors import CheckpointError, ConfigError, GenerationError
 from dlm.verify import CausalVerifier, register_verifier, VERIFIERS
+from dlm.verify.causal_driver import _joined, _State
 from dlm.verify.causal_model import tokenizer_differences
 from dlm.verify.speculative import accept_probabilities, emitted_distribution, residual_distribution, speculative_sample
 from dlm.verify.testing import prefer_token, tiny_causal_model, write_tiny_causal
@@ -235,6 +237,53 @@ def test_sampling_smoke(drafter, causal_path, causal_model, draft_steps):
     for i in range(8):  # alone, with its seed: the same answer as in the crowd
         again = drafter.generate([prompt], cfg.replace(seed=i))
         assert torch.equal(again.sequences[0], out.sequences[i])
+
+
+# ------------------------------------------------------------------------------------------------ batched greedy path
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_greedy_drafts_equal_the_per_request_distribution(drafter, dtype):
+    """The driver drafts every greedy request of a step with one argmax (``greedy_drafts``); each row equals
+    the per-request reference (``draft_distribution(...).argmax(-1)``), ties, the mask token and EOS included."""
+    g = torch.Generator().manual_seed(4)
+    V, ids = 40, drafter.ids
+    logits = torch.randint(-3, 4, (64, V), generator=g).to(dtype)  # few values: many ties
+    logits[::3, ids.mask_id % V] = 9.0  # the best logit on the mask token: never drafted
+    logits[::2, ids.eos_id % V] = 9.0
+    lm = SimpleNamespace(ids=SimpleNamespace(mask_id=ids.mask_id % V, eos_id=ids.eos_id % V))
+    eos_inf = torch.rand(64, generator=g) < 0.5
+    verifier = CausalVerifier()
+    for mask in (eos_inf, None):
+        got = verifier.greedy_drafts(logits, lm, mask)
+        for i in range(64):
+            cfg = GenerationConfig(logits_eos_inf=bool(mask[i]) if mask is not None else False)
+            want = verifier.draft_distribution(logits[i : i + 1], lm, cfg).argmax(-1)
+            assert int(got[i]) == int(want), (i, mask is None)
+    assert (got == lm.ids.eos_id).any() and not (got == lm.ids.mask_id).any()
+
+
+def test_joined_rows_are_one_view_when_adjacent():
+    base = torch.randn(10, 7)
+    parts = [base[0:3], base[3:4], base[4:9]]
+    joined = _joined(parts)
+    assert torch.equal(joined, base[:9]) and joined.data_ptr() == base.data_ptr()  # no copy
+    apart = [base[0:3], base[5:7]]
+    assert torch.equal(_joined(apart), torch.cat(apart))
+    assert torch.equal(_joined([base[2:5]]), base[2:5])
+
+
+def test_nan_drafts_fail_their_own_request_only(drafter, causal_path):
+    """A greedy request whose drafter logits hold NaN gets an error; the others of the same batch do not."""
+    cfg = GenerationConfig(gen_length=8, verify="causal", verify_kwargs={"verifier": str(causal_path)})
+    driver = CausalVerifier(verifier=str(causal_path)).driver(drafter)
+    reqs = [SimpleNamespace(id=i, config=cfg, copies=1, driver_state=_State([1, 2])) for i in range(3)]
+    rows = torch.randn(12, len(drafter.tokenizer))
+    rows[5, 3] = float("nan")  # in request 1's rows (4..7)
+    core = SimpleNamespace(lm=drafter)
+    out = driver._greedy_drafts(core, [(r, rows[4 * i : 4 * i + 4]) for i, r in enumerate(reqs)])
+    assert out[id(reqs[0])] is None and out[id(reqs[2])] is None
+    failed, err = out[id(reqs[1])]
+    assert failed and isinstance(err, GenerationError) and "NaN logits for request 1" in str(err)
+    assert len(reqs[0].driver_state.draft) == 4 and reqs[1].driver_state.draft is None
 
 
 # ------------------------------------------------------------------------------------------------ errors
