@@ -149,8 +149,8 @@ class CausalDriver(Driver):
         rows = _joined([x for _, x in greedy])
         lengths = [x.shape[0] for _, x in greedy]
         eos = [r.config.logits_eos_inf for r, _ in greedy]
-        eos_inf = None if not any(eos) else torch.tensor(
-            [e for e, n in zip(eos, lengths) for _ in range(n)], device=rows.device)
+        eos_inf = None if not any(eos) else to_device(
+            torch.tensor([e for e, n in zip(eos, lengths) for _ in range(n)]), rows.device)
         tokens = self.verifier.greedy_drafts(rows, core.lm, eos_inf)
         nan = torch.isnan(rows.amax(-1))
         host_tokens, host_nan = torch.stack([tokens, nan.long()]).tolist()
@@ -166,14 +166,11 @@ class CausalDriver(Driver):
         return out
 
     def _draft(self, core, r, logits: torch.Tensor):
-        """Draft tokens (n,) and their proposal distributions (n, V) from the drafter's logits (n, V)."""
+        """A sampled draft (n,) and its proposal distributions (n, V) from the drafter's logits (n, V)."""
         q = self.verifier.draft_distribution(logits, core.lm, r.config, r.mode)
-        if r.config.temperature == 0:
-            tokens = q.argmax(-1)
-        else:
-            tokens = torch.multinomial(q, 1, generator=r.generator).squeeze(1)
+        tokens = torch.multinomial(q, 1, generator=r.generator).squeeze(1)
         r.driver_state.stats["diffusion_nfe"] += r.copies
-        return tokens.to(self.device), q
+        return tokens, q
 
     def _verify(self, core, reqs, writes: _Writes) -> dict[int, tuple[bool, Any]]:
         """ONE causal forward for every request in ``reqs``, then each request's acceptance (the greedy ones'

@@ -286,6 +286,18 @@ def test_nan_drafts_fail_their_own_request_only(drafter, causal_path):
     assert len(reqs[0].driver_state.draft) == 4 and reqs[1].driver_state.draft is None
 
 
+def test_batched_drafts_keep_each_requests_logits_eos_inf(drafter, causal_path):
+    eos = drafter.ids.eos_id
+    driver = CausalVerifier(verifier=str(causal_path)).driver(drafter)
+    configs = [GenerationConfig(gen_length=8, logits_eos_inf=flag) for flag in (False, True, False)]
+    reqs = [SimpleNamespace(id=i, config=c, copies=1, driver_state=_State([1])) for i, c in enumerate(configs)]
+    rows = torch.randn(9, len(drafter.tokenizer))
+    rows[:, eos] = 50.0  # EOS is every position's best token
+    driver._greedy_drafts(SimpleNamespace(lm=drafter), [(r, rows[3 * i : 3 * i + 3]) for i, r in enumerate(reqs)])
+    drafts = [r.driver_state.draft for r in reqs]
+    assert drafts[0] == [eos] * 3 and drafts[2] == [eos] * 3 and eos not in drafts[1]
+
+
 # ------------------------------------------------------------------------------------------------ errors
 def test_tokenizer_mismatch_names_what_differs(drafter, diffusion_models, causal_model, tmp_path, causal_path):
     dream_tok = diffusion_models["dream-2"].tokenizer
