@@ -3,6 +3,7 @@ diffusion model's tokenizer."""
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,29 @@ def load_causal(path: str | Path, dtype: torch.dtype | None, device: torch.devic
 
 def tokenizer_differences(diffusion_tok: Any, causal_tok: Any) -> list[str]:
     """What differs between two tokenizers, in words (empty when they agree): tokens present in one vocabulary
-    only, tokens with different ids, and the EOS / BOS tokens."""
+    only, tokens with different ids, and the EOS / BOS tokens. Remembered per pair of tokenizer objects while
+    both live and keep their sizes (reading two vocabularies costs about 10 ms, and ``generate`` checks the pair
+    at every call)."""
+    key = (id(diffusion_tok), id(causal_tok), len(diffusion_tok), len(causal_tok),
+           str(getattr(diffusion_tok, "eos_token", None)), str(getattr(causal_tok, "eos_token", None)),
+           str(getattr(diffusion_tok, "bos_token", None)), str(getattr(causal_tok, "bos_token", None)))
+    seen = _CHECKED.get(key)
+    if seen is not None and seen[0]() is diffusion_tok and seen[1]() is causal_tok:
+        return list(seen[2])
+    out = _differences(diffusion_tok, causal_tok)
+    if len(_CHECKED) >= 64:
+        _CHECKED.clear()
+    try:
+        _CHECKED[key] = (weakref.ref(diffusion_tok), weakref.ref(causal_tok), tuple(out))
+    except TypeError:  # an object that takes no weak reference: checked every time
+        pass
+    return out
+
+
+_CHECKED: dict[tuple, tuple] = {}
+
+
+def _differences(diffusion_tok: Any, causal_tok: Any) -> list[str]:
     va, vb = diffusion_tok.get_vocab(), causal_tok.get_vocab()
     out = []
     only_a = sorted(set(va) - set(vb), key=lambda t: va[t])

@@ -317,6 +317,17 @@ def test_tokenizer_mismatch_names_what_differs(drafter, diffusion_models, causal
     assert tokenizer_differences(drafter.tokenizer, drafter.tokenizer) == []
 
 
+def test_tokenizer_check_is_remembered_until_a_tokenizer_changes(drafter, causal_path):
+    from transformers import AutoTokenizer
+
+    mine, theirs = AutoTokenizer.from_pretrained(str(causal_path)), AutoTokenizer.from_pretrained(str(causal_path))
+    assert tokenizer_differences(mine, theirs) == [] and tokenizer_differences(mine, theirs) == []
+    theirs.add_tokens(["<|a-new-token|>"])  # the causal tokenizer grows: checked again, not remembered
+    assert any("only in the causal model's tokenizer" in d for d in tokenizer_differences(mine, theirs))
+    theirs.eos_token = "<|a-new-token|>"
+    assert any(d.startswith("eos_token") for d in tokenizer_differences(mine, theirs))
+
+
 def test_missing_default_verifier_is_a_clear_error(drafter, tmp_path, monkeypatch):
     import dlm.assets
 
