@@ -31,6 +31,9 @@ Parts (each recorded on its own; a failing part does not stop the others):
 ``kernels_ramp``
     the first eight steps of the same staggered arrivals (default options) under ``torch.profiler``: each
     step's wall time, the kernels summed per name and the host's busiest operators.
+``gaps``, ``gaps_b32``
+    the GPU's busy time per step (refresh and in-block steps) and its idle time between steps, from CUDA events,
+    at batch 1 (gen 1024) and for a static batch of 32 (gen 256), after every bucket's CUDA graphs are captured.
 ``projections``
     the matrix products of the 32 layers at 32 / 64 / 256 rows, as the model runs them (q, k, v, o, gate, up,
     down: seven products) and with q/k/v and gate/up as one product each (four), each in a CUDA graph, against
@@ -347,6 +350,63 @@ def part_host(lm, batch: int = 1, gen: int = GEN) -> dict:
     return {"batch": batch, "gen": gen, "ms_per_step": sum(times) / steps, "phase_ms_per_step": per}
 
 
+def part_gaps(lm, batch: int, gen: int) -> dict:
+    """The GPU's time per step and its idle time between steps, from CUDA events: one recorded when a step's
+    work is queued (at the start of ``_transfer``, before its synchronisation) and one when the next step's
+    forward starts; the GPU is idle between the two, as the host plans, packs and launches. A whole decode of
+    ``batch`` requests (prompt 128, ``gen``, ``dual``, default options, every bucket captured first) after an
+    untimed one in the same engine. The busy time bounds what host work can gain."""
+    import dlm.engine.core as core
+
+    set_fast_path(lm, True, True)
+    prompts = random_prompts(lm, batch, PROMPT, seed=1)
+    cfg = schedule_config(gen, PER_STEP)
+    engine = dlm.Engine(lm, max_rows=batch, max_tokens=batch * (PROMPT + gen))
+    engine.capture_graphs()
+    queued, started, fed = [], [], []
+    saved = core.EngineCore._transfer, core.EngineCore._forward
+
+    def transfer(self, *args, **kwargs):
+        queued.append(torch.cuda.Event(enable_timing=True))
+        queued[-1].record()
+        return saved[0](self, *args, **kwargs)
+
+    def forward(self, p):
+        started.append(torch.cuda.Event(enable_timing=True))
+        started[-1].record()
+        fed.append(int(p.position.numel()))
+        return saved[1](self, p)
+
+    for timed in (False, True):
+        if timed:
+            core.EngineCore._transfer, core.EngineCore._forward = transfer, forward
+        try:
+            for prompt in prompts:
+                engine.submit(prompt, cfg)
+            t0 = time.perf_counter()
+            engine.run()
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+        finally:
+            core.EngineCore._transfer, core.EngineCore._forward = saved
+    busy = [a.elapsed_time(b) for a, b in zip(started, queued)]
+    idle = [a.elapsed_time(b) for a, b in zip(queued, started[1:])]
+    refresh = max(fed)  # the steps that refresh every row's canvas feed the most positions
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else None
+
+    res = {"batch": batch, "gen": gen, "steps": len(fed), "wall_ms_per_step": wall * 1e3 / len(fed),
+           "busy_ms_in_block": mean([b for b, n in zip(busy, fed) if n != refresh]),
+           "busy_ms_refresh": mean([b for b, n in zip(busy, fed) if n == refresh]),
+           "idle_ms_before_in_block": mean([i for i, n in zip(idle, fed[1:]) if n != refresh]),
+           "idle_ms_before_refresh": mean([i for i, n in zip(idle, fed[1:]) if n == refresh]),
+           "idle_share": sum(idle) / (sum(busy) + sum(idle))}
+    print(f"gaps batch {batch} gen {gen}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()
+                                                       if isinstance(v, float)), flush=True)
+    return res
+
+
 def part_projections() -> dict:
     d, m, layers = 4096, 12288, 32
     bw = copy_bandwidth("cuda")
@@ -418,7 +478,8 @@ def main() -> None:
             "kernels_b32": lambda: part_kernels(model(), batch=32, gen=256, graphs=True),
             "host": lambda: part_host(model()), "host_b32": lambda: part_host(model(), batch=32, gen=256),
             "projections": part_projections, "staggered_steps": lambda: part_staggered_steps(model()),
-            "kernels_mixed": lambda: part_kernels_mixed(model()), "steps_cudnn": lambda: part_steps_cudnn(model()), "kernels_ramp": lambda: part_kernels_ramp(model())}
+            "kernels_mixed": lambda: part_kernels_mixed(model()), "steps_cudnn": lambda: part_steps_cudnn(model()), "kernels_ramp": lambda: part_kernels_ramp(model()),
+            "gaps": lambda: part_gaps(model(), 1, GEN), "gaps_b32": lambda: part_gaps(model(), 32, 256)}
     run_parts(args.parts, jobs, results, lambda: args.out.write_text(json.dumps(results, indent=1)))
 
 
