@@ -55,7 +55,7 @@ def tokenizer_differences(diffusion_tok: Any, causal_tok: Any) -> list[str]:
     only, tokens with different ids, and the EOS / BOS tokens. Remembered per pair of tokenizer objects while
     both live and keep their sizes (reading two vocabularies costs about 10 ms, and ``generate`` checks the pair
     at every call)."""
-    key = (id(diffusion_tok), id(causal_tok), len(diffusion_tok), len(causal_tok),
+    key = (id(diffusion_tok), id(causal_tok), _size(diffusion_tok), _size(causal_tok),
            str(getattr(diffusion_tok, "eos_token", None)), str(getattr(causal_tok, "eos_token", None)),
            str(getattr(diffusion_tok, "bos_token", None)), str(getattr(causal_tok, "bos_token", None)))
     seen = _CHECKED.get(key)
@@ -72,6 +72,14 @@ def tokenizer_differences(diffusion_tok: Any, causal_tok: Any) -> list[str]:
 
 
 _CHECKED: dict[tuple, tuple] = {}
+
+
+def _size(tokenizer: Any) -> int | None:
+    """The tokenizer's size (transformers' tokenizers, added tokens included), None for one without ``len``."""
+    try:
+        return len(tokenizer)
+    except TypeError:
+        return None
 
 
 def _differences(diffusion_tok: Any, causal_tok: Any) -> list[str]:

@@ -326,6 +326,10 @@ def test_tokenizer_check_is_remembered_until_a_tokenizer_changes(drafter, causal
     assert any("only in the causal model's tokenizer" in d for d in tokenizer_differences(mine, theirs))
     theirs.eos_token = "<|a-new-token|>"
     assert any(d.startswith("eos_token") for d in tokenizer_differences(mine, theirs))
+    import tokenizers  # a tokenizer object without len(): compared (and remembered) all the same
+
+    bare = tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0, "b": 1}, unk_token="a"))
+    assert tokenizer_differences(bare, bare) == [] and tokenizer_differences(bare, bare) == []
 
 
 def test_missing_default_verifier_is_a_clear_error(drafter, tmp_path, monkeypatch):
