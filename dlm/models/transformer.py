@@ -251,6 +251,22 @@ class Transformer(nn.Module):
         # by address, so graphs captured before must not replay after
         self.weights_version = 0
 
+    def _apply(self, *args, **kwargs):
+        """``to``, ``cuda``, ``half``, ... (every conversion of the parameters goes through here) give the weights
+        new tensors: graphs captured before must not replay over the old ones."""
+        out = super()._apply(*args, **kwargs)
+        self.weights_version = getattr(self, "weights_version", 0) + 1
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As ``nn.Module.load_state_dict``; with ``assign=True`` the given tensors become the weights (new
+        addresses), which graphs captured before must not replay over. (A copy into the existing tensors keeps
+        the addresses: graphs read the new values.)"""
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if assign:
+            self.weights_version += 1
+        return out
+
     def rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin (B, 1, Q, D) of the fed positions (B, Q); a family with partial rotary embeddings overrides it."""
         return rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)

@@ -266,6 +266,27 @@ def test_graphs_are_not_replayed_over_replaced_weights(tiny):
     assert tiny.model.weights_version == version + 2
 
 
+def test_converting_or_assigning_weights_bumps_the_weights_version(llada_path):
+    """model.to(...) and load_state_dict(assign=True) give the weights new tensors: layouts captured before are
+    captured again, and the answers stay the eager ones; a copy into the existing tensors keeps the version."""
+    lm = dlm.load(llada_path, device="cpu")
+    graphs = CpuStepGraphs()
+    before = _decode(lm, graphs, cache="dual")
+    version = lm.model.weights_version
+    lm.model.double()
+    lm.model.float()  # (float64 and back: the same values in new tensors)
+    assert lm.model.weights_version == version + 2
+    captures = graphs.captures
+    assert torch.equal(_decode(lm, graphs, cache="dual"), before) and graphs.captures > captures
+    state = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    lm.model.load_state_dict(state)  # copied in place: same addresses
+    assert lm.model.weights_version == version + 2
+    lm.model.load_state_dict(state, assign=True)
+    assert lm.model.weights_version == version + 3
+    captures = graphs.captures
+    assert torch.equal(_decode(lm, graphs, cache="dual"), before) and graphs.captures > captures
+
+
 def test_quantizing_bumps_the_weights_version(llada_path):
     from dlm.models.fp8 import quantize_model
 
