@@ -44,6 +44,31 @@ def test_cuda_graphs_equal_eager(gpu_path, cache):
     assert torch.equal(eager, torch.cat([r.output.sequences for r in reqs]))
 
 
+def test_graphs_follow_converted_weights(gpu_path):
+    """CUDA graphs read the weights by address: after model.to(...) (new tensors, the old ones freed) the engine
+    captures again instead of replaying over freed memory, and gives the eager answers."""
+    from dlm.engine.graphs import StepGraphs
+    from dlm.engine.pieces import PieceGraphs
+
+    lm = dlm.load(gpu_path, device="cuda", dtype="float32", fast=False)
+    prompts = random_prompts(lm, 4, seed=7, min_len=1, max_len=12)
+    cfg = GenerationConfig(gen_length=32, block_length=8, steps=16, cache="dual", stop_at_eos=False)
+    eager = lm.generate(prompts, cfg).sequences
+    engine = dlm.Engine(lm, max_rows=4, graphs=StepGraphs(pieces=PieceGraphs(granule=1)))
+
+    def decode():
+        reqs = [engine.submit(p, cfg) for p in prompts]
+        engine.run()
+        return torch.cat([r.output.sequences for r in reqs])
+
+    assert torch.equal(decode(), eager)
+    old = [p.data for p in lm.model.parameters()]  # kept alive, so the new tensors get new addresses
+    lm.model.to(torch.float64).to(torch.float32)  # the same values in new tensors
+    for t in old:
+        t.fill_(float("nan"))  # what a replay over the old addresses would read
+    assert torch.equal(decode(), eager)
+
+
 def test_exact_caches_on_gpu(gpu_path):
     lm = dlm.load(gpu_path, device="cuda", dtype="float32", fast=False)
     prompts = random_prompts(lm, 3, seed=3)
