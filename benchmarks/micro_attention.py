@@ -9,6 +9,8 @@ GPU with torch 2.11 is cuDNN) and ``dlm`` (``dlm.models.attention.sdpa``'s: torc
 ``TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1`` (torch's opt-in that serves new sequence lengths from one cuDNN plan).
 Steady figures are the mean of 20 back-to-back calls between two CUDA events, in microseconds; first-call
 figures are host wall time of one synchronised call minus that shape's steady time, in milliseconds.
+``--graphs`` adds each backend's time per call replayed from a CUDA graph of 32 calls (the kernels alone, as a
+captured step runs them).
 """
 
 from __future__ import annotations
@@ -67,6 +69,25 @@ def steady_us(backend: str, args, calls: int = 20) -> float:
     return timed_us(lambda: call(backend, args), calls)
 
 
+def graph_us(backend: str, args, calls: int = 32, replays: int = 20) -> float | str:
+    """Microseconds per call of ``calls`` calls captured in one CUDA graph (a layer stack's worth, with no host
+    time between them), over ``replays`` replays; or why the capture failed."""
+    try:
+        for _ in range(3):  # warm-up on a side stream (plans, workspaces), as a graph capture needs
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                call(backend, args)
+            torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                call(backend, args)
+    except RuntimeError as exc:
+        return f"capture failed: {str(exc).splitlines()[0][:120]}"
+    return timed_us(graph.replay, replays) / calls
+
+
 def first_call_ms(backend: str, masked: bool, base: int, count: int = 12) -> list[float]:
     """First calls at ``count`` shapes this process has not seen (rows 1..count, keys base + 8 * rows; each sweep
     its own base), each minus the same shape's steady time."""
@@ -92,6 +113,8 @@ def main() -> None:
     ap.add_argument("--first-only", action="store_true", help="only the first-call sweep (for the subprocess)")
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS))
     ap.add_argument("--avoid-recompile", action="store_true")
+    ap.add_argument("--graphs", action="store_true",
+                    help="also time each backend's call replayed from a CUDA graph (kernel time, no host time)")
     a = ap.parse_args()
     res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                  "cudnn": torch.backends.cudnn.version(), "first_call_ms": {}}
@@ -107,6 +130,11 @@ def main() -> None:
                     row[b + "_max_abs_diff_vs_efficient"] = (call(b, args).float() - ref).abs().max().item()
             res["steady_us"][name] = row
             print(name, {k: round(v, 1) for k, v in row.items() if k in BACKENDS}, flush=True)
+            if a.graphs:
+                res.setdefault("graph_us", {})[name] = g = {b: graph_us(b, args) for b in a.backends
+                                                            if supported(b, shape[-1])}
+                print(name, "in a CUDA graph:", {k: round(v, 1) if isinstance(v, float) else v for k, v in g.items()},
+                      flush=True)
     base = 400
     for b in a.backends:
         for masked in (False, True):
