@@ -86,6 +86,7 @@ class StepGraphs:
     def _forward(self, model, kv_pool, backend, rows, ids, positions, logits_index) -> torch.Tensor:
         # a graph replays the functions it captured, over the weights it captured
         key = (rows.signature(), logits_index.shape[1], model.ops, getattr(model, "weights_version", 0))
+        self._drop_stale(key[3])
         kind = self.decide(key, ids.shape[1])
         if kind == "eager":
             pieces = self.pieces_for(model)
@@ -104,6 +105,12 @@ class StepGraphs:
         entry.logits_index.copy_(logits_index)
         entry.replay()
         return entry.out
+
+    def _drop_stale(self, version: int) -> None:
+        """Drop the graphs captured over weights the model no longer has (another ``weights_version``): they can
+        never replay, and they hold memory of the graph pool."""
+        if any(k[3] != version for k in self.entries):
+            self.entries = {k: e for k, e in self.entries.items() if k[3] == version}
 
     def pieces_for(self, model) -> PieceGraphs | None:
         """What runs the steps this runner does not capture whole: the model's shared piecewise graphs

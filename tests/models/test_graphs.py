@@ -260,7 +260,7 @@ def test_graphs_are_not_replayed_over_replaced_weights(tiny):
         assert pieces_of(tiny.model) is not pieces
         captures = graphs.captures
         assert torch.equal(_decode(tiny, graphs, cache="dual"), before)
-        assert graphs.captures > captures and all(k[3] == version + 1 for k in set(graphs.entries) - old_keys)
+        assert graphs.captures > captures and all(k[3] == version + 1 for k in graphs.entries)  # the old dropped
     finally:
         assert split_projections(tiny.model) > 0
     assert tiny.model.weights_version == version + 2
