@@ -111,6 +111,13 @@ class StepGraphs:
         never replay, and they hold memory of the graph pool."""
         if any(k[3] != version for k in self.entries):
             self.entries = {k: e for k, e in self.entries.items() if k[3] == version}
+            self._release_pool_if_unused()
+
+    def _release_pool_if_unused(self) -> None:
+        """With no graph left, the next capture takes a new memory pool: the caching allocator frees a private
+        pool once its last graph is gone, and capturing into it again fails an internal assertion."""
+        if not self.entries:
+            self.pool = None
 
     def pieces_for(self, model) -> PieceGraphs | None:
         """What runs the steps this runner does not capture whole: the model's shared piecewise graphs
@@ -132,6 +139,7 @@ class StepGraphs:
             return "eager"
         while len(self.entries) >= self.max_graphs:
             self.entries.pop(next(iter(self.entries)))
+        self._release_pool_if_unused()
         self._count(replay=False)
         return "capture"
 
