@@ -143,8 +143,9 @@ class DiffusionLM:
 
         e = getattr(self, "_engine", None)
         # rebuilt when CUDA graphs or the elementwise functions changed since it was built (its captured graphs
-        # hold the functions of their capture)
-        setting = (bool(self.cuda_graphs), self.model.ops)
+        # hold the functions of their capture), or the weights were replaced (their dtype and device are its
+        # key/value pool's)
+        setting = (bool(self.cuda_graphs), self.model.ops, getattr(self.model, "weights_version", 0))
         if (e is None or e.pending or e.core.max_rows < rows or e.core.slot_len < length
                 or getattr(self, "_engine_setting", setting) != setting):
             self._engine = None  # free the old pool first

@@ -63,6 +63,7 @@ class EngineCore:
         devices = [next(layer.parameters()).device for layer in model.layers]
         shape = PoolShape(len(model.layers), max_rows, slot_len, model.kv_heads, lm.arch.head_dim)
         self.pool = KVPool(shape, lm.dtype, devices)
+        self.built_for = (lm.dtype, lm.device)  # the pool's dtype and device: the model's, while it keeps them
         self.buf = SlotBuffers(max_rows, slot_len, self.device)
         self.queue: deque[Request] = deque()
         self.running: list[Request] = []
@@ -158,6 +159,10 @@ class EngineCore:
     @torch.no_grad()
     def step(self) -> list[StepEvent]:
         """Admit what fits, then ONE forward over every running request; returns their events."""
+        if (self.lm.dtype, self.lm.device) != self.built_for:
+            raise ConfigError(f"the model is now {self.lm.dtype} on {self.lm.device}, but this engine was built for "
+                              f"{self.built_for[0]} on {self.built_for[1]} (its key/value storage); build a new "
+                              "dlm.Engine after converting the model")
         self._admit()
         if not self.running:
             return []

@@ -138,6 +138,18 @@ class PieceGraphs:
         self.pool = self.stream = self.side = None  # the graphs' memory pool, capture and warm-up streams
         self.captures = self.replays = 0
         self.failed: str | None = None
+        self.weights_version: int | None = None  # the model's, when the buckets were captured
+
+    def follow_weights(self, model) -> None:
+        """Drop every bucket (and the pool and buffers they used) when the model's weights were replaced since
+        they were captured (``weights_version``): graphs read the weights by address. The model's own pieces
+        (:func:`pieces_of`) are replaced instead; given ones (``StepGraphs(pieces=...)``) come here."""
+        version = getattr(model, "weights_version", 0)
+        if self.weights_version != version:
+            if self.weights_version is not None:
+                self.buckets, self.seen = {}, {}
+                self.pool = self.bufs = None  # (a private pool is freed with its last graph: never reuse it)
+            self.weights_version = version
 
     def bucket(self, tokens: int) -> int:
         """The bucket of a forward feeding ``tokens`` positions: rounded up to a multiple of ``granule``."""
@@ -159,6 +171,7 @@ class PieceGraphs:
         """Logits (N, V) of the fed ``ids`` (1, T) at ``positions`` (1, T) for ``logits_index`` (1, N), as the
         model's forward with a :class:`RaggedAttention` gives them; captures the bucket if it is new."""
         with self.lock, on_device(ids.device):
+            self.follow_weights(model)
             return self._forward(model, kv_pool, backend, rows, ids, positions, logits_index)
 
     def _forward(self, model, kv_pool, backend, rows, ids, positions, logits_index) -> torch.Tensor:
@@ -183,6 +196,7 @@ class PieceGraphs:
         without attention: its values do not matter, only the kernels it prepares. Ends by returning the
         allocator's unused cached memory to the device."""
         with self.lock, on_device(device):
+            self.follow_weights(model)
             self._buffers(model, device)
             top = self.bucket(min(tokens, self.max_tokens))
             done = 0

@@ -253,19 +253,20 @@ class Transformer(nn.Module):
 
     def _apply(self, *args, **kwargs):
         """``to``, ``cuda``, ``half``, ... (every conversion of the parameters goes through here) give the weights
-        new tensors: graphs captured before must not replay over the old ones."""
-        out = super()._apply(*args, **kwargs)
-        self.weights_version = getattr(self, "weights_version", 0) + 1
-        return out
+        new tensors: graphs captured before must not replay over the old ones (also when the conversion fails
+        part-way, having replaced some)."""
+        try:
+            return super()._apply(*args, **kwargs)
+        finally:
+            self.weights_version = getattr(self, "weights_version", 0) + 1
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """As ``nn.Module.load_state_dict``; with ``assign=True`` the given tensors become the weights (new
-        addresses), which graphs captured before must not replay over. (A copy into the existing tensors keeps
-        the addresses: graphs read the new values.)"""
-        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        if assign:
-            self.weights_version += 1
-        return out
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        """A state dict loaded with ``assign=True`` (into this model or a module holding it) makes its tensors
+        the weights (new addresses), which graphs captured before must not replay over. Copies into the existing
+        tensors keep the addresses: graphs read the new values."""
+        if local_metadata.get("assign_to_params_buffers", False):
+            self.weights_version += 1  # (before the tensors are replaced: a load that fails part-way counts)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     def rope(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin (B, 1, Q, D) of the fed positions (B, Q); a family with partial rotary embeddings overrides it."""

@@ -45,6 +45,22 @@ class CpuPieceGraphs(PieceGraphs):
 
         return replay, out
 
+    # a CUDA graph reads the weights at the addresses of its capture: so does this stand-in, which fails a replay
+    # over weights that were replaced since
+    def _capture(self, model, n, attention, T):
+        self.captured_over = {**getattr(self, "captured_over", {}), n: _weight_addresses(model)}
+        return super()._capture(model, n, attention, T)
+
+    def _forward(self, model, kv_pool, backend, rows, ids, positions, logits_index):
+        n = self.bucket(ids.shape[1])
+        assert n not in self.buckets or self.captured_over[n] == _weight_addresses(model), \
+            "a piece replayed over replaced weights"
+        return super()._forward(model, kv_pool, backend, rows, ids, positions, logits_index)
+
+
+def _weight_addresses(model) -> tuple[int, ...]:
+    return tuple(p.data_ptr() for p in model.parameters())
+
 
 def _staggered(lm, cfgs, graphs, attention="padded", max_rows=4, seed=3, capture=False):
     """Requests arriving one per step into ``max_rows`` rows (``capture``: the graphs captured first); their
@@ -95,6 +111,22 @@ def test_padding_changes_nothing(tiny, granule):
         buf.fill_(1e4)
     assert all(torch.equal(a, b) for a, b in zip(_staggered(tiny, cfgs, graphs), want))
     assert pieces.captures > 0 and pieces.replays > 0
+
+
+def test_given_pieces_follow_replaced_weights(llada_path):
+    """Pieces handed to the runner (not the model's own) drop their buckets when the model's weights are
+    replaced (model.to(...)): they capture again instead of replaying over the old addresses."""
+    lm = dlm.load(llada_path, device="cpu")
+    cfgs = _configs("dual")
+    graphs, pieces = _pieces_only()
+    want = _staggered(lm, cfgs, None)
+    assert all(torch.equal(a, b) for a, b in zip(_staggered(lm, cfgs, graphs), want))
+    captures = pieces.captures
+    old = [p.data for p in lm.model.parameters()]  # kept alive: the new tensors get new addresses
+    lm.model.double().float()
+    assert all(torch.equal(a, b) for a, b in zip(_staggered(lm, cfgs, graphs), want))
+    assert pieces.captures > captures and pieces.weights_version == lm.model.weights_version
+    del old
 
 
 @pytest.fixture(scope="module", params=["llada2_moe", "sdar"])

@@ -44,9 +44,11 @@ def test_cuda_graphs_equal_eager(gpu_path, cache):
     assert torch.equal(eager, torch.cat([r.output.sequences for r in reqs]))
 
 
-def test_graphs_follow_converted_weights(gpu_path):
-    """CUDA graphs read the weights by address: after model.to(...) (new tensors, the old ones freed) the engine
-    captures again instead of replaying over freed memory, and gives the eager answers."""
+@pytest.mark.parametrize("whole_steps", [16, 0], ids=["whole-step-graphs", "pieces-only"])
+def test_graphs_follow_converted_weights(gpu_path, whole_steps):
+    """CUDA graphs read the weights by address: after model.to(...) (new tensors, the old ones overwritten) the
+    whole-step graphs and the pieces capture again instead of replaying over the old ones, and give the eager
+    answers."""
     from dlm.engine.graphs import StepGraphs
     from dlm.engine.pieces import PieceGraphs
 
@@ -54,7 +56,8 @@ def test_graphs_follow_converted_weights(gpu_path):
     prompts = random_prompts(lm, 4, seed=7, min_len=1, max_len=12)
     cfg = GenerationConfig(gen_length=32, block_length=8, steps=16, cache="dual", stop_at_eos=False)
     eager = lm.generate(prompts, cfg).sequences
-    engine = dlm.Engine(lm, max_rows=4, graphs=StepGraphs(pieces=PieceGraphs(granule=1)))
+    pieces = PieceGraphs(granule=1)
+    engine = dlm.Engine(lm, max_rows=4, graphs=StepGraphs(max_graphs=whole_steps, pieces=pieces))
 
     def decode():
         reqs = [engine.submit(p, cfg) for p in prompts]
@@ -66,7 +69,9 @@ def test_graphs_follow_converted_weights(gpu_path):
     lm.model.to(torch.float64).to(torch.float32)  # the same values in new tensors
     for t in old:
         t.fill_(float("nan"))  # what a replay over the old addresses would read
+    replays = pieces.replays
     assert torch.equal(decode(), eager)
+    assert whole_steps or pieces.replays > replays  # (pieces-only: the second decode ran through them)
 
 
 def test_exact_caches_on_gpu(gpu_path):

@@ -287,6 +287,37 @@ def test_converting_or_assigning_weights_bumps_the_weights_version(llada_path):
     assert torch.equal(_decode(lm, graphs, cache="dual"), before) and graphs.captures > captures
 
 
+def test_failed_or_nested_weight_replacements_bump_the_version(llada_path):
+    """A load that fails part-way has replaced tensors already, and a module holding the model loads into it
+    through the model's _load_from_state_dict: both count."""
+    lm = dlm.load(llada_path, device="cpu")
+    state = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    bad = dict(state)
+    bad["norm.weight"] = torch.zeros(3)  # a shape that does not fit
+    version = lm.model.weights_version
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        lm.model.load_state_dict(bad, strict=False, assign=True)
+    assert lm.model.weights_version == version + 1
+    holder = torch.nn.ModuleDict({"lm": lm.model})
+    holder.load_state_dict({f"lm.{k}": v for k, v in state.items()}, assign=True)
+    assert lm.model.weights_version == version + 2
+
+
+def test_an_engine_refuses_a_converted_model(llada_path):
+    """Its key/value storage has the model's dtype of when it was built: a clear error, not one from deep inside
+    torch; generate builds a new engine for the converted model."""
+    lm = dlm.load(llada_path, device="cpu")
+    cfg = GenerationConfig(gen_length=8, block_length=8)
+    engine = dlm.Engine(lm, max_rows=2)
+    lm.generate([[5, 6]], cfg)
+    lm.model.double()
+    engine.submit([5, 6], cfg)
+    with pytest.raises(dlm.errors.ConfigError, match=r"now torch.float64 on cpu, but this engine was built for "
+                                                      r"torch.float32 on cpu .* build a new dlm.Engine"):
+        engine.step()
+    assert lm.generate([[5, 6]], cfg).sequences.shape == (1, 8)
+
+
 def test_quantizing_bumps_the_weights_version(llada_path):
     from dlm.models.fp8 import quantize_model
 
