@@ -198,10 +198,12 @@ def time_config(lm, *, cache: str, batch: int, gen_length: int, block_length: in
 
 def run(archs, batches, gens, caches, graphs_modes, out_path: Path | None, tokens_per_step: int = 4,
         timed_blocks: int = 2, device: str = "cuda", fused_modes: Sequence[bool] = (False,),
-        warm_shapes: bool = False) -> list[dict]:
-    """Time every (arch, batch, gen, cache) with every option set. ``warm_shapes``: run each option set once
-    untimed right before its timed run, in the same engine, so the timed run is the steady state a server sees
-    after its first request of that kind: shapes met before (attention plans, compiled kernels) and graphs
+        warm_shapes: int = 0) -> list[dict]:
+    """Time every (arch, batch, gen, cache) with every option set. ``warm_shapes``: run each option set that
+    many times untimed right before its timed run, in the same engine, so the timed run is the steady state a
+    server sees after its first requests of that kind (two: layouts that a request meets once each, like
+    ``dual:refresh_from=last_block``'s refreshes, are captured at their second occurrence and replay from the
+    third): shapes met before (attention plans, compiled kernels) and graphs
     captured before (the engine keeps them) cost nothing again. Without it each option set is timed on its
     first run, paying for the shapes it meets first (the ``prefix``, ``delayed`` and ``window`` caches meet new
     ones in the timed blocks) and for its captures."""
@@ -226,8 +228,8 @@ def run(archs, batches, gens, caches, graphs_modes, out_path: Path | None, token
                     for fused, graphs in combos:  # every option set of a configuration before the next one
                         set_fast_path(lm, graphs, fused)
                         try:
-                            if warm_shapes:  # same options, same (kept) engine: its graphs and shapes carry over
-                                time_config(lm, cache=cache, batch=batch, gen_length=gen,
+                            for _ in range(int(warm_shapes)):  # same options, same (kept) engine: its graphs
+                                time_config(lm, cache=cache, batch=batch, gen_length=gen,  # and shapes carry over
                                             tokens_per_step=tokens_per_step, timed_blocks=timed_blocks)
                             r = time_config(lm, cache=cache, batch=batch, gen_length=gen, tokens_per_step=tokens_per_step,
                                             bandwidth=bw, flop_rate=rate, arch_name=name, timed_blocks=timed_blocks)
@@ -302,9 +304,9 @@ def main(argv=None) -> None:
     ap.add_argument("--fused", choices=["off", "on", "both"], default="off",
                     help="elementwise kernels fused with torch.compile (dlm.load(..., fused_kernels=True))")
     ap.add_argument("--tokens-per-step", type=int, default=4)
-    ap.add_argument("--warm-shapes", action="store_true",
-                    help="run each option set once untimed right before timing it, in the same engine (the steady "
-                    "state: shapes and CUDA graphs of the first run carry over)")
+    ap.add_argument("--warm-shapes", type=int, nargs="?", const=1, default=0, metavar="RUNS",
+                    help="run each option set RUNS times (1 if not given) untimed right before timing it, in the "
+                    "same engine (the steady state: shapes and CUDA graphs of those runs carry over)")
     ap.add_argument("--timed-blocks", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--device", default="cuda", help="cuda (the real thing) or cpu (a smoke run of llada-tiny)")

@@ -55,3 +55,7 @@ def test_warm_shapes_runs_each_option_set_once_untimed_in_the_engine_it_times(mo
     assert [c[1:4] for c in calls] == [(True, False, False), (True, False, True),
                                        (False, False, False), (False, False, True)]
     assert calls[0][4] is calls[1][4] and calls[2][4] is calls[3][4] and calls[0][4] is not calls[2][4]
+    calls.clear()  # --warm-shapes 2: two untimed runs, then the timed one, all in one engine
+    scale.run(["llada-tiny"], [1], [256], ["prefix"], [False], None, tokens_per_step=8, device="cpu",
+              fused_modes=(False,), warm_shapes=2)
+    assert [c[3] for c in calls] == [False, False, True] and calls[0][4] is calls[1][4] is calls[2][4]
