@@ -74,6 +74,7 @@ class StepGraphs:
         self.seen: dict[tuple, int] = {}
         self.recent = [0, 0]  # captures and replays, halved every 64 captures (the payoff of recent captures)
         self.pool = self.stream = self.side = None  # memory pool, capture and warm-up streams (the model's device)
+        self.weights_version: int | None = None  # the model's at the last step (its graphs are of this one)
         self.replays = 0
         self.captures = 0
 
@@ -108,10 +109,11 @@ class StepGraphs:
 
     def _drop_stale(self, version: int) -> None:
         """Drop the graphs captured over weights the model no longer has (another ``weights_version``): they can
-        never replay, and they hold memory of the graph pool."""
-        if any(k[3] != version for k in self.entries):
+        never replay, and they hold memory of the graph pool. (One comparison per step.)"""
+        if version != self.weights_version:
             self.entries = {k: e for k, e in self.entries.items() if k[3] == version}
             self._release_pool_if_unused()
+            self.weights_version = version
 
     def _release_pool_if_unused(self) -> None:
         """With no graph left, the next capture takes a new memory pool: the caching allocator frees a private
