@@ -174,10 +174,40 @@ def compute_candidates(
         margin = top2p[..., 0] - top2p[..., 1]
     if "entropy" in measures:
         neg_entropy = (probs * torch.log(probs + 1e-10)).sum(-1)
-    if low_confidence_ids:
-        banned = torch.isin(tokens, id_index(low_confidence_ids, tokens.device))
-        confidence = confidence.masked_fill(banned, float("-inf"))
+    confidence = _low_confidence(tokens, confidence, low_confidence_ids)
     return Candidates(tokens, confidence, margin, neg_entropy, gap)
+
+
+def candidates_of_rows(logits: torch.Tensor, rows: torch.Tensor, *, fused: bool = False, **kwargs) -> Candidates:
+    """``compute_candidates(logits[rows], **kwargs)`` for 2-D logits (positions, V) and a 1-D row index; with
+    ``fused``, by the temperature-0 kernel of :mod:`dlm.sampling_kernel` where it applies (same tokens; the
+    confidences differ in the last bits, see that module), without gathering or converting the rows."""
+    if fused and _greedy_without_extras(**kwargs):
+        from . import sampling_kernel  # (imports Triton: only once a fused step asks for it)
+
+        if sampling_kernel.applies(logits, rows):
+            dev = logits.device
+            ban, never = (id_index(kwargs.get(k, ()), dev) for k in ("ban_ids", "never_ids"))
+            tokens, confidence, _ = sampling_kernel.greedy(logits, rows, ban, never)
+            return Candidates(tokens, _low_confidence(tokens, confidence, kwargs.get("low_confidence_ids", ())))
+    return compute_candidates(logits[rows], **kwargs)
+
+
+def _greedy_without_extras(*, mode: str, temperature: float = 0.0, top_k: int | None = None,
+                           top_p: float | None = None, measures=frozenset(), **_) -> bool:
+    """Whether these settings pick the argmax of the logits, with the confidence from their plain softmax and
+    no extra measure (what the fused kernel computes): temperature 0 in any mode, but ``categorical`` filters
+    its probabilities by top-k/top-p even then."""
+    if temperature != 0 or measures or mode not in _PICKS:
+        return False
+    return mode != "categorical" or (top_k is None and (top_p is None or top_p >= 1))
+
+
+def _low_confidence(tokens: torch.Tensor, confidence: torch.Tensor, ids: tuple[int, ...]) -> torch.Tensor:
+    """``confidence`` at -inf where the token is one of ``ids`` (``confidence_eos_eot_inf``)."""
+    if not ids:
+        return confidence
+    return confidence.masked_fill(torch.isin(tokens, id_index(ids, tokens.device)), float("-inf"))
 
 
 def _float_logits(logits: torch.Tensor, ban_ids: tuple[int, ...]) -> tuple[torch.Tensor, bool]:

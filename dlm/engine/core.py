@@ -32,7 +32,7 @@ from ..models.ragged import RaggedAttention
 from ..models.rows import ranges, runs
 from ..models.transfer import to_device
 from ..outputs import GenerationOutput, StepEvent, StepTrace
-from ..sampling import Draws, compute_candidates
+from ..sampling import Draws, candidates_of_rows
 from .buffers import SlotBuffers
 from .pack import SHAPE_STEP, PackCache, Packed, RowPlan, host_plan, step_info
 from .request import Request, Status
@@ -237,12 +237,13 @@ class EngineCore:
         groups: dict[tuple, list[tuple[Request, int, int]]] = {}
         for seg in segments:  # requests with the same sampling settings share the call (each its own, if tiled)
             groups.setdefault(_sampling_key(seg[0]) + ((seg[0].id,) if self.tiled else ()), []).append(seg)
+        fused = self.lm.model.ops.fused  # the fused kernels include the temperature-0 candidates pass
         for segs in groups.values():
             r0 = segs[0][0]
             index, cand_slot, cand_col = _candidate_rows(p, segs, dev)
             c = r0.config
-            cand = compute_candidates(
-                logits[index], mode=r0.mode, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+            cand = candidates_of_rows(
+                logits, index, fused=fused, mode=r0.mode, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
                 generator=Draws([(r.generator, n) for r, _, n in segs]),
                 measures=set().union(*(r.measures for r, _, _ in segs)),
                 ban_ids=(self.eos_id,) if c.logits_eos_inf else (),
