@@ -6,7 +6,8 @@ fatal):
 
 static      a static batch of 32 (prompt 128, gen 256, dual cache, 4 tokens per step): tokens/s and the share of
             the schedule's compute ceiling (its matrix FLOPs over the bf16 matmul rate measured in the same run);
-            both attention backends (loop, padded)
+            both attention backends (loop, padded); ``--without sampling-kernel``: each variant with
+            fused kernels again without that part of them (the same run's before and after)
 staggered   96 requests arriving one per engine step into an engine of 32 rows vs static batches of 32 of the same
             requests: throughput ratio over the whole run (its 31 steps of ramp-up and ramp-down, with fewer
             than 32 rows, included), and the steady state's (the steps that ran 32 rows) against the same static
@@ -28,6 +29,7 @@ capture     Engine.capture_graphs (the piecewise CUDA graphs of every step size)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -100,6 +102,22 @@ def setting_name(attention: str, fused: bool, graphs: bool) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ parts
+@contextlib.contextmanager
+def without(lm, part: str | None):
+    """The fused kernels without one of their parts, for a before/after in the same run: ``sampling-kernel``
+    (the engine's temperature-0 candidates by the reference dlm.sampling.compute_candidates instead of
+    dlm.sampling_kernel)."""
+    from dlm import sampling_kernel
+
+    applies = sampling_kernel.applies
+    if part == "sampling-kernel":
+        sampling_kernel.applies = lambda *a: False
+    try:
+        yield
+    finally:
+        sampling_kernel.applies = applies
+
+
 def part_static(lm, args, rate):
     rows = []
     prompts = random_prompts(lm, args.batch, args.prompt)
@@ -109,18 +127,23 @@ def part_static(lm, args, rate):
         variants += [("padded", False, True), ("padded", True, True)]
     if args.settings is not None:
         variants = [v for v in variants if setting_name(*v) in args.settings]
-    for attention, fused, graphs in variants:
+    # each variant with fused kernels again without each part named by --without
+    variants = [(*v, None) for v in variants] + [(*v, part) for part in args.without for v in variants if v[1]]
+    for attention, fused, graphs, off in variants:
         set_fast_path(lm, graphs, fused)
         engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen),
                             attention=attention)
-        reqs, wall = timed_run(engine, prompts, cfg, args.device)
+        with without(lm, off):
+            reqs, wall = timed_run(engine, prompts, cfg, args.device)
         fed = sum(r.output.stats["fed_positions"] for r in reqs)
         forwards = sum(r.output.stats["forwards"] for r in reqs)
         flops = forward_flops(lm.arch, fed, args.prompt + args.gen, forwards * 32)
-        rows.append({"attention": attention, "fused": fused, "graphs": graphs, "batch": args.batch, "gen": args.gen, "wall_s": wall,
+        rows.append({"attention": attention, "fused": fused, "graphs": graphs, "without": off,
+                     "batch": args.batch, "gen": args.gen, "wall_s": wall,
                      "tokens_per_s": args.batch * args.gen / wall, "engine_steps": engine.core.steps,
                      "ceiling_s": flops / rate, "share_of_ceiling": flops / rate / wall})
-        print(f"static {attention} fused={fused} graphs={graphs}: {rows[-1]['tokens_per_s']:.0f} tok/s, "
+        print(f"static {attention} fused={fused} graphs={graphs} without={off}: "
+              f"{rows[-1]['tokens_per_s']:.0f} tok/s, "
               f"{100 * rows[-1]['share_of_ceiling']:.1f}% of the compute ceiling", flush=True)
     set_fast_path(lm, False, False)
     return rows
@@ -400,6 +423,8 @@ def main(argv=None) -> None:
     ap.add_argument("--settings", nargs="+", default=None, choices=["eager", "graphs", "graphs+fused", "fused", "loop", "no-pieces"],
                     help="only these option sets in the static and staggered parts (default: all)")
     ap.add_argument("--repeat", type=int, default=1, help="the staggered part's runs per option set")
+    ap.add_argument("--without", nargs="+", default=[], choices=["sampling-kernel"],
+                    help="static part: each variant with fused kernels again without this part of them")
     ap.add_argument("--causal-repeats", type=int, default=7, help="causal part: timings of each side")
     ap.add_argument("--lazy-pieces", action="store_true",
                     help="staggered part: capture the piecewise graphs in the timed steps that first need them "

@@ -18,6 +18,9 @@ Parts (each recorded on its own; a failing part does not stop the others):
     off (fused kernels on), the default options (graphs + fused kernels; the profiler sees the kernels of
     replayed graphs), and a static batch of 32 at gen 256 with the default options (as
     ``benchmarks/engine_gpu.py --parts static``).
+``kernels_refresh_b32``
+    the kernels of one refresh step of the static batch of 32 (gen 256, default options) under
+    ``torch.profiler``, and its wall time.
 ``host``, ``host_b32``
     the host time of each phase of the engine's step (batch 1 as ``steps``; a static batch of 32 at gen 256):
     what the GPU waits for between the step's synchronisation and the next forward.
@@ -34,6 +37,10 @@ Parts (each recorded on its own; a failing part does not stop the others):
 ``gaps``, ``gaps_b32``
     the GPU's busy time per step (refresh and in-block steps) and its idle time between steps, from CUDA events,
     at batch 1 (gen 1024) and for a static batch of 32 (gen 256), after every bucket's CUDA graphs are captured.
+``candidates``
+    the temperature-0 candidates pass (token and confidence of each position) over bf16 logits of LLaDA's
+    vocabulary, at 32 and 1,024 rows: the reference (dlm.sampling.compute_candidates) against the fused kernel
+    (dlm.sampling_kernel), each from a CUDA graph, with their agreement.
 ``projections``
     the matrix products of the 32 layers at 32 / 64 / 256 rows, as the model runs them (q, k, v, o, gate, up,
     down: seven products) and with q/k/v and gate/up as one product each (four), each in a CUDA graph, against
@@ -165,6 +172,37 @@ def part_kernels(lm, batch: int = 1, gen: int = GEN, graphs: bool = False) -> di
     _print_kernels(rows, steps)
     return {"batch": batch, "gen": gen, "graphs": graphs, "steps": steps, "wall_ms": sum(times),
             "kernel_ms": total, "matmul_ms": mm, "top": rows[:60]}
+
+
+def part_kernels_refresh(lm, batch: int = 32, gen: int = 256) -> dict:
+    """The kernels of one refresh step (the second block's first step) of a static batch, default options: the
+    profiler runs from the end of the first block's last step to the end of the refresh."""
+    from torch.profiler import ProfilerActivity, profile
+
+    set_fast_path(lm, True, True)
+    _step_times(lm, {}, 2, batch, gen, False)  # warm-up
+    prompts, cfg = _config({}, batch, gen, False)
+    per = BLOCK // PER_STEP
+    prof = profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU])
+    marks: list[float] = []
+
+    def stream(ev):
+        if ev.tag != 0:
+            return
+        if ev.step in (per, per + 1):  # ``step`` counts the forwards done: the (per + 1)-th refreshes
+            torch.cuda.synchronize()
+            marks.append(time.perf_counter())
+            prof.start() if ev.step == per else prof.stop()
+        if ev.step > per:
+            ev.stop()
+
+    lm.generate(prompts, cfg, stream=stream)
+    rows, total, mm = _kernel_rows(prof)
+    wall = (marks[1] - marks[0]) * 1e3
+    print(f"kernels of a refresh step, batch {batch} gen {gen}: wall {wall:.1f} ms (profiled), kernels "
+          f"{total:.1f} ms (matrix products {mm:.1f} ms)", flush=True)
+    _print_kernels(rows, 1)
+    return {"batch": batch, "gen": gen, "wall_ms": wall, "kernel_ms": total, "matmul_ms": mm, "top": rows[:60]}
 
 
 def _kernel_rows(prof) -> tuple[list[dict], float, float]:
@@ -454,6 +492,44 @@ def part_projections() -> dict:
     return out
 
 
+def part_candidates(vocab: int = 126464, mask_id: int = 126336) -> dict:
+    """The temperature-0 candidates pass over bf16 logits of LLaDA's vocabulary: the reference (gather the rows,
+    float32 copy, softmax, argmax, gather: dlm.sampling.compute_candidates) against the fused kernel
+    (dlm.sampling_kernel), each replayed from a CUDA graph, at batch 1's 32 rows and a static batch's 1,024."""
+    from dlm.sampling import candidates_of_rows
+
+    bw = copy_bandwidth("cuda")
+    out: dict = {"copy_bandwidth_TBps": bw / 1e12}
+    for rows in (32, 1024):
+        logits = torch.randn(rows + 8, vocab, device="cuda", dtype=torch.bfloat16) * 3
+        index = torch.arange(4, rows + 4, device="cuda")  # a gather, as the engine's candidate rows
+        kw = dict(mode="gumbel", never_ids=(mask_id,))
+        ref = candidates_of_rows(logits, index, fused=False, **kw)
+        got = candidates_of_rows(logits, index, fused=True, **kw)
+        rel = ((got.confidence - ref.confidence).abs() / ref.confidence).max().item()
+        res = {"tokens_equal": bool(torch.equal(got.tokens, ref.tokens)), "confidence_max_rel": rel,
+               "floor_us": rows * vocab * 2 / bw * 1e6}
+        for name, fused in (("reference", False), ("kernel", True)):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(10):
+                    candidates_of_rows(logits, index, fused=fused, **kw)
+            times = []
+            for _ in range(8):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                graph.replay()
+                torch.cuda.synchronize()
+                times.append((time.perf_counter() - t0) * 1e5)  # us per call (10 calls a replay)
+            res[f"{name}_us"] = sorted(times[2:])[3]
+        res["speedup"] = res["reference_us"] / res["kernel_us"]
+        out[f"rows_{rows}"] = res
+        print(f"candidates rows {rows}: reference {res['reference_us']:.1f} us, kernel {res['kernel_us']:.1f} us "
+              f"({res['speedup']:.1f}x; one read of the logits {res['floor_us']:.1f} us), tokens equal "
+              f"{res['tokens_equal']}, confidence max rel {rel:.2e}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", default=["projections", "steps", "kernels"])
@@ -476,10 +552,11 @@ def main() -> None:
     jobs = {"steps": lambda: part_steps(model()), "kernels": lambda: part_kernels(model()),
             "kernels_graphs": lambda: part_kernels(model(), graphs=True),
             "kernels_b32": lambda: part_kernels(model(), batch=32, gen=256, graphs=True),
+            "kernels_refresh_b32": lambda: part_kernels_refresh(model()),
             "host": lambda: part_host(model()), "host_b32": lambda: part_host(model(), batch=32, gen=256),
             "projections": part_projections, "staggered_steps": lambda: part_staggered_steps(model()),
             "kernels_mixed": lambda: part_kernels_mixed(model()), "steps_cudnn": lambda: part_steps_cudnn(model()), "kernels_ramp": lambda: part_kernels_ramp(model()),
-            "gaps": lambda: part_gaps(model(), 1, GEN), "gaps_b32": lambda: part_gaps(model(), 32, 256)}
+            "candidates": part_candidates, "gaps": lambda: part_gaps(model(), 1, GEN), "gaps_b32": lambda: part_gaps(model(), 32, 256)}
     run_parts(args.parts, jobs, results, lambda: args.out.write_text(json.dumps(results, indent=1)))
 
 
