@@ -35,25 +35,15 @@ import contextlib
 
 import torch
 
-from .models.fp8_kernel import interpreted
+from .models.triton_support import available, interpreted, tl, triton
 
 CHUNK_V = 8192  # logits per program: its two passes read them from memory once (the second from the cache)
 BLOCK_V = 2048  # logits per loop iteration of a program
 NUM_WARPS = 4
 
-try:  # Triton is not a dependency of the package: without it the kernel is never used (see applies)
-    import triton
-    import triton.language as tl
-    from triton.language.extra import libdevice
-except ImportError:  # pragma: no cover - CI installs it with the test extra
-    triton = None
-
-
-def available() -> bool:
-    return triton is not None
-
 
 if triton is not None:
+    from triton.language.extra import libdevice
 
     @triton.jit
     def _excluded(cols, ids_ptr, N_IDS: tl.constexpr):

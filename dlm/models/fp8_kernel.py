@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import warnings
 
 import torch
+
+from .triton_support import interpreted
 
 MAX_ROWS = 128  # FP8Linear's W8A16 product takes at most this many rows (see fp8.FP8Linear for more)
 BLOCK_N = 64  # output channels per program
@@ -42,11 +43,6 @@ NUM_WARPS = 4
 NUM_STAGES = 4  # up to 64 rows; 3 above (the activation tile grows with the rows: shared memory)
 MIN_PROGRAMS = 256  # split K until a product has at least this many programs (about two per SM of an H100/H200)
 MAX_SPLIT = 8
-
-
-def interpreted() -> bool:
-    """Whether Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @functools.cache

@@ -22,21 +22,10 @@ import contextlib
 
 import torch
 
-from .fp8_kernel import interpreted
+from .triton_support import available, interpreted, tl, triton
 
 BLOCK_Q = 32  # positions per program
 NUM_WARPS = 4
-
-
-try:  # Triton is not a dependency of the package: without it the kernel is never used (see applies)
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - CI installs it with the test extra
-    triton = None
-
-
-def available() -> bool:
-    return triton is not None
 
 
 if triton is not None:
