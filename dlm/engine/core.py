@@ -217,9 +217,9 @@ class EngineCore:
             logits = self.graphs.forward(self.lm.model, self.pool, self.attention, p.rows, ids,
                                          position.unsqueeze(0), index)
         else:
-            attention = RaggedAttention(p.rows, self.pool, self.attention)
-            logits = self.lm.model(ids, position.unsqueeze(0), attention=attention, logits_index=index,
-                                   ops=ops_for_positions(self.lm.model, ids.shape[1]))[0]
+            ops = ops_for_positions(self.lm.model, ids.shape[1])
+            attention = RaggedAttention(p.rows, self.pool, self.attention, kernels=ops.fused)
+            logits = self.lm.model(ids, position.unsqueeze(0), attention=attention, logits_index=index, ops=ops)[0]
         if not bool((p.cfg_scale > 0).any()):  # the conditional logits are the first ones, in order
             return logits[: p.cond.numel()]
         cond = logits[p.on("cond", dev)]

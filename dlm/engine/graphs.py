@@ -93,9 +93,9 @@ class StepGraphs:
             pieces = self.pieces_for(model)
             if pieces is not None and pieces.wants(ids.shape[1]):
                 return pieces.forward(model, kv_pool, backend, rows, ids, positions, logits_index)
-            attention = RaggedAttention(rows, kv_pool, backend)
-            return model(ids, positions, attention=attention, logits_index=logits_index,
-                         ops=ops_for_positions(model, ids.shape[1]))[0]
+            ops = ops_for_positions(model, ids.shape[1])
+            attention = RaggedAttention(rows, kv_pool, backend, kernels=ops.fused)
+            return model(ids, positions, attention=attention, logits_index=logits_index, ops=ops)[0]
         if kind == "capture":
             entry, first = self._capture(model, kv_pool, backend, rows, ids, positions, logits_index)
             self.entries[key] = entry
@@ -175,7 +175,7 @@ class StepGraphs:
         """The layout's graph entry and this step's logits (from the eager warm-up forward)."""
         ids_b, pos_b, li_b = ids.clone(), positions.clone(), logits_index.clone()
         static_rows = dataclasses.replace(rows, positions=pos_b[0], _per_device={})
-        attention = RaggedAttention(static_rows, kv_pool, backend)
+        attention = RaggedAttention(static_rows, kv_pool, backend, kernels=model.ops.fused)
 
         def run():
             return model(ids_b, pos_b, attention=attention, logits_index=li_b)[0]

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.elementwise import ops_for_positions
 from ..models.ragged import RaggedAttention, RaggedRows
 
 
@@ -180,7 +181,9 @@ class PieceGraphs:
         bufs = self._buffers(model, ids.device)
         bufs.ids[:T].copy_(ids[0])
         bufs.positions[:T].copy_(positions[0])
-        attention = RaggedAttention(rows, kv_pool, backend, out=bufs.attn)
+        # the split-key attention kernel where its host time hides, as the fused functions' (ops_for_positions)
+        attention = RaggedAttention(rows, kv_pool, backend, out=bufs.attn,
+                                    kernels=ops_for_positions(model, T).fused)
         if n in self.buckets:
             replays = self.buckets[n].replays
             self._run(lambda i: replays[i](), len(replays), attention, T)

@@ -23,7 +23,9 @@ Two backends compute the same function:
     pooled keys read as ONE view of the contiguous range of slots the rows occupy (slots are handed out lowest
     first, so the range stays dense), with a key mask for each row's length. Grouped-query heads are folded into
     the query dimension, so keys/values are never expanded. Faster with many rows on a GPU; its rounding depends
-    on the padded shapes, i.e. on the other rows.
+    on the padded shapes, i.e. on the other rows. With ``kernels=True`` (the model's fused kernels) the rows that
+    read pooled keys (a cached step's) take the split-key Triton kernel of :mod:`dlm.models.attention_kernel`
+    where it applies.
 """
 
 from __future__ import annotations
@@ -142,10 +144,12 @@ class RaggedAttention:
     pool writes rows, and rows of equal length in slot order (a batch in lockstep) are views, not copies.
     """
 
-    def __init__(self, rows: RaggedRows, pool, backend: str = "loop", out: torch.Tensor | None = None):
+    def __init__(self, rows: RaggedRows, pool, backend: str = "loop", out: torch.Tensor | None = None,
+                 kernels: bool = False):
         if backend not in BACKENDS:
             raise ValueError(f"unknown ragged attention backend {backend!r}; allowed: {', '.join(BACKENDS)}")
         self.rows, self.pool, self.backend, self.out = rows, pool, backend, out
+        self.kernels = kernels  # the padded backend's pooled rows by dlm.models.attention_kernel where it applies
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q: (1, H, T, D); k, v: (1, Hkv, T, D) -> token-major (T, heads, D)
@@ -219,7 +223,11 @@ class RaggedAttention:
                 m = masks[r]
                 full[p, : m.shape[0], : m.shape[1]] = m
             mask = full[:, None]
-        o = _attend_folded(qp, keys, values, mask, Hkv).transpose(1, 2)  # (rows, Qmax, H, D)
+        kernel = _kernel(self.kernels and g.pooled_keys, qp, keys, values, mask)
+        if kernel is not None:
+            o = kernel.attend(qp, keys, values, mask).transpose(1, 2)  # token-major: no copy
+        else:
+            o = _attend_folded(qp, keys, values, mask, Hkv).transpose(1, 2)  # (rows, Qmax, H, D)
         if g.uniform is not None:
             a, b = g.uniform
             out[a:b] = o.reshape(b - a, H, D)
@@ -279,6 +287,16 @@ class _Group:
             dest = to_device(ranges([p * Lmax for p in place], lengths), device)
         return cls(group, place, pooled_keys, lo, n_rows, Qmax, Lmax, packed, qdest, dest, to_device(key_ok, device),
                    bool(key_ok.all()), uniform)
+
+
+def _kernel(wanted: bool, q, k, v, mask):
+    """:mod:`dlm.models.attention_kernel` if ``wanted`` and it takes these operands, else None (Triton is imported
+    only once a step asks for the kernel)."""
+    if not wanted:
+        return None
+    from . import attention_kernel
+
+    return attention_kernel if attention_kernel.applies(q, k, v, mask) else None
 
 
 def _attend_folded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, kv_heads: int):
