@@ -6,7 +6,7 @@ fatal):
 
 static      a static batch of 32 (prompt 128, gen 256, dual cache, 4 tokens per step): tokens/s and the share of
             the schedule's compute ceiling (its matrix FLOPs over the bf16 matmul rate measured in the same run);
-            both attention backends (loop, padded); ``--without sampling-kernel``: each variant with
+            both attention backends (loop, padded); ``--without sampling-kernel attention-kernel``: each variant with
             fused kernels again without that part of them (the same run's before and after)
 staggered   96 requests arriving one per engine step into an engine of 32 rows vs static batches of 32 of the same
             requests: throughput ratio over the whole run (its 31 steps of ramp-up and ramp-down, with fewer
@@ -106,16 +106,21 @@ def setting_name(attention: str, fused: bool, graphs: bool) -> str:
 def without(lm, part: str | None):
     """The fused kernels without one of their parts, for a before/after in the same run: ``sampling-kernel``
     (the engine's temperature-0 candidates by the reference dlm.sampling.compute_candidates instead of
-    dlm.sampling_kernel)."""
+    dlm.sampling_kernel) or ``attention-kernel`` (the pooled rows' attention by torch's SDPA instead of
+    dlm.models.attention_kernel)."""
     from dlm import sampling_kernel
+    from dlm.models import attention_kernel
 
-    applies = sampling_kernel.applies
-    if part == "sampling-kernel":
-        sampling_kernel.applies = lambda *a: False
+    modules = {"sampling-kernel": sampling_kernel, "attention-kernel": attention_kernel}
+    module = modules.get(part)
+    applies = module.applies if module is not None else None
+    if module is not None:
+        module.applies = lambda *a: False
     try:
         yield
     finally:
-        sampling_kernel.applies = applies
+        if module is not None:
+            module.applies = applies
 
 
 def part_static(lm, args, rate):
@@ -127,8 +132,9 @@ def part_static(lm, args, rate):
         variants += [("padded", False, True), ("padded", True, True)]
     if args.settings is not None:
         variants = [v for v in variants if setting_name(*v) in args.settings]
-    # each variant with fused kernels again without each part named by --without
+    # each variant with fused kernels again without each part named by --without; --repeat: the whole list again
     variants = [(*v, None) for v in variants] + [(*v, part) for part in args.without for v in variants if v[1]]
+    variants = variants * args.repeat
     for attention, fused, graphs, off in variants:
         set_fast_path(lm, graphs, fused)
         engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen),
@@ -422,8 +428,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tps", type=int, default=4, help="tokens committed per step (fixed schedule)")
     ap.add_argument("--settings", nargs="+", default=None, choices=["eager", "graphs", "graphs+fused", "fused", "loop", "no-pieces"],
                     help="only these option sets in the static and staggered parts (default: all)")
-    ap.add_argument("--repeat", type=int, default=1, help="the staggered part's runs per option set")
-    ap.add_argument("--without", nargs="+", default=[], choices=["sampling-kernel"],
+    ap.add_argument("--repeat", type=int, default=1, help="runs per option set of the static and staggered parts (in turn: A, B, A, B, ...)")
+    ap.add_argument("--without", nargs="+", default=[], choices=["sampling-kernel", "attention-kernel"],
                     help="static part: each variant with fused kernels again without this part of them")
     ap.add_argument("--causal-repeats", type=int, default=7, help="causal part: timings of each side")
     ap.add_argument("--lazy-pieces", action="store_true",

@@ -5,7 +5,8 @@ builds an execution plan per new shape; a continuous batch meets a new shape whe
     python benchmarks/micro_attention.py --out results/micro_attention.json
 
 Backends: ``cudnn``, ``flash`` (no mask only), ``efficient``, ``torch`` (torch's own choice, which on a Hopper
-GPU with torch 2.11 is cuDNN) and ``dlm`` (``dlm.models.attention.sdpa``'s: torch's choice without cuDNN). ``--avoid-recompile`` re-runs the first-call sweep in a subprocess with
+GPU with torch 2.11 is cuDNN), ``dlm`` (``dlm.models.attention.sdpa``'s: torch's choice without cuDNN) and
+``split`` (``dlm.models.attention_kernel``, the fused kernels' attention of pooled rows: cached steps' shapes only). ``--avoid-recompile`` re-runs the first-call sweep in a subprocess with
 ``TORCH_CUDNN_SDPA_AVOID_RECOMPILE=1`` (torch's opt-in that serves new sequence lengths from one cuDNN plan).
 Steady figures are the mean of 20 back-to-back calls between two CUDA events, in microseconds; first-call
 figures are host wall time of one synchronised call minus that shape's steady time, in milliseconds.
@@ -27,10 +28,10 @@ import torch
 from micro_elementwise import timed_us
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from dlm.models import attention
+from dlm.models import attention, attention_kernel
 from dlm.models.ragged import _attend_folded
 
-BACKENDS = {"dlm": None, "torch": None, "cudnn": [SDPBackend.CUDNN_ATTENTION], "flash": [SDPBackend.FLASH_ATTENTION],
+BACKENDS = {"dlm": None, "split": None, "torch": None, "cudnn": [SDPBackend.CUDNN_ATTENTION], "flash": [SDPBackend.FLASH_ATTENTION],
             "efficient": [SDPBackend.EFFICIENT_ATTENTION]}
 # (name, rows, queries, keys, heads, kv heads, masked): LLaDA-8B (32/32) and Dream-7B (28/4) at the engine's shapes
 SHAPES = [
@@ -58,6 +59,9 @@ def operands(rows, queries, keys, heads, kv_heads, masked, seed=0):
 
 
 def call(backend: str, args) -> torch.Tensor:
+    if backend == "split":  # dlm's split-key Triton kernel (the padded attention's pooled rows, fused kernels)
+        q, k, v, mask, _ = args
+        return attention_kernel.attend(q, k, v, mask)
     attention.use_cudnn_attention(backend != "dlm")
     if BACKENDS[backend] is None:
         return _attend_folded(*args)
@@ -103,7 +107,9 @@ def first_call_ms(backend: str, masked: bool, base: int, count: int = 12) -> lis
     return out
 
 
-def supported(backend: str, masked: bool) -> bool:
+def supported(backend: str, masked: bool, args=None) -> bool:
+    if backend == "split":
+        return args is not None and attention_kernel.applies(*args[:4])
     return not (backend == "flash" and masked)
 
 
@@ -115,6 +121,7 @@ def main() -> None:
     ap.add_argument("--avoid-recompile", action="store_true")
     ap.add_argument("--graphs", action="store_true",
                     help="also time each backend's call replayed from a CUDA graph (kernel time, no host time)")
+    ap.add_argument("--no-first-call", action="store_true", help="skip the first-call sweep")
     a = ap.parse_args()
     res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                  "cudnn": torch.backends.cudnn.version(), "first_call_ms": {}}
@@ -125,20 +132,20 @@ def main() -> None:
             ref = call("efficient", args).float()
             row = {}
             for b in a.backends:
-                if supported(b, shape[-1]):
+                if supported(b, shape[-1], args):
                     row[b] = steady_us(b, args)
                     row[b + "_max_abs_diff_vs_efficient"] = (call(b, args).float() - ref).abs().max().item()
             res["steady_us"][name] = row
             print(name, {k: round(v, 1) for k, v in row.items() if k in BACKENDS}, flush=True)
             if a.graphs:
                 res.setdefault("graph_us", {})[name] = g = {b: graph_us(b, args) for b in a.backends
-                                                            if supported(b, shape[-1])}
+                                                            if supported(b, shape[-1], args)}
                 print(name, "in a CUDA graph:", {k: round(v, 1) if isinstance(v, float) else v for k, v in g.items()},
                       flush=True)
     base = 400
     for b in a.backends:
         for masked in (False, True):
-            if supported(b, masked):
+            if supported(b, masked) and not a.no_first_call:
                 base += 8 * 16
                 ms = first_call_ms(b, masked, base)
                 res["first_call_ms"][f"{b}{' masked' if masked else ''}"] = ms

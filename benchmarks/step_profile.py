@@ -58,7 +58,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_gpu import random_prompts, schedule_config, sync
+from engine_gpu import random_prompts, schedule_config, sync, without
 from parts import run_parts
 
 import dlm
@@ -536,6 +536,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cudnn-attention", action="store_true",
                     help="let SDPA use cuDNN's attention (dlm.models.attention.use_cudnn_attention; off by default)")
+    ap.add_argument("--without", default=None, choices=["sampling-kernel", "attention-kernel"],
+                    help="run the parts without this part of the fused kernels (engine_gpu.py's --without)")
     args = ap.parse_args()
     use_cudnn_attention(args.cudnn_attention)
     results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
@@ -557,6 +559,14 @@ def main() -> None:
             "projections": part_projections, "staggered_steps": lambda: part_staggered_steps(model()),
             "kernels_mixed": lambda: part_kernels_mixed(model()), "steps_cudnn": lambda: part_steps_cudnn(model()), "kernels_ramp": lambda: part_kernels_ramp(model()),
             "candidates": part_candidates, "gaps": lambda: part_gaps(model(), 1, GEN), "gaps_b32": lambda: part_gaps(model(), 32, 256)}
+    results["without"] = args.without
+    if args.without is not None:  # (every part builds its engines inside the context)
+        jobs = {name: (lambda job=job: _without_part(job)) for name, job in jobs.items()}
+
+    def _without_part(job):
+        with without(model(), args.without):
+            return job()
+
     run_parts(args.parts, jobs, results, lambda: args.out.write_text(json.dumps(results, indent=1)))
 
 
