@@ -81,3 +81,51 @@ def test_padded_ragged_attention_takes_the_kernel_when_asked():
     r = run_interpreted(RAGGED_SCRIPT)
     assert r["calls"] == 1  # the pooled rows' one padded call, and only with kernels=True
     assert r["kernel"] < 2e-2 * r["scale"]
+
+
+@pytest.mark.slow
+def test_random_shapes_match_attention_in_float64():
+    """Sixteen random shapes: one query to dozens, one key to a few tiles, one to four key/value heads and groups,
+    both head sizes and dtypes, masked or not, split or not (the splits follow from the shapes)."""
+    import random
+
+    rng = random.Random(7)
+    cases = []
+    for i in range(16):
+        kv = rng.choice([1, 2, 4])
+        cases.append((100 + i, rng.randint(1, 4), kv * rng.choice([1, 2, 3]), kv, rng.randint(1, 40),
+                      rng.randint(1, 300), rng.choice([64, 128]), rng.choice(["bfloat16", "float16"]),
+                      rng.random() < 0.5, rng.choice([None, 1, 16])))
+    for case, result in zip(cases, run_interpreted(SCRIPT, json.dumps(cases))):
+        assert result["shape"] == [case[1], case[2], case[4], case[6]], case
+        assert result["max_err_rel"] < 2e-2 and result["mean_err_rel"] < 2e-3, (case, result)
+        assert result["token_major"], case
+
+
+def test_applies_only_to_what_the_kernel_computes(monkeypatch):
+    """Per-query masks (block-causal rows), float32, other head sizes, uneven head groups, more than 256 folded
+    queries and tensors needing gradients go to torch's attention."""
+    import torch
+
+    from dlm.models import attention_kernel as ak
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # (applies asks; nothing is launched here)
+
+    def ops(R=2, H=4, Hkv=2, Q=8, L=50, D=64, dtype=torch.bfloat16):
+        q = torch.zeros(R, Q, H, D, dtype=dtype).transpose(1, 2)
+        k = torch.zeros(R, L, Hkv, D, dtype=dtype).transpose(1, 2)
+        return q, k, k.clone()
+
+    q, k, v = ops()
+    assert ak.applies(q, k, v, None)
+    assert ak.applies(q, k, v, torch.ones(2, 1, 1, 50, dtype=torch.bool))
+    assert not ak.applies(q, k, v, torch.ones(2, 1, 8, 50, dtype=torch.bool))  # a mask per query
+    assert not ak.applies(q, k, v, torch.ones(2, 1, 1, 50))  # not a bool mask
+    assert not ak.applies(*ops(dtype=torch.float32), None)
+    assert not ak.applies(*ops(D=96), None)
+    assert not ak.applies(*ops(H=6, Hkv=4), None)
+    assert not ak.applies(*ops(H=8, Hkv=1, Q=33), None)  # 264 folded queries
+    assert ak.applies(*ops(H=8, Hkv=1, Q=32), None)
+    q, k, v = ops()
+    with torch.enable_grad():
+        assert not ak.applies(q.requires_grad_(), k, v, None)
