@@ -19,9 +19,13 @@ the first index of the largest choosable logit (torch's argmax rule: the first o
 The confidence is ``exp(l[token] - max) / sum``: the softmax's value at the token, with each exponential and the
 division rounded as torch rounds them (libdevice's ``expf``, IEEE division). The tokens are the reference's
 exactly; the confidences differ from torch's softmax in the last bits only: the sums add the same terms in another
-order, and each chunk's sum is rescaled once (``tests/test_sampling_kernel.py`` bounds it). One difference of rule: Dream's ``categorical``
-mode takes the argmax of the probabilities, which can make two different logits equal once divided by the sum;
-here the larger logit wins (with bfloat16 logits two such probabilities are never that close).
+One difference of rule: Dream's ``categorical``
+mode takes the argmax of the probabilities, in which two different logits can round to the same probability;
+here the larger logit wins. The engine uses the kernel in that mode for bfloat16 and float16 logits only, whose
+distinct values give distinct probabilities unless both lie within about 1.5e-5 of 0, or every choosable
+probability underflows to 0 (the mask token outweighing all others by about 100 in logit, where the reference
+picks token 0 and the kernel the largest logit). On a GPU, Triton flushes float32 values below 2**-126 to 0, so a confidence that small is 0 here and a
+denormal number in torch's softmax.
 
 Used by the engine for requests at temperature 0 without extra measures (margin, entropy, logit gap) when the
 model's fused kernels are on (``dlm.load(..., fused_kernels=True)``, the default on one CUDA device):
@@ -35,7 +39,9 @@ import contextlib
 
 import torch
 
-from .models.triton_support import available, interpreted, tl, triton
+from .models.triton_support import available, interpreted, load
+
+triton, tl = load()  # (None, None) without Triton: then no kernel is used (see applies)
 
 CHUNK_V = 8192  # logits per program: its two passes read them from memory once (the second from the cache)
 BLOCK_V = 2048  # logits per loop iteration of a program
@@ -59,7 +65,8 @@ if triton is not None:
             return libdevice.exp(x)  # expf, as torch's softmax computes it
         return tl.exp(x)  # the interpreter (numpy's float32 exp)
 
-    # the row count varies from step to step: not specialised (one compiled kernel for every count)
+    # the vocabulary and row stride are not specialised (one compiled kernel for every model); the row count is
+    # the grid
     @triton.jit(do_not_specialize=["V", "stride"])
     def _chunk(logits_ptr, rows_ptr, ban_ptr, never_ptr, part_ptr, at_ptr, V, stride,
                N_BAN: tl.constexpr, N_NEVER: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
@@ -136,6 +143,7 @@ def greedy(logits: torch.Tensor, rows: torch.Tensor, ban: torch.Tensor, never: t
     """(tokens (N,) int64, confidences (N,) float32, has NaN (N,) bool) of the logits rows ``rows`` (N,): see the
     module doc. ``ban``: ids at -inf before anything (long, on the logits' device); ``never``: ids never chosen
     (they stay in the softmax). Check :func:`applies` first."""
+    rows = rows.contiguous()  # (the kernel reads the index as one run)
     n = rows.numel()
     dev = logits.device
     tokens = torch.empty(n, dtype=torch.long, device=dev)

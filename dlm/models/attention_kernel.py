@@ -29,7 +29,9 @@ import math
 
 import torch
 
-from .triton_support import available, interpreted, tl, triton
+from .triton_support import available, interpreted, load
+
+triton, tl = load()  # (None, None) without Triton: then no kernel is used (see applies)
 
 BLOCK_N = 64  # keys per loop iteration
 MAX_FOLDED = 256  # at most this many queries per key/value head (heads folded): a cached step's block
@@ -73,8 +75,8 @@ if triton is not None:
                 ok = ok & (tl.load(ok_ptr + r * sok_r + n, mask=in_split, other=0) != 0)
             k = tl.load(k_ptr + r * sk_r + hk * sk_h + n[:, None] * sk_l + d[None, :], mask=in_split[:, None],
                         other=0.0)
-            v = tl.load(v_ptr + r * sv_r + hk * sv_h + n[:, None] * sv_l + d[None, :], mask=in_split[:, None],
-                        other=0.0)
+            # (masked-out keys' values read as 0: a stale NaN in a released slot times a weight of 0 is NaN)
+            v = tl.load(v_ptr + r * sv_r + hk * sv_h + n[:, None] * sv_l + d[None, :], mask=ok[:, None], other=0.0)
             if DOT_FP32:
                 k = k.to(tl.float32)
             s = tl.dot(q, tl.trans(k)) * scale

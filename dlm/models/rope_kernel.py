@@ -22,7 +22,9 @@ import contextlib
 
 import torch
 
-from .triton_support import available, interpreted, tl, triton
+from .triton_support import available, interpreted, load
+
+triton, tl = load()  # (None, None) without Triton: then no kernel is used (see applies)
 
 BLOCK_Q = 32  # positions per program
 NUM_WARPS = 4
