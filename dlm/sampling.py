@@ -179,10 +179,12 @@ def compute_candidates(
 
 
 def candidates_of_rows(logits: torch.Tensor, rows: torch.Tensor, *, fused: bool = False, **kwargs) -> Candidates:
-    """``compute_candidates(logits[rows], **kwargs)`` for 2-D logits (positions, V) and a 1-D row index; with
-    ``fused``, by the temperature-0 kernel of :mod:`dlm.sampling_kernel` where it applies (same tokens; the
-    confidences differ in the last bits, see that module), without gathering or converting the rows."""
-    if fused and _greedy_without_extras(**kwargs):
+    """``compute_candidates(logits[rows], **kwargs)`` for 2-D logits (positions, V) and a 1-D index of rows
+    (non-negative, within the logits); with ``fused``, by the temperature-0 kernel of :mod:`dlm.sampling_kernel`
+    where it applies (same tokens, ``categorical``'s only for bfloat16/float16 logits; the confidences differ in
+    the last bits, see that module), without gathering or converting the rows."""
+    if fused and _greedy_without_extras(**kwargs) and (
+            kwargs["mode"] != "categorical" or logits.dtype in (torch.bfloat16, torch.float16)):
         from . import sampling_kernel  # (imports Triton: only once a fused step asks for it)
 
         if sampling_kernel.applies(logits, rows):

@@ -27,7 +27,12 @@ def compare(seed: int, rows: int, heads: int, kv_heads: int, queries: int, keys:
     if masked:
         lengths = torch.randint(1, keys + 1, (rows,), generator=g)
         lengths[0] = keys
-        mask = (torch.arange(keys)[None, :] < lengths[:, None])[:, None, None, :].to(device)
+        keep = torch.arange(keys)[None, :] < lengths[:, None]
+        mask = keep[:, None, None, :].to(device)
+        # what released slots may hold past a row's length: never read into the output
+        pool_k[1:, :keys][~keep] = float("nan")
+        pool_v[1:, :keys][~keep] = float("nan")
+        k, v = pool_k[1:, :keys].transpose(1, 2).to(device), pool_v[1:, :keys].transpose(1, 2).to(device)
     default = attention_kernel.TARGET_PROGRAMS
     attention_kernel.TARGET_PROGRAMS = target_programs or default
     try:
@@ -37,7 +42,8 @@ def compare(seed: int, rows: int, heads: int, kv_heads: int, queries: int, keys:
     finally:
         attention_kernel.TARGET_PROGRAMS = default
     groups = heads // kv_heads
-    q64, k64, v64 = q.double().cpu(), k.double().cpu().repeat_interleave(groups, 1), v.double().cpu().repeat_interleave(groups, 1)
+    q64 = q.double().cpu()
+    k64, v64 = (t.double().cpu().nan_to_num(0.0).repeat_interleave(groups, 1) for t in (k, v))
     s = q64 @ k64.transpose(-1, -2) / dim ** 0.5
     if mask is not None:
         s = s.masked_fill(~mask.cpu(), float("-inf"))

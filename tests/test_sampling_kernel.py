@@ -66,9 +66,10 @@ def test_which_settings_the_kernel_serves(kw, fits):
     assert _greedy_without_extras(**kw) is fits
 
 
-def test_without_the_kernel_the_reference_runs():
+def test_without_the_kernel_the_reference_runs(monkeypatch):
     """On a CPU without the interpreter (or with ``fused=False``, or settings the kernel does not serve) the rows
     are gathered and given to compute_candidates: the very same result."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 50, generator=g).bfloat16()
     rows = torch.tensor([4, 0, 4, 2])
