@@ -478,18 +478,23 @@ def part_projections() -> dict:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 fn(x)
-            times = []
-            for _ in range(13):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                graph.replay()
-                torch.cuda.synchronize()
-                times.append((time.perf_counter() - t0) * 1e3)
-            ms = sorted(times[3:])[5]
+            ms = _replay_ms(graph, 13, 3)
             out[f"{name}_{rows}"] = ms
             print(f"projections {name} rows {rows}: {ms:.3f} ms ({ms / out['floor_ms']:.2f}x the floor "
                   f"{out['floor_ms']:.3f} ms)", flush=True)
     return out
+
+
+def _replay_ms(graph, replays: int, warm: int) -> float:
+    """The median ms of ``replays`` synchronised replays of ``graph``, the first ``warm`` left out."""
+    times = []
+    for _ in range(replays):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times[warm:])[(replays - warm) // 2]
 
 
 def part_candidates(vocab: int = 126464, mask_id: int = 126336) -> dict:
@@ -514,14 +519,7 @@ def part_candidates(vocab: int = 126464, mask_id: int = 126336) -> dict:
             with torch.cuda.graph(graph):
                 for _ in range(10):
                     candidates_of_rows(logits, index, fused=fused, **kw)
-            times = []
-            for _ in range(8):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                graph.replay()
-                torch.cuda.synchronize()
-                times.append((time.perf_counter() - t0) * 1e5)  # us per call (10 calls a replay)
-            res[f"{name}_us"] = sorted(times[2:])[3]
+            res[f"{name}_us"] = _replay_ms(graph, 8, 2) * 100  # us per call (10 calls a replay)
         res["speedup"] = res["reference_us"] / res["kernel_us"]
         out[f"rows_{rows}"] = res
         print(f"candidates rows {rows}: reference {res['reference_us']:.1f} us, kernel {res['kernel_us']:.1f} us "

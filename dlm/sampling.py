@@ -183,8 +183,7 @@ def candidates_of_rows(logits: torch.Tensor, rows: torch.Tensor, *, fused: bool 
     (non-negative, within the logits); with ``fused``, by the temperature-0 kernel of :mod:`dlm.sampling_kernel`
     where it applies (same tokens, ``categorical``'s only for bfloat16/float16 logits; the confidences differ in
     the last bits, see that module), without gathering or converting the rows."""
-    if fused and _greedy_without_extras(**kwargs) and (
-            kwargs["mode"] != "categorical" or logits.dtype in (torch.bfloat16, torch.float16)):
+    if fused and _greedy_without_extras(dtype=logits.dtype, **kwargs):
         from . import sampling_kernel  # (imports Triton: only once a fused step asks for it)
 
         if sampling_kernel.applies(logits, rows):
@@ -196,13 +195,16 @@ def candidates_of_rows(logits: torch.Tensor, rows: torch.Tensor, *, fused: bool 
 
 
 def _greedy_without_extras(*, mode: str, temperature: float = 0.0, top_k: int | None = None,
-                           top_p: float | None = None, measures=frozenset(), **_) -> bool:
+                           top_p: float | None = None, measures=frozenset(), dtype: torch.dtype = torch.bfloat16,
+                           **_) -> bool:
     """Whether these settings pick the argmax of the logits, with the confidence from their plain softmax and
     no extra measure (what the fused kernel computes): temperature 0 in any mode, but ``categorical`` filters
-    its probabilities by top-k/top-p even then."""
+    its probabilities by top-k/top-p even then, and takes the argmax of probabilities (the kernel's larger logit
+    is the same token for logits of ``dtype`` bfloat16 or float16 only: see :mod:`dlm.sampling_kernel`)."""
     if temperature != 0 or measures or mode not in _PICKS:
         return False
-    return mode != "categorical" or (top_k is None and (top_p is None or top_p >= 1))
+    return mode != "categorical" or (top_k is None and (top_p is None or top_p >= 1)
+                                     and dtype in (torch.bfloat16, torch.float16))
 
 
 def _low_confidence(tokens: torch.Tensor, confidence: torch.Tensor, ids: tuple[int, ...]) -> torch.Tensor:
