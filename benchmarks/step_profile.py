@@ -20,7 +20,9 @@ Parts (each recorded on its own; a failing part does not stop the others):
     ``benchmarks/engine_gpu.py --parts static``).
 ``kernels_refresh_b32``
     the kernels of one refresh step of the static batch of 32 (gen 256, default options) under
-    ``torch.profiler``, and its wall time.
+    ``torch.profiler``, its wall time, the GPU's idle gaps between its kernels (the largest with the kernels
+    around them and the host operator that launched the next one), and each engine phase's host span against
+    the first kernel (``--trace DIR``: the profile as a Chrome trace too).
 ``host``, ``host_b32``
     the host time of each phase of the engine's step (batch 1 as ``steps``; a static batch of 32 at gen 256):
     what the GPU waits for between the step's synchronisation and the next forward.
@@ -169,15 +171,21 @@ def part_kernels(lm, batch: int = 1, gen: int = GEN, graphs: bool = False) -> di
     rows, total, mm = _kernel_rows(prof)
     print(f"kernels batch {batch} gen {gen} graphs {graphs}: {steps} steps, wall {sum(times):.1f} ms, "
           f"kernels {total:.1f} ms (matrix products {mm:.1f} ms)", flush=True)
+    gaps = _timeline_gaps(prof)
+    print(f"  first to last kernel {gaps['span_ms']:.1f} ms, idle between kernels {gaps['idle_ms']:.1f} ms "
+          f"({gaps['gaps_over_threshold']} gaps over 5 us)", flush=True)
     _print_kernels(rows, steps)
     return {"batch": batch, "gen": gen, "graphs": graphs, "steps": steps, "wall_ms": sum(times),
-            "kernel_ms": total, "matmul_ms": mm, "top": rows[:60]}
+            "kernel_ms": total, "matmul_ms": mm, "gaps": gaps, "top": rows[:60]}
 
 
-def part_kernels_refresh(lm, batch: int = 32, gen: int = 256) -> dict:
+def part_kernels_refresh(lm, batch: int = 32, gen: int = 256, trace: Path | None = None) -> dict:
     """The kernels of one refresh step (the second block's first step) of a static batch, default options: the
-    profiler runs from the end of the first block's last step to the end of the refresh."""
-    from torch.profiler import ProfilerActivity, profile
+    profiler runs from the end of the first block's last step to the end of the refresh, with the engine's
+    phases marked (``record_function``)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    import dlm.engine.core as core
 
     set_fast_path(lm, True, True)
     _step_times(lm, {}, 2, batch, gen, False)  # warm-up
@@ -196,21 +204,83 @@ def part_kernels_refresh(lm, batch: int = 32, gen: int = 256) -> dict:
         if ev.step > per:
             ev.stop()
 
-    lm.generate(prompts, cfg, stream=stream)
+    def marked(name, fn):
+        def wrapper(*args, **kwargs):
+            with record_function("phase:" + name):
+                return fn(*args, **kwargs)
+        return wrapper
+
+    saved = {name: getattr(core.EngineCore, name) for name in HOST_PHASES}
+    saved_pack = core.PackCache.pack
+    try:
+        for name in HOST_PHASES:
+            setattr(core.EngineCore, name, marked(name, saved[name]))
+        core.PackCache.pack = marked("pack", saved_pack)
+        lm.generate(prompts, cfg, stream=stream)
+    finally:
+        for name in HOST_PHASES:
+            setattr(core.EngineCore, name, saved[name])
+        core.PackCache.pack = saved_pack
+    if trace is not None:
+        trace.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace / "refresh_b32_trace.json"))
+    phases = _phase_spans(prof)
+    for ph in phases:
+        print(f"  {ph['name']:<16} host {ph['start_ms']:8.2f} .. {ph['end_ms']:8.2f} ms (first kernel at 0)", flush=True)
     rows, total, mm = _kernel_rows(prof)
     wall = (marks[1] - marks[0]) * 1e3
+    gaps = _timeline_gaps(prof)
     print(f"kernels of a refresh step, batch {batch} gen {gen}: wall {wall:.1f} ms (profiled), kernels "
-          f"{total:.1f} ms (matrix products {mm:.1f} ms)", flush=True)
+          f"{total:.1f} ms (matrix products {mm:.1f} ms); first to last kernel {gaps['span_ms']:.1f} ms, "
+          f"idle between kernels {gaps['idle_ms']:.1f} ms", flush=True)
+    for g in gaps["largest"][:12]:
+        print(f"  gap {g['us']:9.1f} us after {g['before'][:50]} before {g['after'][:50]} (host: {g['host']})",
+              flush=True)
     _print_kernels(rows, 1)
-    return {"batch": batch, "gen": gen, "wall_ms": wall, "kernel_ms": total, "matmul_ms": mm, "top": rows[:60]}
+    return {"batch": batch, "gen": gen, "wall_ms": wall, "kernel_ms": total, "matmul_ms": mm, "gaps": gaps,
+            "phases": phases, "top": rows[:60]}
+
+
+def _phase_spans(prof) -> list[dict]:
+    """The host spans of the marked phases (``phase:...``), in ms from the first kernel's start, in order."""
+    events = list(prof.events())
+    kernels = [e.time_range.start for e in events
+               if str(e.device_type).endswith("CUDA") and not e.name.startswith("phase:")]
+    t0 = min(kernels) if kernels else 0.0
+    spans = [{"name": e.name[len("phase:"):], "start_ms": (e.time_range.start - t0) / 1e3,
+              "end_ms": (e.time_range.end - t0) / 1e3} for e in events if e.name.startswith("phase:")
+             and str(e.device_type).endswith("CPU")]
+    return sorted(spans, key=lambda ph: ph["start_ms"])
+
+
+def _timeline_gaps(prof, threshold_us: float = 5.0) -> dict:
+    """The GPU's idle time between the profile's first and last kernel: the gaps between one kernel's end and
+    the next one's start (over ``threshold_us``), the largest first, each with the kernels around it and the host
+    operator that launched the next kernel (the profiler's correlation)."""
+    events = list(prof.events())
+    kernels = sorted((e for e in events if str(e.device_type).endswith("CUDA") and e.time_range.elapsed_us() > 0
+                      and not e.name.startswith("phase:")), key=lambda e: e.time_range.start)
+    host = {e.id: e.name for e in events if str(e.device_type).endswith("CPU")}
+    out, idle, end, before = [], 0.0, None, ""
+    for k in kernels:
+        if end is not None and k.time_range.start - end > threshold_us:
+            gap = k.time_range.start - end
+            idle += gap
+            out.append({"us": gap, "before": before, "after": k.name,
+                        "host": host.get(getattr(k, "linked_correlation_id", 0), "")})
+        end = k.time_range.end if end is None else max(end, k.time_range.end)
+        before = k.name
+    out.sort(key=lambda g: -g["us"])
+    span = (end - kernels[0].time_range.start) if kernels else 0.0
+    return {"span_ms": span / 1e3, "idle_ms": idle / 1e3, "gaps_over_threshold": len(out), "largest": out[:40]}
 
 
 def _kernel_rows(prof) -> tuple[list[dict], float, float]:
     """The profile's kernels summed per name (largest first), their total ms and the matrix products' ms."""
     rows = []
     for e in prof.key_averages():
-        if not str(e.device_type).endswith("CUDA"):  # kernels only: an operator's row repeats its kernels' time
-            continue
+        if not str(e.device_type).endswith("CUDA") or e.key.startswith("phase:"):  # kernels only: an operator's
+            continue  # row repeats its kernels' time, and a marked phase's GPU annotation spans its kernels
         dev = getattr(e, "self_device_time_total", None)
         if dev is None:
             dev = getattr(e, "self_cuda_time_total", 0)
@@ -390,8 +460,8 @@ def part_host(lm, batch: int = 1, gen: int = GEN) -> dict:
 
 def part_gaps(lm, batch: int, gen: int) -> dict:
     """The GPU's time per step and its idle time between steps, from CUDA events: one recorded when a step's
-    work is queued (at the start of ``_transfer``, before its synchronisation) and one when the next step's
-    forward starts; the GPU is idle between the two, as the host plans, packs and launches. A whole decode of
+    work is queued (at the start of ``_transfer``, before its synchronisation), one when the next step's
+    forward starts and one when its forward is queued (the forward's part of the busy time); the GPU is idle between the two, as the host plans, packs and launches. A whole decode of
     ``batch`` requests (prompt 128, ``gen``, ``dual``, default options, every bucket captured first) after an
     untimed one in the same engine. The busy time bounds what host work can gain."""
     import dlm.engine.core as core
@@ -401,7 +471,7 @@ def part_gaps(lm, batch: int, gen: int) -> dict:
     cfg = schedule_config(gen, PER_STEP)
     engine = dlm.Engine(lm, max_rows=batch, max_tokens=batch * (PROMPT + gen))
     engine.capture_graphs()
-    queued, started, fed = [], [], []
+    queued, started, forwarded, fed = [], [], [], []
     saved = core.EngineCore._transfer, core.EngineCore._forward
 
     def transfer(self, *args, **kwargs):
@@ -413,7 +483,11 @@ def part_gaps(lm, batch: int, gen: int) -> dict:
         started.append(torch.cuda.Event(enable_timing=True))
         started[-1].record()
         fed.append(int(p.position.numel()))
-        return saved[1](self, p)
+        try:
+            return saved[1](self, p)
+        finally:
+            forwarded.append(torch.cuda.Event(enable_timing=True))
+            forwarded[-1].record()
 
     for timed in (False, True):
         if timed:
@@ -428,6 +502,7 @@ def part_gaps(lm, batch: int, gen: int) -> dict:
         finally:
             core.EngineCore._transfer, core.EngineCore._forward = saved
     busy = [a.elapsed_time(b) for a, b in zip(started, queued)]
+    forward_ms = [a.elapsed_time(b) for a, b in zip(started, forwarded)]  # the forward, with its host lead
     idle = [a.elapsed_time(b) for a, b in zip(queued, started[1:])]
     refresh = max(fed)  # the steps that refresh every row's canvas feed the most positions
 
@@ -437,6 +512,8 @@ def part_gaps(lm, batch: int, gen: int) -> dict:
     res = {"batch": batch, "gen": gen, "steps": len(fed), "wall_ms_per_step": wall * 1e3 / len(fed),
            "busy_ms_in_block": mean([b for b, n in zip(busy, fed) if n != refresh]),
            "busy_ms_refresh": mean([b for b, n in zip(busy, fed) if n == refresh]),
+           "forward_ms_in_block": mean([b for b, n in zip(forward_ms, fed) if n != refresh]),
+           "forward_ms_refresh": mean([b for b, n in zip(forward_ms, fed) if n == refresh]),
            "idle_ms_before_in_block": mean([i for i, n in zip(idle, fed[1:]) if n != refresh]),
            "idle_ms_before_refresh": mean([i for i, n in zip(idle, fed[1:]) if n == refresh]),
            "idle_share": sum(idle) / (sum(busy) + sum(idle))}
@@ -532,9 +609,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", default=["projections", "steps", "kernels"])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--trace", type=Path, default=None, help="kernels_refresh_b32: write the profile as a Chrome trace here")
     ap.add_argument("--cudnn-attention", action="store_true",
                     help="let SDPA use cuDNN's attention (dlm.models.attention.use_cudnn_attention; off by default)")
-    ap.add_argument("--without", default=None, choices=["sampling-kernel", "attention-kernel"],
+    ap.add_argument("--without", default=None, choices=["sampling-kernel", "attention-kernel", "swiglu-kernel"],
                     help="run the parts without this part of the fused kernels (engine_gpu.py's --without)")
     args = ap.parse_args()
     use_cudnn_attention(args.cudnn_attention)
@@ -552,7 +630,7 @@ def main() -> None:
     jobs = {"steps": lambda: part_steps(model()), "kernels": lambda: part_kernels(model()),
             "kernels_graphs": lambda: part_kernels(model(), graphs=True),
             "kernels_b32": lambda: part_kernels(model(), batch=32, gen=256, graphs=True),
-            "kernels_refresh_b32": lambda: part_kernels_refresh(model()),
+            "kernels_refresh_b32": lambda: part_kernels_refresh(model(), trace=args.trace),
             "host": lambda: part_host(model()), "host_b32": lambda: part_host(model(), batch=32, gen=256),
             "projections": part_projections, "staggered_steps": lambda: part_staggered_steps(model()),
             "kernels_mixed": lambda: part_kernels_mixed(model()), "steps_cudnn": lambda: part_steps_cudnn(model()), "kernels_ramp": lambda: part_kernels_ramp(model()),
