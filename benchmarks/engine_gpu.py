@@ -6,7 +6,7 @@ fatal):
 
 static      a static batch of 32 (prompt 128, gen 256, dual cache, 4 tokens per step): tokens/s and the share of
             the schedule's compute ceiling (its matrix FLOPs over the bf16 matmul rate measured in the same run);
-            both attention backends (loop, padded); ``--without sampling-kernel attention-kernel``: each variant with
+            both attention backends (loop, padded); ``--without sampling-kernel attention-kernel swiglu-kernel``: each variant with
             fused kernels again without that part of them (the same run's before and after)
 staggered   96 requests arriving one per engine step into an engine of 32 rows vs static batches of 32 of the same
             requests: throughput ratio over the whole run (its 31 steps of ramp-up and ramp-down, with fewer
@@ -106,12 +106,14 @@ def setting_name(attention: str, fused: bool, graphs: bool) -> str:
 def without(lm, part: str | None):
     """The fused kernels without one of their parts, for a before/after in the same run: ``sampling-kernel``
     (the engine's temperature-0 candidates by the reference dlm.sampling.compute_candidates instead of
-    dlm.sampling_kernel) or ``attention-kernel`` (the pooled rows' attention by torch's SDPA instead of
-    dlm.models.attention_kernel)."""
+    dlm.sampling_kernel), ``attention-kernel`` (the pooled rows' attention by torch's SDPA instead of
+    dlm.models.attention_kernel) or ``swiglu-kernel`` (SwiGLU by the compiled function instead of
+    dlm.models.swiglu_kernel)."""
     from dlm import sampling_kernel
-    from dlm.models import attention_kernel
+    from dlm.models import attention_kernel, swiglu_kernel
 
-    modules = {"sampling-kernel": sampling_kernel, "attention-kernel": attention_kernel}
+    modules = {"sampling-kernel": sampling_kernel, "attention-kernel": attention_kernel,
+               "swiglu-kernel": swiglu_kernel}
     module = modules.get(part)
     applies = module.applies if module is not None else None
     if module is not None:
@@ -429,7 +431,7 @@ def main(argv=None) -> None:
     ap.add_argument("--settings", nargs="+", default=None, choices=["eager", "graphs", "graphs+fused", "fused", "loop", "no-pieces"],
                     help="only these option sets in the static and staggered parts (default: all)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per option set of the static and staggered parts (in turn: A, B, A, B, ...)")
-    ap.add_argument("--without", nargs="+", default=[], choices=["sampling-kernel", "attention-kernel"],
+    ap.add_argument("--without", nargs="+", default=[], choices=["sampling-kernel", "attention-kernel", "swiglu-kernel"],
                     help="static part: each variant with fused kernels again without this part of them")
     ap.add_argument("--causal-repeats", type=int, default=7, help="causal part: timings of each side")
     ap.add_argument("--lazy-pieces", action="store_true",

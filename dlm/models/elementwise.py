@@ -4,9 +4,9 @@ compute them (the order of casts matters in bf16), eager (the reference) or fuse
 At batch 1 a cached diffusion step feeds a few dozen positions, so each of the ~40 small kernels of a layer
 (RMSNorm's casts and reduction, the rotary embedding's slicing and products, SwiGLU) costs about as much as the
 data it touches, even when the forward is replayed from a CUDA graph. :func:`fused_ops` compiles the same three
-functions with ``torch.compile`` so each becomes one or two generated kernels (RoPE in bfloat16 on a GPU takes
-the Triton kernel of :mod:`dlm.models.rope_kernel` instead, which equals the eager function bit for bit); the
-matrix products stay with cuBLAS. Enabled with ``dlm.load(..., fused_kernels=True)``. The eager functions are the reference;
+functions with ``torch.compile`` so each becomes one or two generated kernels (RoPE in bfloat16 and SwiGLU on a
+GPU take the Triton kernels of :mod:`dlm.models.rope_kernel` and :mod:`dlm.models.swiglu_kernel` instead, which
+equal the eager functions bit for bit); the matrix products stay with cuBLAS. Enabled with ``dlm.load(..., fused_kernels=True)``. The eager functions are the reference;
 ``tests/models/test_fused.py`` checks the compiled ones against them.
 """
 
@@ -72,8 +72,8 @@ def fused_ops(key: Hashable = None) -> Ops:
     slower), never an error."""
     if key not in _FUSED:
         small = Ops(rms_norm, _with_rope_kernel(rope), swiglu)  # the RoPE kernel costs no guards: one launch
-        _FUSED[key] = Ops(_compiled(rms_norm), _with_rope_kernel(_compiled(rope)), _compiled(swiglu), fused=True,
-                          small=small)
+        _FUSED[key] = Ops(_compiled(rms_norm), _with_rope_kernel(_compiled(rope)),
+                          _with_swiglu_kernel(_compiled(swiglu)), fused=True, small=small)
     return _FUSED[key]
 
 
@@ -89,6 +89,21 @@ def _with_rope_kernel(compiled: Callable) -> Callable:
         return compiled(q, k, cos, sin, full_precision)
 
     return fused_rope
+
+
+def _with_swiglu_kernel(compiled: Callable) -> Callable:
+    """SwiGLU by :mod:`dlm.models.swiglu_kernel` (a Triton kernel equal to :func:`swiglu` bit for bit on a GPU)
+    where it applies, else by ``compiled``."""
+
+    # (imports Triton, if installed: only once fused kernels are asked for)
+    from . import swiglu_kernel
+
+    def fused_swiglu(gate, up):
+        if swiglu_kernel.applies(gate, up):
+            return swiglu_kernel.swiglu(gate, up)
+        return compiled(gate, up)
+
+    return fused_swiglu
 
 
 def _compiled(fn: Callable) -> Callable:

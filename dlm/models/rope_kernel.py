@@ -33,7 +33,7 @@ NUM_WARPS = 4
 if triton is not None:
 
     @triton.jit
-    def _to_bf16(x):
+    def to_bf16(x):
         """float32 -> the nearest bfloat16 value (ties to even), still as float32; NaN stays NaN."""
         bits = x.to(tl.uint32, bitcast=True)
         rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
@@ -55,15 +55,15 @@ if triton is not None:
         s1 = tl.load(s, mask=ok)
         s2 = tl.load(s + HALF, mask=ok)
         if FULL:  # (x * cos + rotate_half(x) * sin) in float32, rounded once
-            o1 = _to_bf16(x1 * c1 + (-x2) * s1)
-            o2 = _to_bf16(x2 * c2 + x1 * s2)
+            o1 = to_bf16(x1 * c1 + (-x2) * s1)
+            o2 = to_bf16(x2 * c2 + x1 * s2)
         else:  # every operation in bfloat16: cos/sin cast, each product and the sum rounded
-            c1 = _to_bf16(c1)
-            c2 = _to_bf16(c2)
-            s1 = _to_bf16(s1)
-            s2 = _to_bf16(s2)
-            o1 = _to_bf16(_to_bf16(x1 * c1) + _to_bf16((-x2) * s1))
-            o2 = _to_bf16(_to_bf16(x2 * c2) + _to_bf16(x1 * s2))
+            c1 = to_bf16(c1)
+            c2 = to_bf16(c2)
+            s1 = to_bf16(s1)
+            s2 = to_bf16(s2)
+            o1 = to_bf16(to_bf16(x1 * c1) + to_bf16((-x2) * s1))
+            o2 = to_bf16(to_bf16(x2 * c2) + to_bf16(x1 * s2))
         o = out_ptr + b * so_b + h * so_h + pos[:, None] * so_q + d[None, :]
         tl.store(o, o1.to(tl.bfloat16), mask=ok)  # exact: the values are bfloat16 values already
         tl.store(o + HALF, o2.to(tl.bfloat16), mask=ok)

@@ -8,31 +8,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from ..attention_cases import CASES, check
+from ..interpreted import run_interpreted
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = textwrap.dedent('''
     import json, sys
     from tests.attention_cases import compare
     print(json.dumps([compare(*c[:10]) for c in json.loads(sys.argv[1])]))
 ''')
-
-
-def run_interpreted(script: str, *args: str) -> list:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
-                         timeout=600, check=False, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_kernel_matches_attention_in_float64():

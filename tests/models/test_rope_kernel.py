@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
 from dlm.models import rope_kernel
+
+from ..interpreted import run_interpreted
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 
@@ -53,11 +52,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_kernel_equals_the_eager_function_bit_for_bit():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(SHAPES)], env=env, capture_output=True,
-                         text=True, timeout=300, check=False)
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(run.stdout.strip().splitlines()[-1])
+    results = run_interpreted(SCRIPT, json.dumps(SHAPES))
     assert len(results) == 2 * len(SHAPES)
     for r in results:
         B, H, Hkv, Q, D = r["shape"]
