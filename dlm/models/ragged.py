@@ -160,11 +160,11 @@ class RaggedAttention:
             self.pool.write(layer, idx.write_slot, idx.positions[src] if src is not ALL else idx.positions,
                             kt if src is ALL else kt[src], vt if src is ALL else vt[src])
         masks = idx.masks(self.rows) if any(b is not None for b in self.rows.block) else {}
-        out = torch.empty_like(qt) if self.out is None else self.out[: qt.shape[0]]
         if self.backend == "loop":
+            out = torch.empty_like(qt) if self.out is None else self.out[: qt.shape[0]]
             self._loop(layer, qt, kt, vt, masks, out)
         else:
-            self._padded(layer, qt, kt, vt, idx, masks, out)
+            out = self._padded(layer, qt, kt, vt, idx, masks)
         return out.transpose(0, 1).unsqueeze(0)
 
     # ----------------------------------------------------------------- loop (reference)
@@ -182,17 +182,26 @@ class RaggedAttention:
             out[s] = o[0].transpose(0, 1)
 
     # ----------------------------------------------------------------- padded (one call per kind of row)
-    def _padded(self, layer, qt, kt, vt, idx: _Index, masks: dict, out: torch.Tensor) -> None:
+    def _padded(self, layer, qt, kt, vt, idx: _Index, masks: dict) -> torch.Tensor:
+        """The (T, H, D) output: one group in lockstep covering every fed position (a static batch) returns its
+        attention's output as it is, without copying it into an output tensor."""
         rows = self.rows
         for pooled_keys in (False, True):
             if pooled_keys not in idx.groups:
                 group = [r for r in range(len(rows.q_len)) if rows.fresh[r] != pooled_keys]
                 idx.groups[pooled_keys] = _Group.build(rows, group, pooled_keys, qt.device) if group else None
-            g = idx.groups[pooled_keys]
-            if g is not None:
-                self._padded_group(layer, qt, kt, vt, g, masks, out)
+        groups = [idx.groups[k] for k in (False, True) if idx.groups[k] is not None]
+        if self.out is None and len(groups) == 1 and groups[0].uniform == (0, qt.shape[0]):
+            return self._padded_group(layer, qt, kt, vt, groups[0], masks, None)
+        out = torch.empty_like(qt) if self.out is None else self.out[: qt.shape[0]]
+        for g in groups:
+            self._padded_group(layer, qt, kt, vt, g, masks, out)
+        return out
 
-    def _padded_group(self, layer, qt, kt, vt, g: "_Group", masks: dict, out: torch.Tensor) -> None:
+    def _padded_group(self, layer, qt, kt, vt, g: "_Group", masks: dict, out: torch.Tensor | None
+                      ) -> torch.Tensor | None:
+        """The group's attention into its rows of ``out``; with ``out`` None (a uniform group, every fed
+        position), returned instead: (T, H, D)."""
         H, D = qt.shape[1], qt.shape[2]
         Hkv = kt.shape[1]
         if g.pooled_keys:  # one view over the contiguous range of slots the group occupies
@@ -230,9 +239,12 @@ class RaggedAttention:
             o = _attend_folded(qp, keys, values, mask, Hkv).transpose(1, 2)  # (rows, Qmax, H, D)
         if g.uniform is not None:
             a, b = g.uniform
+            if out is None:
+                return o.reshape(b - a, H, D)
             out[a:b] = o.reshape(b - a, H, D)
         else:
             copy_rows(out, g.packed, select_rows(o.reshape(g.n_rows * g.Qmax, H, D), g.qdest))
+        return None
 
 
 ALL = object()  # marker: every fed position is written, in packed order
