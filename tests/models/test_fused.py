@@ -57,16 +57,17 @@ def test_fused_model_matches_eager(name, llada_path, dream_path, monkeypatch):
     assert (a == b).float().mean() > 0.95  # rounding may flip a near-tie, nothing more
 
 
-def test_each_key_has_its_own_compiled_functions_and_the_limit_falls_back(monkeypatch):
+def test_each_key_has_its_own_compiled_functions_and_the_limit_falls_back():
     """fused_ops(key): one Ops per key, each with its own code objects (torch.compile's recompile budget is per
     code object); past the budget a call runs the eager function instead of failing."""
     a, b = ew.fused_ops(("test", 1)), ew.fused_ops(("test", 2))
     assert ew.fused_ops(("test", 1)) is a and a is not b
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     x, w = torch.randn(3, 8), torch.randn(8)
-    for dtype in (torch.float32, torch.bfloat16, torch.float64):  # each dtype a new specialisation
-        got = b.rms_norm(x.to(dtype), w.to(dtype), 1e-6)
-        torch.testing.assert_close(got, ew.rms_norm(x.to(dtype), w.to(dtype), 1e-6))
+    # (dynamo's own patch: a monkeypatched setting was gone for every later compile in the process, torch 2.13)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for dtype in (torch.float32, torch.bfloat16, torch.float64):  # each dtype a new specialisation
+            got = b.rms_norm(x.to(dtype), w.to(dtype), 1e-6)
+            torch.testing.assert_close(got, ew.rms_norm(x.to(dtype), w.to(dtype), 1e-6))
 
 
 def test_load_gives_one_compiled_set_per_dtype_and_architecture(llada_path, dream_path):
