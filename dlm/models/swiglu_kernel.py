@@ -70,8 +70,8 @@ def _rows(t: torch.Tensor) -> torch.Tensor | None:
 
 def applies(gate: torch.Tensor, up: torch.Tensor) -> bool:
     """Whether :func:`swiglu` takes these operands: equal shapes and a floating dtype of
-    :data:`DTYPES` (both alike), contiguous columns with rows at one stride each, on one CUDA device (or CPU
-    tensors under Triton's interpreter, for the tests), no gradient asked."""
+    :data:`DTYPES` (both alike), contiguous columns with rows at one stride each, at most 65,535 x ``BLOCK``
+    columns, on one CUDA device (or CPU tensors under Triton's interpreter, for the tests), no gradient asked."""
     if not available() or gate.shape != up.shape or gate.dtype != up.dtype or gate.dtype not in DTYPES:
         return False
     if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
@@ -79,7 +79,9 @@ def applies(gate: torch.Tensor, up: torch.Tensor) -> bool:
     if gate.device != up.device or not (gate.is_cuda or (gate.device.type == "cpu" and interpreted())):
         return False
     g, u = _rows(gate), _rows(up)
-    return g is not None and u is not None and g.shape[1] < 2**31 - BLOCK
+    # the grid: rows on its first axis (up to 2**31 - 1), blocks of columns on its second (up to 65,535)
+    return (g is not None and u is not None and g.shape[0] < 2**31 and g.shape[1] < 2**31 - BLOCK
+            and triton.cdiv(g.shape[1], BLOCK) <= 65535)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
