@@ -266,8 +266,8 @@ def _timeline_gaps(prof, threshold_us: float = 5.0) -> dict:
         if end is not None and k.time_range.start - end > threshold_us:
             gap = k.time_range.start - end
             idle += gap
-            out.append({"us": gap, "before": before, "after": k.name,
-                        "host": host.get(getattr(k, "linked_correlation_id", 0), "")})
+            link = getattr(k, "linked_correlation_id", 0)  # 0: none (a replayed graph's kernels)
+            out.append({"us": gap, "before": before, "after": k.name, "host": host.get(link, "") if link else ""})
         end = k.time_range.end if end is None else max(end, k.time_range.end)
         before = k.name
     out.sort(key=lambda g: -g["us"])
