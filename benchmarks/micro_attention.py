@@ -11,7 +11,8 @@ GPU with torch 2.11 is cuDNN), ``dlm`` (``dlm.models.attention.sdpa``'s: torch's
 Steady figures are the mean of 20 back-to-back calls between two CUDA events, in microseconds; first-call
 figures are host wall time of one synchronised call minus that shape's steady time, in milliseconds.
 ``--graphs`` adds each backend's time per call replayed from a CUDA graph of 32 calls (the kernels alone, as a
-captured step runs them).
+captured step runs them). ``--split-sweep`` times the split kernel's settings (keys per loop iteration, warps,
+pipeline stages, target program count) the same way, at the cached steps' shapes, each against the defaults.
 """
 
 from __future__ import annotations
@@ -107,6 +108,33 @@ def first_call_ms(backend: str, masked: bool, base: int, count: int = 12) -> lis
     return out
 
 
+def split_sweep(args) -> dict:
+    """The split kernel's microseconds per call in a CUDA graph for each setting (keys per iteration x warps x
+    stages, and two other target program counts), the module's own restored; with each its largest difference
+    from the defaults' output."""
+    names = ("BLOCK_N", "NUM_WARPS", "NUM_STAGES", "NUM_STAGES_SPLIT", "TARGET_PROGRAMS")
+    saved = tuple(getattr(attention_kernel, n) for n in names)
+    ref = call("split", args).float()
+    out = {}
+    settings = [(n, w, st, st, 264) for n in (32, 64, 128) for w in (4, 8) for st in (2, 3, 4)]
+    settings += [(64, 4, 3, 3, 132), (64, 4, 3, 3, 528)]  # the split count (matters where the rows are few)
+    try:
+        for setting in settings:
+            for n, v in zip(names, setting):
+                setattr(attention_kernel, n, v)
+            key = "n{} w{} s{} p{}".format(*setting[:3], setting[4])  # (stages: the same with splits or not)
+            try:
+                out[key] = graph_us("split", args)
+                if isinstance(out[key], float):
+                    out[key] = [out[key], (call("split", args).float() - ref).abs().max().item()]
+            except Exception as exc:  # (a setting past the GPU's shared memory)
+                out[key] = f"failed: {str(exc).splitlines()[0][:80]}"
+    finally:
+        for n, v in zip(names, saved):
+            setattr(attention_kernel, n, v)
+    return out
+
+
 def supported(backend: str, masked: bool, args=None) -> bool:
     if backend == "split":
         return args is not None and attention_kernel.applies(*args[:4])
@@ -122,6 +150,7 @@ def main() -> None:
     ap.add_argument("--graphs", action="store_true",
                     help="also time each backend's call replayed from a CUDA graph (kernel time, no host time)")
     ap.add_argument("--no-first-call", action="store_true", help="skip the first-call sweep")
+    ap.add_argument("--split-sweep", action="store_true", help="time the split kernel's settings at its shapes")
     a = ap.parse_args()
     res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                  "cudnn": torch.backends.cudnn.version(), "first_call_ms": {}}
@@ -142,6 +171,12 @@ def main() -> None:
                                                             if supported(b, shape[-1], args)}
                 print(name, "in a CUDA graph:", {k: round(v, 1) if isinstance(v, float) else v for k, v in g.items()},
                       flush=True)
+            if a.split_sweep and supported("split", shape[-1], args):
+                res.setdefault("split_sweep_us", {})[name] = sw = split_sweep(args)
+                ok = {k: v[0] for k, v in sw.items() if isinstance(v, list)}
+                best = sorted(ok, key=ok.get)[:3]
+                print(name, "split sweep: defaults", round(graph_us("split", args), 1), "best",
+                      [(k, round(ok[k], 1)) for k in best], flush=True)
     base = 400
     for b in a.backends:
         for masked in (False, True):

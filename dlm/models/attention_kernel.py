@@ -37,6 +37,10 @@ BLOCK_N = 64  # keys per loop iteration
 MAX_FOLDED = 256  # at most this many queries per key/value head (heads folded): a cached step's block
 TARGET_PROGRAMS = 264  # split the keys until a call has about this many programs (two per SM of an H100/H200)
 NUM_WARPS = 4
+# software pipelining of the split kernel's key/value loads: Triton's default where a row's keys are one split,
+# two stages where they are cut into several (few rows, many keys: batch 1), which a sweep on an H200 found
+# faster there and slower for a batch's rows (BENCHMARKS.md, the split kernel's settings)
+NUM_STAGES, NUM_STAGES_SPLIT = 3, 2
 
 
 if triton is not None:
@@ -186,7 +190,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), ok.stride(0), out.stride(0), out.stride(1), out.stride(2),
             HAS_MASK=mask is not None, PARTIAL=splits > 1, DOT_FP32=fp32, D=D, BLOCK_M=block_m, BLOCK_N=BLOCK_N,
-            num_warps=NUM_WARPS)
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES_SPLIT if splits > 1 else NUM_STAGES)
         if splits > 1:
             _combine[(R * Hkv, GQ)](part, ml, out, Q, GQ, Hkv, out.stride(0), out.stride(1), out.stride(2),
                                     SPLITS=splits, P=triton.next_power_of_2(splits), D=D, num_warps=NUM_WARPS)
