@@ -1,6 +1,7 @@
 """The SwiGLU Triton kernel (dlm.models.swiglu_kernel) in Triton's CPU interpreter against the eager function
-(dlm.models.elementwise.swiglu): bfloat16 bit for bit, float16 and float32 within the last bit of silu (the
-interpreter's exponential is NumPy's, not CUDA's), for views of a joined gate/up output, separate tensors,
+(dlm.models.elementwise.swiglu), within the last bit of silu's float32 value (the interpreter's exponential is
+NumPy's, not CUDA's; in bfloat16 that bit seldom shows, so at least 99.9% of the values are equal bit for bit), for
+views of a joined gate/up output, separate tensors,
 several leading dimensions, partial column blocks and extreme values (infinite, NaN, huge, small, negative zero);
 the fused functions taking it; what :func:`applies` refuses. Skipped where Triton is not installed; the GPU run,
 bit for bit in every dtype, is in tests/gpu/test_swiglu_gpu.py."""
@@ -90,12 +91,3 @@ def test_applies_only_where_the_kernel_serves():
     w = torch.zeros(4, 8, device=dev, requires_grad=True)
     assert not swiglu_kernel.applies(w, w)  # a gradient asked: the compiled function keeps autograd
 
-
-def test_fused_ops_fall_back_where_the_kernel_does_not_apply():
-    """Outside the interpreter on a CPU the fused functions' SwiGLU is the compiled one, equal within rounding."""
-    from dlm.models import elementwise as ew
-
-    g = torch.Generator().manual_seed(0)
-    gate, up = torch.randn(3, 40, generator=g), torch.randn(3, 40, generator=g)
-    ops = ew.fused_ops(("test_swiglu_fallback",))
-    torch.testing.assert_close(ops.swiglu(gate, up), ew.swiglu(gate, up))
