@@ -51,7 +51,7 @@ if triton is not None:
             e = tl.exp(-g)
         silu = tl.math.div_rn(g, 1.0 + e)  # torch: x / (1 + exp(-x)) in float32
         if o_ptr.dtype.element_ty == tl.bfloat16:  # rounded on the bits, to nearest even, as torch rounds
-            out = to_bf16(to_bf16(silu) * u)  # (the interpreter's own conversion truncates)
+            out = to_bf16(to_bf16(silu) * u)  # (the interpreter's own conversion rounds otherwise)
         else:  # F.silu's result in the model dtype, then the product's
             out = silu.to(o_ptr.dtype.element_ty).to(tl.float32) * u
         tl.store(o_ptr + row * s_o + c, out.to(o_ptr.dtype.element_ty), mask=ok)
