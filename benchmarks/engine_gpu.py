@@ -6,8 +6,8 @@ fatal):
 
 static      a static batch of 32 (prompt 128, gen 256, dual cache, 4 tokens per step): tokens/s and the share of
             the schedule's compute ceiling (its matrix FLOPs over the bf16 matmul rate measured in the same run);
-            both attention backends (loop, padded); ``--without sampling-kernel attention-kernel swiglu-kernel``: each variant with
-            fused kernels again without that part of them (the same run's before and after)
+            both attention backends (loop, padded); ``--without sampling-kernel attention-kernel swiglu-kernel``:
+            each variant with fused kernels again without that part of them (the same run's before and after)
 staggered   96 requests arriving one per engine step into an engine of 32 rows vs static batches of 32 of the same
             requests: throughput ratio over the whole run (its 31 steps of ramp-up and ramp-down, with fewer
             than 32 rows, included), and the steady state's (the steps that ran 32 rows) against the same static

@@ -52,6 +52,7 @@ Parts (each recorded on its own; a failing part does not stop the others):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -185,8 +186,6 @@ def part_kernels_refresh(lm, batch: int = 32, gen: int = 256, trace: Path | None
     phases marked (``record_function``)."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    import dlm.engine.core as core
-
     set_fast_path(lm, True, True)
     _step_times(lm, {}, 2, batch, gen, False)  # warm-up
     prompts, cfg = _config({}, batch, gen, False)
@@ -210,17 +209,8 @@ def part_kernels_refresh(lm, batch: int = 32, gen: int = 256, trace: Path | None
                 return fn(*args, **kwargs)
         return wrapper
 
-    saved = {name: getattr(core.EngineCore, name) for name in HOST_PHASES}
-    saved_pack = core.PackCache.pack
-    try:
-        for name in HOST_PHASES:
-            setattr(core.EngineCore, name, marked(name, saved[name]))
-        core.PackCache.pack = marked("pack", saved_pack)
+    with wrapped_phases(marked):
         lm.generate(prompts, cfg, stream=stream)
-    finally:
-        for name in HOST_PHASES:
-            setattr(core.EngineCore, name, saved[name])
-        core.PackCache.pack = saved_pack
     if trace is not None:
         trace.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(trace / "refresh_b32_trace.json"))
@@ -241,11 +231,15 @@ def part_kernels_refresh(lm, batch: int = 32, gen: int = 256, trace: Path | None
             "phases": phases, "top": rows[:60]}
 
 
+def _is_kernel(e) -> bool:
+    """Whether a profile event is GPU work (a kernel, copy or set), not a marked phase's GPU annotation."""
+    return str(e.device_type).endswith("CUDA") and not e.name.startswith("phase:")
+
+
 def _phase_spans(prof) -> list[dict]:
     """The host spans of the marked phases (``phase:...``), in ms from the first kernel's start, in order."""
     events = list(prof.events())
-    kernels = [e.time_range.start for e in events
-               if str(e.device_type).endswith("CUDA") and not e.name.startswith("phase:")]
+    kernels = [e.time_range.start for e in events if _is_kernel(e)]
     t0 = min(kernels) if kernels else 0.0
     spans = [{"name": e.name[len("phase:"):], "start_ms": (e.time_range.start - t0) / 1e3,
               "end_ms": (e.time_range.end - t0) / 1e3} for e in events if e.name.startswith("phase:")
@@ -258,8 +252,8 @@ def _timeline_gaps(prof, threshold_us: float = 5.0) -> dict:
     the next one's start (over ``threshold_us``), the largest first, each with the kernels around it and the host
     operator that launched the next kernel (the profiler's correlation)."""
     events = list(prof.events())
-    kernels = sorted((e for e in events if str(e.device_type).endswith("CUDA") and e.time_range.elapsed_us() > 0
-                      and not e.name.startswith("phase:")), key=lambda e: e.time_range.start)
+    kernels = sorted((e for e in events if _is_kernel(e) and e.time_range.elapsed_us() > 0),
+                     key=lambda e: e.time_range.start)
     host = {e.id: e.name for e in events if str(e.device_type).endswith("CPU")}
     out, idle, end, before = [], 0.0, None, ""
     for k in kernels:
@@ -424,12 +418,27 @@ def timed_into(totals: dict, name: str, fn):
 HOST_PHASES = ("_admit", "_plan", "_forward", "_sample", "_select", "_flags", "_transfer", "_emit")
 
 
+@contextlib.contextmanager
+def wrapped_phases(wrap):
+    """Inside the block, each engine phase (EngineCore's :data:`HOST_PHASES`, ``PackCache.pack`` and
+    ``apply_stops``) is ``wrap(name, fn)`` of itself; restored after."""
+    import dlm.engine.core as core
+
+    saved = [(owner, name, getattr(owner, name)) for owner, name in
+             [(core.EngineCore, n) for n in HOST_PHASES] + [(core.PackCache, "pack"), (core, "apply_stops")]]
+    try:
+        for owner, name, fn in saved:
+            setattr(owner, name, wrap(name, fn))
+        yield
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+
+
 def part_host(lm, batch: int = 1, gen: int = GEN) -> dict:
     """Host time of each phase of the engine's step (default options, ``dual``), by wrapping EngineCore's
     methods with timers: the GPU waits for the host between the step's one synchronisation (in ``_transfer``)
     and the next forward's launch (``_emit``, ``_admit``, ``_plan``, ``pack`` and the start of ``_forward``)."""
-    import dlm.engine.core as core
-
     set_fast_path(lm, True, True)
     prefill = batch == 1
     totals: dict[str, float] = {}
@@ -437,20 +446,11 @@ def part_host(lm, batch: int = 1, gen: int = GEN) -> dict:
     def timed(name, fn):
         return timed_into(totals, name, fn)
 
-    saved = {name: getattr(core.EngineCore, name) for name in HOST_PHASES}
-    saved_pack, saved_stops = core.PackCache.pack, core.apply_stops
     _step_times(lm, {}, 2, batch, gen, prefill)  # warm-up
-    try:
-        for name in HOST_PHASES:
-            setattr(core.EngineCore, name, timed(name, saved[name]))
-        core.PackCache.pack, core.apply_stops = timed("pack", saved_pack), timed("apply_stops", saved_stops)
+    with wrapped_phases(timed):
         t0 = time.perf_counter()
         times = _step_times(lm, {}, 2, batch, gen, prefill)
         wall = time.perf_counter() - t0
-    finally:
-        for name in HOST_PHASES:
-            setattr(core.EngineCore, name, saved[name])
-        core.PackCache.pack, core.apply_stops = saved_pack, saved_stops
     steps = len(times)
     per = {k: v / steps * 1e3 for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
     print(f"host batch {batch} gen {gen}: {sum(times) / steps:.2f} ms per step (wall {wall * 1e3 / steps:.2f}); "
@@ -461,7 +461,8 @@ def part_host(lm, batch: int = 1, gen: int = GEN) -> dict:
 def part_gaps(lm, batch: int, gen: int) -> dict:
     """The GPU's time per step and its idle time between steps, from CUDA events: one recorded when a step's
     work is queued (at the start of ``_transfer``, before its synchronisation), one when the next step's
-    forward starts and one when its forward is queued (the forward's part of the busy time); the GPU is idle between the two, as the host plans, packs and launches. A whole decode of
+    forward starts and one when its forward is queued (the forward's part of the busy time); the GPU is idle
+    between a step's queued work and the next forward, as the host plans, packs and launches. A whole decode of
     ``batch`` requests (prompt 128, ``gen``, ``dual``, default options, every bucket captured first) after an
     untimed one in the same engine. The busy time bounds what host work can gain."""
     import dlm.engine.core as core

@@ -27,8 +27,7 @@ import torch
 from ..cache.base import CacheContext
 from ..cache.store import KVPool, PoolShape
 from ..errors import ConfigError, DlmError, GenerationError, SchedulerError
-from ..models.elementwise import ops_for_positions
-from ..models.ragged import RaggedAttention
+from ..models.ragged import RaggedAttention, eager_forward
 from ..models.rows import ranges, runs
 from ..models.transfer import to_device
 from ..outputs import GenerationOutput, StepEvent, StepTrace
@@ -217,9 +216,7 @@ class EngineCore:
             logits = self.graphs.forward(self.lm.model, self.pool, self.attention, p.rows, ids,
                                          position.unsqueeze(0), index)
         else:
-            ops = ops_for_positions(self.lm.model, ids.shape[1])
-            attention = RaggedAttention(p.rows, self.pool, self.attention, kernels=ops.fused)
-            logits = self.lm.model(ids, position.unsqueeze(0), attention=attention, logits_index=index, ops=ops)[0]
+            logits = eager_forward(self.lm.model, self.pool, self.attention, p.rows, ids, position.unsqueeze(0), index)
         if not bool((p.cfg_scale > 0).any()):  # the conditional logits are the first ones, in order
             return logits[: p.cond.numel()]
         cond = logits[p.on("cond", dev)]

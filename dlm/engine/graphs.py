@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.elementwise import ops_for_positions
-from ..models.ragged import RaggedAttention, RaggedRows
+from ..models.ragged import RaggedAttention, RaggedRows, eager_forward
 from .pieces import PieceGraphs, on_device, pieces_of, side_stream, supports
 
 
@@ -93,9 +92,7 @@ class StepGraphs:
             pieces = self.pieces_for(model)
             if pieces is not None and pieces.wants(ids.shape[1]):
                 return pieces.forward(model, kv_pool, backend, rows, ids, positions, logits_index)
-            ops = ops_for_positions(model, ids.shape[1])
-            attention = RaggedAttention(rows, kv_pool, backend, kernels=ops.fused)
-            return model(ids, positions, attention=attention, logits_index=logits_index, ops=ops)[0]
+            return eager_forward(model, kv_pool, backend, rows, ids, positions, logits_index)
         if kind == "capture":
             entry, first = self._capture(model, kv_pool, backend, rows, ids, positions, logits_index)
             self.entries[key] = entry

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .attention import attend, sdpa
+from .elementwise import ops_for_positions
 from .rows import copy_rows, ranges, runs, select_rows
 from .transfer import to_device
 
@@ -161,11 +162,15 @@ class RaggedAttention:
                             kt if src is ALL else kt[src], vt if src is ALL else vt[src])
         masks = idx.masks(self.rows) if any(b is not None for b in self.rows.block) else {}
         if self.backend == "loop":
-            out = torch.empty_like(qt) if self.out is None else self.out[: qt.shape[0]]
+            out = self._output(qt)
             self._loop(layer, qt, kt, vt, masks, out)
         else:
             out = self._padded(layer, qt, kt, vt, idx, masks)
         return out.transpose(0, 1).unsqueeze(0)
+
+    def _output(self, qt: torch.Tensor) -> torch.Tensor:
+        """Where the (T, H, D) output goes: the given buffer's first T rows, or a new tensor."""
+        return torch.empty_like(qt) if self.out is None else self.out[: qt.shape[0]]
 
     # ----------------------------------------------------------------- loop (reference)
     def _loop(self, layer, qt, kt, vt, masks: dict, out: torch.Tensor) -> None:
@@ -193,7 +198,7 @@ class RaggedAttention:
         groups = [idx.groups[k] for k in (False, True) if idx.groups[k] is not None]
         if self.out is None and len(groups) == 1 and groups[0].uniform == (0, qt.shape[0]):
             return self._padded_group(layer, qt, kt, vt, groups[0], masks, None)
-        out = torch.empty_like(qt) if self.out is None else self.out[: qt.shape[0]]
+        out = self._output(qt)
         for g in groups:
             self._padded_group(layer, qt, kt, vt, g, masks, out)
         return out
@@ -245,6 +250,16 @@ class RaggedAttention:
         else:
             copy_rows(out, g.packed, select_rows(o.reshape(g.n_rows * g.Qmax, H, D), g.qdest))
         return None
+
+
+def eager_forward(model, pool, backend: str, rows: RaggedRows, ids: torch.Tensor, positions: torch.Tensor,
+                  logits_index: torch.Tensor) -> torch.Tensor:
+    """Logits (N, V) of the model's eager forward over ragged ``rows`` (ids and positions (1, T), logits_index
+    (1, N)), with the elementwise functions and attention kernels that suit a forward of T positions
+    (:func:`~dlm.models.elementwise.ops_for_positions`)."""
+    ops = ops_for_positions(model, ids.shape[1])
+    attention = RaggedAttention(rows, pool, backend, kernels=ops.fused)
+    return model(ids, positions, attention=attention, logits_index=logits_index, ops=ops)[0]
 
 
 ALL = object()  # marker: every fed position is written, in packed order
