@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -24,6 +21,7 @@ from dlm.sampling import (
     compute_candidates,
 )
 
+from .interpreted import run_interpreted
 from .sampling_cases import CASES, check
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
@@ -33,21 +31,12 @@ SCRIPT = textwrap.dedent('''
     from tests.sampling_cases import compare
     print(json.dumps([compare(*c) for c in json.loads(sys.argv[1])]))
 ''')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_interpreted(cases) -> list[dict]:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases)], env=env, capture_output=True,
-                         text=True, timeout=600, check=False, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @needs_triton
 @pytest.mark.slow
 def test_kernel_gives_the_reference_tokens_and_confidences():
-    for case, result in zip(CASES, run_interpreted(CASES)):
+    for case, result in zip(CASES, run_interpreted(SCRIPT, json.dumps(CASES))):
         check(case, result)
 
 
@@ -116,11 +105,7 @@ ENGINE_SCRIPT = textwrap.dedent('''
 def test_engine_takes_the_kernel_with_fused_kernels(llada_path, dream_path):
     """A model loaded with fused kernels decodes through the kernel at temperature 0 (not when sampling), with the
     tokens of the model without it."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", ENGINE_SCRIPT, str(llada_path), str(dream_path)], env=env,
-                         capture_output=True, text=True, timeout=900, check=False, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads(out.stdout.strip().splitlines()[-1])
+    results = run_interpreted(ENGINE_SCRIPT, str(llada_path), str(dream_path), timeout=900)
     assert len(results) == 6
     for name, r in results.items():
         assert r["equal"], name

@@ -6,15 +6,15 @@ same kernel is in tests/gpu/test_fp8_gpu.py."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
+import json
 import textwrap
 
 import pytest
 import torch
 
 from dlm.models import fp8_kernel
+
+from ..interpreted import run_interpreted
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 
@@ -50,20 +50,10 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def run_interpreted(cases) -> list[dict]:
-    import json
-
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases)], env=env, capture_output=True,
-                         text=True, timeout=300, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def test_kernel_is_the_rounded_product_of_its_operands():
     """The output is x @ (Q * scale).T + b computed exactly and rounded once to bf16: at most one bf16 step off
     anywhere (a float32 sum against float64) and equal almost everywhere."""
-    results = run_interpreted(CASES)
+    results = run_interpreted(SCRIPT, json.dumps(CASES))
     assert len(results) == len(CASES) == 11
     for case, r in zip(CASES, results):
         assert r["shape"] == list(case[:2]) and r["dtype"] == "torch.bfloat16"
