@@ -24,6 +24,13 @@ import torch
 from ..models.rows import copy_rows
 
 
+def kv_write_kernel():
+    """The key/value write kernel's module, imported when first asked for (it imports Triton)."""
+    from ..models import kv_write_kernel as module
+
+    return module
+
+
 @dataclass(frozen=True)
 class PoolShape:
     """Geometry of a pool: ``num_slots`` slots of ``slot_len`` positions, for ``num_layers`` layers of
@@ -83,18 +90,28 @@ class KVPool:
         return self.shape.num_slots - len(self._free)
 
     # ----------------------------------------------------------------- data
-    def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor,
-              v: torch.Tensor) -> None:
-        """Store keys/values of T positions: slots, positions (T,) long; k, v (T, kv_heads, head_dim).
+    def write(self, layer: int, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              src: torch.Tensor | None = None, kernel: bool = False) -> None:
+        """Store keys/values of W positions: slots (W,) long, positions (T,) long, k and v (T, kv_heads,
+        head_dim); ``src`` (W,) long: which of the T positions are stored (default: all, W == T).
 
         One row copy per position into the flattened slots (``index_copy_``): on a GPU an assignment through
-        two index tensors (``k[slots, positions] = ...``) ran an elementwise kernel about ten times slower."""
-        if positions.device.type == "cpu" and positions.numel() and int(positions.max()) >= self.shape.slot_len:
-            # (on a GPU the check would make the host wait; admission keeps canvases within their slots)
-            raise ValueError(f"position {int(positions.max())} is outside the slots' {self.shape.slot_len} positions")
+        two index tensors (``k[slots, positions] = ...``) ran an elementwise kernel about ten times slower.
+        ``kernel``: in one launch by :mod:`dlm.models.kv_write_kernel` where it applies (the same bits)."""
+        dk, dv = self.k[layer], self.v[layer]
+        if positions.device.type == "cpu":  # (on a GPU the check would make the host wait; admission keeps
+            stored = positions if src is None else positions[src]  # canvases within their slots)
+            if stored.numel() and int(stored.max()) >= self.shape.slot_len:
+                raise ValueError(f"position {int(stored.max())} is outside the slots' {self.shape.slot_len} "
+                                 "positions")
+        if kernel and kv_write_kernel().applies(k, v, dk, dv):
+            kv_write_kernel().write(dk, dv, slots, positions, k, v, src)
+            return
+        if src is not None:
+            positions, k, v = positions[src], k[src], v[src]
         rows = torch.add(positions, slots, alpha=self.shape.slot_len)
-        copy_rows(self.k[layer].view(-1, *self.k[layer].shape[2:]), rows, k)
-        copy_rows(self.v[layer].view(-1, *self.v[layer].shape[2:]), rows, v)
+        copy_rows(dk.view(-1, *dk.shape[2:]), rows, k)
+        copy_rows(dv.view(-1, *dv.shape[2:]), rows, v)
 
     def keys(self, layer: int, slots: slice | int, length: int) -> torch.Tensor:
         """A view (rows, kv_heads, length, head_dim) of a slot (int) or a contiguous range of slots (slice)."""

@@ -26,6 +26,9 @@ Two backends compute the same function:
     on the padded shapes, i.e. on the other rows. With ``kernels=True`` (the model's fused kernels) the rows that
     read pooled keys (a cached step's) take the split-key Triton kernel of :mod:`dlm.models.attention_kernel`
     where it applies.
+
+Both backends store the fed keys and values into the pool first (rows that write); with ``kernels=True`` in one
+launch per layer by :mod:`dlm.models.kv_write_kernel` where it applies (the same bits as the reference copies).
 """
 
 from __future__ import annotations
@@ -150,16 +153,15 @@ class RaggedAttention:
         if backend not in BACKENDS:
             raise ValueError(f"unknown ragged attention backend {backend!r}; allowed: {', '.join(BACKENDS)}")
         self.rows, self.pool, self.backend, self.out = rows, pool, backend, out
-        self.kernels = kernels  # the padded backend's pooled rows by dlm.models.attention_kernel where it applies
+        self.kernels = kernels  # Triton kernels where they apply: pooled rows' attention, key/value writes
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # q: (1, H, T, D); k, v: (1, Hkv, T, D) -> token-major (T, heads, D)
         qt, kt, vt = q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1)
         idx = self.rows.index(q.device)
         if idx.write_src is not None:
-            src = idx.write_src
-            self.pool.write(layer, idx.write_slot, idx.positions[src] if src is not ALL else idx.positions,
-                            kt if src is ALL else kt[src], vt if src is ALL else vt[src])
+            self.pool.write(layer, idx.write_slot, idx.positions, kt, vt,
+                            src=None if idx.write_src is ALL else idx.write_src, kernel=self.kernels)
         masks = idx.masks(self.rows) if any(b is not None for b in self.rows.block) else {}
         if self.backend == "loop":
             out = self._output(qt)
