@@ -6,8 +6,9 @@ fatal):
 
 static      a static batch of 32 (prompt 128, gen 256, dual cache, 4 tokens per step): tokens/s and the share of
             the schedule's compute ceiling (its matrix FLOPs over the bf16 matmul rate measured in the same run);
-            both attention backends (loop, padded); ``--without sampling-kernel attention-kernel swiglu-kernel``:
-            each variant with fused kernels again without that part of them (the same run's before and after)
+            both attention backends (loop, padded); ``--without PART ...`` (sampling-kernel, attention-kernel,
+            swiglu-kernel, kv-write-kernel, norm-kernel; several joined by ``+``): each variant with fused kernels
+            again without those parts of them (the same run's before and after)
 staggered   96 requests arriving one per engine step into an engine of 32 rows vs static batches of 32 of the same
             requests: throughput ratio over the whole run (its 31 steps of ramp-up and ramp-down, with fewer
             than 32 rows, included), and the steady state's (the steps that ran 32 rows) against the same static
@@ -102,27 +103,40 @@ def setting_name(attention: str, fused: bool, graphs: bool) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ parts
+WITHOUT = ("sampling-kernel", "attention-kernel", "swiglu-kernel", "kv-write-kernel", "norm-kernel")
+
+
+def without_parts(text: str) -> str:
+    """argparse type of ``--without``: names of :data:`WITHOUT`, several joined by ``+``."""
+    bad = [name for name in text.split("+") if name not in WITHOUT]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown part {bad[0]!r}; allowed: {', '.join(WITHOUT)} (joined by +)")
+    return text
+
+
 @contextlib.contextmanager
 def without(lm, part: str | None):
-    """The fused kernels without one of their parts, for a before/after in the same run: ``sampling-kernel``
-    (the engine's temperature-0 candidates by the reference dlm.sampling.compute_candidates instead of
-    dlm.sampling_kernel), ``attention-kernel`` (the pooled rows' attention by torch's SDPA instead of
-    dlm.models.attention_kernel) or ``swiglu-kernel`` (SwiGLU by the compiled function instead of
-    dlm.models.swiglu_kernel)."""
+    """The fused kernels without some of their parts (names joined by ``+``), for a before/after in the same run:
+    ``sampling-kernel`` (the engine's temperature-0 candidates by the reference dlm.sampling.compute_candidates
+    instead of dlm.sampling_kernel), ``attention-kernel`` (the pooled rows' attention by torch's SDPA instead of
+    dlm.models.attention_kernel), ``swiglu-kernel`` (SwiGLU by the compiled function instead of
+    dlm.models.swiglu_kernel), ``kv-write-kernel`` (the key/value pool's writes by its index copies instead of
+    dlm.models.kv_write_kernel) or ``norm-kernel`` (the residual add and RMSNorm by the compiled function instead
+    of dlm.models.norm_kernel)."""
     from dlm import sampling_kernel
-    from dlm.models import attention_kernel, swiglu_kernel
+    from dlm.models import attention_kernel, kv_write_kernel, norm_kernel, swiglu_kernel
 
     modules = {"sampling-kernel": sampling_kernel, "attention-kernel": attention_kernel,
-               "swiglu-kernel": swiglu_kernel}
-    module = modules.get(part)
-    applies = module.applies if module is not None else None
-    if module is not None:
-        module.applies = lambda *a: False
+               "swiglu-kernel": swiglu_kernel, "kv-write-kernel": kv_write_kernel, "norm-kernel": norm_kernel}
+    chosen = [modules[name] for name in part.split("+")] if part else []
+    saved = [m.applies for m in chosen]
+    for m in chosen:
+        m.applies = lambda *a: False
     try:
         yield
     finally:
-        if module is not None:
-            module.applies = applies
+        for m, applies in zip(chosen, saved):
+            m.applies = applies
 
 
 def part_static(lm, args, rate):
@@ -431,8 +445,8 @@ def main(argv=None) -> None:
     ap.add_argument("--settings", nargs="+", default=None, choices=["eager", "graphs", "graphs+fused", "fused", "loop", "no-pieces"],
                     help="only these option sets in the static and staggered parts (default: all)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per option set of the static and staggered parts (in turn: A, B, A, B, ...)")
-    ap.add_argument("--without", nargs="+", default=[], choices=["sampling-kernel", "attention-kernel", "swiglu-kernel"],
-                    help="static part: each variant with fused kernels again without this part of them")
+    ap.add_argument("--without", nargs="+", default=[], type=without_parts,
+                    help="static part: each variant with fused kernels again without these parts of them (see without())")
     ap.add_argument("--causal-repeats", type=int, default=7, help="causal part: timings of each side")
     ap.add_argument("--lazy-pieces", action="store_true",
                     help="staggered part: capture the piecewise graphs in the timed steps that first need them "

@@ -61,7 +61,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine_gpu import random_prompts, schedule_config, sync, without
+from engine_gpu import random_prompts, schedule_config, sync, without, without_parts
 from parts import run_parts
 
 import dlm
@@ -613,7 +613,7 @@ def main() -> None:
     ap.add_argument("--trace", type=Path, default=None, help="kernels_refresh_b32: write the profile as a Chrome trace here")
     ap.add_argument("--cudnn-attention", action="store_true",
                     help="let SDPA use cuDNN's attention (dlm.models.attention.use_cudnn_attention; off by default)")
-    ap.add_argument("--without", default=None, choices=["sampling-kernel", "attention-kernel", "swiglu-kernel"],
+    ap.add_argument("--without", default=None, type=without_parts,
                     help="run the parts without this part of the fused kernels (engine_gpu.py's --without)")
     args = ap.parse_args()
     use_cudnn_attention(args.cudnn_attention)

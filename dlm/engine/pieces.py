@@ -43,6 +43,7 @@ import torch
 
 from ..models.elementwise import ops_for_positions
 from ..models.ragged import RaggedAttention, RaggedRows
+from ..models.transformer import plain_layers
 
 
 @dataclass
@@ -92,13 +93,14 @@ def _pieces(model, n: int, bufs: _Buffers, ops) -> list[Callable]:
     def first():
         x = model.embed_ids(ids)
         cos, sin = model.rope(positions)
-        to_buffers(layers[0].before_attention(x, cos, sin, ops))
+        x, *qkv = layers[0].attention_inputs(x, None, cos, sin, ops)
+        to_buffers(qkv)
         return x, cos, sin
 
     def middle(i: int):
-        def piece(x, cos, sin):
-            x = layers[i - 1].after_attention(x, attn, ops)
-            to_buffers(layers[i].before_attention(x, cos, sin, ops))
+        def piece(x, cos, sin):  # (the previous layer's last add goes with this layer's norm, as in the model)
+            x, *qkv = layers[i].attention_inputs(*layers[i - 1].attention_outputs(x, attn, ops), cos, sin, ops)
+            to_buffers(qkv)
             return x, cos, sin
         return piece
 
@@ -303,13 +305,9 @@ def side_stream(side) -> Iterator[None]:
 
 
 def supports(model) -> bool:
-    """Whether the model's forward is what the pieces compute: its layers' own ``forward`` (no family overrides
-    it) and no hooks on the model or its layers (the pieces call the layers' halves directly)."""
-    from ..models.transformer import Block
-
-    modules = [model, *model.layers]
-    return (all(type(layer).forward is Block.forward for layer in model.layers)
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in modules))
+    """Whether the model's forward is what the pieces compute (:func:`~dlm.models.transformer.plain_layers`:
+    the pieces call the layers' halves directly)."""
+    return plain_layers(model)
 
 
 def pieces_of(model) -> PieceGraphs | None:

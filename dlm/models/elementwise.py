@@ -1,13 +1,15 @@
-"""The elementwise pieces of a transformer layer: RMSNorm, rotate-half RoPE and SwiGLU, as LLaDA and Qwen2
-compute them (the order of casts matters in bf16), eager (the reference) or fused with ``torch.compile``.
+"""The elementwise pieces of a transformer layer: RMSNorm, rotate-half RoPE, SwiGLU and the residual add with the
+norm after it, as LLaDA and Qwen2 compute them (the order of casts matters in bf16), eager (the reference) or
+fused with ``torch.compile``.
 
 At batch 1 a cached diffusion step feeds a few dozen positions, so each of the ~40 small kernels of a layer
 (RMSNorm's casts and reduction, the rotary embedding's slicing and products, SwiGLU) costs about as much as the
-data it touches, even when the forward is replayed from a CUDA graph. :func:`fused_ops` compiles the same three
-functions with ``torch.compile`` so each becomes one or two generated kernels (RoPE in bfloat16 and SwiGLU on a
-GPU take the Triton kernels of :mod:`dlm.models.rope_kernel` and :mod:`dlm.models.swiglu_kernel` instead, which
-equal the eager functions bit for bit); the matrix products stay with cuBLAS. Enabled with ``dlm.load(..., fused_kernels=True)``. The eager functions are the reference;
-``tests/models/test_fused.py`` checks the compiled ones against them.
+data it touches, even when the forward is replayed from a CUDA graph. :func:`fused_ops` compiles the same
+functions with ``torch.compile`` so each becomes one or two generated kernels; on a GPU RoPE in bfloat16, SwiGLU
+and the add with its norm take the Triton kernels of :mod:`dlm.models.rope_kernel`,
+:mod:`dlm.models.swiglu_kernel` and :mod:`dlm.models.norm_kernel` instead (the first two equal the eager
+functions bit for bit); the matrix products stay with cuBLAS. Enabled with ``dlm.load(..., fused_kernels=True)``.
+The eager functions are the reference; ``tests/models/test_fused.py`` checks the compiled ones against them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ import torch.nn.functional as F
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm in float32, cast back, then scaled by the weight (LLaDA and Qwen2 order)."""
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def add_rms_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual sum ``x + y`` and its :func:`rms_norm` (a layer's add before its MLP's norm)."""
+    s = x + y
+    return s, rms_norm(s, weight, eps)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -48,14 +57,24 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Ops:
-    """The three elementwise functions a transformer layer calls; ``small``: the ones an eager forward of few
-    positions calls instead (:func:`ops_for_positions`), None for :data:`EAGER`."""
+    """The elementwise functions a transformer layer calls; ``small``: the ones an eager forward of few
+    positions calls instead (:func:`ops_for_positions`), None for :data:`EAGER`. ``add_rms_norm``: the residual
+    add with the norm after it in one function; None: :func:`add_rms_norm` over this set's ``rms_norm``."""
 
     rms_norm: Callable
     rope: Callable
     swiglu: Callable
     fused: bool = False
     small: Ops | None = None
+    add_rms_norm: Callable | None = None
+
+    def add_norm(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``x + y``, its RMSNorm times ``weight``)."""
+        if self.add_rms_norm is not None:
+            return self.add_rms_norm(x, y, weight, eps)
+        s = x + y
+        return s, self.rms_norm(s, weight, eps)
 
 
 EAGER = Ops(rms_norm, rope, swiglu, fused=False)
@@ -73,7 +92,8 @@ def fused_ops(key: Hashable = None) -> Ops:
     if key not in _FUSED:
         small = Ops(rms_norm, _with_rope_kernel(rope), swiglu)  # the RoPE kernel costs no guards: one launch
         _FUSED[key] = Ops(_compiled(rms_norm), _with_rope_kernel(_compiled(rope)),
-                          _with_swiglu_kernel(_compiled(swiglu)), fused=True, small=small)
+                          _with_swiglu_kernel(_compiled(swiglu)), fused=True, small=small,
+                          add_rms_norm=_with_norm_kernel(_compiled(add_rms_norm)))
     return _FUSED[key]
 
 
@@ -104,6 +124,20 @@ def _with_swiglu_kernel(compiled: Callable) -> Callable:
         return compiled(gate, up)
 
     return fused_swiglu
+
+
+def _with_norm_kernel(compiled: Callable) -> Callable:
+    """The residual add and RMSNorm by :mod:`dlm.models.norm_kernel` (one Triton kernel: the sum bit for bit,
+    the norm within its last bit) where it applies, else by ``compiled``."""
+
+    from . import norm_kernel  # (imports Triton, if installed: only once fused kernels are asked for)
+
+    def fused_add_rms_norm(x, y, weight, eps: float):
+        if norm_kernel.applies(x, y, weight):
+            return norm_kernel.add_rms_norm(x, y, weight, eps)
+        return compiled(x, y, weight, eps)
+
+    return fused_add_rms_norm
 
 
 def _compiled(fn: Callable) -> Callable:

@@ -22,7 +22,7 @@ import contextlib
 
 import torch
 
-from .triton_support import available, interpreted, load
+from .triton_support import available, interpreted, load, rows_view
 
 triton, tl = load()  # (None, None) without Triton: then no kernel is used (see applies)
 
@@ -57,17 +57,6 @@ if triton is not None:
         tl.store(o_ptr + row * s_o + c, out.to(o_ptr.dtype.element_ty), mask=ok)
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor | None:
-    """``t`` as a (rows, columns) view with contiguous columns, or None where its leading dimensions do not
-    collapse into one row stride."""
-    if t.dim() < 1 or t.stride(-1) != 1:
-        return None
-    try:
-        return t.view(-1, t.shape[-1])
-    except RuntimeError:
-        return None
-
-
 def applies(gate: torch.Tensor, up: torch.Tensor) -> bool:
     """Whether :func:`swiglu` takes these operands: equal shapes and a floating dtype of
     :data:`DTYPES` (both alike), contiguous columns with rows at one stride each, at most 65,535 x ``BLOCK``
@@ -78,7 +67,7 @@ def applies(gate: torch.Tensor, up: torch.Tensor) -> bool:
         return False  # no backward: the compiled function keeps autograd
     if gate.device != up.device or not (gate.is_cuda or (gate.device.type == "cpu" and interpreted())):
         return False
-    g, u = _rows(gate), _rows(up)
+    g, u = rows_view(gate), rows_view(up)
     # the grid: rows on its first axis (up to 2**31 - 1), blocks of columns on its second (up to 65,535)
     return (g is not None and u is not None and g.shape[0] < 2**31 and g.shape[1] < 2**31 - BLOCK
             and triton.cdiv(g.shape[1], BLOCK) <= 65535)
@@ -87,7 +76,7 @@ def applies(gate: torch.Tensor, up: torch.Tensor) -> bool:
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up``, equal to :func:`dlm.models.elementwise.swiglu`'s (see the module doc), as a new
     contiguous tensor of gate's shape. Check :func:`applies` first."""
-    g, u = _rows(gate), _rows(up)
+    g, u = rows_view(gate), rows_view(up)
     rows, cols = g.shape
     out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
     if rows == 0 or cols == 0:

@@ -202,19 +202,43 @@ class Block(nn.Module):
         """The layer up to its attention: q (B, H, Q, D), k and v (B, Hkv, Q, D) of hidden states x (B, Q, d).
         Only the attention sees more than one position at a time (piecewise CUDA graphs,
         :mod:`dlm.engine.pieces`, capture the rest per number of positions)."""
-        h = ops.rms_norm(x, self.attn_norm.weight, self.attn_norm.eps)
-        q, k, v = self.project_qkv(h)
-        q, k = self.qk_norm(q, k, ops)
-        q, k = self.rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin, ops)
-        return q, k, v.transpose(1, 2)
+        return self.attention_inputs(x, None, cos, sin, ops)[1:]
 
     def after_attention(self, x: torch.Tensor, a: torch.Tensor, ops: ew.Ops) -> torch.Tensor:
         """The layer after its attention: x (B, Q, d) and the attention's output a (B, H, Q, D) -> the next
         layer's x."""
+        x, m = self.attention_outputs(x, a, ops)
+        return x + m
+
+    def attention_inputs(self, x: torch.Tensor, pending: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                         ops: ew.Ops) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`before_attention` of the hidden states ``x + pending`` (``pending``: the previous layer's MLP
+        output, not added yet, or None): the add and this layer's norm are one function (``ops.add_norm``).
+        Returns (the hidden states, q, k, v)."""
+        if pending is None:
+            h = ops.rms_norm(x, self.attn_norm.weight, self.attn_norm.eps)
+        else:
+            x, h = ops.add_norm(x, pending, self.attn_norm.weight, self.attn_norm.eps)
+        q, k, v = self.project_qkv(h)
+        q, k = self.qk_norm(q, k, ops)
+        q, k = self.rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin, ops)
+        return x, q, k, v.transpose(1, 2)
+
+    def attention_outputs(self, x: torch.Tensor, a: torch.Tensor, ops: ew.Ops) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`after_attention` without its last add: (the hidden states after the attention's residual add,
+        the MLP's output). The next layer adds them (:meth:`attention_inputs`)."""
         B, Q, _ = x.shape
-        x = x + self.o(a.transpose(1, 2).reshape(B, Q, -1))
-        h = ops.rms_norm(x, self.mlp_norm.weight, self.mlp_norm.eps)
-        return x + self.mlp(h, ops)
+        x, h = ops.add_norm(x, self.o(a.transpose(1, 2).reshape(B, Q, -1)), self.mlp_norm.weight, self.mlp_norm.eps)
+        return x, self.mlp(h, ops)
+
+
+def plain_layers(model) -> bool:
+    """Whether the model's forward is its layers' halves in order: every layer's own ``forward`` is
+    :meth:`Block.forward` (no family overrides it) and no hooks sit on the model or its layers (a device map's
+    moving hooks, for one). Then a layer's last add can wait for the next layer's norm
+    (:meth:`Block.attention_inputs`), and piecewise CUDA graphs can cut the forward at its attentions."""
+    return (all(type(layer).forward is Block.forward for layer in model.layers)
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in (model, *model.layers)))
 
 
 class Transformer(nn.Module):
@@ -293,9 +317,15 @@ class Transformer(nn.Module):
         ops = self.ops if ops is None else ops
         x = self.embed_ids(input_ids)
         cos, sin = self.rope(position_ids)
+        if not plain_layers(self):
+            for i, layer in enumerate(self.layers):
+                x = layer(x, cos, sin, i, attention, ops)
+            return x
+        pending = None  # each layer's MLP output, added to x with the next layer's norm (the same values)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, i, attention, ops)
-        return x
+            x, q, k, v = layer.attention_inputs(x, pending, cos, sin, ops)
+            x, pending = layer.attention_outputs(x, attention(i, q, k, v), ops)
+        return x if pending is None else x + pending
 
     def embed_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, Q) ids -> (B, Q, d) input hidden states (the embedding, scaled where the family scales it)."""

@@ -1,6 +1,7 @@
-"""Fused elementwise kernels (``dlm.load(..., fused_kernels=True)``): the torch.compile'd RMSNorm, RoPE and SwiGLU
-against the eager reference functions, and a whole decode with them against the eager decode (CPU; the same
-checks on CUDA are in tests/gpu)."""
+"""Fused elementwise kernels (``dlm.load(..., fused_kernels=True)``): the torch.compile'd RMSNorm, RoPE, SwiGLU and
+residual add + RMSNorm against the eager reference functions, and a whole decode with them against the eager
+decode (CPU; the same checks on CUDA are in tests/gpu); the model's loop that adds each layer's MLP output with
+the next layer's norm."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def test_fused_functions_match_eager(dtype):
             for a, b in zip(ops.rope(q, k, cos, sin, full), ew.rope(q, k, cos, sin, full)):
                 torch.testing.assert_close(a, b, **tol)
         torch.testing.assert_close(ops.swiglu(x, x.flip(-1)), ew.swiglu(x, x.flip(-1)), **tol)
+        for a, b in zip(ops.add_norm(x, x.flip(-1), w, 1e-6), ew.add_rms_norm(x, x.flip(-1), w, 1e-6)):
+            torch.testing.assert_close(a, b, **tol)
     from torch._dynamo.utils import counters
 
     assert counters["stats"]["unique_graphs"] > 0  # really compiled, not a silent fallback to eager
@@ -76,3 +79,29 @@ def test_load_gives_one_compiled_set_per_dtype_and_architecture(llada_path, drea
     c = dlm.load(dream_path, device="cpu", dtype="float32", fused_kernels=True)
     assert a.model.ops is b.model.ops and a.model.ops is not c.model.ops
     assert a.model.ops.rms_norm is not c.model.ops.rms_norm
+
+
+@pytest.mark.parametrize("name", ["llada", "Dream"])
+def test_each_layers_last_add_goes_with_the_next_norm(name, llada_path, dream_path):
+    """The model's loop hands each layer's MLP output to the next layer, whose norm adds it (``ops.add_norm``):
+    with the eager functions the logits are those of the layers' own forwards (run where a hook sits on a layer)
+    bit for bit, and each layer but the first adds twice through ``add_norm``, the others' layers once."""
+    lm = dlm.load(llada_path if name == "llada" else dream_path, device="cpu", dtype="float32")
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+    calls = []
+
+    def counted(x, y, w, eps):
+        calls.append(1)
+        return ew.add_rms_norm(x, y, w, eps)
+
+    layers = len(lm.model.layers)
+    with torch.no_grad():
+        deferred = lm.model(ids)
+        lm.model.ops = ew.Ops(ew.rms_norm, ew.rope, ew.swiglu, add_rms_norm=counted)
+        assert torch.equal(lm.model(ids), deferred) and len(calls) == 2 * layers - 1
+        handle = lm.model.layers[0].register_forward_pre_hook(lambda *a: None)
+        try:
+            calls.clear()
+            assert torch.equal(lm.model(ids), deferred) and len(calls) == layers
+        finally:
+            handle.remove()
