@@ -128,7 +128,7 @@ def _with_swiglu_kernel(compiled: Callable) -> Callable:
 
 def _with_norm_kernel(compiled: Callable) -> Callable:
     """The residual add and RMSNorm by :mod:`dlm.models.norm_kernel` (one Triton kernel: the sum bit for bit,
-    the norm within its last bit) where it applies, else by ``compiled``."""
+    the norm within two units of its last place) where it applies, else by ``compiled``."""
 
     from . import norm_kernel  # (imports Triton, if installed: only once fused kernels are asked for)
 
