@@ -36,6 +36,9 @@ Parts (each recorded on its own; a failing part does not stop the others):
 ``kernels_ramp``
     the first eight steps of the same staggered arrivals (default options) under ``torch.profiler``: each
     step's wall time, the kernels summed per name and the host's busiest operators.
+``launch``
+    the host time of a replayed batch-1 step's launch (the engine's forward, the graph runner's, the replay
+    call), median per call, after a warm-up decode.
 ``gaps``, ``gaps_b32``
     the GPU's busy time per step (refresh and in-block steps) and its idle time between steps, from CUDA events,
     at batch 1 (gen 1024) and for a static batch of 32 (gen 256), after every bucket's CUDA graphs are captured.
@@ -458,6 +461,39 @@ def part_host(lm, batch: int = 1, gen: int = GEN) -> dict:
     return {"batch": batch, "gen": gen, "ms_per_step": sum(times) / steps, "phase_ms_per_step": per}
 
 
+def part_launch(lm, runs: int = 2) -> dict:
+    """Host time of a replayed step's launch at batch 1 (``dual``, gen 1024, default options), median per call:
+    the engine's ``_forward`` (input ids, then the graph runner), the graph runner's ``forward`` (its layout
+    lookup and the three input copies, then the replay) and the replay call itself; the GPU starts the step's
+    forward only once the replay is submitted. Timed after a warm-up decode has captured the step graphs."""
+    set_fast_path(lm, True, True)
+    prompts, cfg = _config({}, 1, GEN, True)
+    engine = dlm.Engine(lm, max_rows=1, max_tokens=PROMPT + GEN)
+    core = engine.core
+    engine.submit(prompts[0], cfg)
+    engine.run()  # warm-up: captures the in-block and refresh layouts
+    calls: dict[str, list[float]] = {"engine_forward": [], "graphs_forward": [], "replay": []}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            calls[name].append(time.perf_counter() - t0)
+            return out
+        return wrapper
+
+    core._forward = timed("engine_forward", core._forward)
+    core.graphs.forward = timed("graphs_forward", core.graphs.forward)
+    for entry in core.graphs.entries.values():
+        entry.replay = timed("replay", entry.replay)
+    for _ in range(runs):
+        engine.submit(prompts[0], cfg)
+        engine.run()
+    med = {f"{k}_us": sorted(v)[len(v) // 2] * 1e6 for k, v in calls.items() if v}
+    print("launch batch 1 (median us per call): " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()), flush=True)
+    return {**med, "calls": {k: len(v) for k, v in calls.items()}, "graphs": len(core.graphs.entries)}
+
+
 def part_gaps(lm, batch: int, gen: int) -> dict:
     """The GPU's time per step and its idle time between steps, from CUDA events: one recorded when a step's
     work is queued (at the start of ``_transfer``, before its synchronisation), one when the next step's
@@ -635,7 +671,8 @@ def main() -> None:
             "host": lambda: part_host(model()), "host_b32": lambda: part_host(model(), batch=32, gen=256),
             "projections": part_projections, "staggered_steps": lambda: part_staggered_steps(model()),
             "kernels_mixed": lambda: part_kernels_mixed(model()), "steps_cudnn": lambda: part_steps_cudnn(model()), "kernels_ramp": lambda: part_kernels_ramp(model()),
-            "candidates": part_candidates, "gaps": lambda: part_gaps(model(), 1, GEN), "gaps_b32": lambda: part_gaps(model(), 32, 256)}
+            "candidates": part_candidates, "gaps": lambda: part_gaps(model(), 1, GEN), "gaps_b32": lambda: part_gaps(model(), 32, 256),
+            "launch": lambda: part_launch(model())}
     results["without"] = args.without
     if args.without is not None:  # (every part builds its engines inside the context)
         jobs = {name: (lambda job=job: _without_part(job)) for name, job in jobs.items()}
