@@ -104,7 +104,9 @@ class KVPool:
             if stored.numel() and int(stored.max()) >= self.shape.slot_len:
                 raise ValueError(f"position {int(stored.max())} is outside the slots' {self.shape.slot_len} "
                                  "positions")
-        if kernel and kv_write_kernel().applies(k, v, dk, dv):
+            if slots.numel() and not 0 <= int(slots.min()) <= int(slots.max()) < self.shape.num_slots:
+                raise ValueError(f"slots {slots.tolist()} are not all among the pool's {self.shape.num_slots}")
+        if kernel and kv_write_kernel().applies(k, v, dk, dv, slots, positions, src):
             kv_write_kernel().write(dk, dv, slots, positions, k, v, src)
             return
         if src is not None:

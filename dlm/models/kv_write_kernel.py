@@ -36,24 +36,32 @@ if triton is not None:
         row = tl.load(slot_ptr + i) * slot_len + tl.load(pos_ptr + t)
         c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         ok = c < cols
-        h, d = c // D, c % D
+        h, d = (c // D).to(tl.int64), c % D  # (h * s_kh in int64: the source's head stride is T * D)
         tl.store(kd_ptr + row * cols + c, tl.load(k_ptr + t * s_kt + h * s_kh + d, mask=ok), mask=ok)
         tl.store(vd_ptr + row * cols + c, tl.load(v_ptr + t * s_vt + h * s_vh + d, mask=ok), mask=ok)
 
 
-def applies(k: torch.Tensor, v: torch.Tensor, dest_k: torch.Tensor, dest_v: torch.Tensor) -> bool:
+def applies(k: torch.Tensor, v: torch.Tensor, dest_k: torch.Tensor, dest_v: torch.Tensor, slots: torch.Tensor,
+            positions: torch.Tensor, src: torch.Tensor | None = None) -> bool:
     """Whether :func:`write` takes these: k and v (T, kv_heads, head_dim) with contiguous last dimensions, into
-    contiguous (slots, slot_len, kv_heads, head_dim) pools, all of one dtype on one CUDA device (or CPU tensors
-    under Triton's interpreter, for the tests), plain tensors (no subclass), no gradient asked."""
+    contiguous (slots, slot_len, kv_heads, head_dim) pools, all of one dtype; ``positions`` (T,), ``slots`` and
+    ``src`` (W,) contiguous int64 (the kernel reads them as arrays); all on one CUDA device (or CPU tensors under
+    Triton's interpreter, for the tests), plain tensors (no subclass), no gradient asked. Slot numbers and
+    positions are not checked against the pool's size (the pool checks them on a CPU)."""
     if not available() or k.dim() != 3 or v.shape != k.shape or dest_k.dim() != 4 or dest_v.shape != dest_k.shape:
+        return False
+    index = (slots, positions) if src is None else (slots, positions, src)
+    if any(t.dim() != 1 or t.dtype != torch.int64 or not t.is_contiguous() for t in index):
+        return False
+    if positions.numel() != k.shape[0] or slots.numel() != (k.shape[0] if src is None else src.numel()):
         return False
     if tuple(dest_k.shape[2:]) != tuple(k.shape[1:]) or len({k.dtype, v.dtype, dest_k.dtype, dest_v.dtype}) != 1:
         return False
     if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
         return False
-    if any(type(t) is not torch.Tensor for t in (k, v, dest_k, dest_v)):
+    if any(type(t) is not torch.Tensor for t in (k, v, dest_k, dest_v, *index)):
         return False  # (a tensor subclass, such as a distributed tensor, keeps torch's functions)
-    devices = {k.device, v.device, dest_k.device, dest_v.device}
+    devices = {t.device for t in (k, v, dest_k, dest_v, *index)}
     if len(devices) != 1 or not (k.is_cuda or (k.device.type == "cpu" and interpreted())):
         return False
     cols = k.shape[1] * k.shape[2]

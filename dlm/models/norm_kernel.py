@@ -9,11 +9,11 @@ reads x and y once, writes the sum rounded to the model dtype (the eager add's r
 exact float32 sum), and normalises that rounded sum as :func:`dlm.models.elementwise.rms_norm` does (float32,
 rounded to the model dtype, then the product with the weight rounded again).
 
-The sum is the eager one bit for bit; the norm's float32 reduction adds the squares in another order than
-torch's kernel (as the compiled function does too), so its float32 value may differ in the last bit now and then,
-which after its two roundings moves ``h`` by at most two units of its last place, and seldom at all in bfloat16
-and float16 (``tests/models/test_norm_kernel.py`` in Triton's CPU interpreter, ``tests/gpu/test_norm_gpu.py`` on
-a GPU).
+The sum is the eager one bit for bit (a NaN is a NaN, whatever its payload); the norm's float32 reduction adds
+the squares in another order than torch's kernel (as the compiled function does too), so its float32 value may
+differ in the last bit now and then, which after its two roundings moves ``h`` by at most two units of its last
+place, and seldom at all in bfloat16 and float16 (``tests/models/test_norm_kernel.py`` in Triton's CPU
+interpreter, ``tests/gpu/test_norm_gpu.py`` on a GPU).
 :func:`applies` says when the kernel is used; :func:`dlm.models.elementwise.fused_ops` falls back to the
 compiled function otherwise.
 """

@@ -138,8 +138,10 @@ class RaggedAttention:
 
     Args:
         rows: the :class:`RaggedRows` of the forward.
-        pool: an object with ``write(layer, slots, positions, k, v)``, ``keys(layer, slots, length)`` and
-            ``values(layer, slots, length)`` (:class:`dlm.cache.store.KVPool`), or None when no row uses a slot.
+        pool: an object with ``write(layer, slots, positions, k, v, src=None, kernel=False)`` (``src``: which of
+            the fed positions are stored, None for all; ``kernel``: the write kernel may be used),
+            ``keys(layer, slots, length)`` and ``values(layer, slots, length)``
+            (:class:`dlm.cache.store.KVPool`), or None when no row uses a slot.
         backend: ``"loop"`` or ``"padded"`` (see the module doc).
         out: a (T' >= T, H, D) buffer whose first T rows receive the outputs (the returned tensor is a view of
             it), or None for a new tensor.

@@ -31,6 +31,11 @@ def test_write_stores_each_position_in_its_slot():
     assert torch.equal(pool.keys(1, 2, 7), ref_k[2:3].transpose(1, 2))
     with pytest.raises(ValueError, match="position 7 is outside"):  # would land in the next slot's first row
         pool.write(0, torch.tensor([0]), torch.tensor([7]), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))
+    with pytest.raises(ValueError, match="not all among the pool's 3"):
+        pool.write(0, torch.tensor([3]), torch.tensor([0]), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))
+    with pytest.raises(ValueError, match="position 7 is outside"):  # a stored one (src), not only the fed ones
+        pool.write(0, torch.tensor([0]), torch.tensor([1, 7]), torch.zeros(2, 2, 4), torch.zeros(2, 2, 4),
+                   src=torch.tensor([1]))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

@@ -30,7 +30,7 @@ def test_kernel_stores_the_reference_bits(heads, fed, stored, dtype):
     k = torch.randn(1, heads, fed, 128, device="cuda", generator=g).to(dtype)[0].transpose(0, 1)
     v = torch.randn(1, fed, heads, 128, device="cuda", generator=g).to(dtype)[0]
     k[0, 0, 0], v[-1, -1, -1] = -0.0, float("nan")
-    assert kv_write_kernel.applies(k, v, got.k[0], got.v[0])
+    assert kv_write_kernel.applies(k, v, got.k[0], got.v[0], slot, positions, src)
     ref.write(0, slot, positions, k, v, src=src)
     got.write(0, slot, positions, k, v, src=src, kernel=True)
     bits = torch.int32 if dtype == torch.float32 else torch.int16

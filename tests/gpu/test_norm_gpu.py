@@ -1,7 +1,8 @@
-"""The residual add + RMSNorm Triton kernel on a GPU (skipped without CUDA): the sum bit for bit the eager add's,
-the norm within two units of its last place of the eager function's (it rounds twice) and equal for nearly every
-bfloat16 and float16 value, at LLaDA-8B's and Dream-7B's widths and the position counts of decode steps and
-refreshes; the fused functions taking it."""
+"""The residual add + RMSNorm Triton kernel on a GPU (skipped without CUDA): the sum bit for bit the eager add's;
+the norm (its squares summed in another order, then rounded twice) within 2^-6 of the eager function's value in
+bfloat16 and 2^-9 in float16 (two units of the last place at most) and equal for nearly every value, within
+2^-20 in float32; at LLaDA-8B's and Dream-7B's widths and the position counts of decode steps and refreshes; the
+fused functions taking it."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import torch
 import dlm
 from dlm import GenerationConfig
 from dlm.models import elementwise as ew
-from dlm.models.transformer import rope_cos_sin
+from dlm.models.transformer import plain_layers, rope_cos_sin
 
 from ..conftest import random_prompts
 
@@ -105,3 +105,35 @@ def test_each_layers_last_add_goes_with_the_next_norm(name, llada_path, dream_pa
             assert torch.equal(lm.model(ids), deferred) and len(calls) == layers
         finally:
             handle.remove()
+
+
+def test_layers_called_as_themselves_where_anything_would_be_skipped(llada_path):
+    """The model's loop calls the layers' halves only where nothing is skipped that calling the layers runs:
+    forward and backward hooks on a layer or on every module, an instance's own forward, a compiled layer, a
+    family's own halves. Each of those gets the per-layer loop, with the same logits."""
+    lm = dlm.load(llada_path, device="cpu", dtype="float32")
+    model, layer = lm.model, lm.model.layers[1]
+    ids = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model(ids)
+    assert plain_layers(model)
+    nn_module = torch.nn.modules.module
+    handles = [layer.register_full_backward_hook(lambda *a: None), layer.register_forward_hook(lambda *a: None),
+               model.register_forward_pre_hook(lambda *a: None), nn_module.register_module_forward_hook(lambda *a: None),
+               nn_module.register_module_full_backward_hook(lambda *a: None)]
+    for h in handles:
+        assert not plain_layers(model)
+        h.remove()
+    assert plain_layers(model)
+    seen = []
+    layer.forward = lambda *a, **k: seen.append(1) or type(layer).forward(layer, *a, **k)  # an instance's own
+    with torch.no_grad():
+        assert not plain_layers(model) and torch.equal(model(ids), want) and len(seen) == 1
+    del layer.forward
+    layer.after_attention = layer.after_attention  # (an instance attribute: a half of its own)
+    assert not plain_layers(model)
+    del layer.after_attention
+    layer.compile()
+    assert not plain_layers(model)
+    layer._compiled_call_impl = None
+    assert plain_layers(model)
