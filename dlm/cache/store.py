@@ -16,6 +16,7 @@ attention can run over one contiguous range of them.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import torch
 from ..models.rows import copy_rows
 
 
+@functools.cache
 def kv_write_kernel():
     """The key/value write kernel's module, imported when first asked for (it imports Triton)."""
     from ..models import kv_write_kernel as module
@@ -104,7 +106,8 @@ class KVPool:
             if stored.numel() and int(stored.max()) >= self.shape.slot_len:
                 raise ValueError(f"position {int(stored.max())} is outside the slots' {self.shape.slot_len} "
                                  "positions")
-            if slots.numel() and not 0 <= int(slots.min()) <= int(slots.max()) < self.shape.num_slots:
+            lo, hi = torch.aminmax(slots) if slots.numel() else (0, 0)
+            if not (0 <= int(lo) and int(hi) < self.shape.num_slots):
                 raise ValueError(f"slots {slots.tolist()} are not all among the pool's {self.shape.num_slots}")
         if kernel and kv_write_kernel().applies(k, v, dk, dv, slots, positions, src):
             kv_write_kernel().write(dk, dv, slots, positions, k, v, src)
