@@ -89,23 +89,30 @@ def split_state(state: Any, n: int) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------------------------ views
-def block_info(reqs: list[Request], masks: torch.Tensor, device) -> BlockInfo:
+def row_numbers(reqs: list[Request], device) -> torch.Tensor:
+    """(B, 15) long on ``device``, in one transfer: per row its slot, region start, length, prompt length (the
+    region's), its block's index, count, step budget, the total budget, width, start, canvas length and answer
+    start (:class:`BlockInfo`'s), then its step in the block, its steps and its id (the view's)."""
     rows = []
     for r in reqs:
         bs, be = r.block_span()
-        rows.append([r.block, len(r.layout.blocks), r.layout.steps_per_block, r.layout.total_steps, be - bs, bs,
-                     r.layout.length, r.layout.prompt_len])
-    t = to_device(rows, device, torch.long)
-    return BlockInfo(index=t[:, 0], num_blocks=t[:, 1], steps=t[:, 2], masks=masks, total_steps=t[:, 3],
-                     width=t[:, 4], start=t[:, 5], canvas_length=t[:, 6], answer_start=t[:, 7])
+        rows.append([r.slots[0], r.region_span()[0], r.length, r.layout.prompt_len,
+                     r.block, len(r.layout.blocks), r.layout.steps_per_block, r.layout.total_steps, be - bs, bs,
+                     r.layout.length, r.layout.prompt_len, r.block_step, r.steps, r.id])
+    return to_device(rows, device, torch.long)
 
 
-def region(reqs: list[Request], buf: SlotBuffers, mask_id: int):
-    """(slots, starts, cols, current tokens, masked, prompt) of the rows' regions: (B,), (B,), then (B, n)."""
+def block_info(t: torch.Tensor, masks: torch.Tensor) -> BlockInfo:
+    """The rows' blocks from :func:`row_numbers`."""
+    return BlockInfo(index=t[:, 4], num_blocks=t[:, 5], steps=t[:, 6], masks=masks, total_steps=t[:, 7],
+                     width=t[:, 8], start=t[:, 9], canvas_length=t[:, 10], answer_start=t[:, 11])
+
+
+def region(reqs: list[Request], buf: SlotBuffers, mask_id: int, meta: torch.Tensor):
+    """(slots, starts, cols, current tokens, masked, prompt) of the rows' regions: (B,), (B,), then (B, n);
+    ``meta``: the rows' :func:`row_numbers`."""
     dev = buf.device
     n = reqs[0].region_span()[1] - reqs[0].region_span()[0]
-    meta = to_device([[r.slots[0], r.region_span()[0], r.length, r.layout.prompt_len] for r in reqs], dev,
-                     torch.long)
     slots, starts, lengths = meta[:, 0], meta[:, 1], meta[:, 2]
     cols = starts.unsqueeze(1) + torch.arange(n, device=dev).unsqueeze(0)
     cur = buf.tokens[slots.unsqueeze(1), cols]
@@ -127,26 +134,27 @@ def decide(reqs: list[Request], buf: SlotBuffers, mask_id: int) -> GroupCommit:
     commits written into the canvases (see the module doc)."""
     sched = reqs[0].scheduler
     dev = buf.device
-    slots, starts, cols, cur, masked, prompt = region(reqs, buf, mask_id)
+    numbers = row_numbers(reqs, dev)
+    slots, starts, cols, cur, masked, prompt = region(reqs, buf, mask_id, numbers)
     B, n = masked.shape
     width = reqs[0].block_span()[1] - reqs[0].block_span()[0]
     in_block = (torch.arange(n, device=dev) < width).unsqueeze(0).expand(B, n)
-    masks_now = (masked & in_block).sum(1)
+    open_masks = masked & in_block
+    masks_now = open_masks.sum(1)
     for i, r in enumerate(reqs):
         if r.needs_init:  # a block starts: remember its masks, then the scheduler's state for it
             r.block_masks = masks_now[i : i + 1]
     masks = torch.cat([r.block_masks for r in reqs])
-    info = block_info(reqs, masks, dev)
+    info = block_info(numbers, masks)
     starting = [i for i, r in enumerate(reqs) if r.needs_init]
     if starting:
         idx = to_device(starting, dev, torch.long)
         fresh_states = split_state(sched.init_state(info.rows(idx)), len(starting))
         for i, s in zip(starting, fresh_states):
             reqs[i].sched_state, reqs[i].needs_init = s, False
-    steps = to_device([[r.block_step, r.steps, r.id] for r in reqs], dev, torch.long)
     view = StepView(masked=masked, in_block=in_block, active=torch.ones(B, dtype=torch.bool, device=dev),
-                    step=steps[:, 0], row_steps=steps[:, 1], block=info, generators=[r.generator for r in reqs],
-                    request_ids=steps[:, 2], tokens=cur, prompt=prompt)
+                    step=numbers[:, 12], row_steps=numbers[:, 13], block=info, generators=[r.generator for r in reqs],
+                    request_ids=numbers[:, 14], tokens=cur, prompt=prompt)
     cand = buf.candidates(slots, n, sched.measures)
     state = stack_states([r.sched_state for r in reqs])
     if sched.full_region or width == n:
@@ -168,29 +176,38 @@ def decide(reqs: list[Request], buf: SlotBuffers, mask_id: int) -> GroupCommit:
     if any(r.config.eotp for r in reqs):  # EoTP's prediction reads the candidates the scheduler decided on
         buf.cand_tokens[slots, :n] = cand.tokens
         buf.cand_confidence[slots, :n] = cand.confidence.float()
-    commit, finish, error = _validate(decision, masked, in_block, sched.full_region)
+    commit, finish, error = _validate(decision, masked, in_block, open_masks, sched.full_region)
     edit, hold, error = _edits(reqs, decision, masked, in_block, prompt, error, sched)
     if bool(reqs[0].layout.block_causal):  # finishing a block-diffusion row finishes its block, not the row
         finish = torch.zeros_like(finish)
-    _write(reqs, buf, slots, cols, cur, commit | edit, cand.tokens)
-    still = (masked & ~commit & in_block).any(1) | hold
+    _write(reqs, buf, slots, cols, cur, commit if edit is None else commit | edit, cand.tokens, numbers[:, 13])
+    still = (open_masks & ~commit).any(1)
+    if hold is None:
+        hold = torch.zeros(B, dtype=torch.bool, device=dev)
+    else:
+        still = still | hold
     return GroupCommit(reqs, slots, starts, commit, finish, error, hold, still)
 
 
-def _validate(decision: Decision, masked, in_block, full_region: bool):
+def _validate(decision: Decision, masked, in_block, open_masks, full_region: bool):
+    """(commit, finish, error) of a decision: only masked positions committed (a finishing row's remaining
+    masks added), ``finish`` only from ``full_region`` schedulers, and the errors of rows that committed outside
+    their block without finishing or nothing while their block has masks. ``open_masks``: masked & in_block."""
     commit = decision.commit.bool() & masked
     B = commit.shape[0]
-    error = torch.zeros(B, dtype=torch.long, device=commit.device)
-    if decision.finish is not None:
-        finish = decision.finish.bool()
-        if not full_region:
-            error = torch.where(finish, FINISH_WITHOUT_REGION, error)
-            finish = torch.zeros_like(finish)
-        commit = commit | (masked & finish.unsqueeze(1))
-    else:
+    if decision.finish is None:  # (no row finishes: the checks below need no `& ~finish`)
         finish = torch.zeros(B, dtype=torch.bool, device=commit.device)
+        outside = (commit & ~in_block).any(1)
+        empty = open_masks.any(1) & ~(commit & in_block).any(1)
+        return commit, finish, torch.where(outside, OUTSIDE, torch.where(empty, EMPTY, 0))
+    error = torch.zeros(B, dtype=torch.long, device=commit.device)
+    finish = decision.finish.bool()
+    if not full_region:
+        error = torch.where(finish, FINISH_WITHOUT_REGION, error)
+        finish = torch.zeros_like(finish)
+    commit = commit | (masked & finish.unsqueeze(1))
     outside = (commit & ~in_block).any(1) & ~finish
-    empty = ~(commit & in_block).any(1) & (masked & in_block).any(1) & ~finish
+    empty = ~(commit & in_block).any(1) & open_masks.any(1) & ~finish
     error = torch.where((error == 0) & outside, OUTSIDE, error)
     error = torch.where((error == 0) & empty, EMPTY, error)
     return commit, finish, error
@@ -198,12 +215,13 @@ def _validate(decision: Decision, masked, in_block, full_region: bool):
 
 def _edits(reqs, decision: Decision, masked, in_block, prompt, error, sched):
     """The edits and holds of a decision, checked: only answer tokens of the active block, only from schedulers
-    that declare ``edits``, and a block held at most ``max_hold_steps`` steps after its last mask."""
+    that declare ``edits``, and a block held at most ``max_hold_steps`` steps after its last mask. (None, None,
+    error) for a decision without either."""
     B, dev = masked.shape[0], masked.device
+    if decision.edit is None and decision.hold is None:
+        return None, None, error
     edit = torch.zeros_like(masked) if decision.edit is None else decision.edit.bool()
     hold = torch.zeros(B, dtype=torch.bool, device=dev) if decision.hold is None else decision.hold.bool()
-    if decision.edit is None and decision.hold is None:
-        return edit, hold, error
     bad = (edit & (masked | prompt | ~in_block)).any(1) | ((edit.any(1) | hold) & (not sched.edits))
     too_long = hold & to_device([r.held_steps >= sched.max_hold_steps for r in reqs], dev)
     error = torch.where((error == 0) & bad, BAD_EDIT, error)
@@ -211,9 +229,9 @@ def _edits(reqs, decision: Decision, masked, in_block, prompt, error, sched):
     return edit & ~masked & ~prompt & in_block, hold, error
 
 
-def _write(reqs, buf: SlotBuffers, slots, cols, cur, commit, tokens) -> None:
-    """Write committed (and edited) tokens, the unconditional copies' answers, commit steps and the committed
-    mask."""
+def _write(reqs, buf: SlotBuffers, slots, cols, cur, commit, tokens, steps) -> None:
+    """Write committed (and edited) tokens, the unconditional copies' answers, commit steps (``steps``: (B,) each
+    row's steps so far) and the committed mask."""
     dev = buf.device
     new = torch.where(commit, tokens, cur)
     rows = slots.unsqueeze(1)
@@ -222,7 +240,7 @@ def _write(reqs, buf: SlotBuffers, slots, cols, cur, commit, tokens) -> None:
     if uncond:  # the unconditional canvas mirrors the answer (only its prompt differs)
         idx = to_device([i for i, _ in uncond], dev, torch.long)
         buf.tokens[to_device([s for _, s in uncond], dev, torch.long).unsqueeze(1), cols[idx]] = new[idx]
-    step = to_device([r.steps for r in reqs], dev, torch.int32).unsqueeze(1)
+    step = steps.to(torch.int32).unsqueeze(1)
     buf.commit_step[rows, cols] = torch.where(commit, step, buf.commit_step[rows, cols])
     buf.committed.index_fill_(0, slots, False)  # a scalar fill: `t[index] = False` would copy False to the GPU and wait
     buf.committed[rows, cols] = commit

@@ -34,16 +34,19 @@ class StopResult:
     length: torch.Tensor
 
 
-def _settings(reqs: list[Request], dev):
-    rows = [[r.slots[0], r.layout.prompt_len, r.layout.gen_length, r.length, r.region_span()[0],
-             r.region_span()[1] - r.region_span()[0], int(r.config.eotp), int(r.config.stop_at_eos), r.steps]
-            for r in reqs]
-    t = to_device(rows, dev, torch.long)
+def _settings(reqs: list[Request], dev, any_eotp: bool):
+    """The rows' numbers (R, 9) and stop ids (R, S) (one transfer), and EoTP's thresholds (R,) (None without
+    EoTP)."""
     width = max(len(r.stop_ids) for r in reqs)
-    stops = to_device([list(r.stop_ids) + [-1] * (width - len(r.stop_ids)) for r in reqs], dev, torch.long)
-    thr = to_device([r.config.eotp_threshold if r.config.eotp_threshold is not None else float("inf")
-                     for r in reqs], dev, torch.float32)
-    return t, stops, thr
+    rows = [[r.slots[0], r.layout.prompt_len, r.layout.gen_length, r.length, r.region_span()[0],
+             r.region_span()[1] - r.region_span()[0], int(r.config.eotp), int(r.config.stop_at_eos), r.steps,
+             *r.stop_ids, *[-1] * (width - len(r.stop_ids))] for r in reqs]
+    t = to_device(rows, dev, torch.long)
+    thr = None
+    if any_eotp:
+        thr = to_device([r.config.eotp_threshold if r.config.eotp_threshold is not None else float("inf")
+                         for r in reqs], dev, torch.float32)
+    return t[:, :9], t[:, 9:], thr
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Answers:
         G: (R,) long, each row's answer length.
         stops: (R, S) long, each row's stop token ids (padded with -1).
         stop_at_eos, eotp: (R,) bool.
-        threshold: (R,) float, EoTP's prediction threshold (inf: none).
+        threshold: (R,) float, EoTP's prediction threshold (inf: none); None when no row predicts.
         pred_tokens, pred_confidence: (R, Gmax) the candidates of masked positions for EoTP's prediction (None
             when no row predicts).
     """
@@ -65,10 +68,11 @@ class Answers:
     stops: torch.Tensor
     stop_at_eos: torch.Tensor
     eotp: torch.Tensor
-    threshold: torch.Tensor
+    threshold: torch.Tensor | None
     pred_tokens: torch.Tensor | None = None
     pred_confidence: torch.Tensor | None = None
     any_eotp: bool | None = None  # whether some row has eotp, when known on the host (saves a device sync)
+    any_stop: bool | None = None  # whether some row has stop_at_eos, when known on the host (saves the rule)
 
 
 def stop_rules(a: Answers, mask_id: int, eos_id: int):
@@ -85,10 +89,13 @@ def stop_rules(a: Answers, mask_id: int, eos_id: int):
         return torch.where(mask, cols, G).amin(1)
 
     masked = (ans == mask_id) & valid
+    eotp = a.any_eotp if a.any_eotp is not None else bool(a.eotp.any())
+    if not eotp and a.any_stop is False:  # no rule can change an answer: only its masks matter
+        return ans, torch.zeros_like(masked), a.G, ~masked.any(1), first(masked)
     first_stop = first(is_stop(ans) & ~masked & valid)
     at_p = torch.zeros_like(masked)
     p = a.G.clone()
-    if a.any_eotp if a.any_eotp is not None else bool(a.eotp.any()):
+    if eotp:
         if a.pred_tokens is not None:
             p = torch.minimum(first_stop, _predicted_end(ans, masked, valid, is_stop(a.pred_tokens),
                                                          a.pred_confidence, a.threshold, is_stop, cols, a.G))
@@ -115,7 +122,9 @@ def apply_stops(reqs: list[Request], buf: SlotBuffers, mask_id: int, eos_id: int
     bool: requests whose stop-at-EOS waits for their block to close (a scheduler that edits may still change
     the block)."""
     dev = buf.device
-    t, stops, thr = _settings(reqs, dev)
+    any_eotp = any(r.config.eotp for r in reqs)
+    any_stop = any(r.config.stop_at_eos for r in reqs)
+    t, stops, thr = _settings(reqs, dev, any_eotp)
     slot, P, G, length, rs, rw = (t[:, i] for i in range(6))
     eotp, stop_at_eos, step = t[:, 6].bool(), t[:, 7].bool(), t[:, 8]
     Gmax = int(max(r.layout.gen_length for r in reqs))
@@ -123,8 +132,7 @@ def apply_stops(reqs: list[Request], buf: SlotBuffers, mask_id: int, eos_id: int
     valid = cols < G.unsqueeze(1)
     pos = P.unsqueeze(1) + cols
     rows = slot.unsqueeze(1)
-    any_eotp = any(r.config.eotp for r in reqs)
-    answers = Answers(buf.tokens[rows, pos], G, stops, stop_at_eos, eotp, thr, any_eotp=any_eotp)
+    answers = Answers(buf.tokens[rows, pos], G, stops, stop_at_eos, eotp, thr, any_eotp=any_eotp, any_stop=any_stop)
     if any_eotp:
         rc = pos - rs.unsqueeze(1)  # the region column of each answer position
         in_region = (rc >= 0) & (rc < rw.unsqueeze(1))
@@ -139,7 +147,8 @@ def apply_stops(reqs: list[Request], buf: SlotBuffers, mask_id: int, eos_id: int
     if any_eotp:
         buf.commit_step[rows, pos] = torch.where(at_p, step.unsqueeze(1).int(), buf.commit_step[rows, pos])
         length = torch.where(p < G, torch.minimum(length, P + p + 1), length)
-    _write_answers(reqs, buf, rows, pos, ans, valid)
+    if any_eotp or any_stop:  # (else the answers are unchanged)
+        _write_answers(reqs, buf, rows, pos, answers.tokens, ans, valid)
     return StopResult(done, first_mask, length)
 
 
@@ -154,8 +163,8 @@ def _predicted_end(ans, masked, valid, pred_stop, pred_conf, thr, is_stop, cols,
     return torch.where(ok, cols, G.unsqueeze(1)).amin(1)
 
 
-def _write_answers(reqs, buf: SlotBuffers, rows, pos, ans, valid) -> None:
-    cur = buf.tokens[rows, pos]
+def _write_answers(reqs, buf: SlotBuffers, rows, pos, cur, ans, valid) -> None:
+    """The rewritten answers ``ans`` over ``cur``, the answers read before the rules (nothing wrote since)."""
     buf.tokens[rows, pos] = torch.where(valid, ans, cur)
     uncond = [(i, r.slots[1]) for i, r in enumerate(reqs) if r.copies == 2]
     if uncond:
