@@ -8,8 +8,8 @@ static      a static batch of 32 (prompt 128, gen 256, dual cache, 4 tokens per 
             the schedule's compute ceiling (its matrix FLOPs over the bf16 matmul rate measured in the same run:
             at its start, and again right after each timed run, over 200 products);
             both attention backends (loop, padded); ``--without PART ...`` (sampling-kernel, attention-kernel,
-            swiglu-kernel, kv-write-kernel, norm-kernel; several joined by ``+``): each variant with fused kernels
-            again without those parts of them (the same run's before and after)
+            swiglu-kernel, kv-write-kernel, norm-kernel, lookahead; several joined by ``+``): each variant with
+            fused kernels again without those parts of them (the same run's before and after)
 staggered   96 requests arriving one per engine step into an engine of 32 rows vs static batches of 32 of the same
             requests: throughput ratio over the whole run (its 31 steps of ramp-up and ramp-down, with fewer
             than 32 rows, included), and the steady state's (the steps that ran 32 rows) against the same static
@@ -104,7 +104,7 @@ def setting_name(attention: str, fused: bool, graphs: bool) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ parts
-WITHOUT = ("sampling-kernel", "attention-kernel", "swiglu-kernel", "kv-write-kernel", "norm-kernel")
+WITHOUT = ("sampling-kernel", "attention-kernel", "swiglu-kernel", "kv-write-kernel", "norm-kernel", "lookahead")
 
 
 def without_parts(text: str) -> str:
@@ -122,22 +122,29 @@ def without(lm, part: str | None):
     instead of dlm.sampling_kernel), ``attention-kernel`` (the pooled rows' attention by torch's SDPA instead of
     dlm.models.attention_kernel), ``swiglu-kernel`` (SwiGLU by the compiled function instead of
     dlm.models.swiglu_kernel), ``kv-write-kernel`` (the key/value pool's writes by its index copies instead of
-    dlm.models.kv_write_kernel) or ``norm-kernel`` (the residual add and RMSNorm by the compiled function instead
-    of dlm.models.norm_kernel)."""
+    dlm.models.kv_write_kernel), ``norm-kernel`` (the residual add and RMSNorm by the compiled function instead
+    of dlm.models.norm_kernel); and ``lookahead``: engines built inside the block run without the engine's
+    lookahead (dlm.engine.lookahead), the reference loop."""
     from dlm import sampling_kernel
+    from dlm.engine.core import EngineCore
     from dlm.models import attention_kernel, kv_write_kernel, norm_kernel, swiglu_kernel
 
     modules = {"sampling-kernel": sampling_kernel, "attention-kernel": attention_kernel,
                "swiglu-kernel": swiglu_kernel, "kv-write-kernel": kv_write_kernel, "norm-kernel": norm_kernel}
-    chosen = [modules[name] for name in part.split("+")] if part else []
+    names = part.split("+") if part else []
+    chosen = [modules[name] for name in names if name in modules]
     saved = [m.applies for m in chosen]
+    build = EngineCore.__dict__["build"]
     for m in chosen:
         m.applies = lambda *a: False
+    if "lookahead" in names:
+        EngineCore.build = classmethod(lambda cls, *a, **k: build.__func__(cls, *a, **{**k, "lookahead": False}))
     try:
         yield
     finally:
         for m, applies in zip(chosen, saved):
             m.applies = applies
+        EngineCore.build = build
 
 
 def part_static(lm, args, rate):
@@ -154,9 +161,9 @@ def part_static(lm, args, rate):
     variants = variants * args.repeat
     for attention, fused, graphs, off in variants:
         set_fast_path(lm, graphs, fused)
-        engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen),
-                            attention=attention)
         with without(lm, off):
+            engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen),
+                                attention=attention)
             reqs, wall = timed_run(engine, prompts, cfg, args.device)
         # the rate again, right after the run and for longer (200 products, about 0.3 s on an H200): the
         # start-of-run figure (13 products) moves by a few percent from run to run on one machine
@@ -165,7 +172,8 @@ def part_static(lm, args, rate):
         forwards = sum(r.output.stats["forwards"] for r in reqs)
         flops = forward_flops(lm.arch, fed, args.prompt + args.gen, forwards * 32)
         rows.append({"attention": attention, "fused": fused, "graphs": graphs, "without": off,
-                     "batch": args.batch, "gen": args.gen, "wall_s": wall,
+                     "batch": args.batch, "gen": args.gen, "wall_s": wall, "lookahead": engine.core.lookahead,
+                     "lookahead_used": engine.core.lookahead_used,
                      "tokens_per_s": args.batch * args.gen / wall, "engine_steps": engine.core.steps,
                      "ceiling_s": flops / rate, "share_of_ceiling": flops / rate / wall,
                      "matmul_tflops_after": rate_after / 1e12, "share_of_ceiling_after": flops / rate_after / wall})

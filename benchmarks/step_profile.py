@@ -418,7 +418,8 @@ def timed_into(totals: dict, name: str, fn):
     return wrapper
 
 
-HOST_PHASES = ("_admit", "_plan", "_forward", "_sample", "_select", "_flags", "_transfer", "_emit")
+HOST_PHASES = ("_take_ahead", "_admit", "_plan", "_forward", "_sample", "_select", "_flags", "_queue_transfer",
+               "_launch_ahead", "_read_transfer", "_emit")
 
 
 @contextlib.contextmanager
@@ -440,8 +441,10 @@ def wrapped_phases(wrap):
 
 def part_host(lm, batch: int = 1, gen: int = GEN) -> dict:
     """Host time of each phase of the engine's step (default options, ``dual``), by wrapping EngineCore's
-    methods with timers: the GPU waits for the host between the step's one synchronisation (in ``_transfer``)
-    and the next forward's launch (``_emit``, ``_admit``, ``_plan``, ``pack`` and the start of ``_forward``)."""
+    methods with timers: without the engine's lookahead the GPU waits for the host between the step's one
+    synchronisation (in ``_read_transfer``) and the next forward's launch (``_emit``, ``_admit``, ``_plan``,
+    ``pack`` and the start of ``_forward``); with it, a step whose next forward is certain launches it
+    (``_launch_ahead``) before that synchronisation."""
     set_fast_path(lm, True, True)
     prefill = batch == 1
     totals: dict[str, float] = {}
@@ -496,7 +499,7 @@ def part_launch(lm, runs: int = 2) -> dict:
 
 def part_gaps(lm, batch: int, gen: int) -> dict:
     """The GPU's time per step and its idle time between steps, from CUDA events: one recorded when a step's
-    work is queued (at the start of ``_transfer``, before its synchronisation), one when the next step's
+    work is queued (at the start of ``_queue_transfer``, before its synchronisation), one when the next step's
     forward starts and one when its forward is queued (the forward's part of the busy time); the GPU is idle
     between a step's queued work and the next forward, as the host plans, packs and launches. A whole decode of
     ``batch`` requests (prompt 128, ``gen``, ``dual``, default options, every bucket captured first) after an
@@ -509,7 +512,7 @@ def part_gaps(lm, batch: int, gen: int) -> dict:
     engine = dlm.Engine(lm, max_rows=batch, max_tokens=batch * (PROMPT + gen))
     engine.capture_graphs()
     queued, started, forwarded, fed = [], [], [], []
-    saved = core.EngineCore._transfer, core.EngineCore._forward
+    saved = core.EngineCore._queue_transfer, core.EngineCore._forward
 
     def transfer(self, *args, **kwargs):
         queued.append(torch.cuda.Event(enable_timing=True))
@@ -528,7 +531,7 @@ def part_gaps(lm, batch: int, gen: int) -> dict:
 
     for timed in (False, True):
         if timed:
-            core.EngineCore._transfer, core.EngineCore._forward = transfer, forward
+            core.EngineCore._queue_transfer, core.EngineCore._forward = transfer, forward
         try:
             for prompt in prompts:
                 engine.submit(prompt, cfg)
@@ -537,7 +540,7 @@ def part_gaps(lm, batch: int, gen: int) -> dict:
             torch.cuda.synchronize()
             wall = time.perf_counter() - t0
         finally:
-            core.EngineCore._transfer, core.EngineCore._forward = saved
+            core.EngineCore._queue_transfer, core.EngineCore._forward = saved
     busy = [a.elapsed_time(b) for a, b in zip(started, queued)]
     forward_ms = [a.elapsed_time(b) for a, b in zip(started, forwarded)]  # the forward, with its host lead
     idle = [a.elapsed_time(b) for a, b in zip(queued, started[1:])]

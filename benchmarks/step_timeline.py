@@ -7,7 +7,8 @@ weights, default options, one GPU).
 Batch 32 decodes a static batch from a 128-token prompt at gen 256 (as ``benchmarks/engine_gpu.py --parts
 static``); batch 1 likewise; ``--staggered`` profiles eight steps of staggered arrivals instead, after
 ``--warm`` steps (48: the steady state; 0: the ramp-up). Each phase of ``EngineCore.step`` (see
-``dlm/engine/core.py``) is wrapped in a ``record_function`` range; a step runs from one ``_admit`` to the next. Idle is the time inside a step's span
+``dlm/engine/core.py``) is wrapped in a ``record_function`` range; a step runs from one ``_take_ahead`` (the first
+phase of every step) to the next. Idle is the time inside a step's span
 with no kernel, copy or memset running (``lead``: before the step's first kernel; ``tail``: after its last); the
 step times without the profiler come first, for comparison.
 """
@@ -87,7 +88,7 @@ def timeline(events: list[dict]) -> list[dict]:
                  key=lambda e: e["ts"])
     ranges = sorted((e for e in events if e.get("ph") == "X" and e.get("cat") == "user_annotation"
                      and str(e.get("name", "")).startswith("PH:")), key=lambda e: e["ts"])
-    starts = [e["ts"] for e in ranges if e["name"] == "PH:_admit"]
+    starts = [e["ts"] for e in ranges if e["name"] == "PH:_take_ahead"]
     steps = []
     for a, b in zip(starts, starts[1:] + [max(e["ts"] + e["dur"] for e in gpu) + 1]):
         kernels = [e for e in gpu if a <= e["ts"] < b]

@@ -53,10 +53,13 @@ class Engine:
         graphs: what replays repeated step layouts, and the other steps' dense parts by piecewise graphs
             (default: :class:`~dlm.engine.graphs.StepGraphs` on CUDA when the model was loaded with
             ``cuda_graphs=True``, else nothing).
+        lookahead: launch a step's forward before the previous step's results reach the host when that forward
+            is certain (:mod:`dlm.engine.lookahead`: the host's work between steps then runs while the GPU
+            computes); default: on CUDA. ``False`` is the reference loop.
     """
 
     def __init__(self, model, max_rows: int = 32, max_tokens: int | None = None, *, attention: str = "auto",
-                 batch_invariant: bool | None = None, graphs=None):
+                 batch_invariant: bool | None = None, graphs=None, lookahead: bool | None = None):
         if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
             raise ConfigError(f"max_rows must be an integer >= 1, got {max_rows!r}")
         if max_tokens is None:
@@ -65,8 +68,11 @@ class Engine:
             raise ConfigError(f"max_tokens must be an integer >= max_rows ({max_rows}), got {max_tokens!r}")
         if attention not in ATTENTION:
             raise ConfigError(f"unknown attention backend {attention!r}; allowed: {', '.join(ATTENTION)}")
+        if lookahead is not None and not isinstance(lookahead, bool):
+            raise ConfigError(f"lookahead must be True, False or None (on for CUDA), got {lookahead!r}")
         self.model = model
-        self.core = EngineCore.build(model, max_rows, max_tokens // max_rows, attention, batch_invariant, graphs)
+        self.core = EngineCore.build(model, max_rows, max_tokens // max_rows, attention, batch_invariant, graphs,
+                                     lookahead=lookahead)
         self.batch_invariant = self.core.batch_invariant
         self._lock = threading.RLock()
         self._builder = RequestBuilder(model)

@@ -102,11 +102,15 @@ class CachePolicy(Configurable):
         exact: the policy's logits always equal the no-cache forward's (only ``none``).
         uses_storage: steps read keys/values of positions they do not feed, so every forward's keys/values are
             written to the request's slot. ``none`` feeds everything and writes nothing.
+        geometric: :meth:`plan` reads only the step's geometry (never the tensors of :class:`StepInfo`), so a
+            plan can be made before the previous step's results reach the host (the engine's lookahead). Trusted
+            only from the class that defines :meth:`plan` or a subclass of it.
     """
 
     kind: ClassVar[str] = "cache"
     exact: ClassVar[bool] = False
     uses_storage: ClassVar[bool] = True
+    geometric: ClassVar[bool] = False
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -25,6 +25,7 @@ REFRESH_FROM = ("canvas", "last_block")
 
 @register_cache("dual")
 class DualCache(CachePolicy):
+    geometric = True
     @dataclass(frozen=True)
     class Params(RefreshParams):
         """refresh_from: ``"canvas"`` (a refresh feeds every position) or ``"last_block"`` (after the first block,

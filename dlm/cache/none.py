@@ -13,6 +13,7 @@ class NoCache(CachePolicy):
 
     exact = True
     uses_storage = False
+    geometric = True
 
     @dataclass(frozen=True)
     class Params:

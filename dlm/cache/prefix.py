@@ -16,6 +16,7 @@ from .base import CachePolicy, Plan, StepInfo, register_cache
 
 @register_cache("prefix")
 class PrefixCache(CachePolicy):
+    geometric = True
     @dataclass(frozen=True)
     class Params(RefreshParams):
         pass

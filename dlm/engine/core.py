@@ -10,7 +10,9 @@
     stop      end-of-text prediction, stop-at-EOS, answers complete
     emit      per request: advance its block, finish it or fail it, and report a StepEvent
 
-The engine synchronises with the device once per step (to learn which requests finished). A request's answer
+The engine synchronises with the device once per step (to learn which requests finished); with its lookahead
+(:mod:`dlm.engine.lookahead`, on by default on CUDA) it launches the next step's forward just before, when that
+forward is certain, so that the host's work between steps runs while the GPU computes. A request's answer
 depends only on the request: its own config, generator, scheduler state and cache schedule; the model's
 numerics are the only thing it shares with the others, and they are made batch-invariant where the device
 allows it (see :mod:`dlm.engine.numerics`).
@@ -33,7 +35,8 @@ from ..models.transfer import to_device
 from ..outputs import GenerationOutput, StepEvent, StepTrace
 from ..sampling import Draws, candidates_of_rows
 from .buffers import SlotBuffers
-from .pack import SHAPE_STEP, PackCache, Packed, RowPlan, host_plan, step_info
+from .lookahead import Ahead, block_mask_count, predictable, state_key
+from .pack import SHAPE_STEP, PackCache, Packed, host_plan, step_info
 from .request import Request, Status
 from .select import BAD_EDIT, EMPTY, FINISH_WITHOUT_REGION, HELD_TOO_LONG, OUTSIDE, GroupCommit, decide, group_key
 from .stops import apply_stops
@@ -48,10 +51,16 @@ class EngineCore:
         slot_len: positions of a slot (the longest canvas a request may have).
         attention: ragged attention backend, ``"loop"`` or ``"padded"``.
         pad_rows: pad the packed forward to a minimum number of rows (batch invariance of CPU matrix products).
+        lookahead: launch the next step's forward before this step's results reach the host, when it is certain
+            (:mod:`dlm.engine.lookahead`).
     """
 
-    def __init__(self, lm, max_rows: int, slot_len: int, attention: str, pad_rows: bool, graphs=None):
+    def __init__(self, lm, max_rows: int, slot_len: int, attention: str, pad_rows: bool, graphs=None,
+                 lookahead: bool = False):
         self.lm = lm
+        self.lookahead = lookahead
+        self.ahead: Ahead | None = None  # the forward launched for the next step
+        self.lookahead_used = self.lookahead_dropped = 0  # statistics: launched forwards used / dropped
         self.graphs = graphs  # a StepGraphs replaying repeated step layouts, or None
         self.batch_invariant = pad_rows  # set by build(); on a CPU the padding is what invariance needs
         self.tiled = False  # GPU batch invariance: tiled dense operations, per-request candidates and decisions
@@ -72,11 +81,11 @@ class EngineCore:
 
     @classmethod
     def build(cls, lm, max_rows: int, slot_len: int, attention: str = "auto",
-              batch_invariant: bool | None = None, graphs=None) -> "EngineCore":
+              batch_invariant: bool | None = None, graphs=None, lookahead: bool | None = None) -> "EngineCore":
         """An engine with the device's defaults: batch-invariant numerics on a CPU (almost free there), the
         ``loop`` attention where invariance is asked for and ``padded`` otherwise, CUDA graphs when the model
         was loaded with ``cuda_graphs=True`` (``graphs``: a :class:`~dlm.engine.graphs.StepGraphs` to use
-        instead)."""
+        instead), the lookahead on CUDA (where the host and the GPU run side by side)."""
         cpu = lm.device.type == "cpu"
         invariant = cpu if batch_invariant is None else bool(batch_invariant)
         if attention == "auto":
@@ -85,7 +94,8 @@ class EngineCore:
             from .graphs import StepGraphs
 
             graphs = StepGraphs()
-        core = cls(lm, max_rows, slot_len, attention, pad_rows=cpu, graphs=None if invariant and not cpu else graphs)
+        core = cls(lm, max_rows, slot_len, attention, pad_rows=cpu, graphs=None if invariant and not cpu else graphs,
+                   lookahead=lm.device.type == "cuda" if lookahead is None else bool(lookahead))
         core.batch_invariant = invariant
         core.tiled = invariant and not cpu
         return core
@@ -121,9 +131,16 @@ class EngineCore:
         elif request.status == Status.RUNNING:
             request.cancel_requested = True
 
-    def _admit(self) -> None:
+    def _cancel_requested(self) -> None:
         for r in [r for r in self.running if r.cancel_requested]:
             self._end(r, Status.CANCELLED)
+
+    def _admissible(self) -> bool:
+        """Whether the first queued request fits now (the next step would start it)."""
+        return bool(self.queue) and self.pool.free_slots >= self.queue[0].copies
+
+    def _admit(self) -> None:
+        self._cancel_requested()
         while self.queue and self.pool.free_slots >= self.queue[0].copies:
             r = self.queue.popleft()
             self._start(r, self.pool.allocate(r.copies))
@@ -143,6 +160,7 @@ class EngineCore:
             else:
                 self.buf.reset(s, c)
         r.length = r.layout.length
+        r.block_mask_count = block_mask_count(canvas, r, 0)
         r.policy.setup(CacheContext(r.layout.length, r.layout.prompt_len, self.lm.logits_shift, self.shape_step))
         r.policy.begin_block(*r.block_span())
         r.status, r.t_start = Status.RUNNING, time.perf_counter()
@@ -162,22 +180,15 @@ class EngineCore:
             raise ConfigError(f"the model is now {self.lm.dtype} on {self.lm.device}, but this engine was built for "
                               f"{self.built_for[0]} on {self.built_for[1]} (its key/value storage); build a new "
                               "dlm.Engine after converting the model")
-        self._admit()
-        if not self.running:
-            return []
-        plain = [r for r in self.running if r.driver is None]
-        driven: dict[Any, list[Request]] = {}
-        for r in self.running:
-            if r.driver is not None:
-                driven.setdefault(r.driver, []).append(r)
-        plans = [self._plan(r) for r in plain]
-        for driver, reqs in driven.items():
-            per_request = driver.plan(self, reqs)
-            for r, rows in zip(reqs, per_request):
-                r.fed_this_step = bool(rows)
-            plans += [p for rows in per_request for p in rows]
-        packed = self.packs.pack(plans, self.pad_rows, self.shape_step) if plans else None
-        logits = self._forward(packed) if plans else None  # no rows: every driven request finishes from drafts
+        launched = self._take_ahead()
+        if launched is not None:
+            packed, logits = launched
+            plain, driven = list(self.running), {}
+        else:
+            self._admit()
+            if not self.running:
+                return []
+            plain, driven, packed, logits = self._plan_and_forward()
         outcomes, flags = {}, None
         if plain:
             nan = self._sample(packed, logits)
@@ -188,15 +199,83 @@ class EngineCore:
             outcomes.update(zip(map(id, reqs), driver.process(self, reqs, _driver_logits(packed, logits, reqs))))
         self.steps += 1
         reqs = plain + [r for rs in driven.values() for r in rs]
-        events, host_flags = self._transfer(reqs, flags)
-        return self._emit(reqs, [host_flags[i] if i < len(plain) else outcomes[id(r)] for i, r in enumerate(reqs)],
-                          events)
+        pending = self._queue_transfer(reqs, flags)
+        if self.lookahead and not driven and plain and not self._admissible() and all(map(predictable, plain)):
+            self.ahead = self._launch_ahead(plain)
+        events, host_flags = self._read_transfer(reqs, pending)
+        events = self._emit(reqs, [host_flags[i] if i < len(plain) else outcomes[id(r)] for i, r in enumerate(reqs)],
+                            events)
+        if self.ahead is not None and not self.ahead.live():  # every request it feeds has ended
+            self.ahead = None
+        return events
 
-    def _plan(self, r: Request) -> RowPlan:
+    def _plan_and_forward(self):
+        """The step's plans (the plain requests' from their policies, the driven ones' from their drivers), packed
+        into one forward, launched. Returns (plain requests, driven requests by driver, packed, logits)."""
+        plain = [r for r in self.running if r.driver is None]
+        driven: dict[Any, list[Request]] = {}
+        for r in self.running:
+            if r.driver is not None:
+                driven.setdefault(r.driver, []).append(r)
+        plans = []
+        for r in plain:
+            row, plan = self._plan(r)
+            r.policy.count(plan)
+            plans.append(row)
+        for driver, reqs in driven.items():
+            per_request = driver.plan(self, reqs)
+            for r, rows in zip(reqs, per_request):
+                r.fed_this_step = bool(rows)
+            plans += [p for rows in per_request for p in rows]
+        packed = self.packs.pack(plans, self.pad_rows, self.shape_step) if plans else None
+        logits = self._forward(packed) if plans else None  # no rows: every driven request finishes from drafts
+        return plain, driven, packed, logits
+
+    def _plan(self, r: Request):
+        """(RowPlan, the policy's Plan) of the request's step."""
         info = step_info(r, self.buf.tokens, self.buf.committed, self.buf.cand_confidence, self.mask_id)
         plan = r.policy.plan(info)
-        r.policy.count(plan)
-        return host_plan(r, plan, self.lm.logits_shift)
+        return host_plan(r, plan, self.lm.logits_shift), plan
+
+    # ----------------------------------------------------------------- lookahead
+    def _launch_ahead(self, reqs: list[Request]) -> Ahead | None:
+        """The next step's forward for ``reqs``, planned as if each is one step further in its block (see
+        :mod:`dlm.engine.lookahead`); queued on the device after this step's commits. None if planning or
+        launching it raised: the next step then plans and runs it as usual, and reports the error there (this
+        step's results are already on their way)."""
+        rows, plans = [], []
+        try:
+            for r in reqs:
+                r.block_step += 1  # the state the next step plans from (the block goes on: predictable())
+                try:
+                    row, plan = self._plan(r)
+                finally:
+                    r.block_step -= 1
+                rows.append(row)
+                plans.append(plan)
+            packed = self.packs.pack(rows, self.pad_rows, self.shape_step)
+            logits = self._forward(packed)
+        except Exception:  # noqa: BLE001 - see the docstring
+            return None
+        return Ahead(packed, logits, list(reqs), plans, {id(r): state_key(r, 1) for r in reqs})
+
+    def _take_ahead(self):
+        """(packed, logits) of the forward launched for this step, if it serves every running request as
+        predicted; else None (then the step plans and runs its own)."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None:
+            return None
+        self._cancel_requested()  # their rows are ignored; a request queued since waits for the next step
+        live = [r for r in ahead.requests if r.status == Status.RUNNING]
+        if not live or [id(r) for r in live] != [id(r) for r in self.running] or any(
+                state_key(r) != ahead.keys[id(r)] for r in live):
+            self.lookahead_dropped += bool(live)
+            return None
+        for r, plan in zip(ahead.requests, ahead.plans):
+            if r.status == Status.RUNNING:
+                r.policy.count(plan)
+        self.lookahead_used += 1
+        return ahead.packed, ahead.logits
 
     def _forward(self, p: Packed) -> torch.Tensor:
         """(Nc, V) logits of every candidate position (guidance applied)."""
@@ -230,7 +309,9 @@ class EngineCore:
     def _sample(self, p: Packed, logits: torch.Tensor) -> torch.Tensor:
         """Candidates of every request into the slot buffers; returns (R,) bool: the request's logits had NaN."""
         dev = self.device
-        segments = [(plan.request, a, n) for plan, a, n in p.segments if plan.request.driver is None]
+        # (a launched-ahead forward may still feed requests that ended at the step before: skipped)
+        segments = [(plan.request, a, n) for plan, a, n in p.segments
+                    if plan.request.driver is None and plan.request.status == Status.RUNNING]
         groups: dict[tuple, list[tuple[Request, int, int]]] = {}
         for seg in segments:  # requests with the same sampling settings share the call (each its own, if tiled)
             groups.setdefault(_sampling_key(seg[0]) + ((seg[0].id,) if self.tiled else ()), []).append(seg)
@@ -287,6 +368,8 @@ class EngineCore:
 
     def _gather(self, reqs, groups: list[GroupCommit], field: str, dtype) -> torch.Tensor:
         """A per-row field of the scheduler calls, in the order of ``reqs``."""
+        if len(groups) == 1 and groups[0].requests == reqs:  # one call over every request, in order
+            return getattr(groups[0], field).to(dtype)
         order = {id(r): i for i, r in enumerate(reqs)}
         out = torch.zeros(len(reqs), dtype=dtype, device=self.device)
         for g in groups:
@@ -300,9 +383,9 @@ class EngineCore:
         hold = self._gather(reqs, groups, "hold", torch.bool)
         return torch.stack([done.long(), stop.first_mask, stop.length, error, nan.long(), hold.long()], 1)
 
-    def _transfer(self, reqs: list[Request], flags: torch.Tensor | None):
-        """The step's ONE transfer to the host: every request's answer and what this step committed (for the
-        events), with the plain requests' flags. Returns (events, flags as lists)."""
+    def _queue_transfer(self, reqs: list[Request], flags: torch.Tensor | None):
+        """The step's ONE transfer to the host, queued: every request's answer and what this step committed (for
+        the events), with the plain requests' flags. Returns what :meth:`_read_transfer` waits for."""
         dev = self.device
         Gmax = max(r.layout.gen_length for r in reqs)
         meta = to_device([[r.slots[0], r.layout.prompt_len, r.steps] for r in reqs], dev, torch.long)
@@ -311,7 +394,21 @@ class EngineCore:
         parts = [self.buf.tokens[rows, pos], (self.buf.commit_step[rows, pos] == meta[:, 2:3]).long()]
         if flags is not None:
             parts.append(torch.cat([flags, flags.new_zeros(len(reqs) - flags.shape[0], flags.shape[1])]))
-        host = torch.cat(parts, 1).cpu()
+        joined = torch.cat(parts, 1)
+        if joined.device.type != "cuda":
+            return joined.cpu(), None
+        host = torch.empty(joined.shape, dtype=joined.dtype, pin_memory=True)
+        host.copy_(joined, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return host, done
+
+    def _read_transfer(self, reqs: list[Request], pending):
+        """Wait for the step's transfer (the step's one synchronisation); returns (events, flags as lists)."""
+        host, done = pending
+        if done is not None:
+            done.synchronize()
+        Gmax = max(r.layout.gen_length for r in reqs)
         tokens, committed = host[:, :Gmax].unbind(0), host[:, Gmax : 2 * Gmax].bool().unbind(0)  # rows: views
         events = []
         for i, r in enumerate(reqs):
@@ -349,6 +446,8 @@ class EngineCore:
             else:
                 r.length = length
                 self._advance(r, r.layout.prompt_len + first_mask, bool(hold))
+                if r.block_step == 0:  # a block starts: its masks, from the answer just transferred
+                    r.block_mask_count = block_mask_count(ev.tokens, r, r.layout.prompt_len)
             ev.done = r.done
         return [ev for ev, r in zip(events, reqs) if not r.borrowed]
 

@@ -142,6 +142,8 @@ class Scheduler(Configurable):
         full_region: needs candidates for every position from the block start to the end of the answer.
         edits: may replace committed tokens (``Decision.edit``) and hold a block (``Decision.hold``).
         max_hold_steps: the most steps a held block may take after its last mask (the engine's bound).
+
+    A scheduler whose steps per block are fixed in advance says so with :meth:`block_steps`.
     """
 
     kind: ClassVar[str] = "scheduler"
@@ -162,6 +164,13 @@ class Scheduler(Configurable):
 
     def step(self, cand: Candidates, view: StepView, state: Any) -> tuple[Decision, Any]:
         raise NotImplementedError
+
+    def block_steps(self, masks: int, steps: int) -> int | None:
+        """How many steps a block that starts with ``masks`` masks and a budget of ``steps`` steps takes, when
+        that is known before any of its candidates (None: it depends on them, the default). The engine then
+        launches a step's forward before the previous step's results reach the host (its lookahead); it trusts
+        the answer only from the class that defines :meth:`step` or a subclass of it."""
+        return None
 
 
 # --------------------------------------------------------------------------------------------------- helpers

@@ -32,3 +32,7 @@ class LowConfidence(Scheduler):
         k = linear_quota(view.block.masks, view.block.steps, view.step)
         commit = select_top(self.scores(cand, view), view.masked_in_block, k)
         return Decision(commit), state
+
+    def block_steps(self, masks: int, steps: int) -> int | None:
+        """Each step commits exactly its quota (:func:`linear_quota`): the block ends after min(S, M) steps."""
+        return min(max(steps, 1), masks)

@@ -66,19 +66,20 @@ def random_config(rng: random.Random, causal_path, allow_causal: bool) -> Genera
         return_trace=True)
 
 
-def run_random_traffic(lm, rng: random.Random, n: int, causal_path, allow_causal: bool, max_rows: int = 6):
-    """Submit ``n`` requests at random steps into a small engine, cancelling some; returns (request, prompt,
-    config) triples and checks the slots every step."""
-    engine = dlm.Engine(lm, max_rows=max_rows)
-    prompts = random_prompts(lm, n, seed=rng.randrange(10_000), min_len=1, max_len=20)
-    todo = [(p, random_config(rng, causal_path, allow_causal)) for p in prompts]
+def run_random_traffic(engine, rng: random.Random, n: int, make_config, arrivals=(0, 0, 1, 1, 2, 3),
+                       cancel: float = 0.05):
+    """Submit ``n`` requests (configs from ``make_config(rng)``) at random steps into ``engine``, ``arrivals``
+    (a random choice of it) before each step, cancelling a running one with probability ``cancel``; returns
+    (request, prompt, config) triples and checks the slots every step."""
+    prompts = random_prompts(engine.model, n, seed=rng.randrange(10_000), min_len=1, max_len=20)
+    todo = [(p, make_config(rng)) for p in prompts]
     submitted = []
     while todo or engine.pending:
-        for _ in range(min(len(todo), rng.choice([0, 0, 1, 1, 2, 3]))):
+        for _ in range(min(len(todo), rng.choice(arrivals))):
             p, c = todo.pop()
             submitted.append((engine.submit(p, c), p, c))
         running = [r for r, _, _ in submitted if r.status == dlm.api.Status.RUNNING]
-        if running and rng.random() < 0.05:
+        if running and rng.random() < cancel:
             engine.cancel(rng.choice(running))
         engine.step()
         held = sum(r.copies for r in engine.core.running if not r.borrowed)  # drafts run in their owner's slots
@@ -112,7 +113,8 @@ def causal_path(tmp_path_factory, llada_path):
 def test_every_request_equals_itself_alone(llada, dream, causal_path, model, seed, n):
     lm = llada if model == "llada" else dream
     rng = random.Random(seed)
-    submitted = run_random_traffic(lm, rng, n, causal_path, allow_causal=model == "llada")
+    submitted = run_random_traffic(dlm.Engine(lm, max_rows=6), rng, n,
+                                   lambda g: random_config(g, causal_path, allow_causal=model == "llada"))
     done, cancelled = check_alone(lm, submitted)
     assert done >= 0.7 * n and cancelled >= 1, (done, cancelled)  # about 1 in 5 requests is cancelled
     kinds = {(c.verify or c.scheduler) for _, _, c in submitted}

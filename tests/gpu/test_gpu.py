@@ -150,19 +150,30 @@ def test_joined_projections_on_cuda(gpu_path):
     assert (lm.generate(prompts, cfg).sequences == ref.generate(prompts, cfg).sequences).float().mean() > 0.9
 
 
-def test_one_synchronisation_per_step(gpu_path):
-    """With `dual` the host waits for the GPU once per step (the step's one transfer), plus once per finished
-    request (its output): any other synchronising operation would leave the GPU idle while the host works.
-    (Policies whose step width depends on the data, `window` and `delayed`, read that width on the host once
-    more per step.)"""
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_one_synchronisation_per_step(gpu_path, monkeypatch, lookahead):
+    """With `dual` the host waits for the GPU once per step (the step's one transfer: a wait for its CUDA event),
+    plus once per finished request (its output): any other synchronising operation would leave the GPU idle
+    while the host works. (Policies whose step width depends on the data, `window` and `delayed`, read that
+    width on the host once more per step.)"""
     import traceback
     import warnings
 
     lm = dlm.load(gpu_path, device="cuda", dtype="bfloat16")
     cfg = GenerationConfig(gen_length=64, block_length=32, steps=16, cache="dual", stop_at_eos=False)
     prompts = random_prompts(lm, 2, seed=4, min_len=8, max_len=8)
-    lm.generate(prompts, cfg)
+    engine = dlm.Engine(lm, max_rows=2, max_tokens=2 * 80, lookahead=lookahead)
+
+    def generate():
+        reqs = [engine.submit(p, cfg) for p in prompts]
+        engine.run()
+        return reqs[0].output
+
+    generate()
     sites = []
+    waits = []
+    event_wait = torch.cuda.Event.synchronize
+    monkeypatch.setattr(torch.cuda.Event, "synchronize", lambda self: (waits.append(1), event_wait(self))[1])
 
     def record(message, *args, **kwargs):
         if "called a synchronizing CUDA operation" not in str(message):  # not e.g. the mode's own warnings
@@ -177,11 +188,12 @@ def test_one_synchronisation_per_step(gpu_path):
         warnings.showwarning = record
         torch.cuda.set_sync_debug_mode(1)
         try:
-            out = lm.generate(prompts, cfg)
+            out = generate()
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    assert set(sites) <= {"_transfer", "_output"}, sites
-    assert sites.count("_transfer") == out.steps
+    assert set(sites) <= {"_output"}, sites
+    assert len(waits) == out.steps
+    assert (engine.core.lookahead_used > 0) == lookahead
 
 
 def test_capture_returns_the_warm_up_logits(gpu_path):

@@ -1,0 +1,87 @@
+"""Lookahead: a step's forward launched before the previous step's results reach the host.
+
+Between two forwards the host waits for the step's one transfer, turns it into events, and plans, packs and
+launches the next forward; on a GPU that is idle time (about 0.5 ms a step at batch 1 on an H200, 1-2 ms at
+batch 32). When every running request's next plan is certain before the step's results, the engine launches the
+next forward right after queuing the step's own work (the input ids are read on the device, after this step's
+commits), and only then waits for the transfer: the host's work runs while the GPU computes.
+
+A request's next plan is certain when its policy plans from the geometry alone (``CachePolicy.geometric``), its
+scheduler knows in advance how many steps a block takes (``Scheduler.block_steps``) and this step is not the last
+of its block, and nothing else can change its geometry (end-of-text prediction, edits, a lossless verifier's
+driver). What can still happen is that a request ends at this step (stop-at-EOS, a failure, a cancellation): its
+rows of the launched forward are then ignored (their keys and values go to slots it has released, which the
+next owner's first step rewrites before reading). A request whose state after the step differs from the
+prediction in any other way would make the engine drop the launched forward and run the step as usual (counted
+in ``EngineCore.lookahead_dropped``; it does not happen with the built-in components).
+
+The launched forward is exactly the forward the next step would run, with one exception: rows of a request that
+ended stay in it. With batch-invariant numerics (a CPU, or ``batch_invariant=True``) that changes nothing; in the
+default GPU mode, where a request's logits already depend on the rows beside it, it is one more such case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .request import Request, Status
+
+
+@dataclass
+class Ahead:
+    """A forward launched for the next step: its packed layout and logits, the requests it feeds, the policies'
+    plans (counted in their statistics once the step uses them) and each request's predicted state."""
+
+    packed: Any
+    logits: torch.Tensor
+    requests: list[Request]
+    plans: list[Any]
+    keys: dict[int, tuple]
+
+    def live(self) -> bool:
+        return any(r.status == Status.RUNNING for r in self.requests)
+
+
+def declares(obj: Any, flag: str, method: str) -> bool:
+    """Whether ``obj``'s class sets ``flag`` to a true value at or below the class that defines ``method``
+    (a subclass that overrides ``method`` without restating ``flag`` does not inherit the promise), and the
+    instance overrides neither."""
+    if flag in vars(obj) or method in vars(obj):
+        return False
+    mro = type(obj).__mro__
+    flag_owner = next((c for c in mro if flag in vars(c)), None)
+    method_owner = next((c for c in mro if method in vars(c)), None)
+    return (flag_owner is not None and method_owner is not None and issubclass(flag_owner, method_owner)
+            and bool(getattr(obj, flag)))
+
+
+def block_steps(r: Request) -> int | None:
+    """Steps the request's active block takes, when its scheduler knows that in advance."""
+    sched = r.scheduler
+    if r.block_mask_count is None or not declares(sched, "block_steps", "step"):
+        return None
+    return sched.block_steps(r.block_mask_count, r.layout.steps_per_block)
+
+
+def predictable(r: Request) -> bool:
+    """Whether the request's plan for the step after the current one is known now (see the module doc)."""
+    if (r.driver is not None or r.borrowed or r.cancel_requested or r.pending_error is not None or r.config.eotp
+            or r.scheduler.edits or not declares(r.policy, "geometric", "plan")):
+        return False
+    n = block_steps(r)
+    return n is not None and r.block_step + 1 < n
+
+
+def state_key(r: Request, ahead_steps: int = 0) -> tuple:
+    """What a request's next plan is made from: its block, step in the block (``ahead_steps`` later), effective
+    length and slots."""
+    return (r.block, r.block_step + ahead_steps, r.length, tuple(r.slots))
+
+
+def block_mask_count(tokens: torch.Tensor, r: Request, offset: int) -> int:
+    """Masks of the request's active block in ``tokens`` (host, canvas positions from ``offset``)."""
+    start, end = r.block_span()
+    return int((tokens[max(start - offset, 0) : max(end - offset, 0)] == r.mask_id).sum())
