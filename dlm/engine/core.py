@@ -61,6 +61,7 @@ class EngineCore:
         self.lookahead = lookahead
         self.ahead: Ahead | None = None  # the forward launched for the next step
         self.lookahead_used = self.lookahead_dropped = 0  # statistics: launched forwards used / dropped
+        self.arrived = False  # a request was submitted since the last step (the lookahead waits for quiet)
         self.graphs = graphs  # a StepGraphs replaying repeated step layouts, or None
         self.batch_invariant = pad_rows  # set by build(); on a CPU the padding is what invariance needs
         self.tiled = False  # GPU batch invariance: tiled dense operations, per-request candidates and decisions
@@ -122,6 +123,7 @@ class EngineCore:
             raise ConfigError(f"the request needs {request.copies} rows (classifier-free guidance) but the engine "
                               f"has max_rows={self.max_rows}")
         self.queue.append(request)
+        self.arrived = True
 
     def cancel(self, request: Request) -> None:
         """Cancel a queued request now, a running one at the start of the next step (its slots are freed)."""
@@ -200,8 +202,9 @@ class EngineCore:
         self.steps += 1
         reqs = plain + [r for rs in driven.values() for r in rs]
         pending = self._queue_transfer(reqs, flags)
-        if self.lookahead and not driven and plain and not self._admissible() and all(map(predictable, plain)):
+        if self._may_look_ahead(plain, driven):
             self.ahead = self._launch_ahead(plain)
+        self.arrived = False
         events, host_flags = self._read_transfer(reqs, pending)
         events = self._emit(reqs, [host_flags[i] if i < len(plain) else outcomes[id(r)] for i, r in enumerate(reqs)],
                             events)
@@ -238,6 +241,14 @@ class EngineCore:
         return host_plan(r, plan, self.lm.logits_shift), plan
 
     # ----------------------------------------------------------------- lookahead
+    def _may_look_ahead(self, plain: list[Request], driven: dict) -> bool:
+        """Whether to launch the next step's forward now: the lookahead is on, every running request is plain
+        and predictable, and no request waits to start: none in the queue fits, and none arrived since the last
+        step (a request that arrives while a forward is launched waits one step more, so arrivals turn the
+        lookahead off until the traffic quiets)."""
+        return (self.lookahead and not driven and bool(plain) and not self.arrived and not self._admissible()
+                and all(map(predictable, plain)))
+
     def _launch_ahead(self, reqs: list[Request]) -> Ahead | None:
         """The next step's forward for ``reqs``, planned as if each is one step further in its block (see
         :mod:`dlm.engine.lookahead`); queued on the device after this step's commits. None if planning or

@@ -9,7 +9,9 @@ commits), and only then waits for the transfer: the host's work runs while the G
 A request's next plan is certain when its policy plans from the geometry alone (``CachePolicy.geometric``), its
 scheduler knows in advance how many steps a block takes (``Scheduler.block_steps``) and this step is not the last
 of its block, and nothing else can change its geometry (end-of-text prediction, edits, a lossless verifier's
-driver). What can still happen is that a request ends at this step (stop-at-EOS, a failure, a cancellation): its
+driver), and no request waits to start (none in the queue fits, none arrived since the last step: a request
+submitted while a forward is launched starts a step later, so arrivals turn the lookahead off until the traffic
+quiets). What can still happen is that a request ends at this step (stop-at-EOS, a failure, a cancellation): its
 rows of the launched forward are then ignored (their keys and values go to slots it has released, which the
 next owner's first step rewrites before reading). A request whose state after the step differs from the
 prediction in any other way would make the engine drop the launched forward and run the step as usual (counted
