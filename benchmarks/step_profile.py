@@ -46,6 +46,11 @@ Parts (each recorded on its own; a failing part does not stop the others):
     the temperature-0 candidates pass (token and confidence of each position) over bf16 logits of LLaDA's
     vocabulary, at 32 and 1,024 rows: the reference (dlm.sampling.compute_candidates) against the fused kernel
     (dlm.sampling_kernel), each from a CUDA graph, with their agreement.
+``ops``
+    the tensor operations each engine phase runs per step (every dispatched operator but views, counted with a
+    ``TorchDispatchMode``; on a GPU each is about one kernel or copy), one request (prompt 128 + 64 pre-filled,
+    gen 128, ``dual``, 4 tokens per step) with ``stop_at_eos`` off (the benchmarks' setting) and on; runs on
+    a CPU with LLaDA-tiny geometry (the counts do not depend on the model's size or device).
 ``projections``
     the matrix products of the 32 layers at 32 / 64 / 256 rows, as the model runs them (q, k, v, o, gate, up,
     down: seven products) and with q/k/v and gate/up as one product each (four), each in a CUDA graph, against
@@ -419,7 +424,7 @@ def timed_into(totals: dict, name: str, fn):
 
 
 HOST_PHASES = ("_take_ahead", "_admit", "_plan", "_forward", "_sample", "_select", "_flags", "_queue_transfer",
-               "_launch_ahead", "_read_transfer", "_emit")
+               "_launch_ahead", "_read_transfer", "_emit", "_transfer")  # (_transfer: the engine before 2026-11-28's lookahead)
 
 
 @contextlib.contextmanager
@@ -428,8 +433,9 @@ def wrapped_phases(wrap):
     ``apply_stops``) is ``wrap(name, fn)`` of itself; restored after."""
     import dlm.engine.core as core
 
-    saved = [(owner, name, getattr(owner, name)) for owner, name in
-             [(core.EngineCore, n) for n in HOST_PHASES] + [(core.PackCache, "pack"), (core, "apply_stops")]]
+    saved = [(owner, name, getattr(owner, name)) for owner, name in  # (phases an older engine lacks: skipped)
+             [(core.EngineCore, n) for n in HOST_PHASES] + [(core.PackCache, "pack"), (core, "apply_stops")]
+             if hasattr(owner, name)]
     try:
         for owner, name, fn in saved:
             setattr(owner, name, wrap(name, fn))
@@ -562,6 +568,52 @@ def part_gaps(lm, batch: int, gen: int) -> dict:
     return res
 
 
+VIEWS = frozenset({"view", "unsqueeze", "select", "slice", "expand", "alias", "t", "transpose", "unbind", "squeeze",
+                   "detach", "lift_fresh", "_unsafe_view", "split", "permute", "as_strided"})
+
+
+def part_ops() -> dict:
+    """See the module doc: tensor operations per step and phase, stop_at_eos off and on."""
+    import dataclasses
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    lm = random_lm("llada-tiny", device="cpu", dtype=torch.float32)
+    phase: list[str] = []
+    counts: dict[str, int] = {}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if phase and func.__name__.split(".")[0] not in VIEWS:
+                counts[phase[-1]] = counts.get(phase[-1], 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    def entered(name, fn):
+        def wrapper(*args, **kwargs):
+            phase.append(name)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phase.pop()
+        return wrapper
+
+    prompts, cfg = _config({}, 1, 256, True)
+    out = {}
+    for stop in (False, True):
+        cfg = dataclasses.replace(cfg, stop_at_eos=stop)
+        lm.generate(prompts, cfg)  # warm-up
+        counts.clear()
+        with wrapped_phases(entered), Count():
+            steps = lm.generate(prompts, cfg).steps
+        per = {k: v / steps for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+        after = sum(v for k, v in per.items() if k in ("_sample", "_select", "apply_stops", "_flags",
+                                                        "_queue_transfer", "_read_transfer", "_transfer"))
+        out[f"stop_at_eos={stop}"] = {"per_step": per, "after_forward": after, "steps": steps}
+        print(f"ops stop_at_eos={stop}: {after:.1f} a step between the forward and the transfer; "
+              + ", ".join(f"{k} {v:.1f}" for k, v in per.items()), flush=True)
+    return out
+
+
 def part_projections() -> dict:
     d, m, layers = 4096, 12288, 32
     bw = copy_bandwidth("cuda")
@@ -656,7 +708,8 @@ def main() -> None:
                     help="run the parts without this part of the fused kernels (engine_gpu.py's --without)")
     args = ap.parse_args()
     use_cudnn_attention(args.cudnn_attention)
-    results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+    results: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                     "torch": torch.__version__,
                      "date": time.strftime("%Y-%m-%d"), "cudnn_attention": args.cudnn_attention}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     lm = None
@@ -675,7 +728,7 @@ def main() -> None:
             "projections": part_projections, "staggered_steps": lambda: part_staggered_steps(model()),
             "kernels_mixed": lambda: part_kernels_mixed(model()), "steps_cudnn": lambda: part_steps_cudnn(model()), "kernels_ramp": lambda: part_kernels_ramp(model()),
             "candidates": part_candidates, "gaps": lambda: part_gaps(model(), 1, GEN), "gaps_b32": lambda: part_gaps(model(), 32, 256),
-            "launch": lambda: part_launch(model())}
+            "launch": lambda: part_launch(model()), "ops": part_ops}
     results["without"] = args.without
     if args.without is not None:  # (every part builds its engines inside the context)
         jobs = {name: (lambda job=job: _without_part(job)) for name, job in jobs.items()}
