@@ -137,10 +137,6 @@ class EngineCore:
         for r in [r for r in self.running if r.cancel_requested]:
             self._end(r, Status.CANCELLED)
 
-    def _admissible(self) -> bool:
-        """Whether the first queued request fits now (the next step would start it)."""
-        return bool(self.queue) and self.pool.free_slots >= self.queue[0].copies
-
     def _admit(self) -> None:
         self._cancel_requested()
         while self.queue and self.pool.free_slots >= self.queue[0].copies:
@@ -243,10 +239,11 @@ class EngineCore:
     # ----------------------------------------------------------------- lookahead
     def _may_look_ahead(self, plain: list[Request], driven: dict) -> bool:
         """Whether to launch the next step's forward now: the lookahead is on, every running request is plain
-        and predictable, and no request waits to start: none in the queue fits, and none arrived since the last
-        step (a request that arrives while a forward is launched waits one step more, so arrivals turn the
-        lookahead off until the traffic quiets)."""
-        return (self.lookahead and not driven and bool(plain) and not self.arrived and not self._admissible()
+        and predictable, and no request waits to start: the queue is empty (a request ending at this step, at a
+        stop token, would otherwise leave room that a launched forward cannot give it) and none arrived since
+        the last step (a request that arrives while a forward is launched waits one step more, so arrivals turn
+        the lookahead off until the traffic quiets)."""
+        return (self.lookahead and not driven and bool(plain) and not self.arrived and not self.queue
                 and all(map(predictable, plain)))
 
     def _launch_ahead(self, reqs: list[Request]) -> Ahead | None:
@@ -409,9 +406,9 @@ class EngineCore:
         if joined.device.type != "cuda":
             return joined.cpu(), None
         host = torch.empty(joined.shape, dtype=joined.dtype, pin_memory=True)
-        host.copy_(joined, non_blocking=True)
+        host.copy_(joined, non_blocking=True)  # (on the stream of the engine's device, not the thread's current one)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(joined.device))
         return host, done
 
     def _read_transfer(self, reqs: list[Request], pending):
@@ -419,6 +416,7 @@ class EngineCore:
         host, done = pending
         if done is not None:
             done.synchronize()
+            host = host.clone()  # events keep pageable memory; the pinned buffer goes back to be reused
         Gmax = max(r.layout.gen_length for r in reqs)
         tokens, committed = host[:, :Gmax].unbind(0), host[:, Gmax : 2 * Gmax].bool().unbind(0)  # rows: views
         events = []

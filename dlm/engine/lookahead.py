@@ -9,7 +9,7 @@ commits), and only then waits for the transfer: the host's work runs while the G
 A request's next plan is certain when its policy plans from the geometry alone (``CachePolicy.geometric``), its
 scheduler knows in advance how many steps a block takes (``Scheduler.block_steps``) and this step is not the last
 of its block, and nothing else can change its geometry (end-of-text prediction, edits, a lossless verifier's
-driver), and no request waits to start (none in the queue fits, none arrived since the last step: a request
+driver), and no request waits to start (the queue is empty and none arrived since the last step: a request
 submitted while a forward is launched starts a step later, so arrivals turn the lookahead off until the traffic
 quiets). What can still happen is that a request ends at this step (stop-at-EOS, a failure, a cancellation): its
 rows of the launched forward are then ignored (their keys and values go to slots it has released, which the
@@ -20,6 +20,8 @@ in ``EngineCore.lookahead_dropped``; it does not happen with the built-in compon
 The launched forward is exactly the forward the next step would run, with one exception: rows of a request that
 ended stay in it. With batch-invariant numerics (a CPU, or ``batch_invariant=True``) that changes nothing; in the
 default GPU mode, where a request's logits already depend on the rows beside it, it is one more such case.
+Weights changed in place between two steps (``load_state_dict`` into the model) reach the forward one step later
+than without the lookahead: change them between generations, or build the engine with ``lookahead=False``.
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ def state_key(r: Request, ahead_steps: int = 0) -> tuple:
 
 
 def block_mask_count(tokens: torch.Tensor, r: Request, offset: int) -> int:
-    """Masks of the request's active block in ``tokens`` (host, canvas positions from ``offset``)."""
+    """Masks of the request's active block, at its start, from ``tokens`` (host, canvas positions from
+    ``offset``); the block's positions past them (a block-diffusion model's last block runs past the answer)
+    have never been in an active block, so they are masks too."""
     start, end = r.block_span()
-    return int((tokens[max(start - offset, 0) : max(end - offset, 0)] == r.mask_id).sum())
+    known_end = offset + tokens.numel()
+    masks = int((tokens[max(start - offset, 0) : max(min(end, known_end) - offset, 0)] == r.mask_id).sum())
+    return masks + max(0, end - max(start, known_end))

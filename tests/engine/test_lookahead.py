@@ -16,6 +16,7 @@ from dlm import GenerationConfig
 from dlm.cache.dual import DualCache
 from dlm.errors import ConfigError
 from dlm.schedulers.low_confidence import LowConfidence
+from dlm.testing import write_tiny_checkpoint
 
 from ..conftest import random_prompts
 from .test_continuous_batching import run_random_traffic
@@ -55,14 +56,14 @@ def unpredictable_config(rng: random.Random) -> GenerationConfig:
 
 
 def run_traffic(lm, rng: random.Random, n: int, mixed: bool):
-    engine = dlm.Engine(lm, max_rows=5, lookahead=True)
+    engine = dlm.Engine(lm, max_rows=6, lookahead=True)
     frequent = FREQUENT[lm.model_type]
 
     def make_config(g):
         return unpredictable_config(g) if mixed and g.random() < 0.25 else predictable_config(g, frequent)
 
     # bursts of arrivals between quiet steps: the lookahead waits for quiet
-    submitted = run_random_traffic(engine, rng, n, make_config, arrivals=(0, 0, 0, 0, 0, 0, 2, 3), cancel=0.04)
+    submitted = run_random_traffic(engine, rng, n, make_config, arrivals=(0,) * 16 + (2, 3), cancel=0.04)
     assert engine.core.ahead is None
     return engine, submitted
 
@@ -98,6 +99,22 @@ def test_traffic_with_lookahead_equals_each_request_alone(llada, dream, model, s
     assert counts["done"] >= 0.7 * n and counts["cancelled"] >= 1 and counts["stopped_early"] >= 3, counts
     core = engine.core
     assert core.lookahead_used >= share * core.steps and core.lookahead_dropped == 0, (core.lookahead_used, core.steps)
+
+
+@pytest.mark.parametrize("model_type", ["sdar", "llada2_moe"])
+def test_block_diffusion_blocks_past_the_answer(model_type, tmp_path):
+    """A block-diffusion model's last block runs past the answer; its masks there count too, so the lookahead
+    launches at every step of every block but its last (and not at a request's first step, after its arrival),
+    and the answers equal the reference loop's."""
+    lm = dlm.load(write_tiny_checkpoint(tmp_path, model_type, seed=7, std=1.0), device="cpu")
+    for prompt in random_prompts(lm, 4, seed=3, min_len=3, max_len=40):
+        config = GenerationConfig(gen_length=32, steps=32, stop_at_eos=False, cache="dual", return_trace=True)
+        engine = dlm.Engine(lm, max_rows=1, lookahead=True)
+        r = engine.submit(prompt, config)
+        engine.run()
+        steps = r.output.trace.block_steps[0]
+        assert engine.core.lookahead_used == sum(n - 1 for n in steps) - (steps[0] > 1), steps
+        assert torch.equal(r.output.sequences, lm.generate([prompt], config).sequences)
 
 
 def _engine_and_alone(lm, prompts, configs, **kwargs):
@@ -242,3 +259,26 @@ def test_a_plan_that_raises_is_reported_by_the_step_that_runs_it(llada, register
     with pytest.raises(ValueError, match="plan failed at step 2"):
         engine.step()
     assert steps == [1, 1] and r.steps == 2 and engine.core.ahead is None
+
+
+def test_a_queued_request_starts_when_it_would_without_the_lookahead(llada):
+    """A request waiting in the queue while another ends at a stop token in the middle of a block starts at the
+    step after, as in the reference loop (no forward is launched early while the queue holds a request)."""
+    prompts = random_prompts(llada, 3, seed=11, min_len=4, max_len=8)
+    configs = [GenerationConfig(gen_length=32, block_length=16, steps=32, stop_token_ids=(FREQUENT["llada"][0],)),
+               GenerationConfig(gen_length=32, block_length=16, steps=32, cache="dual", stop_at_eos=False),
+               GenerationConfig(gen_length=16, block_length=8, steps=16, stop_at_eos=False)]
+    starts = []
+    for lookahead in (False, True):
+        engine = dlm.Engine(llada, max_rows=2, lookahead=lookahead)
+        a, _ = engine.submit(prompts[0], configs[0]), engine.submit(prompts[1], configs[1])
+        engine.step()
+        engine.step()
+        c = engine.submit(prompts[2], configs[2])  # no free slot: queued until a ends
+        ended = started = None
+        while engine.pending:
+            engine.step()
+            ended = ended or (engine.core.steps if a.done else None)
+            started = started or (engine.core.steps if c.status != dlm.api.Status.QUEUED else None)
+        starts.append((ended, started, a.output.steps))
+    assert starts[0] == starts[1] and starts[0][0] < 16, starts  # (a ends in its first block's middle)

@@ -56,3 +56,30 @@ def test_requests_ending_mid_block_with_batch_invariance(gpu_lm):
     assert core.lookahead_used > 0
     for a, b in zip(ref, out):
         assert torch.equal(a.sequences, b.sequences)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_the_transfer_waits_on_the_models_gpu(llada_path, monkeypatch, lookahead):
+    """A model on cuda:1 while the thread's current device is cuda:0: the step's transfer is queued on cuda:1,
+    so its event must be recorded there too. A sleep queued on cuda:1 before each transfer makes an event on
+    cuda:0's stream return before the copy lands (the host would read a stale buffer)."""
+    from dlm.engine.core import EngineCore
+
+    assert torch.cuda.current_device() == 0
+    queue = EngineCore._queue_transfer
+
+    def late(self, reqs, flags):
+        with torch.cuda.device(self.device):
+            torch.cuda._sleep(20_000_000)  # (about 10 ms of the GPU's clock)
+        return queue(self, reqs, flags)
+
+    lm = dlm.load(llada_path, device="cuda:1", dtype="float32", fast=False)
+    prompts = random_prompts(lm, 2, seed=23, min_len=3, max_len=9)
+    configs = [GenerationConfig(gen_length=32, block_length=16, steps=32, cache="dual", stop_at_eos=False)] * 2
+    with torch.cuda.device(1):
+        ref, _ = _run(lm, prompts, configs, lookahead=False, batch_invariant=True)
+    monkeypatch.setattr(EngineCore, "_queue_transfer", late)
+    out, _ = _run(lm, prompts, configs, lookahead=lookahead, batch_invariant=True)
+    for a, b in zip(ref, out):
+        assert torch.equal(a.sequences, b.sequences) and a.steps == b.steps
