@@ -20,6 +20,7 @@ allows it (see :mod:`dlm.engine.numerics`).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import deque
 from typing import Any, Sequence
@@ -35,7 +36,7 @@ from ..models.transfer import to_device
 from ..outputs import GenerationOutput, StepEvent, StepTrace
 from ..sampling import Draws, candidates_of_rows
 from .buffers import SlotBuffers
-from .lookahead import Ahead, block_mask_count, predictable, state_key
+from .lookahead import Ahead, block_mask_count, forecast, state_key
 from .pack import SHAPE_STEP, PackCache, Packed, host_plan, step_info
 from .request import Request, Status
 from .select import BAD_EDIT, EMPTY, FINISH_WITHOUT_REGION, HELD_TOO_LONG, OUTSIDE, GroupCommit, decide, group_key
@@ -159,6 +160,7 @@ class EngineCore:
                 self.buf.reset(s, c)
         r.length = r.layout.length
         r.block_mask_count = block_mask_count(canvas, r, 0)
+        r.answer_tokens = canvas[r.layout.prompt_len : r.layout.prompt_len + r.layout.gen_length]
         r.policy.setup(CacheContext(r.layout.length, r.layout.prompt_len, self.lm.logits_shift, self.shape_step))
         r.policy.begin_block(*r.block_span())
         r.status, r.t_start = Status.RUNNING, time.perf_counter()
@@ -198,8 +200,9 @@ class EngineCore:
         self.steps += 1
         reqs = plain + [r for rs in driven.values() for r in rs]
         pending = self._queue_transfer(reqs, flags)
-        if self._may_look_ahead(plain, driven):
-            self.ahead = self._launch_ahead(plain)
+        places = self._may_look_ahead(plain, driven)
+        if places is not None:
+            self.ahead = self._launch_ahead(plain, places)
         self.arrived = False
         events, host_flags = self._read_transfer(reqs, pending)
         events = self._emit(reqs, [host_flags[i] if i < len(plain) else outcomes[id(r)] for i, r in enumerate(reqs)],
@@ -237,35 +240,55 @@ class EngineCore:
         return host_plan(r, plan, self.lm.logits_shift), plan
 
     # ----------------------------------------------------------------- lookahead
-    def _may_look_ahead(self, plain: list[Request], driven: dict) -> bool:
-        """Whether to launch the next step's forward now: the lookahead is on, every running request is plain
-        and predictable, and no request waits to start: the queue is empty (a request ending at this step, at a
-        stop token, would otherwise leave room that a launched forward cannot give it) and none arrived since
-        the last step (a request that arrives while a forward is launched waits one step more, so arrivals turn
-        the lookahead off until the traffic quiets)."""
-        return (self.lookahead and not driven and bool(plain) and not self.arrived and not self.queue
-                and all(map(predictable, plain)))
+    def _may_look_ahead(self, plain: list[Request], driven: dict) -> dict[int, tuple[int, int]] | None:
+        """Each running request's (block, step in the block) at the next step (:func:`forecast`, by request
+        id) when the next step's forward may be launched now, else None: the lookahead is on, every running
+        request is plain and its next step known, and no request waits to start: the queue is empty (a request
+        ending at this step, at a stop token, would otherwise leave room that a launched forward cannot give
+        it) and none arrived since the last step (a request that arrives while a forward is launched waits one
+        step more, so arrivals turn the lookahead off until the traffic quiets)."""
+        if not self.lookahead or driven or not plain or self.arrived or self.queue:
+            return None
+        places = {}
+        for r in plain:
+            place = forecast(r)
+            if place is None:
+                return None
+            places[id(r)] = place
+        return places
 
-    def _launch_ahead(self, reqs: list[Request]) -> Ahead | None:
-        """The next step's forward for ``reqs``, planned as if each is one step further in its block (see
-        :mod:`dlm.engine.lookahead`); queued on the device after this step's commits. None if planning or
-        launching it raised: the next step then plans and runs it as usual, and reports the error there (this
-        step's results are already on their way)."""
+    def _launch_ahead(self, reqs: list[Request], places: dict[int, tuple[int, int]]) -> Ahead | None:
+        """The next step's forward for ``reqs`` at their forecast ``places`` (those whose last block ends at this
+        step have no next step; see :mod:`dlm.engine.lookahead`), queued on the device after this step's
+        commits. None if no request goes on, or if planning or launching it raised: the next step then plans and
+        runs it as usual, and reports the error there (this step's results are already on their way)."""
+        going = [r for r in reqs if places[id(r)][0] >= 0]
+        if not going:
+            return None
         rows, plans = [], []
         try:
-            for r in reqs:
-                r.block_step += 1  # the state the next step plans from (the block goes on: predictable())
-                try:
-                    row, plan = self._plan(r)
-                finally:
-                    r.block_step -= 1
+            for r in going:
+                row, plan = self._plan_at(r, places[id(r)])
                 rows.append(row)
                 plans.append(plan)
             packed = self.packs.pack(rows, self.pad_rows, self.shape_step)
             logits = self._forward(packed)
         except Exception:  # noqa: BLE001 - see the docstring
             return None
-        return Ahead(packed, logits, list(reqs), plans, {id(r): state_key(r, 1) for r in reqs})
+        return Ahead(packed, logits, going, plans, {id(r): state_key(r, places[id(r)]) for r in going})
+
+    def _plan_at(self, r: Request, place: tuple[int, int]):
+        """:meth:`_plan` of the request as it will be at ``place`` (block, step in the block); a new block's start
+        is given to a copy of its policy (the request's own gets it when the block starts)."""
+        saved = r.block, r.block_step, r.policy
+        try:
+            if place[0] != r.block:
+                r.block, r.policy = place[0], copy.deepcopy(r.policy)
+                r.policy.begin_block(*r.block_span())
+            r.block_step = place[1]
+            return self._plan(r)
+        finally:
+            r.block, r.block_step, r.policy = saved
 
     def _take_ahead(self):
         """(packed, logits) of the forward launched for this step, if it serves every running request as
@@ -454,6 +477,7 @@ class EngineCore:
                 self._end(r, Status.DONE)
             else:
                 r.length = length
+                r.answer_tokens = ev.tokens
                 self._advance(r, r.layout.prompt_len + first_mask, bool(hold))
                 if r.block_step == 0:  # a block starts: its masks, from the answer just transferred
                     r.block_mask_count = block_mask_count(ev.tokens, r, r.layout.prompt_len)

@@ -7,8 +7,10 @@ next forward right after queuing the step's own work (the input ids are read on 
 commits), and only then waits for the transfer: the host's work runs while the GPU computes.
 
 A request's next plan is certain when its policy plans from the geometry alone (``CachePolicy.geometric``), its
-scheduler knows in advance how many steps a block takes (``Scheduler.block_steps``) and this step is not the last
-of its block, and nothing else can change its geometry (end-of-text prediction, edits, a lossless verifier's
+scheduler knows in advance how many steps a block takes (``Scheduler.block_steps``), so that the host knows
+whether this step ends the block (:func:`forecast`: the next step is then the first of the next block with masks,
+planned by a copy of the policy given that block's start; a request whose last block ends has no next step),
+and nothing else can change its geometry (end-of-text prediction, edits, a lossless verifier's
 driver), and no request waits to start (the queue is empty and none arrived since the last step: a request
 submitted while a forward is launched starts a step later, so arrivals turn the lookahead off until the traffic
 quiets). What can still happen is that a request ends at this step (stop-at-EOS, a failure, a cancellation): its
@@ -70,19 +72,35 @@ def block_steps(r: Request) -> int | None:
     return sched.block_steps(r.block_mask_count, r.layout.steps_per_block)
 
 
-def predictable(r: Request) -> bool:
-    """Whether the request's plan for the step after the current one is known now (see the module doc)."""
+def forecast(r: Request) -> tuple[int, int] | None:
+    """The request's (block, step in the block) at the step after the current one, when known now: one step on
+    in the same block, or the first step of the next block with masks when this step ends its block; (-1, -1)
+    when this step ends its last block (the request is done). None when it is not known (see the module doc)."""
     if (r.driver is not None or r.borrowed or r.cancel_requested or r.pending_error is not None or r.config.eotp
             or r.scheduler.edits or not declares(r.policy, "geometric", "plan")):
-        return False
+        return None
     n = block_steps(r)
-    return n is not None and r.block_step + 1 < n
+    if n is None:
+        return None
+    if r.block_step + 1 < n:
+        return r.block, r.block_step + 1
+    nxt = next_block(r)
+    return (-1, -1) if nxt is None else (nxt, 0)
 
 
-def state_key(r: Request, ahead_steps: int = 0) -> tuple:
-    """What a request's next plan is made from: its block, step in the block (``ahead_steps`` later), effective
-    length and slots."""
-    return (r.block, r.block_step + ahead_steps, r.length, tuple(r.slots))
+def next_block(r: Request) -> int | None:
+    """The block holding the answer's first mask after the active block (the active block's commits do not
+    reach past it), from the answer as last transferred; None when no mask is left after it."""
+    start = r.layout.prompt_len
+    after = max(r.block_span()[1] - start, 0)
+    left = (r.answer_tokens[after:] == r.mask_id).nonzero()
+    return None if left.numel() == 0 else r.layout.block_of(start + after + int(left[0, 0]))
+
+
+def state_key(r: Request, place: tuple[int, int] | None = None) -> tuple:
+    """What a request's plan is made from: its block and step in the block (``place`` instead, if given),
+    effective length and slots."""
+    return (*(place or (r.block, r.block_step)), r.length, tuple(r.slots))
 
 
 def block_mask_count(tokens: torch.Tensor, r: Request, offset: int) -> int:

@@ -44,6 +44,8 @@ class RowPlan:
         ids: None: the input ids are the request's canvas; else the canvas to feed instead, (Q,) long on the
             device (a verifier's draft: fresh, not stored).
         first_fed: the smallest position in ``fed``.
+        visible: the request's visible canvas (its keys) when the plan was made (the engine's lookahead plans
+            for a request's next step, whose active block may be another).
     """
 
     request: Request
@@ -54,10 +56,13 @@ class RowPlan:
     write: bool
     ids: torch.Tensor | None = None
     first_fed: int = -1  # the smallest fed position (computed from ``fed`` when not given)
+    visible: int = -1  # (the request's, when not given)
 
     def __post_init__(self) -> None:
         if self.first_fed < 0:
             self.first_fed = int(self.fed.min())
+        if self.visible < 0:
+            self.visible = self.request.visible
 
     @classmethod
     def draft(cls, request: Request, ids: torch.Tensor, logits_from: int, logits_to: int) -> "RowPlan":
@@ -73,7 +78,7 @@ class RowPlan:
 
     @property
     def keys(self) -> int:
-        return self.fed.numel() if self.ids is not None else self.request.visible
+        return self.fed.numel() if self.ids is not None else self.visible
 
 
 @dataclass

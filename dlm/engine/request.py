@@ -125,6 +125,7 @@ class Request:
     needs_init: bool = True
     block_masks: torch.Tensor | None = None  # (1,) masks of the active block when it started
     block_mask_count: int | None = None  # the same on the host, once known (lookahead.py)
+    answer_tokens: torch.Tensor | None = None  # (G,) the answer as last transferred to the host (lookahead.py)
     row_plan: tuple | None = None  # the last step's (plan key, RowPlan), reused while the plan repeats (pack.py)
     held_steps: int = 0  # steps the active block has been held after its last mask (token editing)
     cancel_requested: bool = False

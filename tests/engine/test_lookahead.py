@@ -104,8 +104,8 @@ def test_traffic_with_lookahead_equals_each_request_alone(llada, dream, model, s
 @pytest.mark.parametrize("model_type", ["sdar", "llada2_moe"])
 def test_block_diffusion_blocks_past_the_answer(model_type, tmp_path):
     """A block-diffusion model's last block runs past the answer; its masks there count too, so the lookahead
-    launches at every step of every block but its last (and not at a request's first step, after its arrival),
-    and the answers equal the reference loop's."""
+    launches at every step but the request's first (after its arrival) and its last, none is dropped, and the
+    answers equal the reference loop's."""
     lm = dlm.load(write_tiny_checkpoint(tmp_path, model_type, seed=7, std=1.0), device="cpu")
     for prompt in random_prompts(lm, 4, seed=3, min_len=3, max_len=40):
         config = GenerationConfig(gen_length=32, steps=32, stop_at_eos=False, cache="dual", return_trace=True)
@@ -113,13 +113,32 @@ def test_block_diffusion_blocks_past_the_answer(model_type, tmp_path):
         r = engine.submit(prompt, config)
         engine.run()
         steps = r.output.trace.block_steps[0]
-        assert engine.core.lookahead_used == sum(n - 1 for n in steps) - (steps[0] > 1), steps
+        assert engine.core.lookahead_used == sum(steps) - 2 and engine.core.lookahead_dropped == 0, steps
         assert torch.equal(r.output.sequences, lm.generate([prompt], config).sequences)
 
 
 def _engine_and_alone(lm, prompts, configs, **kwargs):
     alone = [lm.generate([p], c) for p, c in zip(prompts, configs)]
     return dlm.Engine(lm, max_rows=4, lookahead=True, **kwargs), alone
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual", "dual:last_block", "dual:every2"])
+def test_a_static_batch_looks_ahead_at_every_step_but_its_first_and_last(tiny, cache):
+    """Requests in lockstep (the same schedule): every next step is known, across block ends too (the next
+    block's first step, a refresh), and the answers equal each request's alone."""
+    name, _, variant = cache.partition(":")
+    kwargs = {"last_block": {"refresh_from": "last_block"}, "every2": {"refresh_every": 2}}.get(variant, {})
+    prompts = random_prompts(tiny, 4, seed=31, min_len=2, max_len=14)
+    config = GenerationConfig(gen_length=32, block_length=8, steps=16, cache=name, cache_kwargs=kwargs,
+                              stop_at_eos=False, return_trace=True)
+    engine = dlm.Engine(tiny, max_rows=4, lookahead=True)
+    reqs = [engine.submit(p, config) for p in prompts]
+    engine.run()
+    assert engine.core.lookahead_used == engine.core.steps - 2 and engine.core.lookahead_dropped == 0
+    for r, p in zip(reqs, prompts):
+        alone = tiny.generate([p], config)
+        assert torch.equal(r.output.sequences, alone.sequences)
+        assert r.output.stats == alone.stats and torch.equal(r.output.trace.commit_step, alone.trace.commit_step)
 
 
 def test_block_steps_is_the_number_of_steps_low_confidence_takes(llada):
