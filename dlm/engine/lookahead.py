@@ -28,6 +28,7 @@ than without the lookahead: change them between generations, or build the engine
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,3 +112,76 @@ def block_mask_count(tokens: torch.Tensor, r: Request, offset: int) -> int:
     known_end = offset + tokens.numel()
     masks = int((tokens[max(start - offset, 0) : max(min(end, known_end) - offset, 0)] == r.mask_id).sum())
     return masks + max(0, end - max(start, known_end))
+
+
+class Lookahead:
+    """The engine's lookahead, as methods of :class:`~dlm.engine.core.EngineCore` (which plans, packs, runs the
+    forward and keeps ``running``, ``queue``, ``arrived``, ``ahead`` and the statistics)."""
+
+    def _may_look_ahead(self, plain: list[Request], driven: dict) -> dict[int, tuple[int, int]] | None:
+        """Each running request's (block, step in the block) at the next step (:func:`forecast`, by request
+        id) when the next step's forward may be launched now, else None: the lookahead is on, every running
+        request is plain and its next step known, and no request waits to start: the queue is empty (a request
+        ending at this step, at a stop token, would otherwise leave room that a launched forward cannot give
+        it) and none arrived since the last step (a request that arrives while a forward is launched waits one
+        step more, so arrivals turn the lookahead off until the traffic quiets)."""
+        if not self.lookahead or driven or not plain or self.arrived or self.queue:
+            return None
+        places = {}
+        for r in plain:
+            place = forecast(r)
+            if place is None:
+                return None
+            places[id(r)] = place
+        return places
+
+    def _launch_ahead(self, reqs: list[Request], places: dict[int, tuple[int, int]]) -> Ahead | None:
+        """The next step's forward for ``reqs`` at their forecast ``places`` (those whose last block ends at this
+        step have no next step; see :mod:`dlm.engine.lookahead`), queued on the device after this step's
+        commits. None if no request goes on, or if planning or launching it raised: the next step then plans and
+        runs it as usual, and reports the error there (this step's results are already on their way)."""
+        going = [r for r in reqs if places[id(r)][0] >= 0]
+        if not going:
+            return None
+        rows, plans = [], []
+        try:
+            for r in going:
+                row, plan = self._plan_at(r, places[id(r)])
+                rows.append(row)
+                plans.append(plan)
+            packed = self.packs.pack(rows, self.pad_rows, self.shape_step)
+            logits = self._forward(packed)
+        except Exception:  # noqa: BLE001 - see the docstring
+            return None
+        return Ahead(packed, logits, going, plans, {id(r): state_key(r, places[id(r)]) for r in going})
+
+    def _plan_at(self, r: Request, place: tuple[int, int]):
+        """:meth:`_plan` of the request as it will be at ``place`` (block, step in the block); a new block's start
+        is given to a copy of its policy (the request's own gets it when the block starts)."""
+        saved = r.block, r.block_step, r.policy
+        try:
+            if place[0] != r.block:
+                r.block, r.policy = place[0], copy.deepcopy(r.policy)
+                r.policy.begin_block(*r.block_span())
+            r.block_step = place[1]
+            return self._plan(r)
+        finally:
+            r.block, r.block_step, r.policy = saved
+
+    def _take_ahead(self):
+        """(packed, logits) of the forward launched for this step, if it serves every running request as
+        predicted; else None (then the step plans and runs its own)."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None:
+            return None
+        self._cancel_requested()  # their rows are ignored; a request queued since waits for the next step
+        live = [r for r in ahead.requests if r.status == Status.RUNNING]
+        if not live or [id(r) for r in live] != [id(r) for r in self.running] or any(
+                state_key(r) != ahead.keys[id(r)] for r in live):
+            self.lookahead_dropped += bool(live)
+            return None
+        for r, plan in zip(ahead.requests, ahead.plans):
+            if r.status == Status.RUNNING:
+                r.policy.count(plan)
+        self.lookahead_used += 1
+        return ahead.packed, ahead.logits
