@@ -29,6 +29,7 @@ than without the lookahead: change them between generations, or build the engine
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,11 +59,15 @@ def declares(obj: Any, flag: str, method: str) -> bool:
     instance overrides neither."""
     if flag in vars(obj) or method in vars(obj):
         return False
-    mro = type(obj).__mro__
-    flag_owner = next((c for c in mro if flag in vars(c)), None)
-    method_owner = next((c for c in mro if method in vars(c)), None)
-    return (flag_owner is not None and method_owner is not None and issubclass(flag_owner, method_owner)
-            and bool(getattr(obj, flag)))
+    return _class_declares(type(obj), flag, method) and bool(getattr(obj, flag))
+
+
+@functools.cache
+def _class_declares(cls: type, flag: str, method: str) -> bool:
+    """The class part of :func:`declares` (looked up once per class: the engine asks at every step)."""
+    flag_owner = next((c for c in cls.__mro__ if flag in vars(c)), None)
+    method_owner = next((c for c in cls.__mro__ if method in vars(c)), None)
+    return flag_owner is not None and method_owner is not None and issubclass(flag_owner, method_owner)
 
 
 def block_steps(r: Request) -> int | None:

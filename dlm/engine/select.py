@@ -194,23 +194,20 @@ def _validate(decision: Decision, masked, in_block, open_masks, full_region: boo
     masks added), ``finish`` only from ``full_region`` schedulers, and the errors of rows that committed outside
     their block without finishing or nothing while their block has masks. ``open_masks``: masked & in_block."""
     commit = decision.commit.bool() & masked
-    B = commit.shape[0]
-    if decision.finish is None:  # (no row finishes: the checks below need no `& ~finish`)
-        finish = torch.zeros(B, dtype=torch.bool, device=commit.device)
-        outside = (commit & ~in_block).any(1)
-        empty = open_masks.any(1) & ~(commit & in_block).any(1)
-        return commit, finish, torch.where(outside, OUTSIDE, torch.where(empty, EMPTY, 0))
-    error = torch.zeros(B, dtype=torch.long, device=commit.device)
-    finish = decision.finish.bool()
-    if not full_region:
-        error = torch.where(finish, FINISH_WITHOUT_REGION, error)
-        finish = torch.zeros_like(finish)
-    commit = commit | (masked & finish.unsqueeze(1))
-    outside = (commit & ~in_block).any(1) & ~finish
-    empty = ~(commit & in_block).any(1) & open_masks.any(1) & ~finish
-    error = torch.where((error == 0) & outside, OUTSIDE, error)
-    error = torch.where((error == 0) & empty, EMPTY, error)
-    return commit, finish, error
+    finish = torch.zeros(commit.shape[0], dtype=torch.bool, device=commit.device)
+    error = None  # (a rule broken before the checks below)
+    if decision.finish is not None:
+        finish = decision.finish.bool()
+        if not full_region:
+            error = torch.where(finish, FINISH_WITHOUT_REGION, 0)
+            finish = torch.zeros_like(finish)
+        commit = commit | (masked & finish.unsqueeze(1))
+    outside = (commit & ~in_block).any(1)
+    empty = open_masks.any(1) & ~(commit & in_block).any(1)
+    if decision.finish is not None:  # a finishing row may commit outside its block, or nothing in it
+        outside, empty = outside & ~finish, empty & ~finish
+    checks = torch.where(outside, OUTSIDE, torch.where(empty, EMPTY, 0))
+    return commit, finish, checks if error is None else torch.where(error == 0, checks, error)
 
 
 def _edits(reqs, decision: Decision, masked, in_block, prompt, error, sched):
