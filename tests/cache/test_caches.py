@@ -191,30 +191,41 @@ def test_storage_is_preallocated_once(llada):
     assert engine.core.pool.in_use() == 0, "finished requests must give their slots back"
 
 
-def test_dual_last_block_refresh_feeds_from_the_finished_block():
-    """refresh_from="last_block": the first block refreshes everything, every later block start feeds from the
-    start of the block just finished (minus the logit shift) to the end; logits still come from the region."""
-    for shift in (0, 1):
-        policy = dlm.cache.create("dual", {"refresh_from": "last_block"})
-        policy.setup(CacheContext(canvas_length=20, answer_start=4, logits_shift=shift))
-        zeros = torch.zeros(1, 20, dtype=torch.bool)
-        fed = []
-        for start in (4, 8, 12):
-            policy.begin_block(start, start + 4)
-            plan = policy.plan(StepInfo(step=0, block_start=start, block_end=start + 4, region_start=start,
-                                        region_end=start + 4, length=20, masked=zeros, committed_last=zeros))
-            fed.append(plan.fed)
-            first = plan.fed.start
-            assert plan.logits_index == slice(start - shift - first, start + 4 - shift - first)
-        assert fed == [slice(0, 20), slice(4 - shift, 20), slice(8 - shift, 20)], shift
-        assert not policy.plan(StepInfo(step=0, block_start=12, block_end=16, region_start=12, region_end=16,
-                                        length=20, masked=zeros, committed_last=zeros)).refresh
+def _dual_refresh_fed(kwargs: dict, shift: int, length: int = 20) -> list:
+    """What each block start's refresh feeds for ``dual`` with ``kwargs``: blocks of 4 from position 4."""
+    policy = dlm.cache.create("dual", kwargs)
+    policy.setup(CacheContext(canvas_length=length, answer_start=4, logits_shift=shift))
+    zeros = torch.zeros(1, length, dtype=torch.bool)
+    fed = []
+    for start in (4, 8, 12):
+        policy.begin_block(start, start + 4)
+        plan = policy.plan(StepInfo(step=0, block_start=start, block_end=start + 4, region_start=start,
+                                    region_end=start + 4, length=length, masked=zeros, committed_last=zeros))
+        assert plan.logits_index == slice(start - shift - plan.fed.start, start + 4 - shift - plan.fed.start)
+        assert plan.refresh == (plan.fed == slice(0, length))  # only a whole-canvas refresh is exact
+        fed.append(plan.fed)
+    return fed
 
 
-def test_dual_last_block_is_the_default_refresh_for_one_block_and_cheaper_for_more(tiny):
+@pytest.mark.parametrize("shift", [0, 1])
+def test_dual_cheaper_refreshes_feed_what_they_name(shift):
+    """The first block refreshes everything. After it, refresh_from="last_block" starts a refresh at the block
+    just finished (minus the logit shift) and refresh_to="block" ends it at the current block's end; logits
+    still come from the region."""
+    full = slice(0, 20)
+    assert _dual_refresh_fed({}, shift) == [full] * 3
+    assert _dual_refresh_fed({"refresh_from": "last_block"}, shift) == [full, slice(4 - shift, 20),
+                                                                        slice(8 - shift, 20)]
+    assert _dual_refresh_fed({"refresh_to": "block"}, shift) == [full, slice(0, 12), slice(0, 16)]
+    assert _dual_refresh_fed({"refresh_from": "last_block", "refresh_to": "block"}, shift) == [
+        full, slice(4 - shift, 12), slice(8 - shift, 16)]
+
+
+@pytest.mark.parametrize("cheap", [{"refresh_from": "last_block"}, {"refresh_to": "block"},
+                                   {"refresh_from": "last_block", "refresh_to": "block"}])
+def test_dual_cheaper_refreshes_equal_the_exact_one_for_one_block_and_feed_less_for_more(tiny, cheap):
     prompts = random_prompts(tiny, 3, seed=41, min_len=2, max_len=12)
     one = GenerationConfig(gen_length=16, block_length=16, cache="dual", stop_at_eos=False)
-    cheap = {"refresh_from": "last_block"}
     assert torch.equal(tiny.generate(prompts, one).sequences,
                        tiny.generate(prompts, one.replace(cache_kwargs=cheap)).sequences)
     many = GenerationConfig(gen_length=32, block_length=8, cache="dual", stop_at_eos=False)
@@ -226,9 +237,11 @@ def test_dual_last_block_is_the_default_refresh_for_one_block_and_cheaper_for_mo
         assert torch.equal(tiny.generate([p], many.replace(cache_kwargs=cheap)).sequences[0], approx.sequences[r])
 
 
-def test_dual_refresh_from_is_checked():
+def test_dual_refresh_bounds_are_checked():
     with pytest.raises(dlm.errors.ConfigError, match="refresh_from must be one of canvas, last_block, got 'all'"):
         GenerationConfig(cache="dual", cache_kwargs={"refresh_from": "all"})
+    with pytest.raises(dlm.errors.ConfigError, match="refresh_to must be one of canvas, block, got 'end'"):
+        GenerationConfig(cache="dual", cache_kwargs={"refresh_to": "end"})
 
 
 def test_window_padding_changes_shapes_not_results(tiny, registered_cache):

@@ -36,6 +36,8 @@ def predictable_config(rng: random.Random, frequent: tuple[int, ...]) -> Generat
         cache_kwargs = {"refresh_every": rng.choice([1, 2])}
     if cache == "dual" and rng.random() < 0.3:
         cache_kwargs["refresh_from"] = "last_block"
+    if cache == "dual" and rng.random() < 0.3:
+        cache_kwargs["refresh_to"] = "block"
     stop = rng.random() < 0.6
     return GenerationConfig(
         gen_length=gen, block_length=block, steps=steps, scheduler=rng.choice(["low_confidence", "random"]),
@@ -122,12 +124,13 @@ def _engine_and_alone(lm, prompts, configs, **kwargs):
     return dlm.Engine(lm, max_rows=4, lookahead=True, **kwargs), alone
 
 
-@pytest.mark.parametrize("cache", ["none", "prefix", "dual", "dual:last_block", "dual:every2"])
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual", "dual:last_block", "dual:to_block", "dual:every2"])
 def test_a_static_batch_looks_ahead_at_every_step_but_its_first_and_last(tiny, cache):
     """Requests in lockstep (the same schedule): every next step is known, across block ends too (the next
     block's first step, a refresh), and the answers equal each request's alone."""
     name, _, variant = cache.partition(":")
-    kwargs = {"last_block": {"refresh_from": "last_block"}, "every2": {"refresh_every": 2}}.get(variant, {})
+    kwargs = {"last_block": {"refresh_from": "last_block"}, "every2": {"refresh_every": 2},
+              "to_block": {"refresh_from": "last_block", "refresh_to": "block"}}.get(variant, {})
     prompts = random_prompts(tiny, 4, seed=31, min_len=2, max_len=14)
     config = GenerationConfig(gen_length=32, block_length=8, steps=16, cache=name, cache_kwargs=kwargs,
                               stop_at_eos=False, return_trace=True)

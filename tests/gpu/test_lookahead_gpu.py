@@ -31,10 +31,11 @@ def _run(lm, prompts, configs, **engine_kwargs):
     return [r.output for r in reqs], engine.core
 
 
-@pytest.mark.parametrize("cache", ["none", "prefix", "dual", "dual:last_block"])
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual", "dual:last_block", "dual:last_block:block"])
 def test_lookahead_gives_the_reference_loops_bits(gpu_lm, cache):
-    name, _, frm = cache.partition(":")
-    kwargs = {"refresh_from": frm} if frm else {}
+    name, _, bounds = cache.partition(":")
+    frm, _, to = bounds.partition(":")
+    kwargs = {**({"refresh_from": frm} if frm else {}), **({"refresh_to": to} if to else {})}
     prompts = random_prompts(gpu_lm, 4, seed=21, min_len=4, max_len=16)
     configs = [GenerationConfig(gen_length=48, block_length=16, steps=s, cache=name, cache_kwargs=kwargs,
                                 stop_at_eos=False) for s in (48, 24, 12, 48)]
