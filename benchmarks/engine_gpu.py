@@ -4,7 +4,7 @@ bundled dlm-tiny / dlm-tiny-ar for what needs trained models).
 Parts (``--parts``; each writes its JSON to --out as soon as it is done, and a failing part is recorded, not
 fatal):
 
-static      a static batch of 32 (prompt 128, gen 256, dual cache, 4 tokens per step): tokens/s and the share of
+static      a static batch of 32 (prompt 128, gen 256, dual cache or --cache, 4 tokens per step): tokens/s and the share of
             the schedule's compute ceiling (its matrix FLOPs over the bf16 matmul rate measured in the same run:
             at its start, and again right after each timed run, over 200 products);
             both attention backends (loop, padded); ``--without PART ...`` (sampling-kernel, attention-kernel,
@@ -44,6 +44,7 @@ from parts import run_parts
 
 import dlm
 from dlm.api.lm import set_fast_path
+from dlm.bench.methods import parse_component
 from dlm.bench.scale import copy_bandwidth, forward_flops, matmul_rate, random_lm
 from dlm.engine.graphs import StepGraphs
 from dlm.engine.pieces import pieces_of
@@ -71,8 +72,10 @@ def random_prompts(lm, n: int, length: int, seed: int = 0) -> list[list[int]]:
 
 
 def schedule_config(gen: int, tps: int, cache: str = "dual") -> dlm.GenerationConfig:
+    """The fixed schedule of the parts: block 32, ``tps`` tokens a step, ``cache`` as NAME[:key=value,...]."""
+    name, kwargs, _ = parse_component(cache, "cache")
     return dlm.GenerationConfig(gen_length=gen, block_length=32, steps=gen // tps, scheduler="low_confidence",
-                                cache=cache, stop_at_eos=False)
+                                cache=name, cache_kwargs=kwargs, stop_at_eos=False)
 
 
 def timed_generate(lm, prompts, cfg, device, **kw):
@@ -150,7 +153,6 @@ def without(lm, part: str | None):
 def part_static(lm, args, rate):
     rows = []
     prompts = random_prompts(lm, args.batch, args.prompt)
-    cfg = schedule_config(args.gen, args.tps)
     variants = [("padded", False, False), ("loop", False, False), ("padded", True, False)]
     if args.device == "cuda":  # CUDA graphs: a static batch in lockstep repeats its step layouts
         variants += [("padded", False, True), ("padded", True, True)]
@@ -158,8 +160,9 @@ def part_static(lm, args, rate):
         variants = [v for v in variants if setting_name(*v) in args.settings]
     # each variant with fused kernels again without each part named by --without; --repeat: the whole list again
     variants = [(*v, None) for v in variants] + [(*v, part) for part in args.without for v in variants if v[1]]
-    variants = variants * args.repeat
-    for attention, fused, graphs, off in variants:
+    variants = [(*v, cache) for cache in args.cache for v in variants] * args.repeat
+    for attention, fused, graphs, off, cache in variants:
+        cfg = schedule_config(args.gen, args.tps, cache)
         set_fast_path(lm, graphs, fused)
         with without(lm, off):
             engine = dlm.Engine(lm, max_rows=args.batch, max_tokens=args.batch * (args.prompt + args.gen),
@@ -171,15 +174,16 @@ def part_static(lm, args, rate):
         fed = sum(r.output.stats["fed_positions"] for r in reqs)
         forwards = sum(r.output.stats["forwards"] for r in reqs)
         flops = forward_flops(lm.arch, fed, args.prompt + args.gen, forwards * 32)
-        rows.append({"attention": attention, "fused": fused, "graphs": graphs, "without": off,
+        rows.append({"attention": attention, "fused": fused, "graphs": graphs, "without": off, "cache": cache,
                      "batch": args.batch, "gen": args.gen, "wall_s": wall, "lookahead": engine.core.lookahead,
                      "lookahead_used": engine.core.lookahead_used,
                      "tokens_per_s": args.batch * args.gen / wall, "engine_steps": engine.core.steps,
                      "ceiling_s": flops / rate, "share_of_ceiling": flops / rate / wall,
                      "matmul_tflops_after": rate_after / 1e12, "share_of_ceiling_after": flops / rate_after / wall})
-        print(f"static {attention} fused={fused} graphs={graphs} without={off}: "
-              f"{rows[-1]['tokens_per_s']:.0f} tok/s, {100 * rows[-1]['share_of_ceiling']:.1f}% of the compute "
-              f"ceiling ({100 * rows[-1]['share_of_ceiling_after']:.1f}% at the rate measured after the run, "
+        print(f"static {attention} fused={fused} graphs={graphs} without={off} cache={cache}: "
+              f"{rows[-1]['tokens_per_s']:.0f} tok/s ({1e3 * wall / reqs[0].output.steps:.2f} ms a step), "
+              f"{100 * rows[-1]['share_of_ceiling']:.1f}% of the compute ceiling "
+              f"({100 * rows[-1]['share_of_ceiling_after']:.1f}% at the rate measured after the run, "
               f"{rate_after / 1e12:.0f} TFLOP/s)", flush=True)
     set_fast_path(lm, False, False)
     return rows
@@ -456,6 +460,8 @@ def main(argv=None) -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=256)
     ap.add_argument("--tps", type=int, default=4, help="tokens committed per step (fixed schedule)")
+    ap.add_argument("--cache", nargs="+", default=["dual"],
+                    help="static part: cache policies, NAME[:key=value,...] each (e.g. dual:refresh_to=block)")
     ap.add_argument("--settings", nargs="+", default=None, choices=["eager", "graphs", "graphs+fused", "fused", "loop", "no-pieces"],
                     help="only these option sets in the static and staggered parts (default: all)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per option set of the static and staggered parts (in turn: A, B, A, B, ...)")

@@ -7,8 +7,8 @@ Parts (each recorded on its own; a failing part does not stop the others):
 
 ``steps``
     the time of every step of two mid-answer blocks (prompt 128, gen 1024, block 32, 4 tokens per step) with the
-    default options (CUDA graphs + fused kernels), for ``dual`` and ``dual`` with ``refresh_from="last_block"``,
-    and for ``dual`` with the joined projections split again, after a warm-up run in the same engine: the
+    default options (CUDA graphs + fused kernels), for ``dual``, ``dual`` with ``refresh_from="last_block"``
+    and with ``refresh_to="block"`` as well, and for ``dual`` with the joined projections split again, after a warm-up run in the same engine: the
     block's refresh step against its in-block steps.
 ``steps_cudnn``
     ``dual`` as ``steps`` with SDPA's cuDNN attention off (dlm's default) and on
@@ -39,9 +39,11 @@ Parts (each recorded on its own; a failing part does not stop the others):
 ``launch``
     the host time of a replayed batch-1 step's launch (the engine's forward, the graph runner's, the replay
     call), median per call, after a warm-up decode.
-``gaps``, ``gaps_b32``
+``gaps``, ``gaps_b32``, ``gaps_short``
     the GPU's busy time per step (refresh and in-block steps) and its idle time between steps, from CUDA events,
-    at batch 1 (gen 1024) and for a static batch of 32 (gen 256), after every bucket's CUDA graphs are captured.
+    at batch 1 (gen 1024) and for a static batch of 32 (gen 256), after every bucket's CUDA graphs are captured;
+    ``gaps_short``: batch 1 with ``dual``'s cheapest refresh (``refresh_from="last_block"``,
+    ``refresh_to="block"``).
 ``candidates``
     the temperature-0 candidates pass (token and confidence of each position) over bf16 logits of LLaDA's
     vocabulary, at 32 and 1,024 rows: the reference (dlm.sampling.compute_candidates) against the fused kernel
@@ -95,7 +97,9 @@ def _config(cache_kwargs: dict, batch: int = 1, gen: int = GEN, prefill: bool = 
 
 def _step_times(lm, cache_kwargs: dict, blocks: int = 4, batch: int = 1, gen: int = GEN,
                 prefill: bool = True) -> list[float]:
-    """ms of each of the first ``blocks`` blocks' steps (synchronised at every step)."""
+    """ms of each of the first ``blocks`` blocks' steps (synchronised at every step). An engine built here runs
+    without its lookahead: waiting for the device at each step's event would charge each step the next step's
+    forward, launched before the event."""
     prompts, cfg = _config(cache_kwargs, batch, gen, prefill)
     n = blocks * BLOCK // PER_STEP
     marks: list[float] = []
@@ -109,7 +113,8 @@ def _step_times(lm, cache_kwargs: dict, blocks: int = 4, batch: int = 1, gen: in
 
     torch.cuda.synchronize()
     marks.append(time.perf_counter())
-    lm.generate(prompts, cfg, stream=stream)
+    with without(lm, "lookahead"):
+        lm.generate(prompts, cfg, stream=stream)
     return [(b - a) * 1e3 for a, b in zip(marks, marks[1:])][:n]
 
 
@@ -123,12 +128,15 @@ def _block_split(ms: list[float]) -> dict:
 
 
 def part_steps(lm) -> dict:
-    """Default options; ``dual`` and its ``last_block`` refresh with the joined projections, and ``dual`` with
-    the projections split again (same run, a fresh engine each: the kept engine's graphs hold their weights)."""
+    """Default options; ``dual``, its ``last_block`` refresh and its ``last_block`` + ``block`` refresh with the
+    joined projections, and ``dual`` with the projections split again (same run, a fresh engine each: the kept
+    engine's graphs hold their weights)."""
     from dlm.models.joined import join_projections, split_projections
 
     out = {}
+    short = {"refresh_from": "last_block", "refresh_to": "block"}
     for name, kw, joined in (("dual", {}, True), ("dual:refresh_from=last_block", {"refresh_from": "last_block"}, True),
+                             ("dual:refresh_from=last_block,refresh_to=block", short, True),
                              ("dual, projections split", {}, False)):
         set_fast_path(lm, True, True)
         if not joined:
@@ -503,18 +511,20 @@ def part_launch(lm, runs: int = 2) -> dict:
     return {**med, "calls": {k: len(v) for k, v in calls.items()}, "graphs": len(core.graphs.entries)}
 
 
-def part_gaps(lm, batch: int, gen: int) -> dict:
+def part_gaps(lm, batch: int, gen: int, cache: str = "dual") -> dict:
     """The GPU's time per step and its idle time between steps, from CUDA events: one recorded when a step's
     work is queued (at the start of ``_queue_transfer``, before its synchronisation), one when the next step's
     forward starts and one when its forward is queued (the forward's part of the busy time); the GPU is idle
     between a step's queued work and the next forward, as the host plans, packs and launches. A whole decode of
-    ``batch`` requests (prompt 128, ``gen``, ``dual``, default options, every bucket captured first) after an
-    untimed one in the same engine. The busy time bounds what host work can gain."""
+    ``batch`` requests (prompt 128, ``gen``, ``cache``, default options, every bucket captured first) after an
+    untimed one in the same engine; the requests step in lockstep, so every eighth step is a block's first (its
+    refresh), and the decode's first step, the only one that feeds the whole canvas for the cheaper refreshes,
+    is reported apart. The busy time bounds what host work can gain."""
     import dlm.engine.core as core
 
     set_fast_path(lm, True, True)
     prompts = random_prompts(lm, batch, PROMPT, seed=1)
-    cfg = schedule_config(gen, PER_STEP)
+    cfg = schedule_config(gen, PER_STEP, cache)
     engine = dlm.Engine(lm, max_rows=batch, max_tokens=batch * (PROMPT + gen))
     engine.capture_graphs()
     queued, started, forwarded, fed = [], [], [], []
@@ -550,21 +560,21 @@ def part_gaps(lm, batch: int, gen: int) -> dict:
     busy = [a.elapsed_time(b) for a, b in zip(started, queued)]
     forward_ms = [a.elapsed_time(b) for a, b in zip(started, forwarded)]  # the forward, with its host lead
     idle = [a.elapsed_time(b) for a, b in zip(queued, started[1:])]
-    refresh = max(fed)  # the steps that refresh every row's canvas feed the most positions
+    per = BLOCK // PER_STEP
+    kind = ["first"] + ["refresh" if i % per == 0 else "in_block" for i in range(1, len(fed))]
 
-    def mean(xs):
+    def mean(xs, k, skip=0):
+        xs = [x for x, kk in zip(xs, kind[skip:]) if kk == k]
         return sum(xs) / len(xs) if xs else None
 
-    res = {"batch": batch, "gen": gen, "steps": len(fed), "wall_ms_per_step": wall * 1e3 / len(fed),
-           "busy_ms_in_block": mean([b for b, n in zip(busy, fed) if n != refresh]),
-           "busy_ms_refresh": mean([b for b, n in zip(busy, fed) if n == refresh]),
-           "forward_ms_in_block": mean([b for b, n in zip(forward_ms, fed) if n != refresh]),
-           "forward_ms_refresh": mean([b for b, n in zip(forward_ms, fed) if n == refresh]),
-           "idle_ms_before_in_block": mean([i for i, n in zip(idle, fed[1:]) if n != refresh]),
-           "idle_ms_before_refresh": mean([i for i, n in zip(idle, fed[1:]) if n == refresh]),
+    res = {"batch": batch, "gen": gen, "cache": cache, "steps": len(fed), "wall_ms_per_step": wall * 1e3 / len(fed),
+           "busy_ms_first": busy[0], "busy_ms_in_block": mean(busy, "in_block"),
+           "busy_ms_refresh": mean(busy, "refresh"),
+           "forward_ms_in_block": mean(forward_ms, "in_block"), "forward_ms_refresh": mean(forward_ms, "refresh"),
+           "idle_ms_before_in_block": mean(idle, "in_block", 1), "idle_ms_before_refresh": mean(idle, "refresh", 1),
            "idle_share": sum(idle) / (sum(busy) + sum(idle))}
-    print(f"gaps batch {batch} gen {gen}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()
-                                                       if isinstance(v, float)), flush=True)
+    print(f"gaps batch {batch} gen {gen} {cache}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()
+                                                                if isinstance(v, float)), flush=True)
     return res
 
 
@@ -728,6 +738,7 @@ def main() -> None:
             "projections": part_projections, "staggered_steps": lambda: part_staggered_steps(model()),
             "kernels_mixed": lambda: part_kernels_mixed(model()), "steps_cudnn": lambda: part_steps_cudnn(model()), "kernels_ramp": lambda: part_kernels_ramp(model()),
             "candidates": part_candidates, "gaps": lambda: part_gaps(model(), 1, GEN), "gaps_b32": lambda: part_gaps(model(), 32, 256),
+            "gaps_short": lambda: part_gaps(model(), 1, GEN, "dual:refresh_from=last_block,refresh_to=block"),
             "launch": lambda: part_launch(model()), "ops": part_ops}
     results["without"] = args.without
     if args.without is not None:  # (every part builds its engines inside the context)
