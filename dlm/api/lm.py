@@ -241,11 +241,14 @@ def set_fast_path(lm: DiffusionLM, cuda_graphs: bool, fused_kernels: bool) -> Di
     from ..engine.pieces import forget
     from ..models.elementwise import EAGER, fused_ops
     from ..models.joined import join_projections, split_projections
+    from ..models.skinny import prepare
 
     forget(lm.model)  # its piecewise graphs read the weights and functions this may replace
     lm.cuda_graphs = bool(cuda_graphs)
     lm.model.ops = fused_ops((lm.dtype, type(lm.model).__name__, lm.model_type)) if fused_kernels else EAGER
     (join_projections if fused_kernels else split_projections)(lm.model)
+    if fused_kernels:
+        prepare(lm.model)
     return lm
 
 

@@ -8,7 +8,8 @@ data it touches, even when the forward is replayed from a CUDA graph. :func:`fus
 functions with ``torch.compile`` so each becomes one or two generated kernels; on a GPU RoPE in bfloat16, SwiGLU
 and the add with its norm take the Triton kernels of :mod:`dlm.models.rope_kernel`,
 :mod:`dlm.models.swiglu_kernel` and :mod:`dlm.models.norm_kernel` instead (the first two equal the eager
-functions bit for bit); the matrix products stay with cuBLAS. Enabled with ``dlm.load(..., fused_kernels=True)``.
+functions bit for bit); the matrix products stay with cuBLAS, the attention output and down projections of few
+rows with cuBLASLt (:mod:`dlm.models.skinny`). Enabled with ``dlm.load(..., fused_kernels=True)``.
 The eager functions are the reference; ``tests/models/test_fused.py`` checks the compiled ones against them.
 """
 
@@ -55,11 +56,18 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def project(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)``: a layer's attention output or down projection as the eager model computes it."""
+    return module(x)
+
+
 @dataclass(frozen=True)
 class Ops:
     """The elementwise functions a transformer layer calls; ``small``: the ones an eager forward of few
     positions calls instead (:func:`ops_for_positions`), None for :data:`EAGER`. ``add_rms_norm``: the residual
-    add with the norm after it in one function; None: :func:`add_rms_norm` over this set's ``rms_norm``."""
+    add with the norm after it in one function; None: :func:`add_rms_norm` over this set's ``rms_norm``.
+    ``project``: how the layer's attention output and down projections run (``module(x)``, or with fused kernels
+    :func:`dlm.models.skinny.linear`, cuBLASLt for few rows)."""
 
     rms_norm: Callable
     rope: Callable
@@ -67,6 +75,7 @@ class Ops:
     fused: bool = False
     small: Ops | None = None
     add_rms_norm: Callable | None = None
+    project: Callable = project
 
     def add_norm(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,10 +99,13 @@ def fused_ops(key: Hashable = None) -> Ops:
     key per dtype and architecture. Past the limit the compiled functions fall back to the eager ones (correct,
     slower), never an error."""
     if key not in _FUSED:
-        small = Ops(rms_norm, _with_rope_kernel(rope), swiglu)  # the RoPE kernel costs no guards: one launch
+        from . import skinny
+
+        # the RoPE kernel costs no guards: one launch; few rows' products take cuBLASLt in eager forwards too
+        small = Ops(rms_norm, _with_rope_kernel(rope), swiglu, project=skinny.linear)
         _FUSED[key] = Ops(_compiled(rms_norm), _with_rope_kernel(_compiled(rope)),
                           _with_swiglu_kernel(_compiled(swiglu)), fused=True, small=small,
-                          add_rms_norm=_with_norm_kernel(_compiled(add_rms_norm)))
+                          add_rms_norm=_with_norm_kernel(_compiled(add_rms_norm)), project=skinny.linear)
     return _FUSED[key]
 
 

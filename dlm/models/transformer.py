@@ -183,7 +183,7 @@ class Block(nn.Module):
     def mlp(self, h: torch.Tensor, ops: ew.Ops) -> torch.Tensor:
         """The feed-forward part on normalised hidden states h (B, Q, d): SwiGLU."""
         gate, up = linear_parts(self, "gate_up", h)
-        return self.down(ops.swiglu(gate, up))
+        return ops.project(self.down, ops.swiglu(gate, up))
 
     def forward(
         self,
@@ -228,7 +228,8 @@ class Block(nn.Module):
         """:meth:`after_attention` without its last add: (the hidden states after the attention's residual add,
         the MLP's output). The next layer adds them (:meth:`attention_inputs`)."""
         B, Q, _ = x.shape
-        x, h = ops.add_norm(x, self.o(a.transpose(1, 2).reshape(B, Q, -1)), self.mlp_norm.weight, self.mlp_norm.eps)
+        x, h = ops.add_norm(x, ops.project(self.o, a.transpose(1, 2).reshape(B, Q, -1)), self.mlp_norm.weight,
+                            self.mlp_norm.eps)
         return x, self.mlp(h, ops)
 
 
