@@ -107,7 +107,8 @@ def setting_name(attention: str, fused: bool, graphs: bool) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ parts
-WITHOUT = ("sampling-kernel", "attention-kernel", "swiglu-kernel", "kv-write-kernel", "norm-kernel", "lookahead")
+WITHOUT = ("sampling-kernel", "attention-kernel", "swiglu-kernel", "kv-write-kernel", "norm-kernel", "lookahead",
+           "skinny-products")
 
 
 def without_parts(text: str) -> str:
@@ -126,14 +127,22 @@ def without(lm, part: str | None):
     dlm.models.attention_kernel), ``swiglu-kernel`` (SwiGLU by the compiled function instead of
     dlm.models.swiglu_kernel), ``kv-write-kernel`` (the key/value pool's writes by its index copies instead of
     dlm.models.kv_write_kernel), ``norm-kernel`` (the residual add and RMSNorm by the compiled function instead
-    of dlm.models.norm_kernel); and ``lookahead``: engines built inside the block run without the engine's
-    lookahead (dlm.engine.lookahead), the reference loop."""
+    of dlm.models.norm_kernel), ``skinny-products`` (the attention output and down projections of few rows by
+    cuBLAS's gemm instead of cuBLASLt, dlm.models.skinny); and ``lookahead``: engines built inside the block run
+    without the engine's lookahead (dlm.engine.lookahead), the reference loop."""
     from dlm import sampling_kernel
     from dlm.engine.core import EngineCore
-    from dlm.models import attention_kernel, kv_write_kernel, norm_kernel, swiglu_kernel
+    from dlm.models import (
+        attention_kernel,
+        kv_write_kernel,
+        norm_kernel,
+        skinny,
+        swiglu_kernel,
+    )
 
     modules = {"sampling-kernel": sampling_kernel, "attention-kernel": attention_kernel,
-               "swiglu-kernel": swiglu_kernel, "kv-write-kernel": kv_write_kernel, "norm-kernel": norm_kernel}
+               "swiglu-kernel": swiglu_kernel, "kv-write-kernel": kv_write_kernel, "norm-kernel": norm_kernel,
+               "skinny-products": skinny}
     names = part.split("+") if part else []
     chosen = [modules[name] for name in names if name in modules]
     saved = [m.applies for m in chosen]
