@@ -23,10 +23,11 @@ _ZEROS: dict[tuple, torch.Tensor] = {}
 
 
 def applies(module: nn.Module, x: torch.Tensor) -> bool:
-    """Whether :func:`linear` sends ``x`` through ``module`` by cuBLASLt: a plain ``nn.Linear`` with bfloat16 or
-    float16 weights on a CUDA device, at most :data:`MAX_ROWS` rows, outside any ``TorchFunctionMode``."""
+    """Whether :func:`linear` sends ``x`` through ``module`` by cuBLASLt: a plain ``nn.Linear`` without hooks
+    (they would be skipped) with bfloat16 or float16 weights on a CUDA device, at most :data:`MAX_ROWS` rows,
+    outside any ``TorchFunctionMode``."""
     w = module.weight if type(module) is nn.Linear else None
-    return (w is not None and w.is_cuda and w.dtype in (torch.bfloat16, torch.float16) and x.dtype == w.dtype
+    return (w is not None and not module._forward_hooks and not module._forward_pre_hooks and w.is_cuda and w.dtype in (torch.bfloat16, torch.float16) and x.dtype == w.dtype
             and x.device == w.device and x.dim() >= 2 and 0 < x.numel() // max(x.shape[-1], 1) <= MAX_ROWS
             and not torch._C._is_torch_function_mode_enabled())
 

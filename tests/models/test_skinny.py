@@ -67,8 +67,9 @@ def test_no_bias_during_a_capture_falls_back_to_the_module(monkeypatch):
     assert sorted(k[0] for k in skinny._ZEROS) == [6, 8]  # o and down, not the others
 
 
-def test_not_within_a_torch_function_mode(monkeypatch):
-    """The batch-invariant forward tiles F.linear through a TorchFunctionMode: the path must not bypass it."""
+def test_not_within_a_torch_function_mode_nor_past_hooks(monkeypatch):
+    """The batch-invariant forward tiles F.linear through a TorchFunctionMode, and a module's hooks run in its
+    call: the path must bypass neither."""
     seen = []
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     lin = nn.Linear(16, 8, bias=False).to(torch.bfloat16)
@@ -77,7 +78,10 @@ def test_not_within_a_torch_function_mode(monkeypatch):
     with BatchInvariantOps(tile=4):
         seen.append(skinny.applies(lin, x))
     seen.append(skinny.applies(lin, torch.randn(skinny.MAX_ROWS + 1, 16).bfloat16()))
-    assert seen == [True, False, False]
+    handle = lin.register_forward_hook(lambda *a: None)  # a hook on the module: it must still run
+    seen.append(skinny.applies(lin, x))
+    handle.remove()
+    assert seen == [True, False, False, False]
 
 
 def test_fused_ops_project_through_it_and_the_eager_ones_do_not():
