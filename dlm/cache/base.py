@@ -8,7 +8,8 @@ every earlier forward wrote what it computed (for policies with ``uses_storage``
 :meth:`CachePolicy.after_step` learns what was committed. Each request keeps its own refresh schedule.
 
 A step that feeds every position is a *refresh*: its logits are bitwise those of the no-cache forward, so a
-policy whose ``refresh_every`` is 1 is exact (tested for every policy).
+policy whose ``refresh_every`` is 1 is exact (tested for every policy) unless it shortens its refreshes
+(:meth:`CachePolicy.refreshes_whole_canvas`).
 """
 
 from __future__ import annotations
@@ -121,6 +122,11 @@ class CachePolicy(Configurable):
     def setup(self, ctx: CacheContext) -> None:
         """The request's geometry (called once, before its first plan)."""
         self.ctx = ctx
+
+    def refreshes_whole_canvas(self) -> bool:
+        """Whether every refresh feeds the whole canvas, so that ``refresh_every=1`` makes the policy exact (what
+        the lossless verifiers ask of a cache). ``dual`` with a shortened refresh overrides it."""
+        return True
 
     def count(self, plan: Plan) -> None:
         """Statistics of a planned forward (called by the engine)."""

@@ -4,7 +4,7 @@
 At each block start one full forward fills the storage; the later steps feed only the block (plus, for a model
 with shifted logits, the position before it, whose hidden state predicts the block's first token) and overwrite
 its keys/values in place, reusing the prefix AND the suffix from the block start. The cheapest step of all
-policies; approximate. ``refresh_every=1`` makes it exact.
+policies; approximate. ``refresh_every=1`` makes it exact (with the default refresh bounds below).
 
 ``refresh_from="last_block"`` makes the refreshes cheaper and adds an approximation of its own: after the first
 block, a refresh feeds only the block just finished and everything after it, keeping the stored keys/values of
@@ -12,9 +12,10 @@ the prompt and the older blocks (computed when the answer still had more masks).
 refresh then feeds on average about half the canvas. The default, ``"canvas"``, refreshes every position (the
 refresh's logits are those of the no-cache forward).
 
-``refresh_to="block"`` stops a refresh at the end of the current block instead of the canvas's: after the first
-block (whose refresh still feeds everything), the suffix's masks keep the keys/values stored at that first refresh,
-computed when the whole answer was masked. A third approximation; with ``refresh_from="last_block"`` a refresh
+``refresh_to="block"`` stops a refresh at the end of the current block (or of the region, when a scheduler's
+region reaches past it) instead of the canvas's: after the first block (whose refreshes still feed everything),
+the suffix's masks keep the keys/values of the first block's last refresh, computed when the answer beyond that
+block was masked. A third approximation; with ``refresh_from="last_block"`` a refresh
 feeds only the block just finished and the new block (64 positions with block 32), so at batch 1 it costs about
 what an in-block step costs. The default, ``"canvas"``, refreshes to the canvas's end.
 """
@@ -53,6 +54,9 @@ class DualCache(CachePolicy):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._block_starts: list[int] = []
+
+    def refreshes_whole_canvas(self) -> bool:
+        return self.params.refresh_from == "canvas" and self.params.refresh_to == "canvas"
 
     def begin_block(self, block_start: int, block_end: int) -> None:
         self._block_starts = [*self._block_starts[-1:], block_start]

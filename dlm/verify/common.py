@@ -68,9 +68,11 @@ def positive_int(name: str, value: Any, minimum: int = 1) -> None:
 
 def is_exact_cache(name: str, kwargs: dict[str, Any]) -> bool:
     """Whether the cache policy ``name`` with ``kwargs`` gives the logits of the no-cache forward at every step:
-    the ``none`` policy (``exact``), or any policy that refreshes every step (``refresh_every=1``)."""
+    the ``none`` policy (``exact``), or any policy that refreshes the whole canvas every step (``refresh_every=1``
+    without shortened refreshes: :meth:`CachePolicy.refreshes_whole_canvas`)."""
     policy = cache_mod.create(name, kwargs)
-    return bool(policy.exact) or getattr(policy.params, "refresh_every", None) == 1
+    return bool(policy.exact) or (getattr(policy.params, "refresh_every", None) == 1
+                                  and policy.refreshes_whole_canvas())
 
 
 def require_exact_cache(config: GenerationConfig, verifier: str) -> None:
@@ -79,5 +81,5 @@ def require_exact_cache(config: GenerationConfig, verifier: str) -> None:
             f"verify={verifier!r} needs an exact cache, but cache={config.cache!r} with cache_kwargs="
             f"{dict(config.cache_kwargs)} reuses keys/values computed before later commits, so its logits differ "
             "from the reference decode's and the output would not be guaranteed; use cache='none', or keep the "
-            "policy and set cache_kwargs={'refresh_every': 1} (exact)"
+            "policy and set cache_kwargs={'refresh_every': 1} (exact; for dual without refresh_from or refresh_to)"
         )

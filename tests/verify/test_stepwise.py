@@ -140,7 +140,9 @@ def test_prefix_exact_cache_and_bigger_drafts_than_block(diffusion_models):
 
 # ------------------------------------------------------------------------------------------------ refusals
 @pytest.mark.parametrize("cache, kwargs", [("dual", {}), ("prefix", {"refresh_every": 2}), ("delayed", {}),
-                                           ("window", {"refresh_every": 4})])
+                                           ("window", {"refresh_every": 4}),
+                                           ("dual", {"refresh_every": 1, "refresh_to": "block"}),
+                                           ("dual", {"refresh_every": 1, "refresh_from": "last_block"})])
 def test_approximate_cache_is_refused(llada, cache, kwargs):
     cfg = GenerationConfig(gen_length=16, block_length=8, cache=cache, cache_kwargs=kwargs, verify="stepwise")
     with pytest.raises(ConfigError, match=rf"needs an exact cache, but cache='{cache}'.*refresh_every': 1"):
