@@ -81,7 +81,15 @@ def test_not_within_a_torch_function_mode_nor_past_hooks(monkeypatch):
     handle = lin.register_forward_hook(lambda *a: None)  # a hook on the module: it must still run
     seen.append(skinny.applies(lin, x))
     handle.remove()
-    assert seen == [True, False, False, False]
+    handle = nn.modules.module.register_module_forward_pre_hook(lambda *a: None)  # on every module
+    seen.append(skinny.applies(lin, x))
+    handle.remove()
+    lin.forward = lambda t: t  # a forward of the instance's own
+    seen.append(skinny.applies(lin, x))
+    del lin.forward
+    with torch.device("cpu"):  # a default-device context is a function mode too, and harmless
+        seen.append(skinny.applies(lin, x))
+    assert seen == [True, False, False, False, False, False, True]
 
 
 def test_fused_ops_project_through_it_and_the_eager_ones_do_not():
