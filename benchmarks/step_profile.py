@@ -8,8 +8,8 @@ Parts (each recorded on its own; a failing part does not stop the others):
 ``steps``
     the time of every step of two mid-answer blocks (prompt 128, gen 1024, block 32, 4 tokens per step) with the
     default options (CUDA graphs + fused kernels), for ``dual``, ``dual`` with ``refresh_from="last_block"``
-    and with ``refresh_to="block"`` as well, and for ``dual`` with the joined projections split again, after a warm-up run in the same engine: the
-    block's refresh step against its in-block steps.
+    and with ``refresh_to="block"`` as well, and for ``dual`` with the joined projections split again, after a
+    warm-up run in the same engine: the block's refresh step against its in-block steps.
 ``steps_cudnn``
     ``dual`` as ``steps`` with SDPA's cuDNN attention off (dlm's default) and on
     (``dlm.models.attention.use_cudnn_attention``), alternating twice in one process.
@@ -76,10 +76,12 @@ from parts import run_parts
 
 import dlm
 from dlm.api.lm import set_fast_path
+from dlm.bench.methods import parse_component
 from dlm.bench.scale import copy_bandwidth, random_lm
 from dlm.models.attention import use_cudnn_attention
 
 PROMPT, GEN, BLOCK, PER_STEP = 128, 1024, 32, 4
+CHEAPEST = "dual:refresh_from=last_block,refresh_to=block"  # dual's cheapest refresh
 
 
 def _config(cache_kwargs: dict, batch: int = 1, gen: int = GEN, prefill: bool = True
@@ -134,9 +136,8 @@ def part_steps(lm) -> dict:
     from dlm.models.joined import join_projections, split_projections
 
     out = {}
-    short = {"refresh_from": "last_block", "refresh_to": "block"}
     for name, kw, joined in (("dual", {}, True), ("dual:refresh_from=last_block", {"refresh_from": "last_block"}, True),
-                             ("dual:refresh_from=last_block,refresh_to=block", short, True),
+                             (CHEAPEST, parse_component(CHEAPEST, "cache")[1], True),
                              ("dual, projections split", {}, False)):
         set_fast_path(lm, True, True)
         if not joined:
@@ -738,7 +739,7 @@ def main() -> None:
             "projections": part_projections, "staggered_steps": lambda: part_staggered_steps(model()),
             "kernels_mixed": lambda: part_kernels_mixed(model()), "steps_cudnn": lambda: part_steps_cudnn(model()), "kernels_ramp": lambda: part_kernels_ramp(model()),
             "candidates": part_candidates, "gaps": lambda: part_gaps(model(), 1, GEN), "gaps_b32": lambda: part_gaps(model(), 32, 256),
-            "gaps_short": lambda: part_gaps(model(), 1, GEN, "dual:refresh_from=last_block,refresh_to=block"),
+            "gaps_short": lambda: part_gaps(model(), 1, GEN, CHEAPEST),
             "launch": lambda: part_launch(model()), "ops": part_ops}
     results["without"] = args.without
     if args.without is not None:  # (every part builds its engines inside the context)

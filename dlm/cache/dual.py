@@ -81,10 +81,10 @@ class DualCache(CachePolicy):
         """A full refresh; after the first block, ``last_block`` starts it at the previous block's start and
         ``block`` ends it at the current block's end."""
         full = self.full_plan(info, shift)
-        cut_start, cut_stop = self.params.refresh_from == "last_block", self.params.refresh_to == "block"
-        if not (cut_start or cut_stop) or len(self._block_starts) < 2:
+        if self.refreshes_whole_canvas() or len(self._block_starts) < 2:
             return full
-        start = max(min(self._block_starts[0] - shift, info.region_start - shift), full.fed.start) if cut_start \
-            else full.fed.start
-        stop = self._block_stop(info, shift) if cut_stop else info.length
+        start = full.fed.start
+        if self.params.refresh_from == "last_block":
+            start = max(min(self._block_starts[0] - shift, info.region_start - shift), start)
+        stop = self._block_stop(info, shift) if self.params.refresh_to == "block" else info.length
         return self._span(info, shift, start, stop)

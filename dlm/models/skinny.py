@@ -17,32 +17,23 @@ import torch
 from torch import nn
 
 from .fp8 import function_mode_active
+from .plain import global_hooks, plain_module
 
 #: products of at most this many rows take cuBLASLt (measured faster there; from 1,024 rows on it was slower
 #: for some of LLaDA-8B's products)
 MAX_ROWS = 64
-_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _ZEROS: dict[tuple, torch.Tensor] = {}
 
 
 def applies(module: nn.Module, x: torch.Tensor) -> bool:
-    """Whether :func:`linear` sends ``x`` through ``module`` by cuBLASLt: a plain ``nn.Linear`` (:func:`_plain`)
-    with bfloat16 or float16 weights on a CUDA device, at most :data:`MAX_ROWS` rows, outside any torch function
-    mode but a default-device context (the batch-invariant forward's tiling must see ``F.linear``)."""
+    """Whether :func:`linear` sends ``x`` through ``module`` by cuBLASLt: a plain ``nn.Linear`` (calling ``addmm``
+    instead of the module skips nothing: :mod:`dlm.models.plain`) with bfloat16 or float16 weights on a CUDA
+    device, at most :data:`MAX_ROWS` rows, outside any torch function mode but a default-device context (the
+    batch-invariant forward's tiling must see ``F.linear``)."""
     w = module.weight if type(module) is nn.Linear else None
     return (w is not None and w.is_cuda and w.dtype in (torch.bfloat16, torch.float16) and x.dtype == w.dtype
             and x.device == w.device and x.dim() >= 2 and 0 < x.numel() // max(x.shape[-1], 1) <= MAX_ROWS
-            and _plain(module) and not function_mode_active())
-
-
-def _plain(module: nn.Module) -> bool:
-    """No hooks on the module or on every module, no ``compile()`` and no ``forward`` of its own: calling
-    ``addmm`` instead of the module skips nothing."""
-    from torch.nn.modules import module as nn_module
-
-    own = module.__dict__
-    return not (any(own.get(h) for h in _HOOKS) or any(getattr(nn_module, "_global" + h, None) for h in _HOOKS)
-                or own.get("_compiled_call_impl") is not None or "forward" in own)
+            and plain_module(module) and not global_hooks() and not function_mode_active())
 
 
 def prepare(model: nn.Module) -> None:

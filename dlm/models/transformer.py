@@ -24,6 +24,7 @@ from torch import nn
 from . import elementwise as ew
 from .attention import attend
 from .joined import linear_parts
+from .plain import global_hooks, plain_module
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,6 @@ class Block(nn.Module):
         return x, self.mlp(h, ops)
 
 
-_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _OWN = ("forward", "before_attention", "after_attention")
 
 
@@ -241,22 +241,18 @@ def plain_layers(model) -> bool:
     """Whether the model's forward may call its layers' halves directly instead of the layers: each layer's
     ``forward`` and halves are :class:`Block`'s own (no family or instance overrides them, no ``compile()``), and
     no hooks sit on the model, its layers or every module (a device map's moving hooks, for one), which calling
-    the halves would skip. Then a layer's last add can wait for the next layer's norm
+    the halves would skip (:mod:`dlm.models.plain`). Then a layer's last add can wait for the next layer's norm
     (:meth:`Block.attention_inputs`), and piecewise CUDA graphs can cut the forward at its attentions. (Checked at
     every eager forward: about 20 us for 32 layers on a CPU core.)"""
-    from torch.nn.modules import module as nn_module
-
-    if any(getattr(nn_module, "_global" + h, None) for h in _HOOKS):
+    if global_hooks():
         return False
     for cls in {type(layer) for layer in model.layers}:
         if any(getattr(cls, name) is not getattr(Block, name) for name in _OWN):
             return False
     for m in (model, *model.layers):
-        own = m.__dict__  # (not through nn.Module's __getattr__; no generators: this runs at every forward)
-        if (own.get("_forward_hooks") or own.get("_forward_pre_hooks") or own.get("_backward_hooks")
-                or own.get("_backward_pre_hooks") or own.get("_compiled_call_impl") is not None or "forward" in own):
+        if not plain_module(m):
             return False
-        if m is not model and ("before_attention" in own or "after_attention" in own):
+        if m is not model and ("before_attention" in m.__dict__ or "after_attention" in m.__dict__):
             return False
     return True
 
