@@ -5,9 +5,11 @@ Parts (``--parts``; each writes its JSON to --out as soon as it is done, and a f
 matmul  one linear layer (LLaDA-8B's 4096->4096, 4096->12288 and 12288->4096) at 1 to 1152 rows (a block of 32
         positions at batch 1 is 32 rows, a refresh at prompt 128 + gen 1024 is 1152): bf16 ``F.linear``, the FP8
         layer's W8A16 Triton kernel (``dlm.models.fp8_kernel``, up to its 128 rows), its W8A8 path (per-token
-        activation quantization + ``torch._scaled_mm``) and the reference path (dequantize, then ``F.linear``),
-        each call replayed from a CUDA graph of 48 calls cycling over 8 copies of the weight (so the weight comes
-        from memory, not from the 50 MB L2 cache); each against its weight bytes over the measured copy bandwidth.
+        activation quantization + ``torch._scaled_mm``; also in parts: the quantization alone, the product alone,
+        and, at multiples of 16 rows, the product with its operands swapped, the weight as the long side) and
+        the reference path (dequantize, then ``F.linear``), each call replayed from a CUDA graph of 48 calls
+        cycling over 8 copies of the weight (so the weight comes from memory, not from the 50 MB L2 cache); each
+        against its weight bytes over the measured copy bandwidth.
         Where the W8A16 kernel stops winning is ``fp8_kernel.MAX_ROWS``
 kernel  the W8A16 kernel's tiles (BLOCK_N x BLOCK_K, warps, pipeline stages, K split) around the defaults, on
         the three shapes at 32 and 128 rows (``--sweep-rows``), against the defaults
@@ -122,6 +124,7 @@ def time_layer(k: int, n: int, device: str, bandwidth: float, rows_list) -> list
             if layers[0].impl != "reference":
                 r["scaled_mm_us"] = per_call_us(lambda i, x=x: fp8.linear_scaled_mm(
                     x, lay(i).weight, lay(i).weight_scale, None, lay(i).quantize_rows), device)
+                r.update(scaled_mm_parts(x, lay, device))
             r["reference_us"] = per_call_us(lambda i, x=x: fp8.linear_reference(
                 x, lay(i).weight, lay(i).weight_scale, None), device)
             if kernel and rows <= fp8_kernel.MAX_ROWS:
@@ -132,9 +135,36 @@ def time_layer(k: int, n: int, device: str, bandwidth: float, rows_list) -> list
         r["fp8_us"] = min(r.get(key, float("inf")) for key in ("w8a16_us", "scaled_mm_us", "reference_us"))
         r["speedup"] = r["bf16_us"] / r["fp8_us"] if r["fp8_us"] < float("inf") else None
         print(f"matmul {k}x{n} M={rows}: bf16 {r['bf16_us']:.1f} us, w8a16 {r.get('w8a16_us', float('nan')):.1f}, "
-              f"scaled_mm {r.get('scaled_mm_us', float('nan')):.1f}, dequantized {r['reference_us']:.1f} (floors {r['bf16_floor_us']:.1f} / "
+              f"scaled_mm {r.get('scaled_mm_us', float('nan')):.1f} (quantize {r.get('quantize_us', float('nan')):.1f}, "
+              f"product {r.get('scaled_mm_product_us', float('nan')):.1f}, swapped "
+              f"{r.get('scaled_mm_swapped_us', float('nan')):.1f}), dequantized {r['reference_us']:.1f} (floors {r['bf16_floor_us']:.1f} / "
               f"{r['fp8_floor_us']:.1f})", flush=True)
         out.append(r)
+    return out
+
+
+def scaled_mm_parts(x: torch.Tensor, lay, device: str) -> dict:
+    """The W8A8 path in parts: the activations' quantization alone (``quantize_us``), the product alone on
+    activations quantized beforehand (``scaled_mm_product_us``), and the same product with its operands swapped
+    (``scaled_mm_swapped_us``: the weight as the long left operand, the few rows as the right one, the output
+    transposed back as a view), with the largest difference between the two orders' outputs."""
+    xq, xs = fp8.quantize_rows(x)
+    xs_t = xs.view(1, -1).contiguous()
+
+    def plain(i):
+        return torch._scaled_mm(xq, lay(i).weight.t(), scale_a=xs, scale_b=lay(i).weight_scale.view(1, -1),
+                                out_dtype=torch.bfloat16)
+
+    def swapped(i):
+        return torch._scaled_mm(lay(i).weight, xq.t(), scale_a=lay(i).weight_scale.view(-1, 1), scale_b=xs_t,
+                                out_dtype=torch.bfloat16).t()
+
+    quantize = lay(0).quantize_rows
+    out = {"quantize_us": per_call_us(lambda i: quantize(x), device),
+           "scaled_mm_product_us": per_call_us(plain, device)}
+    if x.shape[0] % 16 == 0:  # (torch._scaled_mm wants the right operand's columns in multiples of 16)
+        out["scaled_mm_swapped_us"] = per_call_us(swapped, device)
+        out["swapped_max_abs_diff"] = (plain(0).float() - swapped(0).float()).abs().max().item()
     return out
 
 

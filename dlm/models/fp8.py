@@ -20,9 +20,9 @@ Three paths compute ``x @ W.T + b``:
 - ``scaled_mm`` (same devices): each row (token) of x is quantized to float8_e4m3fn with its own
   float32 scale (``max |x[m]| / 448``), then ``torch._scaled_mm(x_fp8, Q.T, scale_a=(M, 1), scale_b=(1, N),
   bias=b, out_dtype=bf16)`` multiplies with row-wise scales (products of FP8 values accumulated in float32, both
-  scales applied to the result) at FP8's tensor-core rate. The activation quantizer is compiled with
-  ``torch.compile`` (Triton) so it is one or two kernels; it falls back to the eager function where Triton is
-  missing.
+  scales applied to the result) at FP8's tensor-core rate. The activations are quantized by one Triton kernel
+  (:mod:`dlm.models.fp8_rows_kernel`, equal to :func:`quantize_rows`), by the function compiled with
+  ``torch.compile`` for rows wider than the kernel takes, and by the eager function where Triton is missing.
 - ``reference``: ``F.linear(x, (Q * scale).to(x.dtype), b)``: the weight dequantized, then the usual product in
   the compute dtype. Used on the CPU (FP8 then saves memory, not time: every call dequantizes), on GPUs older
   than sm 8.9, for shapes the fast paths do not take, and inside a torch function mode (the batch-invariant
@@ -154,8 +154,10 @@ def scaled_mm_works(device: torch.device) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def row_quantizer() -> Callable:
-    """:func:`quantize_rows` compiled with torch.compile (dynamic shapes; Triton on CUDA), or the eager function
-    where Triton is missing or the compilation fails (tried once, at load, on a CUDA device)."""
+    """The activation quantizer of the ``scaled_mm`` path (tried once, at load, on a CUDA device): the Triton
+    kernel of :mod:`dlm.models.fp8_rows_kernel` (one launch, equal to :func:`quantize_rows`) where it applies, else
+    :func:`quantize_rows` compiled with torch.compile (dynamic shapes), else the eager function where Triton is
+    missing or fails (a warning says so)."""
     from torch.utils._triton import has_triton
 
     if not has_triton():
@@ -168,7 +170,32 @@ def row_quantizer() -> Callable:
         warnings.warn(f"could not compile the FP8 activation quantizer ({type(exc).__name__}: {exc}); using the "
                       "eager one (more kernels per product)", stacklevel=2)
         return quantize_rows
-    return compiled
+    kernel = _row_kernel()
+    if kernel is None:
+        return compiled
+
+    def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return kernel.quantize_rows(x) if kernel.applies(x) else compiled(x)
+
+    return quantize
+
+
+def _row_kernel():
+    """:mod:`dlm.models.fp8_rows_kernel` if its kernel runs on the current CUDA device and equals
+    :func:`quantize_rows` there, else None (with a warning)."""
+    from . import fp8_rows_kernel as kernel
+
+    try:
+        x = torch.randn(5, 3000, device="cuda", dtype=torch.bfloat16) * 10
+        x[1] = 0
+        (q, s), (q_ref, s_ref) = kernel.quantize_rows(x), quantize_rows(x)
+        if not (torch.equal(s, s_ref) and torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))):
+            raise ValueError("its values differ from quantize_rows'")
+    except Exception as exc:  # noqa: BLE001 - any compiler or launch failure means: do not use the kernel
+        warnings.warn(f"the FP8 activation quantizer kernel does not run here ({type(exc).__name__}: {exc}); "
+                      "using the compiled function", stacklevel=2)
+        return None
+    return kernel
 
 
 def function_mode_active() -> bool:

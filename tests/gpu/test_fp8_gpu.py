@@ -89,15 +89,42 @@ def test_layer_takes_the_kernel_up_to_max_rows_and_scaled_mm_above():
     assert torch.equal(layer(x), fp8.linear_scaled_mm(x, w, s, b, layer.quantize_rows))
 
 
-def test_compiled_row_quantizer_equals_eager():
+def same_quantization(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    """Equal FP8 bits and scales (NaN equal to NaN)."""
+    (q1, s1), (q2, s2) = a, b
+    qf1, qf2 = q1.float(), q2.float()
+    scales = ((s1 == s2) | (s1.isnan() & s2.isnan())).all()
+    bits = ((q1.view(torch.uint8) == q2.view(torch.uint8)) | (qf1.isnan() & qf2.isnan())).all()
+    return bool(scales and bits)
+
+
+@pytest.mark.parametrize("cols", [16, 3584, 4096, 12288, 18944])
+def test_row_quantizer_kernel_equals_eager(cols):
+    """The activation quantizer kernel rounds as torch does: the same bits, special rows included."""
+    from dlm.models import fp8_rows_kernel
+
     needs_fast_path()
-    compiled = fp8.row_quantizer()
     for m in (1, 2, 33, 1152):
-        x = torch.randn(m, 4096, device="cuda").bfloat16() * 10
-        x[0] = 0
-        (q1, s1), (q2, s2) = compiled(x), fp8.quantize_rows(x)
-        torch.testing.assert_close(s1, s2)
-        assert (q1.float() - q2.float()).abs().le(2**-3 * q2.float().abs() + 2**-9).all()  # one e4m3 step
+        x = torch.randn(m, cols, device="cuda").bfloat16() * 10
+        x[0, : min(cols, 4)] = torch.tensor([3e38, 1e-30, -7.0, 448.0], device="cuda")[: min(cols, 4)].bfloat16()
+        if m > 2:
+            x[1] = 0
+            x[2, 0] = float("nan")
+        assert fp8_rows_kernel.applies(x)
+        assert same_quantization(fp8_rows_kernel.quantize_rows(x), fp8.quantize_rows(x)), (m, cols)
+        assert same_quantization(fp8.row_quantizer()(x), fp8.quantize_rows(x)), (m, cols)
+
+
+def test_row_quantizer_past_the_kernel_is_the_compiled_function():
+    from dlm.models import fp8_rows_kernel
+
+    needs_fast_path()
+    x = torch.randn(3, fp8_rows_kernel.MAX_COLS + 16, device="cuda").bfloat16() * 10
+    x[0] = 0
+    assert not fp8_rows_kernel.applies(x)
+    (q1, s1), (q2, s2) = fp8.row_quantizer()(x), fp8.quantize_rows(x)
+    torch.testing.assert_close(s1, s2)
+    assert (q1.float() - q2.float()).abs().le(2**-3 * q2.float().abs() + 2**-9).all()  # one e4m3 step
 
 
 @pytest.fixture(scope="module")
