@@ -13,8 +13,8 @@ matmul  one linear layer (LLaDA-8B's 4096->4096, 4096->12288 and 12288->4096) at
         Where the W8A16 kernel stops winning is ``fp8_kernel.MAX_ROWS``
 kernel  the W8A16 kernel's tiles (BLOCK_N x BLOCK_K, warps, pipeline stages, K split) around the defaults, on
         the three shapes at 32 and 128 rows (``--sweep-rows``), against the defaults
-scale   LLaDA-8B geometry with random bf16 weights (std 0.02), batch 1, prompt 128, gen 1024, block 32, 4 tokens
-        per step (low_confidence, a fixed schedule), dual cache, CUDA graphs + fused kernels: the whole generation
+scale   LLaDA-8B geometry with random bf16 weights (std 0.02), batch 1 (``--batch``: that many requests
+        decoded together), prompt 128, gen 1024 (``--gen``), block 32, 4 tokens per step (low_confidence, a fixed schedule), dual cache, CUDA graphs + fused kernels: the whole generation
         after a warm-up generation (which compiles and captures), ms per step in bf16, then the same weights
         quantized in place (``dlm.models.fp8.quantize_model``) in FP8; each against its own weight-read floor:
         the bytes of all parameters (FP8: 1 byte per linear weight + 4 per output channel, embedding in bf16) over
@@ -28,6 +28,7 @@ tiny    the bundled dlm-tiny in bf16 and FP8 on the device: logit error over the
 
     python benchmarks/fp8_gpu.py --out results/fp8_gpu.json
     python benchmarks/fp8_gpu.py --device cpu --tiny --out /tmp/fp8.json      # smoke run (the reference path)
+    python benchmarks/fp8_gpu.py --parts scale --archs llada-8b --batch 32 --gen 256 --out results/fp8_b32.json
 """
 
 from __future__ import annotations
@@ -222,11 +223,12 @@ def sweep_tiles(k: int, n: int, m: int, device: str, bandwidth: float) -> dict:
 def end_to_end(lm, args, repeats: int = 2) -> dict:
     """ms per step of the whole generation (median of ``repeats`` after one warm-up generation)."""
     g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, 100_000, (args.prompt,), generator=g)
-    prompt[prompt == lm.ids.mask_id] = 1
+    prompts = torch.randint(0, 100_000, (args.batch, args.prompt), generator=g)
+    prompts[prompts == lm.ids.mask_id] = 1
+    prompts = prompts.tolist()
     cfg = dlm.GenerationConfig(gen_length=args.gen, block_length=32, steps=args.gen // 4,
                                scheduler="low_confidence", cache="dual", stop_at_eos=False, seed=0)
-    lm.generate([prompt.tolist()], cfg)  # compiles the fused kernels and captures the step graphs
+    lm.generate(prompts, cfg)  # compiles the fused kernels and captures the step graphs
     cuda = lm.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -234,13 +236,13 @@ def end_to_end(lm, args, repeats: int = 2) -> dict:
     for _ in range(repeats):
         sync(lm.device)
         t0 = time.perf_counter()
-        out = lm.generate([prompt.tolist()], cfg)
+        out = lm.generate(prompts, cfg)
         sync(lm.device)
         walls.append(time.perf_counter() - t0)
         steps = out.steps
     wall = sorted(walls)[len(walls) // 2]
     return {"wall_s": wall, "steps": steps, "ms_per_step": wall / steps * 1e3,
-            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+            "tokens_per_s": args.batch * args.gen / wall, "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
 def with_floors(row: dict, model: nn.Module, bandwidth: float) -> dict:
@@ -280,7 +282,7 @@ def scale_arch(arch: str, args, bandwidth: float) -> dict:
     """bf16, then the same weights in FP8 with the default path and with scaled_mm for every product."""
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     lm = fast_settings(random_lm(arch, device=args.device, dtype=dtype), args.device)
-    res = {"arch": arch, "batch": 1, "prompt": args.prompt, "gen": args.gen, "block": 32, "tokens_per_step": 4,
+    res = {"arch": arch, "batch": args.batch, "prompt": args.prompt, "gen": args.gen, "block": 32, "tokens_per_step": 4,
            "cache": "dual", "graphs": lm.cuda_graphs, "fused": lm.model.ops.fused}
     res["bf16"] = with_floors(end_to_end(lm, args), lm.model, bandwidth)
     print(f"scale {arch} bf16: {res['bf16']['ms_per_step']:.2f} ms/step, {res['bf16']['x_floor']:.2f}x its floor "
@@ -390,7 +392,8 @@ def table() -> str:
             if key in s:
                 r = s[key]
                 mode = "graphs+fused" if s["graphs"] and s["fused"] else "eager"
-                lines.append(f"{s['arch']} gen {s['gen']} dual {mode} {key} | {r['ms_per_step']:.2f} ms/step | floor "
+                lines.append(f"{s['arch']} batch {s['batch']} gen {s['gen']} dual {mode} {key} | "
+                             f"{r['ms_per_step']:.2f} ms/step, {r['tokens_per_s']:.0f} tokens/s | floor "
                              f"{r['floor_ms']:.2f} ms ({r['floor_no_embedding_ms']:.2f} w/o embedding) | "
                              f"{r['x_floor']:.2f}x floor")
     t = RESULTS.get("tiny") or {}
@@ -418,6 +421,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny geometry, gen 64, 2 examples per family (smoke run)")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=1, help="requests decoded together in the scale part")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --device cpu --tiny for a smoke run")
