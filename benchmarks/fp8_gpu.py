@@ -11,6 +11,8 @@ matmul  one linear layer (LLaDA-8B's 4096->4096, 4096->12288 and 12288->4096) at
         cycling over 8 copies of the weight (so the weight comes from memory, not from the 50 MB L2 cache); each
         against its weight bytes over the measured copy bandwidth.
         Where the W8A16 kernel stops winning is ``fp8_kernel.MAX_ROWS``
+quantizer  the W8A8 path's activation quantizer alone (``dlm.models.fp8_rows_kernel``, the compiled and the eager
+        function) at the input widths of LLaDA-8B's and Dream-7B's products and 32 to 12,288 rows
 kernel  the W8A16 kernel's tiles (BLOCK_N x BLOCK_K, warps, pipeline stages, K split) around the defaults, on
         the three shapes at 32 and 128 rows (``--sweep-rows``), against the defaults
 scale   LLaDA-8B geometry with random bf16 weights (std 0.02), batch 1 (``--batch``: that many requests
@@ -166,6 +168,34 @@ def scaled_mm_parts(x: torch.Tensor, lay, device: str) -> dict:
     if x.shape[0] % 16 == 0:  # (torch._scaled_mm wants the right operand's columns in multiples of 16)
         out["scaled_mm_swapped_us"] = per_call_us(swapped, device)
         out["swapped_max_abs_diff"] = (plain(0).float() - swapped(0).float()).abs().max().item()
+    return out
+
+
+QUANTIZER_COLS = (3584, 4096, 12288, 18944)  # the inputs of Dream-7B's and LLaDA-8B's products
+QUANTIZER_ROWS = (32, 1024, 1152, 12288)
+
+
+def part_quantizer(args, bandwidth: float) -> list[dict]:
+    """The activation quantizer alone: the kernel against the compiled and the eager function (us a call)."""
+    from dlm.models import fp8_rows_kernel
+
+    out = []
+    for cols in QUANTIZER_COLS:
+        for rows in QUANTIZER_ROWS:
+            xs = [torch.randn(rows, cols, device=args.device, dtype=torch.bfloat16) for _ in range(COPIES)]
+            calls = COPIES if rows * cols > 2**24 else CALLS  # (a graph keeps every call's outputs)
+            r = {"rows": rows, "cols": cols,
+                 "floor_us": rows * cols * 3 / bandwidth * 1e6,  # bf16 read, e4m3 written
+                 "compiled_us": per_call_us(lambda i, xs=xs: fp8.compiled_quantizer()(xs[i % COPIES]), args.device,
+                                            calls),
+                 "eager_us": per_call_us(lambda i, xs=xs: fp8.quantize_rows(xs[i % COPIES]), args.device, calls)}
+            if fp8_rows_kernel.applies(xs[0]):
+                r["kernel_us"] = per_call_us(lambda i, xs=xs: fp8_rows_kernel.quantize_rows(xs[i % COPIES]),
+                                             args.device, calls)
+            print(f"quantizer {rows} x {cols}: kernel {r.get('kernel_us', float('nan')):.1f} us, compiled "
+                  f"{r['compiled_us']:.1f}, eager {r['eager_us']:.1f} (floor {r['floor_us']:.1f})", flush=True)
+            out.append(r)
+            del xs
     return out
 
 
@@ -413,7 +443,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--parts", nargs="+", default=["matmul", "scale", "tiny"],
-                    choices=["matmul", "kernel", "scale", "tiny"])
+                    choices=["matmul", "kernel", "quantizer", "scale", "tiny"])
     ap.add_argument("--sweep-rows", nargs="+", type=int, default=sorted(TILES), choices=sorted(TILES),
                     help="row counts of the kernel part")
     ap.add_argument("--archs", nargs="+", default=["llada-8b", "dream-7b"], help="geometries of the scale part")
@@ -434,6 +464,7 @@ def main(argv=None) -> None:
                       "copy_bandwidth_TBps": bandwidth / 1e12, "date": time.strftime("%Y-%m-%d"),
                       "matmul_TFLOPs": matmul_rate(args.device, 8192 if cuda else 256, 10 if cuda else 2) / 1e12}
     jobs = {"matmul": lambda: part_matmul(args, bandwidth), "kernel": lambda: part_kernel(args, bandwidth),
+            "quantizer": lambda: part_quantizer(args, bandwidth),
             "scale": lambda: part_scale(args, bandwidth),
             "tiny": lambda: part_tiny(args)}
     run_parts(args.parts, jobs, RESULTS, lambda: args.out.write_text(json.dumps(RESULTS, indent=2, default=str)))

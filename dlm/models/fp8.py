@@ -22,7 +22,7 @@ Three paths compute ``x @ W.T + b``:
   bias=b, out_dtype=bf16)`` multiplies with row-wise scales (products of FP8 values accumulated in float32, both
   scales applied to the result) at FP8's tensor-core rate. The activations are quantized by one Triton kernel
   (:mod:`dlm.models.fp8_rows_kernel`, equal to :func:`quantize_rows`), by the function compiled with
-  ``torch.compile`` for rows wider than the kernel takes, and by the eager function where Triton is missing.
+  ``torch.compile`` where that kernel fails its check at load, and by the eager function where Triton is missing.
 - ``reference``: ``F.linear(x, (Q * scale).to(x.dtype), b)``: the weight dequantized, then the usual product in
   the compute dtype. Used on the CPU (FP8 then saves memory, not time: every call dequantizes), on GPUs older
   than sm 8.9, for shapes the fast paths do not take, and inside a torch function mode (the batch-invariant
@@ -152,16 +152,31 @@ def scaled_mm_works(device: torch.device) -> bool:
     return ok
 
 
-@functools.lru_cache(maxsize=None)
-def row_quantizer() -> Callable:
-    """The activation quantizer of the ``scaled_mm`` path (tried once, at load, on a CUDA device): the Triton
-    kernel of :mod:`dlm.models.fp8_rows_kernel` (one launch, equal to :func:`quantize_rows`) where it applies, else
-    :func:`quantize_rows` compiled with torch.compile (dynamic shapes), else the eager function where Triton is
-    missing or fails (a warning says so)."""
+@functools.cache
+def row_quantizer(device: torch.device) -> Callable:
+    """The activation quantizer of the ``scaled_mm`` path on ``device`` (a CUDA device; chosen once, at load): the
+    Triton kernel of :mod:`dlm.models.fp8_rows_kernel` (one launch, equal to :func:`quantize_rows`) for what it
+    takes, :func:`compiled_quantizer` for the rest (rows that need a copy to be rows); the compiled function for
+    everything where the kernel fails its check (a warning says so), the eager one where Triton is missing."""
     from torch.utils._triton import has_triton
 
     if not has_triton():
         return quantize_rows
+    kernel = _row_kernel(device)
+    if kernel is None:
+        return compiled_quantizer()
+
+    def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return kernel.quantize_rows(x) if kernel.applies(x) else compiled_quantizer()(x)
+
+    return quantize
+
+
+@functools.cache
+def compiled_quantizer() -> Callable:
+    """:func:`quantize_rows` compiled with torch.compile (dynamic shapes), or the eager function where the
+    compilation fails (a warning says so); built on first use (the eager warm-up run of a step, never a CUDA-graph
+    capture, which replays what the warm-up ran)."""
     compiled = torch.compile(quantize_rows, dynamic=True, fullgraph=True)
     try:
         x = torch.randn(3, 32, device="cuda", dtype=torch.bfloat16)
@@ -170,30 +185,26 @@ def row_quantizer() -> Callable:
         warnings.warn(f"could not compile the FP8 activation quantizer ({type(exc).__name__}: {exc}); using the "
                       "eager one (more kernels per product)", stacklevel=2)
         return quantize_rows
-    kernel = _row_kernel()
-    if kernel is None:
-        return compiled
-
-    def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return kernel.quantize_rows(x) if kernel.applies(x) else compiled(x)
-
-    return quantize
+    return compiled
 
 
-def _row_kernel():
-    """:mod:`dlm.models.fp8_rows_kernel` if its kernel runs on the current CUDA device and equals
-    :func:`quantize_rows` there, else None (with a warning)."""
+def _row_kernel(device: torch.device):
+    """:mod:`dlm.models.fp8_rows_kernel` if its kernel runs on ``device`` and equals :func:`quantize_rows` there
+    (rows of LLaDA-8B's and Dream-7B's widest inputs, with a zero, a NaN and an infinite row), else None with a
+    warning."""
     from . import fp8_rows_kernel as kernel
 
     try:
-        x = torch.randn(5, 3000, device="cuda", dtype=torch.bfloat16) * 10
-        x[1] = 0
-        (q, s), (q_ref, s_ref) = kernel.quantize_rows(x), quantize_rows(x)
-        if not (torch.equal(s, s_ref) and torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8))):
-            raise ValueError("its values differ from quantize_rows'")
+        for cols in (4096, 18944):
+            x = torch.randn(5, cols, device=device, dtype=torch.bfloat16) * 10
+            x[1], x[2, 7], x[3, 11] = 0, float("nan"), float("inf")
+            (q, s), (q_ref, s_ref) = kernel.quantize_rows(x), quantize_rows(x)
+            q_same = (q.view(torch.uint8) == q_ref.view(torch.uint8)) | (q.float().isnan() & q_ref.float().isnan())
+            if not (torch.equal(s.nan_to_num(), s_ref.nan_to_num()) and bool(q_same.all())):
+                raise ValueError(f"its values differ from quantize_rows' at {cols} columns")
     except Exception as exc:  # noqa: BLE001 - any compiler or launch failure means: do not use the kernel
-        warnings.warn(f"the FP8 activation quantizer kernel does not run here ({type(exc).__name__}: {exc}); "
-                      "using the compiled function", stacklevel=2)
+        warnings.warn(f"the FP8 activation quantizer kernel does not run on {device} ({type(exc).__name__}: "
+                      f"{exc}); using the compiled function", stacklevel=2)
         return None
     return kernel
 
@@ -274,7 +285,7 @@ def select_impl(module: FP8Linear, device: torch.device, dtype: torch.dtype, imp
     else:
         module.impl = "w8a16"
     module.compute_dtype = dtype
-    module.quantize_rows = row_quantizer() if fast else quantize_rows
+    module.quantize_rows = row_quantizer(torch.device(device)) if fast else quantize_rows
 
 
 def set_fp8_impl(model: nn.Module, impl: str) -> int:

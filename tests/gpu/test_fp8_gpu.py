@@ -98,33 +98,52 @@ def same_quantization(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tenso
     return bool(scales and bits)
 
 
-@pytest.mark.parametrize("cols", [16, 3584, 4096, 12288, 18944])
+def special_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (rows, cols) with a huge, a tiny, a negative zero and 448 in its first row and, given enough rows, an
+    all-zero row, a NaN and an infinity."""
+    first = torch.tensor([3e38, 1e-30, -0.0, 448.0], device=x.device)[: x.shape[1]]
+    x[0, : first.numel()] = first.to(x.dtype) if x.dtype != torch.float16 else first.clamp(-6e4, 6e4).half()
+    if x.shape[0] > 3:
+        x[1] = 0
+        x[2, 0] = float("nan")
+        x[3, -1] = float("inf")
+    return x
+
+
+@pytest.mark.parametrize("cols", [16, 3584, 4096, 12288, 18944, 40000])
 def test_row_quantizer_kernel_equals_eager(cols):
-    """The activation quantizer kernel rounds as torch does: the same bits, special rows included."""
+    """The activation quantizer kernel rounds as torch does on a GPU: the same scales and FP8 bits (a NaN equal to
+    a NaN), special values included, for rows of several counts, at a stride, with leading dimensions, in each
+    floating dtype; and the model's quantizer is the kernel."""
     from dlm.models import fp8_rows_kernel
 
     needs_fast_path()
-    for m in (1, 2, 33, 1152):
-        x = torch.randn(m, cols, device="cuda").bfloat16() * 10
-        x[0, : min(cols, 4)] = torch.tensor([3e38, 1e-30, -7.0, 448.0], device="cuda")[: min(cols, 4)].bfloat16()
-        if m > 2:
-            x[1] = 0
-            x[2, 0] = float("nan")
-        assert fp8_rows_kernel.applies(x)
-        assert same_quantization(fp8_rows_kernel.quantize_rows(x), fp8.quantize_rows(x)), (m, cols)
-        assert same_quantization(fp8.row_quantizer()(x), fp8.quantize_rows(x)), (m, cols)
+    dev = torch.device("cuda", torch.cuda.current_device())
+    assert fp8._row_kernel(dev) is fp8_rows_kernel  # its check at load passes (else a warning, the compiled one)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for m in (1, 2, 33, 1152):
+            x = special_rows(torch.randn(m, cols, device=dev).to(dtype) * 10)
+            assert fp8_rows_kernel.applies(x)
+            assert same_quantization(fp8_rows_kernel.quantize_rows(x), fp8.quantize_rows(x)), (dtype, m, cols)
+            if dtype == torch.bfloat16:
+                assert same_quantization(fp8.row_quantizer(dev)(x), fp8.quantize_rows(x)), (m, cols)
+    wide = special_rows(torch.randn(6, cols + 16, device=dev).bfloat16() * 10)
+    rows = wide[:, :cols]  # rows at a stride
+    assert same_quantization(fp8_rows_kernel.quantize_rows(rows), fp8.quantize_rows(rows))
+    lead = torch.randn(2, 3, cols, device=dev).bfloat16() * 10  # leading dimensions
+    (q, s), (q_ref, s_ref) = fp8_rows_kernel.quantize_rows(lead), fp8.quantize_rows(lead)
+    assert q.shape == lead.shape and s.shape == (2, 3, 1) and same_quantization((q, s), (q_ref, s_ref))
 
 
-def test_row_quantizer_past_the_kernel_is_the_compiled_function():
-    from dlm.models import fp8_rows_kernel
-
+def test_compiled_row_quantizer_is_within_one_step():
+    """The fallback where the kernel fails its check: the compiled function, within one e4m3 step."""
     needs_fast_path()
-    x = torch.randn(3, fp8_rows_kernel.MAX_COLS + 16, device="cuda").bfloat16() * 10
-    x[0] = 0
-    assert not fp8_rows_kernel.applies(x)
-    (q1, s1), (q2, s2) = fp8.row_quantizer()(x), fp8.quantize_rows(x)
-    torch.testing.assert_close(s1, s2)
-    assert (q1.float() - q2.float()).abs().le(2**-3 * q2.float().abs() + 2**-9).all()  # one e4m3 step
+    for m in (1, 33, 1152):
+        x = torch.randn(m, 4096, device="cuda").bfloat16() * 10
+        x[0] = 0
+        (q1, s1), (q2, s2) = fp8.compiled_quantizer()(x), fp8.quantize_rows(x)
+        torch.testing.assert_close(s1, s2)
+        assert (q1.float() - q2.float()).abs().le(2**-3 * q2.float().abs() + 2**-9).all()  # one e4m3 step
 
 
 @pytest.fixture(scope="module")
