@@ -10,7 +10,8 @@ matmul  one linear layer (LLaDA-8B's 4096->4096, 4096->12288 and 12288->4096) at
         the reference path (dequantize, then ``F.linear``), each call replayed from a CUDA graph of 48 calls
         cycling over 8 copies of the weight (so the weight comes from memory, not from the 50 MB L2 cache); each
         against its weight bytes over the measured copy bandwidth.
-        Where the W8A16 kernel stops winning is ``fp8_kernel.MAX_ROWS``
+        Where the W8A16 kernel stops winning is ``fp8_kernel.MAX_ROWS``. ``--matmul-shapes llada-8b dream-7b``:
+        the products those models run instead (q/k/v and gate/up joined) at 16 to 256 rows
 quantizer  the W8A8 path's activation quantizer alone (``dlm.models.fp8_rows_kernel``, the compiled and the eager
         function) at the input widths of LLaDA-8B's and Dream-7B's products and 32 to 12,288 rows
 kernel  the W8A16 kernel's tiles (BLOCK_N x BLOCK_K, warps, pipeline stages, K split) around the defaults, on
@@ -21,8 +22,9 @@ scale   LLaDA-8B geometry with random bf16 weights (std 0.02), batch 1 (``--batc
         quantized in place (``dlm.models.fp8.quantize_model``) in FP8; each against its own weight-read floor:
         the bytes of all parameters (FP8: 1 byte per linear weight + 4 per output channel, embedding in bf16) over
         the copy bandwidth, and without the embedding table (a step gathers only its rows). FP8 three times: the
-        default (``w8a16``: the kernel up to 128 rows, ``torch._scaled_mm`` above; q/k/v and gate/up joined), the
-        same with q/k/v and gate/up split again, and ``scaled_mm`` for every product
+        default (``w8a16``: the kernel up to ``fp8_kernel.max_rows`` rows, ``torch._scaled_mm`` above; q/k/v and
+        gate/up joined), the same with q/k/v and gate/up split again, ``scaled_mm`` for every product, and the
+        kernel up to 128 rows in every product (the rule before 2026-11-29)
 tiny    the bundled dlm-tiny in bf16 and FP8 on the device: logit error over the answer positions of one task
         prompt per family (prompt + 32 masks), and the exact-match accuracy of the reference decode
         (``llada-reference``: one token per step, no cache) on the test split of every task family, 64 examples
@@ -63,6 +65,10 @@ def param_bytes(model: nn.Module, skip_embedding: bool = False) -> int:
 
 # ------------------------------------------------------------------------------------------------ matmul
 SHAPES = [(4096, 4096), (4096, 12288), (12288, 4096)]  # (in, out): q/k/v/o, gate/up, down of LLaDA-8B
+# --matmul-shapes: the products the models run, q/k/v and gate/up joined (dlm.models.joined)
+JOINED_SHAPES = {"llada-8b": [(4096, 12288), (4096, 4096), (4096, 24576), (12288, 4096)],
+                 "dream-7b": [(3584, 4608), (3584, 3584), (3584, 37888), (18944, 3584)]}
+JOINED_ROWS = [16, 32, 48, 64, 96, 128, 256]
 TINY_SHAPES = [(256, 256), (256, 768)]
 ROWS = [1, 16, 32, 64, 128, 256, 1152]
 COPIES, CALLS = 8, 48  # weights cycled per graph: 8 x 16 MB (the smallest FP8 layer) is past the L2 cache
@@ -201,6 +207,8 @@ def part_quantizer(args, bandwidth: float) -> list[dict]:
 
 def part_matmul(args, bandwidth: float) -> list[dict]:
     shapes, rows = (TINY_SHAPES, [1, 32]) if args.tiny else (SHAPES, ROWS)
+    if args.matmul_shapes and not args.tiny:
+        shapes, rows = [sh for arch in args.matmul_shapes for sh in JOINED_SHAPES[arch]], JOINED_ROWS
     return [r for k, n in shapes for r in time_layer(k, n, args.device, bandwidth, rows)]
 
 
@@ -289,9 +297,11 @@ def fast_settings(lm, device: str):
     return lm
 
 
-def fp8_lm(model, arch_cls, ids, max_length, impl: str | None, device: str, split: bool = False):
+def fp8_lm(model, arch_cls, ids, max_length, impl: str | None, device: str, split: bool = False,
+           w8a16_rows: int | None = None):
     """A DiffusionLM over the (already quantized) ``model`` with the fast settings, its FP8 path forced to
-    ``impl`` (``None``: the default), its joined q/k/v and gate/up split again when ``split``."""
+    ``impl`` (``None``: the default), its joined q/k/v and gate/up split again when ``split``, the W8A16 kernel
+    taken up to ``w8a16_rows`` rows in every product when given (else by ``fp8_kernel.max_rows``)."""
     lm = from_model(model, arch_cls, ids)
     lm.max_length = max_length
     lm = fast_settings(lm, device)
@@ -299,6 +309,9 @@ def fp8_lm(model, arch_cls, ids, max_length, impl: str | None, device: str, spli
         split_projections(lm.model)
     if impl is not None:
         fp8.set_fp8_impl(lm.model, impl)
+    for m in lm.model.modules():
+        if isinstance(m, fp8.FP8Linear):
+            m.w8a16_rows = w8a16_rows or fp8_kernel.max_rows(m.in_features, m.out_features)
     return lm
 
 
@@ -326,10 +339,12 @@ def scale_arch(arch: str, args, bandwidth: float) -> dict:
     res["quantize_s"] = time.perf_counter() - t0
     default = sorted({m.impl for m in model.modules() if isinstance(m, fp8.FP8Linear)})
     res["fp8_impls"] = default
-    runs = [("fp8", None, False), ("fp8_split", None, True)]
-    runs += [("fp8_scaled_mm", "scaled_mm", False)] if default == ["w8a16"] else []
-    for key, impl, split in runs:
-        lm = fp8_lm(model, arch_cls, ids, max_length, impl, args.device, split)
+    runs = [("fp8", None, False, None), ("fp8_split", None, True, None)]
+    if default == ["w8a16"]:
+        runs += [("fp8_scaled_mm", "scaled_mm", False, None),
+                 ("fp8_w8a16_to_max_rows", None, False, fp8_kernel.MAX_ROWS)]  # the rule before 2026-11-29
+    for key, impl, split, w8a16_rows in runs:
+        lm = fp8_lm(model, arch_cls, ids, max_length, impl, args.device, split, w8a16_rows)
         res[key] = with_floors(end_to_end(lm, args), model, bandwidth)
         res[key + "_vs_bf16_speedup"] = res["bf16"]["ms_per_step"] / res[key]["ms_per_step"]
         print(f"scale {arch} {key}: {res[key]['ms_per_step']:.2f} ms/step, {res[key]['x_floor']:.2f}x its floor "
@@ -447,6 +462,8 @@ def main(argv=None) -> None:
     ap.add_argument("--sweep-rows", nargs="+", type=int, default=sorted(TILES), choices=sorted(TILES),
                     help="row counts of the kernel part")
     ap.add_argument("--archs", nargs="+", default=["llada-8b", "dream-7b"], help="geometries of the scale part")
+    ap.add_argument("--matmul-shapes", nargs="+", choices=sorted(JOINED_SHAPES),
+                    help="the matmul part on these models' products (q/k/v and gate/up joined), 16 to 256 rows")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny geometry, gen 64, 2 examples per family (smoke run)")
     ap.add_argument("--prompt", type=int, default=128)

@@ -11,10 +11,11 @@ head when the embeddings are tied), norms, biases, the MoE routers and the stack
 Three paths compute ``x @ W.T + b``:
 
 - ``w8a16`` (the default where it runs: CUDA, compute capability >= 8.9, Triton, bf16 activations, K and N
-  multiples of 16): products of at most :data:`~dlm.models.fp8_kernel.MAX_ROWS` rows (the steps of a decode at
-  small batch) run :func:`~dlm.models.fp8_kernel.linear_w8a16`, a Triton kernel that reads the FP8 weight,
-  converts it to bf16 in registers and multiplies with the unquantized bf16 activations (float32 sums, the scale
-  applied to the sums). These products are bound by the weight read, which FP8 halves. Products of more rows (a
+  multiples of 16): products of few rows (the steps of a decode at small batch: up to 32 rows for a product
+  that widens, 64 for a square one, :data:`~dlm.models.fp8_kernel.MAX_ROWS` for one that narrows,
+  :func:`~dlm.models.fp8_kernel.max_rows`) run :func:`~dlm.models.fp8_kernel.linear_w8a16`, a Triton kernel
+  that reads the FP8 weight, converts it to bf16 in registers and multiplies with the unquantized bf16
+  activations (float32 sums, the scale applied to the sums). These products are bound by the weight read, which FP8 halves. Products of more rows (a
   cache refresh, a large batch) are bound by arithmetic and take ``scaled_mm``; so does every product where
   Triton is missing or its kernel fails its check at load (a warning says so).
 - ``scaled_mm`` (same devices): each row (token) of x is quantized to float8_e4m3fn with its own
@@ -29,7 +30,7 @@ Three paths compute ``x @ W.T + b``:
   numerics of :mod:`dlm.engine.numerics` tile ``F.linear``, which only this path calls).
 
 So with the default path, a product's rounding depends on how many rows it multiplies (W8A16 up to
-:data:`~dlm.models.fp8_kernel.MAX_ROWS` rows, W8A8 above), as cuBLAS's depends on the batch shape in bf16;
+:func:`~dlm.models.fp8_kernel.max_rows` rows, W8A8 above), as cuBLAS's depends on the batch shape in bf16;
 ``batch_invariant=True`` takes the reference path for every product.
 
 ``reference`` rounds each dequantized weight to bf16, ``w8a16`` does not (it scales the float32 sums); ``scaled_mm``
@@ -229,7 +230,7 @@ class FP8Linear(nn.Module):
         weight_scale: (out_features,) float32 per-output-channel scales.
         bias: (out_features,) in the model dtype, or ``None``.
         impl: ``"w8a16"`` or ``"scaled_mm"`` (taken for bf16 inputs outside a torch function mode; ``"w8a16"``
-            runs its kernel up to ``fp8_kernel.MAX_ROWS`` rows and ``torch._scaled_mm`` above) or
+            runs its kernel up to ``w8a16_rows`` rows and ``torch._scaled_mm`` above) or
             ``"reference"``.
     """
 
@@ -247,6 +248,7 @@ class FP8Linear(nn.Module):
         self.impl = "reference"
         self.compute_dtype: torch.dtype | None = None  # the model dtype, set by select_impl
         self.quantize_rows: Callable = quantize_rows
+        self.w8a16_rows = fp8_kernel.max_rows(in_features, out_features)  # (the W8A8 product above)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "FP8Linear":
@@ -262,7 +264,7 @@ class FP8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features) in x's dtype."""
         if self.impl != "reference" and x.dtype == torch.bfloat16 and not function_mode_active():
-            if self.impl == "w8a16" and x.numel() <= fp8_kernel.MAX_ROWS * self.in_features:
+            if self.impl == "w8a16" and x.numel() <= self.w8a16_rows * self.in_features:
                 return fp8_kernel.linear_w8a16(x, self.weight, self.weight_scale, self.bias)
             return linear_scaled_mm(x, self.weight, self.weight_scale, self.bias, self.quantize_rows)
         return linear_reference(x, self.weight, self.weight_scale, self.bias)

@@ -106,6 +106,17 @@ def _kernels():
     return w8a16, reduce_splits
 
 
+def max_rows(in_features: int, out_features: int) -> int:
+    """Rows up to which :class:`~dlm.models.fp8.FP8Linear` takes this kernel rather than the W8A8 product
+    (``torch._scaled_mm`` after the activations' quantization): :data:`MAX_ROWS` for a product that narrows, 64
+    for a square one, 32 for one that widens. Each crossing measured on an H200 over LLaDA-8B's and Dream-7B's
+    eight products at 16 to 256 rows (BENCHMARKS.md, "Which FP8 path for how many rows"): the kernel's time grows
+    with the rows' tile and with the output width, the W8A8 product's hardly below 256 rows."""
+    if out_features > in_features:
+        return 32
+    return 64 if out_features == in_features else MAX_ROWS
+
+
 def block_m(rows: int) -> int:
     """Rows per program: the next power of two from 16 (the smallest tensor-core tile) to :data:`MAX_ROWS`."""
     return max(16, 1 << max(0, rows - 1).bit_length())

@@ -76,16 +76,18 @@ def test_w8a16_kernel_is_the_rounded_product_of_its_operands(shape):
     assert int((y != exact.bfloat16()).sum()) <= 0.02 * y.numel()
 
 
-def test_layer_takes_the_kernel_up_to_max_rows_and_scaled_mm_above():
+@pytest.mark.parametrize("out_features", [256, 512, 1024])  # narrowing, square, widening
+def test_layer_takes_the_kernel_up_to_its_rows_and_scaled_mm_above(out_features):
     needs_w8a16()
-    linear = nn.Linear(512, 256, device="cuda", dtype=torch.bfloat16)
+    linear = nn.Linear(512, out_features, device="cuda", dtype=torch.bfloat16)
     layer = FP8Linear.from_linear(linear)
-    assert layer.impl == "w8a16"
+    limit = fp8_kernel.max_rows(512, out_features)
+    assert layer.impl == "w8a16" and layer.w8a16_rows == limit
     w, s, b = layer.weight, layer.weight_scale, layer.bias
-    for shape in ((1, 512), (2, fp8_kernel.MAX_ROWS // 2, 512), (fp8_kernel.MAX_ROWS, 512)):
+    for shape in ((1, 512), (2, limit // 2, 512), (limit, 512)):
         x = torch.randn(shape, device="cuda").bfloat16()
         assert torch.equal(layer(x), fp8_kernel.linear_w8a16(x, w, s, b))
-    x = torch.randn(fp8_kernel.MAX_ROWS + 1, 512, device="cuda").bfloat16()
+    x = torch.randn(limit + 1, 512, device="cuda").bfloat16()
     assert torch.equal(layer(x), fp8.linear_scaled_mm(x, w, s, b, layer.quantize_rows))
 
 

@@ -73,6 +73,21 @@ def test_row_tiles():
                                                                                        256, 256]
 
 
+def test_layers_take_the_kernel_up_to_a_row_count_set_by_their_shape():
+    """32 rows for a product that widens, 64 for a square one, all the kernel takes for one that narrows (the
+    crossings measured on an H200), kept by each FP8 layer, joined ones included (their joined output width)."""
+    from dlm.models.fp8 import FP8Linear
+    from dlm.models.joined import JoinedFP8Linear
+
+    assert [fp8_kernel.max_rows(k, n) for k, n in [(4096, 12288), (4096, 4096), (4096, 24576), (12288, 4096),
+                                                   (3584, 4608), (18944, 3584)]] == [32, 64, 32, 128, 32, 128]
+    assert FP8Linear(4096, 4096, bias=False, device="meta").w8a16_rows == 64
+    parts = [FP8Linear(256, 256, bias=False, device="meta") for _ in range(3)]
+    for p in parts:
+        p.compute_dtype = torch.bfloat16
+    assert JoinedFP8Linear(("q", "k", "v"), parts).w8a16_rows == 32  # 256 -> 768: widens
+
+
 def test_more_rows_than_the_kernel_takes_is_an_error():
     q = torch.zeros(16, 16, dtype=torch.float8_e4m3fn)
     with pytest.raises(ValueError, match=f"at most {fp8_kernel.MAX_ROWS} rows, got {fp8_kernel.MAX_ROWS + 1}"):
