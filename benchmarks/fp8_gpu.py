@@ -16,15 +16,15 @@ quantizer  the W8A8 path's activation quantizer alone (``dlm.models.fp8_rows_ker
         function) at the input widths of LLaDA-8B's and Dream-7B's products and 32 to 12,288 rows
 kernel  the W8A16 kernel's tiles (BLOCK_N x BLOCK_K, warps, pipeline stages, K split) around the defaults, on
         the three shapes at 32 and 128 rows (``--sweep-rows``), against the defaults
-scale   LLaDA-8B geometry with random bf16 weights (std 0.02), batch 1 (``--batch``: that many requests
-        decoded together), prompt 128, gen 1024 (``--gen``), block 32, 4 tokens per step (low_confidence, a fixed schedule), dual cache, CUDA graphs + fused kernels: the whole generation
-        after a warm-up generation (which compiles and captures), ms per step in bf16, then the same weights
-        quantized in place (``dlm.models.fp8.quantize_model``) in FP8; each against its own weight-read floor:
-        the bytes of all parameters (FP8: 1 byte per linear weight + 4 per output channel, embedding in bf16) over
-        the copy bandwidth, and without the embedding table (a step gathers only its rows). FP8 three times: the
-        default (``w8a16``: the kernel up to ``fp8_kernel.max_rows`` rows, ``torch._scaled_mm`` above; q/k/v and
-        gate/up joined), the same with q/k/v and gate/up split again, ``scaled_mm`` for every product, and the
-        kernel up to 128 rows in every product (the rule before 2026-11-29)
+scale   LLaDA-8B geometry with random bf16 weights (std 0.02), batch 1 (``--batch``: that many requests decoded
+        together), prompt 128, gen 1024 (``--gen``), block 32, 4 tokens per step (low_confidence, a fixed schedule),
+        dual cache, CUDA graphs + fused kernels: the whole generation after a warm-up generation (which compiles and
+        captures), ms per step in bf16, then the same weights quantized in place (``dlm.models.fp8.quantize_model``)
+        in FP8; each against its own weight-read floor: the bytes of all parameters (FP8: 1 byte per linear weight +
+        4 per output channel, embedding in bf16) over the copy bandwidth, and without the embedding table (a step
+        gathers only its rows). FP8 four times: the default (``w8a16``: the kernel up to ``fp8_kernel.max_rows``
+        rows, ``torch._scaled_mm`` above; q/k/v and gate/up joined), the same with q/k/v and gate/up split again,
+        ``scaled_mm`` for every product, and the kernel up to 128 rows in every product (the rule before 2026-11-29)
 tiny    the bundled dlm-tiny in bf16 and FP8 on the device: logit error over the answer positions of one task
         prompt per family (prompt + 32 masks), and the exact-match accuracy of the reference decode
         (``llada-reference``: one token per step, no cache) on the test split of every task family, 64 examples
@@ -280,7 +280,8 @@ def end_to_end(lm, args, repeats: int = 2) -> dict:
         steps = out.steps
     wall = sorted(walls)[len(walls) // 2]
     return {"wall_s": wall, "steps": steps, "ms_per_step": wall / steps * 1e3,
-            "tokens_per_s": args.batch * args.gen / wall, "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+            "tokens_per_s": args.batch * args.gen / wall,
+            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
 def with_floors(row: dict, model: nn.Module, bandwidth: float) -> dict:

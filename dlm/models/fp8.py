@@ -15,9 +15,10 @@ Three paths compute ``x @ W.T + b``:
   that widens, 64 for a square one, :data:`~dlm.models.fp8_kernel.MAX_ROWS` for one that narrows,
   :func:`~dlm.models.fp8_kernel.max_rows`) run :func:`~dlm.models.fp8_kernel.linear_w8a16`, a Triton kernel
   that reads the FP8 weight, converts it to bf16 in registers and multiplies with the unquantized bf16
-  activations (float32 sums, the scale applied to the sums). These products are bound by the weight read, which FP8 halves. Products of more rows (a
-  cache refresh, a large batch) are bound by arithmetic and take ``scaled_mm``; so does every product where
-  Triton is missing or its kernel fails its check at load (a warning says so).
+  activations (float32 sums, the scale applied to the sums). These products are bound by the weight read, which
+  FP8 halves. Products of more rows (a cache refresh, a large batch) are bound by arithmetic and take
+  ``scaled_mm``; so does every product where Triton is missing or its kernel fails its check at load (a warning
+  says so).
 - ``scaled_mm`` (same devices): each row (token) of x is quantized to float8_e4m3fn with its own
   float32 scale (``max |x[m]| / 448``), then ``torch._scaled_mm(x_fp8, Q.T, scale_a=(M, 1), scale_b=(1, N),
   bias=b, out_dtype=bf16)`` multiplies with row-wise scales (products of FP8 values accumulated in float32, both

@@ -1,6 +1,6 @@
-"""The FP8 activation quantizer kernel (dlm.models.fp8_rows_kernel) in Triton's CPU interpreter against the
-reference (dlm.models.fp8.quantize_rows): the same scales and FP8 bits, for several widths (a row in registers or in
-blocks, partial blocks), leading dimensions, rows with a stride, and special rows (all zero, a NaN, an infinity, huge and
+"""The FP8 activation quantizer kernel (dlm.models.fp8_rows_kernel) in Triton's CPU interpreter against the reference
+(dlm.models.fp8.quantize_rows): the same scales and FP8 bits, for several widths (a row in registers or in blocks,
+partial blocks), leading dimensions, rows with a stride, and special rows (all zero, a NaN, an infinity, huge and
 tiny values); what :func:`applies` refuses. Skipped where Triton is not installed; the GPU run, where the kernel
 rounds to FP8 itself, is in tests/gpu/test_fp8_gpu.py."""
 
