@@ -131,10 +131,11 @@ def write_tiny_checkpoint(folder: str | Path, model_type: str = "llada", *, seed
                           dtype: torch.dtype = torch.float32, max_shard_bytes: int = 96 * 1024,
                           std: float = 0.2, **arch_kwargs: Any) -> Path:
     """Write a tiny random checkpoint of ``model_type`` into ``folder``; return it. "llada" and "Dream" here;
-    the block-diffusion formats "llada2_moe", "sdar" and "sdar_moe" in :mod:`dlm.testing_block`."""
-    from .testing_block import BLOCK_FORMATS, write_block_checkpoint
+    the block-diffusion formats "llada2_moe", "sdar" and "sdar_moe" and the MoE format "llada_moe" in
+    :mod:`dlm.testing_block`."""
+    from .testing_block import FORMATS, write_block_checkpoint
 
-    if model_type in BLOCK_FORMATS:
+    if model_type in FORMATS:
         return write_block_checkpoint(folder, model_type, seed=seed, dtype=dtype, max_shard_bytes=max_shard_bytes,
                                       std=std, **arch_kwargs)
     folder = Path(folder)

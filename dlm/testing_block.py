@@ -1,10 +1,11 @@
-"""Tiny random checkpoints in the exact LLaDA2.x (``llada2_moe``) and SDAR (``sdar``, ``sdar_moe``) formats.
+"""Tiny random checkpoints in the exact LLaDA2.x (``llada2_moe``), SDAR (``sdar``, ``sdar_moe``) and LLaDA-MoE
+(``llada_moe``: bidirectional, not block diffusion, but of LLaDA2's tokenizer family) formats.
 
 Reached through :func:`dlm.testing.write_tiny_checkpoint`. Each is a genuine folder of its format: ``config.json``
-with the format's keys (see :mod:`dlm.models.llada2`, :mod:`dlm.models.sdar`), one safetensors tensor per expert
-under the published names, shards with ``model.safetensors.index.json``, and a small byte-level tokenizer with the
-family's special tokens: Ling's ``<|endoftext|>`` (EOS = pad), ``<|mask|>``, ``<role>``/``</role>``/``<|role_end|>``
-chat markup for LLaDA2; Qwen3's ``<|endoftext|>``, ``<|im_start|>``/``<|im_end|>``, ``<think>``/``</think>`` and
+with the format's keys (see :mod:`dlm.models.llada2`, :mod:`dlm.models.sdar`, :mod:`dlm.models.llada_moe`), one
+safetensors tensor per expert under the published names, shards with ``model.safetensors.index.json``, and a small
+byte-level tokenizer with the family's special tokens: Ling's ``<|endoftext|>`` (EOS = pad), ``<|mask|>``,
+``<role>``/``</role>``/``<|role_end|>`` chat markup for LLaDA2 and LLaDA-MoE; Qwen3's ``<|endoftext|>``, ``<|im_start|>``/``<|im_end|>``, ``<think>``/``</think>`` and
 SDAR's ``<|MASK|>`` for SDAR (saved as a ``Qwen2Tokenizer`` with the remote-code ``auto_map`` the models ship, loaded
 without remote code). As in the published tokenizers, neither declares its mask token: dlm finds it by its text.
 """
@@ -25,6 +26,7 @@ from .models.transformer import ArchConfig
 from .testing import CHATML_TEMPLATE, _added, random_model, tokenizer_with
 
 BLOCK_FORMATS = ("llada2_moe", "sdar", "sdar_moe")
+FORMATS = (*BLOCK_FORMATS, "llada_moe")  # the formats written here
 
 LING_TEMPLATE = (
     "{% set roles = {'system': 'SYSTEM', 'user': 'HUMAN', 'assistant': 'ASSISTANT'} %}"
@@ -36,6 +38,8 @@ SPECIALS = {
     "sdar": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<|MASK|>"],
 }
 SPECIALS["sdar_moe"] = SPECIALS["sdar"]
+SPECIALS["llada_moe"] = SPECIALS["llada2_moe"]
+LING = ("llada2_moe", "llada_moe")  # the Ling tokenizer family
 
 
 def write_block_tokenizer(folder: str | Path, model_type: str) -> dict[str, int]:
@@ -46,7 +50,7 @@ def write_block_tokenizer(folder: str | Path, model_type: str) -> dict[str, int]
     tok, ids = tokenizer_with(specials)
     tok.save(str(folder / "tokenizer.json"))
     common = {"added_tokens_decoder": {str(ids[s]): _added(s) for s in specials}, "clean_up_tokenization_spaces": False}
-    if model_type == "llada2_moe":
+    if model_type in LING:
         cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "chat_template": LING_TEMPLATE,
                "model_max_length": 16384, **common}
     else:
@@ -75,6 +79,11 @@ def tiny_block_arch(model_type: str, *, layers: int = 3, hidden: int = 64, heads
                       moe_layers=tuple(range(1, layers)), score_function="sigmoid", n_group=4, topk_group=2,
                       routed_scaling_factor=2.5, expert_bias=True, router_fp32=True, rotary_dim=hidden // heads // 2)
         return LLaDA2Config(**{**fields, **overrides})
+    if model_type == "llada_moe":  # OLMoE layout: head size hidden / heads, untied head, a dense first layer
+        fields = dict(common, head_dim=hidden // heads, norm_eps=1e-5, rope_theta=50000.0, num_experts=experts,
+                      experts_per_token=top_k, expert_intermediate_size=32, moe_layers=tuple(range(1, layers)),
+                      score_function="softmax", norm_topk_prob=False)
+        return MoEArchConfig(**{**fields, **overrides})
     # Qwen3 layout: a head size of its own (24 * 4 heads != hidden 64), tied embeddings like SDAR-1.7B/4B
     fields = dict(common, head_dim=24, rope_theta=1000000.0, tie_embeddings=model_type == "sdar")
     if model_type == "sdar":
@@ -85,7 +94,7 @@ def tiny_block_arch(model_type: str, *, layers: int = 3, hidden: int = 64, heads
 
 
 def special_ids(model_type: str, ids: dict[str, int]) -> SpecialIds:
-    if model_type == "llada2_moe":
+    if model_type in LING:
         return SpecialIds(mask_id=ids["<|mask|>"], eos_id=ids["<|endoftext|>"], pad_id=ids["<|endoftext|>"])
     return SpecialIds(mask_id=ids["<|MASK|>"], eos_id=ids["<|im_end|>"], pad_id=ids["<|endoftext|>"],
                       bos_id=ids["<|endoftext|>"])
@@ -93,9 +102,9 @@ def special_ids(model_type: str, ids: dict[str, int]) -> SpecialIds:
 
 def write_block_checkpoint(folder: str | Path, model_type: str, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                            max_shard_bytes: int = 96 * 1024, std: float = 0.2, **arch_kwargs: Any) -> Path:
-    """Write a tiny random checkpoint of a block-diffusion format into ``folder``; return it."""
-    if model_type not in BLOCK_FORMATS:
-        raise ValueError(f"unknown block-diffusion format {model_type!r}; known: {', '.join(BLOCK_FORMATS)}")
+    """Write a tiny random checkpoint of one of :data:`FORMATS` into ``folder``; return it."""
+    if model_type not in FORMATS:
+        raise ValueError(f"unknown format {model_type!r}; known here: {', '.join(FORMATS)}")
     folder = Path(folder)
     ids = write_block_tokenizer(folder, model_type)
     arch_cls = MODELS.get(model_type)

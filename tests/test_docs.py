@@ -11,13 +11,14 @@ import dlm
 from dlm.models.base import MODELS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+MASKED_DIFFUSION = ("llada", "Dream", "llada_moe")  # fully bidirectional formats: docs/formats.md
 
 PAGES = {
     "schedulers.md": lambda: dlm.schedulers.names(),
     "caches.md": lambda: dlm.cache.names(),
     "lossless.md": lambda: dlm.verify.names(),
-    "formats.md": lambda: [n for n in MODELS.names() if n in ("llada", "Dream")],
-    "block-diffusion.md": lambda: [n for n in MODELS.names() if n not in ("llada", "Dream")],
+    "formats.md": lambda: [n for n in MODELS.names() if n in MASKED_DIFFUSION],
+    "block-diffusion.md": lambda: [n for n in MODELS.names() if n not in MASKED_DIFFUSION],
 }
 
 

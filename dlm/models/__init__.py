@@ -2,7 +2,7 @@
 
 from .base import MODELS, Architecture, SpecialIds, register_model
 from .transformer import ArchConfig, Transformer, init_weights
-from . import llada, dream, llada2, sdar  # noqa: E402,F401  (importing registers them)
+from . import llada, dream, llada2, sdar, llada_moe  # noqa: E402,F401  (importing registers them)
 from .loading import build_model, save_checkpoint
 
 __all__ = [

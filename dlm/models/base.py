@@ -108,6 +108,13 @@ class Architecture:
         return {}
 
     @classmethod
+    def claims(cls, cfg: dict[str, Any]) -> bool:
+        """Whether a config.json whose ``model_type`` names another format is this one's (LLaDA-MoE's says
+        ``"llada"``, LLaDA-8B's); :func:`dlm.models.loading.format_name` asks every registered format first. False
+        by default: the ``model_type`` names the format."""
+        return False
+
+    @classmethod
     def block_size(cls, cfg: dict[str, Any]) -> int | None:
         """Block-diffusion families (attention causal across blocks, bidirectional inside one): the block size
         their attention is built on. ``None`` (the default): fully bidirectional attention (LLaDA, Dream)."""

@@ -41,13 +41,6 @@ _SUPPORTED = {
 
 
 def _check_supported(cfg: dict[str, Any]) -> None:
-    archs = cfg.get("architectures") if isinstance(cfg.get("architectures"), list) else []
-    moe = [a for a in archs if isinstance(a, str) and a.startswith("LLaDAMoE")]
-    if moe:  # (its config.json says model_type "llada" too)
-        raise CheckpointError(
-            f"config.json: architectures {moe} is LLaDA-MoE (mixture-of-experts layers, QK-norm), which dlm does not "
-            "support yet; model_type 'llada' here means the dense LLaDA-8B format, and the MoE format dlm reads is "
-            "'llada2_moe' (LLaDA2.x)")
     for key, (default, allowed) in _SUPPORTED.items():
         value = cfg.get(key, default)
         same_kind = isinstance(value, (str, int)) and isinstance(value, bool) == isinstance(default, bool)

@@ -61,7 +61,7 @@ def read_config(path: str | os.PathLike) -> tuple[Path, dict[str, Any], type[Arc
     if not cfg_file.is_file():
         raise CheckpointError(f"checkpoint folder {str(folder)!r} has no config.json")
     cfg = read_json_object(cfg_file)
-    model_type = cfg.get("model_type")
+    model_type = format_name(cfg)
     if model_type is None:
         raise CheckpointError(f"{cfg_file} has no 'model_type' field; known model types: {', '.join(MODELS.names())}")
     if not isinstance(model_type, str) or model_type not in MODELS:
@@ -70,6 +70,13 @@ def read_config(path: str | os.PathLike) -> tuple[Path, dict[str, Any], type[Arc
         )
     read_generation_config(folder)  # a broken generation_config.json fails now, not at the first request
     return folder, cfg, MODELS.get(model_type)
+
+
+def format_name(cfg: dict[str, Any]) -> Any:
+    """The registered format of a config.json: one that :meth:`Architecture.claims` it (a format whose config.json
+    names another ``model_type``), else its ``model_type`` field (None when absent; not checked here)."""
+    claimed = [name for name in MODELS.names() if MODELS.get(name).claims(cfg)]
+    return claimed[0] if claimed else cfg.get("model_type")
 
 
 def _set_tensor(model: nn.Module, target: str | tuple[str, int], tensor: torch.Tensor) -> None:

@@ -37,7 +37,7 @@ from .transformer import ArchConfig, Transformer
 
 OFFICIAL_BLOCK_SIZE = 4
 
-_LAYER = {
+LAYER_NAMES = {  # (Qwen3 / OLMoE layout; LLaDA-MoE's too)
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "q.weight",
     "self_attn.k_proj.weight": "k.weight",
@@ -47,7 +47,7 @@ _LAYER = {
     "self_attn.k_norm.weight": "k_norm.weight",
     "post_attention_layernorm.weight": "mlp_norm.weight",
 }
-_PROJ = {"gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
+MLP_NAMES = {"gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
 
 
 class SDARModel(Transformer):
@@ -114,7 +114,7 @@ class SDAR(Architecture):
         names: dict[str, Any] = embedding_names("model.embed_tokens.weight", arch)
         for i in range(arch.num_layers):
             ck, me = f"model.layers.{i}.", f"layers.{i}."
-            names.update({ck + a: me + b for a, b in _LAYER.items()})
+            names.update({ck + a: me + b for a, b in LAYER_NAMES.items()})
             if arch.qkv_bias:
                 names.update({f"{ck}self_attn.{p}_proj.bias": f"{me}{p}.bias" for p in "qkvo"})
             names.update(cls.mlp_names(arch, i))
@@ -122,7 +122,7 @@ class SDAR(Architecture):
 
     @classmethod
     def mlp_names(cls, arch: ArchConfig, i: int) -> dict[str, Any]:
-        return {f"model.layers.{i}.mlp.{a}.weight": f"layers.{i}.{b}.weight" for a, b in _PROJ.items()}
+        return {f"model.layers.{i}.mlp.{a}.weight": f"layers.{i}.{b}.weight" for a, b in MLP_NAMES.items()}
 
     @classmethod
     def max_length(cls, cfg: dict[str, Any]) -> int:

@@ -1,8 +1,8 @@
 """The native LLaDA2.x and SDAR implementations against an independent, straightforward re-implementation.
 
-The reference below is written from the format descriptions alone (dlm/models/llada2.py, sdar.py docstrings): it
-reads the checkpoint's tensors by their published names with safetensors and computes the forward in float64 with
-explicit loops: a hand-written softmax attention under a block-causal mask, rotate-half RoPE on the first rotary
+The reference below is written from the format descriptions alone (dlm/models/llada2.py, sdar.py docstrings; also
+used for LLaDA-MoE by tests/models/test_llada_moe.py): it reads the checkpoint's tensors by their published names
+with safetensors and computes the forward in float64 with explicit loops: a hand-written softmax attention under a block-causal mask, rotate-half RoPE on the first rotary
 dims, and the mixture of experts token by token, expert by expert (no sorting, no stacking). dlm's float32 logits
 must match it to 1e-4 on a padded batch of sequences spanning several blocks.
 """
@@ -49,10 +49,11 @@ def swiglu(h, W, prefix):
 def chosen_experts(logits, bias, cfg):
     """Expert ids and weights of one token (E,) under the format's router."""
     k = cfg["num_experts_per_tok"]
-    if cfg["model_type"] != "llada2_moe":  # Qwen3-MoE: softmax, top-k, renormalised
+    if cfg["model_type"] != "llada2_moe":  # Qwen3-MoE / OLMoE: softmax, top-k, renormalised if asked
         p = torch.softmax(logits, -1)
         ids = sorted(range(len(p)), key=lambda e: -p[e])[:k]
-        w = [p[e] / sum(p[j] for j in ids) for e in ids] if cfg.get("norm_topk_prob") else [p[e] for e in ids]
+        renorm = cfg.get("norm_topk_prob") and "LLaDAMoEModelLM" not in cfg["architectures"]  # (LLaDA-MoE: never)
+        w = [p[e] / sum(p[j] for j in ids) for e in ids] if renorm else [p[e] for e in ids]
         return ids, w
     s = torch.sigmoid(logits)
     c = s + bias
@@ -82,7 +83,8 @@ def moe(h, W, p, cfg):
 def reference(W, cfg, ids, pos, allowed):
     """Logits (B, L, V) of either format. ids/pos (B, L), allowed (B, L, L)."""
     llada2 = cfg["model_type"] == "llada2_moe"
-    H, Hkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    H, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim", cfg["hidden_size"] // H)  # (LLaDA-MoE: hidden / heads)
     rd = int(hd * cfg["partial_rotary_factor"]) if llada2 else hd
     eps, theta = cfg["rms_norm_eps"], cfg["rope_theta"]
     x = W["model.word_embeddings.weight" if llada2 else "model.embed_tokens.weight"][ids]
