@@ -5,9 +5,10 @@ Reached through :func:`dlm.testing.write_tiny_checkpoint`. Each is a genuine fol
 with the format's keys (see :mod:`dlm.models.llada2`, :mod:`dlm.models.sdar`, :mod:`dlm.models.llada_moe`), one
 safetensors tensor per expert under the published names, shards with ``model.safetensors.index.json``, and a small
 byte-level tokenizer with the family's special tokens: Ling's ``<|endoftext|>`` (EOS = pad), ``<|mask|>``,
-``<role>``/``</role>``/``<|role_end|>`` chat markup for LLaDA2 and LLaDA-MoE; Qwen3's ``<|endoftext|>``, ``<|im_start|>``/``<|im_end|>``, ``<think>``/``</think>`` and
-SDAR's ``<|MASK|>`` for SDAR (saved as a ``Qwen2Tokenizer`` with the remote-code ``auto_map`` the models ship, loaded
-without remote code). As in the published tokenizers, neither declares its mask token: dlm finds it by its text.
+``<role>``/``</role>``/``<|role_end|>`` chat markup for LLaDA2 and LLaDA-MoE; Qwen3's ``<|endoftext|>``,
+``<|im_start|>``/``<|im_end|>``, ``<think>``/``</think>`` and SDAR's ``<|MASK|>`` for SDAR (saved as a
+``Qwen2Tokenizer`` with the remote-code ``auto_map`` the models ship, loaded without remote code). As in the
+published tokenizers, neither declares its mask token: dlm finds it by its text.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Its config.json says ``"model_type": "llada"``, LLaDA-8B's, so :meth:`LLaDAMoE.claims` picks this format by its
 ``architectures`` entry (``LLaDAMoEModelLM`` or ``LLaDAMoEModel``; also for ``"model_type": "lladamoe"``, which
 some tools write instead). Format, read from the official modeling and configuration files as published in
-ZHZisZZ/dllm (``dllm/pipelines/llada/models/modeling_lladamoe.py``, ``configuration_lladamoe.py``), inclusionAI/dInfer
-(``tools/transfer.py`` and its LLaDA-MoE model) and llama.cpp (``src/models/llada-moe.cpp``):
+ZHZisZZ/dllm (``dllm/pipelines/llada/models/modeling_lladamoe.py``, ``configuration_lladamoe.py``),
+inclusionAI/dInfer (``tools/transfer.py`` and its LLaDA-MoE model) and llama.cpp (``src/models/llada-moe.cpp``):
 
 - OLMoE layout, bidirectional attention (a masked-diffusion model like LLaDA-8B, not block diffusion): weights
   ``model.embed_tokens.weight``; per layer ``model.layers.N.self_attn.{q,k,v,o}_proj.weight`` (no biases),
@@ -25,7 +25,7 @@ ZHZisZZ/dllm (``dllm/pipelines/llada/models/modeling_lladamoe.py``, ``configurat
 
 Fields whose other values the official code does not implement either, or dlm does not: ``qk_layernorm`` must be
 true, ``shared_expert_intermediate_size`` null, ``partial_rotary_factor`` 1, ``clip_qkv`` null, ``rope_scaling``
-null, ``attention_bias`` false, ``hidden_act`` silu.
+null, ``attention_bias`` false, ``hidden_act`` silu, ``moe_router_enable_expert_bias`` false or null.
 """
 
 from __future__ import annotations
@@ -81,6 +81,10 @@ class LLaDAMoE(SDARMoe):
         if float_field(cfg, "partial_rotary_factor", 1.0) != 1.0:
             raise CheckpointError(f"config.json field 'partial_rotary_factor'={cfg['partial_rotary_factor']!r} of a "
                                   "'llada_moe' checkpoint is not supported (supported: 1)")
+        if cfg.get("moe_router_enable_expert_bias") not in (None, False):  # (a bias added to the router's scores)
+            raise CheckpointError("config.json field 'moe_router_enable_expert_bias'="
+                                  f"{cfg['moe_router_enable_expert_bias']!r} of a 'llada_moe' checkpoint is not "
+                                  "supported (supported: false, null)")
         d, heads = int_field(cfg, "hidden_size"), int_field(cfg, "num_attention_heads")
         if d % heads:
             raise CheckpointError(f"config.json: hidden_size ({d}) is not a multiple of num_attention_heads ({heads})")
@@ -89,16 +93,25 @@ class LLaDAMoE(SDARMoe):
         if k > experts:
             raise CheckpointError(f"config.json: 'num_experts_per_tok' ({k}) exceeds 'num_experts' ({experts})")
         expert_width = int_field(cfg, "expert_intermediate_size")
+        moe_layers = _moe_layers(cfg, layers)
+        if len(moe_layers) < layers:  # a dense layer's width: required where a layer is dense (LLaDA-MoE-7B: none)
+            dense_width = int_field(cfg, "dense_intermediate_size")
+        else:
+            dense_width = int_field(cfg, "dense_intermediate_size", expert_width)
         return make_config(
             MoEArchConfig,
             vocab_size=int_field(cfg, "vocab_size"), hidden_size=d, num_layers=layers, num_heads=heads,
             num_kv_heads=int_field(cfg, "num_key_value_heads", heads), head_dim=d // heads,
-            intermediate_size=int_field(cfg, "dense_intermediate_size", expert_width),
+            intermediate_size=dense_width,
             norm_eps=float_field(cfg, "rms_norm_eps", 1e-5), rope_theta=float_field(cfg, "rope_theta", 10000.0),
             max_position=cls.max_length(cfg), tie_embeddings=bool_field(cfg, "tie_word_embeddings", False),
             rope_full_precision=False, num_experts=experts, experts_per_token=k,
-            expert_intermediate_size=expert_width, moe_layers=_moe_layers(cfg, layers), score_function="softmax",
+            expert_intermediate_size=expert_width, moe_layers=moe_layers, score_function="softmax",
             norm_topk_prob=False, router_fp32=False)
+
+    @classmethod
+    def max_length(cls, cfg: dict[str, Any]) -> int:
+        return int_field(cfg, "max_position_embeddings", 4096)  # (LLaDAMoEConfig's default)
 
     @classmethod
     def block_size(cls, cfg: dict[str, Any]) -> None:

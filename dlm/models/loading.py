@@ -76,6 +76,9 @@ def format_name(cfg: dict[str, Any]) -> Any:
     """The registered format of a config.json: one that :meth:`Architecture.claims` it (a format whose config.json
     names another ``model_type``), else its ``model_type`` field (None when absent; not checked here)."""
     claimed = [name for name in MODELS.names() if MODELS.get(name).claims(cfg)]
+    if len(claimed) > 1:
+        raise CheckpointError(f"config.json is claimed by several registered formats ({', '.join(claimed)}); "
+                              "a format's Architecture.claims must single out its own checkpoints")
     return claimed[0] if claimed else cfg.get("model_type")
 
 

@@ -2,9 +2,10 @@
 
 The reference below is written from the format descriptions alone (dlm/models/llada2.py, sdar.py docstrings; also
 used for LLaDA-MoE by tests/models/test_llada_moe.py): it reads the checkpoint's tensors by their published names
-with safetensors and computes the forward in float64 with explicit loops: a hand-written softmax attention under a block-causal mask, rotate-half RoPE on the first rotary
-dims, and the mixture of experts token by token, expert by expert (no sorting, no stacking). dlm's float32 logits
-must match it to 1e-4 on a padded batch of sequences spanning several blocks.
+with safetensors and computes the forward in float64 with explicit loops: a hand-written softmax attention under a
+block-causal mask, rotate-half RoPE on the first rotary dims, and the mixture of experts token by token, expert by
+expert (no sorting, no stacking). dlm's float32 logits must match it to 1e-4 on a padded batch of sequences spanning
+several blocks.
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ def test_logits_match_independent_reference(tmp_path, seed):
     assert lm.arch_cls.model_type == "llada_moe" and lm.model.cfg.moe_layers == (1, 2)
     ids, pos, valid = canvas(lm, 3, seed, block=4)
     ours, allowed = dlm_logits(lm, ids, pos, valid, WHOLE)
-    assert torch.equal(allowed[valid], valid[valid.nonzero()[:, 0]])  # every real key, both directions
     ref = reference(read_weights(folder), cfg, ids, pos, allowed)
     diff = (ours.double() - ref).abs()[valid].max().item()
     assert diff < 1e-4, f"max abs logit difference {diff}"
@@ -47,14 +46,20 @@ def test_logits_match_independent_reference(tmp_path, seed):
 
 
 def test_routing_is_never_renormalised(tmp_path):
-    """The official block sets norm_topk_prob = False whatever config.json says; so does dlm."""
+    """The official block sets norm_topk_prob = False whatever config.json says; so does dlm (and the reference,
+    which renormalises for the Qwen3-MoE layout when asked: a renormalised dlm would miss it)."""
     plain = dlm.load(write_tiny_checkpoint(tmp_path / "a", "llada_moe", seed=2), device="cpu")
-    told = dlm.load(edit_config(write_tiny_checkpoint(tmp_path / "b", "llada_moe", seed=2), norm_topk_prob=True),
-                    device="cpu")
+    folder = edit_config(write_tiny_checkpoint(tmp_path / "b", "llada_moe", seed=2), norm_topk_prob=True)
+    told = dlm.load(folder, device="cpu", dtype="float32")
     ids, pos, valid = canvas(plain, 2, 5, block=4)
     a, _ = dlm_logits(plain, ids, pos, valid, WHOLE)
-    b, _ = dlm_logits(told, ids, pos, valid, WHOLE)
+    b, allowed = dlm_logits(told, ids, pos, valid, WHOLE)
     assert torch.equal(a, b) and not told.model.cfg.norm_topk_prob
+    ref = reference(read_weights(folder), json.loads((folder / "config.json").read_text()), ids, pos, allowed)
+    assert (b.double() - ref).abs()[valid].max().item() < 1e-4
+    cfg = json.loads((folder / "config.json").read_text())
+    renormalised = reference(read_weights(folder), dict(cfg, architectures=["SDARMoeForCausalLM"]), ids, pos, allowed)
+    assert (b.double() - renormalised).abs()[valid].max().item() > 1e-3  # the check can tell the two apart
 
 
 def test_the_format_is_found_by_its_architecture(tmp_path):
@@ -75,6 +80,10 @@ def test_the_format_is_found_by_its_architecture(tmp_path):
     ({"num_experts_per_tok": 99}, r"'num_experts_per_tok' \(99\) exceeds 'num_experts'"),
     ({"hidden_size": 66}, r"hidden_size \(66\) is not a multiple of num_attention_heads"),
     ({"expert_intermediate_size": 0}, r"'expert_intermediate_size' must be >= 1"),
+    ({"moe_router_enable_expert_bias": True}, r"'moe_router_enable_expert_bias'=True .* not supported"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, r"'rope_scaling'=.* not supported"),
+    ({"attention_bias": True}, r"'attention_bias'=True .* not supported"),
+    ({"moe_layer_freq": [0, 1, 1], "dense_intermediate_size": None}, r"has no 'dense_intermediate_size'"),
 ])
 def test_unsupported_fields_are_refused_by_name(tmp_path, changes, match):
     folder = edit_config(write_tiny_checkpoint(tmp_path / "m", "llada_moe"), **changes)
@@ -96,9 +105,18 @@ def test_special_ids_and_attention(tmp_path):
 def test_a_batch_decodes_as_each_request_alone(tmp_path, cache):
     lm = dlm.load(write_tiny_checkpoint(tmp_path / "m", "llada_moe", seed=1), device="cpu")
     prompts = random_prompts(lm, 4, seed=7, min_len=2, max_len=12)
-    cfg = dlm.GenerationConfig(gen_length=16, block_length=8, steps=8, cache=cache)
+    # (a gen_length and block_length no block-diffusion model would take: none is forced on LLaDA-MoE)
+    cfg = dlm.GenerationConfig(gen_length=15, block_length=5, steps=6, cache=cache)
     batch = lm.generate(prompts, cfg)
     for i, p in enumerate(prompts):
         alone = lm.generate([p], cfg)
         assert alone.texts[0] == batch.texts[i]
-        assert torch.equal(alone.sequences[0][-16:], batch.sequences[i][-16:])
+        assert torch.equal(alone.sequences[0][-15:], batch.sequences[i][-15:])
+
+
+def test_two_formats_claiming_one_checkpoint_is_an_error(tmp_path, monkeypatch):
+    from dlm.models.llada import LLaDA
+
+    monkeypatch.setattr(LLaDA, "claims", classmethod(lambda cls, cfg: True))
+    with pytest.raises(CheckpointError, match="claimed by several registered formats"):
+        dlm.load(write_tiny_checkpoint(tmp_path / "m", "llada_moe"), device="cpu")
