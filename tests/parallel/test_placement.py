@@ -40,7 +40,7 @@ def test_cpu_map_generates_like_no_map(peaky_llada, device_map):
         torch.testing.assert_close(lm.model(ids), ref_lm.model(ids), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("model_type", ["llada2_moe", "sdar_moe"])
+@pytest.mark.parametrize("model_type", ["llada2_moe", "sdar_moe", "llada_moe"])
 def test_block_and_moe_families(tmp_path, model_type):
     """Fused QKV, QK-norm and stacked experts (each expert's tensor streamed into its row) load under a map."""
     from dlm.testing import write_tiny_checkpoint

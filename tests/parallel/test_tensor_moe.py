@@ -1,5 +1,5 @@
-"""Tensor + expert parallelism for the MoE formats (LLaDA2.x with its fused QKV, SDAR-MoE) over 2 gloo processes
-on the CPU: each rank reads half the experts, and the logits and tokens are those of one process."""
+"""Tensor + expert parallelism for the MoE formats (LLaDA2.x with its fused QKV, SDAR-MoE, LLaDA-MoE) over 2 gloo
+processes on the CPU: each rank reads half the experts, and the logits and tokens are those of one process."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dlm.parallel.tensor import TensorParallel
 
 from .group import one_process, outputs, run_group
 
-FORMATS = ("llada2_moe", "sdar_moe")
+FORMATS = ("llada2_moe", "sdar_moe", "llada_moe")
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15], [16, 17, 18, 19, 20]]
 CACHES = ("none", "dual")
 
