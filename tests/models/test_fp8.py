@@ -103,14 +103,14 @@ def test_scaled_mm_path_is_the_product_of_both_quantized_operands():
 @pytest.fixture(scope="module")
 def block_paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("fp8-block")
-    return {t: write_tiny_checkpoint(root / t, t, seed=7) for t in ("llada2_moe", "sdar", "sdar_moe")}
+    return {t: write_tiny_checkpoint(root / t, t, seed=7) for t in ("llada2_moe", "sdar", "sdar_moe", "llada_moe")}
 
 
 def count(model: nn.Module, cls: type) -> int:
     return sum(type(m) is cls for m in model.modules())
 
 
-@pytest.mark.parametrize("fmt", ["llada", "Dream", "llada2_moe", "sdar", "sdar_moe"])
+@pytest.mark.parametrize("fmt", ["llada", "Dream", "llada2_moe", "sdar", "sdar_moe", "llada_moe"])
 def test_every_linear_becomes_fp8(fmt, llada_path, dream_path, block_paths):
     path = {"llada": llada_path, "Dream": dream_path}.get(fmt) or block_paths[fmt]
     plain, quantized = dlm.load(path, device="cpu"), dlm.load(path, device="cpu", quantize="fp8")
