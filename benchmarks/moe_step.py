@@ -1,9 +1,12 @@
-"""Per-forward latency of an in-block step of LLaDA2.0-mini (random bf16 weights) against the bytes-read floor.
+"""Per-forward latency of an in-block step of an MoE model (random bf16 weights; LLaDA2.0-mini by default,
+``--geometry llada-moe-7b`` for LLaDA-MoE-7B-A1B) against the bytes-read floor.
 
 One step = B rows x 32 new tokens (one block) attending to a prefix of P cached keys (a static cache filled with random
 keys/values), logits for the 32 positions: the forward a block-diffusion engine makes at every step once the earlier
-blocks are cached. The model is built on the meta device and materialised on the GPU with random values (std 0.02,
-router bias std 0.01), so routing is close to uniform (real checkpoints route less evenly and hit fewer experts).
+blocks are cached (for LLaDA-MoE, a bidirectional model, the step of a ``dual``-style cache: the block attends to the
+P cached positions and to itself). The model is built on the meta device and materialised on the GPU with random
+values (std 0.02, router bias std 0.01), so routing is close to uniform (real checkpoints route less evenly and hit
+fewer experts).
 
 Floor: the weight bytes the step must read (embedding rows fed, attention and norms of every layer, the dense layer,
 routers, shared experts, the routed experts actually chosen by at least one token in that layer, the final norm and
@@ -12,6 +15,7 @@ the LM head) over the device-to-device copy bandwidth measured in the same run (
 (torch._grouped_mm) and ``sorted`` (one matmul per expert).
 
     python benchmarks/moe_step.py --out results/moe_step.json                 # GPU, LLaDA2.0-mini geometry
+    python benchmarks/moe_step.py --geometry llada-moe-7b --out results/moe_step_llada_moe.json
     python benchmarks/moe_step.py --tiny --device cpu --out /tmp/moe_tiny.json  # CPU smoke run
 """
 
@@ -25,9 +29,9 @@ from pathlib import Path
 import torch
 
 from dlm.bench.scale import _timed, copy_bandwidth
-from dlm.models.llada2 import LLaDA2, LLaDA2Model
+from dlm.models.base import MODELS
 from dlm.models.moe import Router, set_expert_impl
-from dlm.models.transformer import DenseAttention
+from dlm.models.transformer import DenseAttention, Transformer
 
 MINI = {  # inclusionAI/LLaDA2.0-mini config.json (as dFactory's configs/model_configs/llada2_mini), model_type fixed
     "model_type": "llada2_moe", "num_hidden_layers": 20, "hidden_size": 2048, "intermediate_size": 5120,
@@ -42,6 +46,18 @@ MINI = {  # inclusionAI/LLaDA2.0-mini config.json (as dFactory's configs/model_c
 TINY = {**MINI, "num_hidden_layers": 3, "hidden_size": 64, "intermediate_size": 128, "moe_intermediate_size": 32,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "num_experts": 16, "n_group": 4,
         "topk_group": 2, "vocab_size": 1024}
+LLADA_MOE_7B = {  # LLaDA-MoE-7B-A1B (dlm.models.llada_moe; 7.36B parameters, about 1B active per token)
+    "model_type": "llada", "architectures": ["LLaDAMoEModelLM"], "vocab_size": 157184, "hidden_size": 2048,
+    "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 16, "dense_intermediate_size": 8192,
+    "expert_intermediate_size": 1024, "shared_expert_intermediate_size": None, "num_experts": 64,
+    "num_experts_per_tok": 8, "moe_layer_freq": [1] * 16, "norm_topk_prob": False, "qk_layernorm": True,
+    "partial_rotary_factor": 1, "rms_norm_eps": 1e-05, "rope_theta": 50000, "rope_scaling": None,
+    "max_position_embeddings": 8192, "tie_word_embeddings": False, "attention_bias": False, "pad_token_id": 156892,
+}
+TINY_LLADA_MOE = {**LLADA_MOE_7B, "num_hidden_layers": 3, "hidden_size": 64, "num_attention_heads": 4,
+                  "num_key_value_heads": 4, "expert_intermediate_size": 32, "num_experts": 16,
+                  "moe_layer_freq": [0, 1, 1], "dense_intermediate_size": 128, "vocab_size": 1024}
+GEOMETRIES = {"llada2-mini": (MINI, TINY), "llada-moe-7b": (LLADA_MOE_7B, TINY_LLADA_MOE)}
 BLOCK = 32
 
 
@@ -63,11 +79,15 @@ class StaticCache:
         return None  # the block sees the whole prefix and itself (block-causal: nothing after the block exists)
 
 
-def random_model(cfg: dict, dtype, device) -> LLaDA2Model:
-    """LLaDA2 model of the geometry, built on the meta device, then random values written on ``device``."""
-    arch = LLaDA2.parse_config(cfg)
+def random_model(cfg: dict, dtype, device) -> Transformer:
+    """The model of the geometry (its format as ``dlm.load`` would pick it), built on the meta device, then random
+    values written on ``device``."""
+    from dlm.models.loading import format_name
+
+    arch_cls = MODELS.get(format_name(cfg))
+    arch = arch_cls.parse_config(cfg)
     with torch.device("meta"):
-        model = LLaDA2Model(arch)
+        model = arch_cls.model_class(arch)
     model = model.to(dtype).to_empty(device=device)
     g = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
@@ -79,7 +99,7 @@ def random_model(cfg: dict, dtype, device) -> LLaDA2Model:
     return model.eval()
 
 
-def experts_hit(model: LLaDA2Model, step) -> list[int]:
+def experts_hit(model: Transformer, step) -> list[int]:
     """Number of distinct routed experts chosen in each MoE layer during one call of ``step``."""
     hits: list[int] = []
     hooks = [m.register_forward_hook(lambda _m, _i, out: hits.append(int(out[1].unique().numel())))
@@ -90,7 +110,7 @@ def experts_hit(model: LLaDA2Model, step) -> list[int]:
     return hits
 
 
-def weight_bytes(model: LLaDA2Model, hits: list[int], batch: int) -> int:
+def weight_bytes(model: Transformer, hits: list[int], batch: int) -> int:
     """Bytes of weights one step reads (see the module docstring)."""
     a = model.cfg
     size = next(model.parameters()).element_size()
@@ -162,7 +182,8 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tiny", action="store_true", help="tiny geometry (CPU smoke run)")
+    ap.add_argument("--geometry", default="llada2-mini", choices=sorted(GEOMETRIES))
+    ap.add_argument("--tiny", action="store_true", help="tiny geometry of the format (CPU smoke run)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--prefix", type=int, nargs="+", default=[1024])
@@ -176,8 +197,8 @@ def main(argv=None) -> list[dict]:
     bandwidth = copy_bandwidth(args.device, 2**31 if cuda else 2**26, 20 if cuda else 3)
     env = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
            "dtype": str(dtype), "copy_bandwidth_TBps": bandwidth / 1e12, "date": time.strftime("%Y-%m-%d"),
-           "geometry": "tiny" if args.tiny else "LLaDA2.0-mini"}
-    model = random_model(TINY if args.tiny else MINI, dtype, device)
+           "geometry": args.geometry + (" (tiny)" if args.tiny else "")}
+    model = random_model(GEOMETRIES[args.geometry][1 if args.tiny else 0], dtype, device)
     env["grouped_vs_sorted_rel_diff"] = paths_agree(model, 2, device)  # the two paths compute the same thing
     print(json.dumps(env), flush=True)
     rows = []
