@@ -310,9 +310,10 @@ def fp8_lm(model, arch_cls, ids, max_length, impl: str | None, device: str, spli
         split_projections(lm.model)
     if impl is not None:
         fp8.set_fp8_impl(lm.model, impl)
-    for m in lm.model.modules():
-        if isinstance(m, fp8.FP8Linear):
-            m.w8a16_rows = w8a16_rows or fp8_kernel.max_rows(m.in_features, m.out_features)
+    if w8a16_rows is not None:  # (else each layer keeps its own, fp8_kernel.max_rows)
+        for m in lm.model.modules():
+            if isinstance(m, fp8.FP8Linear):
+                m.w8a16_rows = w8a16_rows
     return lm
 
 

@@ -55,10 +55,10 @@ def test_routing_is_never_renormalised(tmp_path):
     a, _ = dlm_logits(plain, ids, pos, valid, WHOLE)
     b, allowed = dlm_logits(told, ids, pos, valid, WHOLE)
     assert torch.equal(a, b) and not told.model.cfg.norm_topk_prob
-    ref = reference(read_weights(folder), json.loads((folder / "config.json").read_text()), ids, pos, allowed)
+    cfg, weights = json.loads((folder / "config.json").read_text()), read_weights(folder)
+    ref = reference(weights, cfg, ids, pos, allowed)
     assert (b.double() - ref).abs()[valid].max().item() < 1e-4
-    cfg = json.loads((folder / "config.json").read_text())
-    renormalised = reference(read_weights(folder), dict(cfg, architectures=["SDARMoeForCausalLM"]), ids, pos, allowed)
+    renormalised = reference(weights, dict(cfg, architectures=["SDARMoeForCausalLM"]), ids, pos, allowed)
     assert (b.double() - renormalised).abs()[valid].max().item() > 1e-3  # the check can tell the two apart
 
 
