@@ -36,6 +36,19 @@ if triton is not None:
 
     from .rope_kernel import to_bf16
 
+    @triton.jit
+    def silu_product(g, u, DTYPE: tl.constexpr, LIBDEVICE: tl.constexpr):
+        """silu(g) * u of float32 tensors holding values of the model dtype ``DTYPE``, rounded as the eager
+        function rounds (see the module doc); returned as float32 holding values of ``DTYPE``."""
+        if LIBDEVICE:  # CUDA's expf, as torch's kernel calls it
+            e = libdevice.exp(-g)
+        else:  # Triton's CPU interpreter (NumPy's exp): libdevice is not interpreted
+            e = tl.exp(-g)
+        silu = tl.math.div_rn(g, 1.0 + e)  # torch: x / (1 + exp(-x)) in float32
+        if DTYPE == tl.bfloat16:  # rounded on the bits, to nearest even, as torch rounds
+            return to_bf16(to_bf16(silu) * u)  # (the interpreter's own conversion rounds otherwise)
+        return (silu.to(DTYPE).to(tl.float32) * u).to(DTYPE).to(tl.float32)  # F.silu's result, then the product's
+
     # one program per row and block of columns: the row count (the grid's) varies from step to step, and the
     # row strides are the layer's widths, fixed per model
     @triton.jit
@@ -45,15 +58,7 @@ if triton is not None:
         ok = c < cols
         g = tl.load(g_ptr + row * s_g + c, mask=ok).to(tl.float32)
         u = tl.load(u_ptr + row * s_u + c, mask=ok).to(tl.float32)
-        if LIBDEVICE:  # CUDA's expf, as torch's kernel calls it
-            e = libdevice.exp(-g)
-        else:  # Triton's CPU interpreter (NumPy's exp): libdevice is not interpreted
-            e = tl.exp(-g)
-        silu = tl.math.div_rn(g, 1.0 + e)  # torch: x / (1 + exp(-x)) in float32
-        if o_ptr.dtype.element_ty == tl.bfloat16:  # rounded on the bits, to nearest even, as torch rounds
-            out = to_bf16(to_bf16(silu) * u)  # (the interpreter's own conversion rounds otherwise)
-        else:  # F.silu's result in the model dtype, then the product's
-            out = silu.to(o_ptr.dtype.element_ty).to(tl.float32) * u
+        out = silu_product(g, u, o_ptr.dtype.element_ty, LIBDEVICE)
         tl.store(o_ptr + row * s_o + c, out.to(o_ptr.dtype.element_ty), mask=ok)
 
 
