@@ -8,9 +8,8 @@ static      a static batch of 32 (prompt 128, gen 256, dual cache or --cache, 4 
             the schedule's compute ceiling (its matrix FLOPs over the bf16 matmul rate measured in the same run:
             at its start, and again right after each timed run, over 200 products);
             both attention backends (loop, padded); ``--without PART ...`` (sampling-kernel, attention-kernel,
-            swiglu-kernel, kv-write-kernel, norm-kernel, lookahead, skinny-products, swiglu-product-kernel; several
-            joined by ``+``): each variant with fused kernels again without those parts of them (the same run's
-            before and after)
+            swiglu-kernel, kv-write-kernel, norm-kernel, lookahead; several joined by ``+``): each variant with
+            fused kernels again without those parts of them (the same run's before and after)
 staggered   96 requests arriving one per engine step into an engine of 32 rows vs static batches of 32 of the same
             requests: throughput ratio over the whole run (its 31 steps of ramp-up and ramp-down, with fewer
             than 32 rows, included), and the steady state's (the steps that ran 32 rows) against the same static
@@ -109,7 +108,7 @@ def setting_name(attention: str, fused: bool, graphs: bool) -> str:
 
 # ------------------------------------------------------------------------------------------------ parts
 WITHOUT = ("sampling-kernel", "attention-kernel", "swiglu-kernel", "kv-write-kernel", "norm-kernel", "lookahead",
-           "skinny-products", "swiglu-product-kernel")
+           "skinny-products")
 
 
 def without_parts(text: str) -> str:
@@ -129,9 +128,7 @@ def without(lm, part: str | None):
     dlm.models.swiglu_kernel), ``kv-write-kernel`` (the key/value pool's writes by its index copies instead of
     dlm.models.kv_write_kernel), ``norm-kernel`` (the residual add and RMSNorm by the compiled function instead
     of dlm.models.norm_kernel), ``skinny-products`` (the attention output and down projections of few rows by
-    cuBLAS's gemm instead of cuBLASLt, dlm.models.skinny), ``swiglu-product-kernel`` (the gate/up products and
-    SwiGLU of many rows by cuBLAS and the SwiGLU kernel instead of dlm.models.swiglu_product_kernel); and
-    ``lookahead``: engines built inside the block run
+    cuBLAS's gemm instead of cuBLASLt, dlm.models.skinny); and ``lookahead``: engines built inside the block run
     without the engine's lookahead (dlm.engine.lookahead), the reference loop."""
     from dlm import sampling_kernel
     from dlm.engine.core import EngineCore
@@ -141,12 +138,11 @@ def without(lm, part: str | None):
         norm_kernel,
         skinny,
         swiglu_kernel,
-        swiglu_product_kernel,
     )
 
     modules = {"sampling-kernel": sampling_kernel, "attention-kernel": attention_kernel,
                "swiglu-kernel": swiglu_kernel, "kv-write-kernel": kv_write_kernel, "norm-kernel": norm_kernel,
-               "skinny-products": skinny, "swiglu-product-kernel": swiglu_product_kernel}
+               "skinny-products": skinny}
     names = part.split("+") if part else []
     chosen = [modules[name] for name in names if name in modules]
     saved = [m.applies for m in chosen]

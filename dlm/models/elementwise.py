@@ -9,8 +9,7 @@ functions with ``torch.compile`` so each becomes one or two generated kernels; o
 and the add with its norm take the Triton kernels of :mod:`dlm.models.rope_kernel`,
 :mod:`dlm.models.swiglu_kernel` and :mod:`dlm.models.norm_kernel` instead (the first two equal the eager
 functions bit for bit); the matrix products stay with cuBLAS, the attention output and down projections of few
-rows with cuBLASLt (:mod:`dlm.models.skinny`), and from 1,024 rows on a Hopper GPU the gate/up products and
-SwiGLU are one kernel (:mod:`dlm.models.swiglu_product_kernel`). Enabled with ``dlm.load(..., fused_kernels=True)``.
+rows with cuBLASLt (:mod:`dlm.models.skinny`). Enabled with ``dlm.load(..., fused_kernels=True)``.
 The eager functions are the reference; ``tests/models/test_fused.py`` checks the compiled ones against them.
 """
 
@@ -68,9 +67,7 @@ class Ops:
     positions calls instead (:func:`ops_for_positions`), None for :data:`EAGER`. ``add_rms_norm``: the residual
     add with the norm after it in one function; None: :func:`add_rms_norm` over this set's ``rms_norm``.
     ``project``: how the layer's attention output and down projections run (``module(x)``, or with fused kernels
-    :func:`dlm.models.skinny.linear`, cuBLASLt for few rows). ``gated``: the MLP's ``silu(gate(h)) * up(h)`` from
-    its joined gate/up layer in one kernel, or None where that does not apply (then the two products and
-    ``swiglu`` run); None: never (:func:`dlm.models.swiglu_product_kernel.swiglu_product` with fused kernels)."""
+    :func:`dlm.models.skinny.linear`, cuBLASLt for few rows)."""
 
     rms_norm: Callable
     rope: Callable
@@ -79,7 +76,6 @@ class Ops:
     small: Ops | None = None
     add_rms_norm: Callable | None = None
     project: Callable = project
-    gated: Callable | None = None
 
     def add_norm(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, eps: float
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,8 +105,7 @@ def fused_ops(key: Hashable = None) -> Ops:
         small = Ops(rms_norm, _with_rope_kernel(rope), swiglu, project=skinny.linear)
         _FUSED[key] = Ops(_compiled(rms_norm), _with_rope_kernel(_compiled(rope)),
                           _with_swiglu_kernel(_compiled(swiglu)), fused=True, small=small,
-                          add_rms_norm=_with_norm_kernel(_compiled(add_rms_norm)), project=skinny.linear,
-                          gated=_gated_product())
+                          add_rms_norm=_with_norm_kernel(_compiled(add_rms_norm)), project=skinny.linear)
     return _FUSED[key]
 
 
@@ -141,18 +136,6 @@ def _with_swiglu_kernel(compiled: Callable) -> Callable:
         return compiled(gate, up)
 
     return fused_swiglu
-
-
-def _gated_product() -> Callable:
-    """The MLP's gate/up products with SwiGLU by :mod:`dlm.models.swiglu_product_kernel` (one Triton kernel, the
-    reference's bits where the products round alike) where it applies, else None."""
-
-    from . import swiglu_product_kernel as kernel  # (imports Triton, if installed)
-
-    def gated(module, h):
-        return kernel.swiglu_product(module, h) if kernel.applies(module, h) else None
-
-    return gated
 
 
 def _with_norm_kernel(compiled: Callable) -> Callable:

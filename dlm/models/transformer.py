@@ -183,10 +183,8 @@ class Block(nn.Module):
 
     def mlp(self, h: torch.Tensor, ops: ew.Ops) -> torch.Tensor:
         """The feed-forward part on normalised hidden states h (B, Q, d): SwiGLU."""
-        act = ops.gated(self._modules.get("gate_up"), h) if ops.gated is not None else None
-        if act is None:
-            act = ops.swiglu(*linear_parts(self, "gate_up", h))
-        return ops.project(self.down, act)
+        gate, up = linear_parts(self, "gate_up", h)
+        return ops.project(self.down, ops.swiglu(gate, up))
 
     def forward(
         self,
