@@ -119,11 +119,13 @@ class _counted:
 
 async def respond(server: Server, request: Request, body: CommonFields, specs, *, chat: bool, endpoint: str):
     """Run the answers of one request: an SSE stream, or one JSON response (cancelled if the client leaves)."""
-    c = Completion(server, specs, chat=chat, stream=body.stream, endpoint=endpoint, return_ids=body.return_token_ids)
+    opts = body.stream_options
+    canvas = bool(body.stream and opts and opts.dlm_canvas)
+    c = Completion(server, specs, chat=chat, stream=body.stream, endpoint=endpoint, return_ids=body.return_token_ids,
+                   canvas=canvas)
     await c.start()
     if body.stream:
-        opts = body.stream_options
-        events = sse_events(c, bool(opts and opts.include_usage), bool(opts and opts.dlm_canvas))
+        events = sse_events(c, bool(opts and opts.include_usage), canvas)
         grace = server.settings.shutdown_grace
         return EventSourceResponse(events, sep="\n", shutdown_grace_period=grace, headers={"Cache-Control": "no-cache"})
     outcome = "cancelled"

@@ -90,7 +90,7 @@ def server_command(args: argparse.Namespace, port: int, max_rows: int) -> list[s
            "100000", "--log-level", "warning", "--request-timeout", "0"]
     for flag, value in (("--model", args.model), ("--random-weights", args.random_weights), ("--device", args.device),
                         ("--dtype", args.dtype), ("--threads", args.threads), ("--max-context", args.max_context),
-                        ("--quantize", args.quantize)):
+                        ("--quantize", args.quantize), ("--stream-interval", args.stream_interval)):
         if value is not None:
             cmd += [flag, str(value)]
     return cmd + speed_flags(args)
@@ -260,6 +260,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="FP8 linear weights, for the server and the static baseline (docs/gpu.md#fp8-weights)")
     m.add_argument("--threads", type=int, default=None, help="torch CPU threads (server and static)")
     m.add_argument("--max-context", type=int, default=None, help="the server's --max-context")
+    m.add_argument("--stream-interval", type=int, default=None, metavar="N",
+                   help="the server's --stream-interval (default: the server's, 1)")
     w = p.add_argument_group("workload")
     w.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64], help="levels (default 1 8 32 64)")
     w.add_argument("--requests", type=int, default=None, help="requests per level (default max(16, 2 x level))")

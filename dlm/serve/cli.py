@@ -56,6 +56,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="seconds before a request is cancelled (0: never; default 600)")
     h.add_argument("--shutdown-grace", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on shutdown (default 30)")
+    h.add_argument("--stream-interval", type=int, default=1, metavar="N",
+                   help="send a streamed answer's progress every N engine steps, and at its end (default 1: every "
+                        "step; the dlm_canvas extension always gets every step). A larger N leaves the engine "
+                        "more of the interpreter lock: see docs/serving.md")
     h.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     p.set_defaults(func=cmd_serve)
 
@@ -69,7 +73,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for name, low in (("max_rows", 1), ("max_queue", 0), ("port", 0)):
+    for name, low in (("max_rows", 1), ("max_queue", 0), ("port", 0), ("stream_interval", 1)):
         if getattr(args, name) < low:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if args.max_context is not None and args.max_context < 2:
@@ -136,7 +140,8 @@ def build_server(args: argparse.Namespace):
         engines.append(engine)
     name = args.served_model_name or args.random_weights or (Path(args.model).name if args.model else "dlm-tiny")
     settings = ServerSettings(model_name=name, max_queue=args.max_queue, api_key=args.api_key or None,
-                              request_timeout=args.request_timeout or None, shutdown_grace=args.shutdown_grace)
+                              request_timeout=args.request_timeout or None, shutdown_grace=args.shutdown_grace,
+                              stream_interval=args.stream_interval)
     return Server(engines, settings)
 
 

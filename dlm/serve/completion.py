@@ -1,6 +1,6 @@
 """One HTTP request's answers: its engine jobs, their final text as it grows, and the OpenAI response.
 
-    c = Completion(server, specs, chat=False, stream=False, endpoint="completions", return_ids=False)
+    c = Completion(server, specs, chat=False, stream=False, endpoint="completions", return_ids=False, canvas=False)
     await c.start()                        # 429 when the server is full; 400 when the engine refuses a config
     async for update in c.updates(): ...   # (choice index, new text, new ids, the StepEvent) as answers grow
     c.response()                           # the whole OpenAI response once every answer is complete
@@ -55,8 +55,10 @@ class Completion:
     """The answers of one HTTP request (see the module doc)."""
 
     def __init__(self, server, specs: list[AnswerSpec], *, chat: bool, stream: bool, endpoint: str,
-                 return_ids: bool = False):
+                 return_ids: bool = False, canvas: bool = False):
         self.server, self.specs, self.chat, self.stream = server, specs, chat, stream
+        # the canvas extension reports every step's commits; other streams take the server's interval
+        self.every = 1 if canvas else server.settings.stream_interval
         self.endpoint, self.return_ids = endpoint, return_ids
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
@@ -81,7 +83,7 @@ class Completion:
         for spec in self.specs:
             loop = self.server.route()
             job = loop.submit(spec.prompt_ids, spec.config, wants_steps=self.stream or bool(spec.stop),
-                              events=self.queue)
+                              events=self.queue, every=self.every)
             job.index = spec.index
             self.jobs.append(job)
         try:

@@ -3,6 +3,7 @@
     loop = EngineLoop(engine, metrics)
     loop.start(asyncio.get_running_loop())
     job = loop.submit(prompt_ids, config, wants_steps=True, events=queue)   # from the asyncio thread
+                                                                            # (every=N: every Nth step's event)
     request = await job.accepted          # prepared and queued between two steps (or the ConfigError refusing it)
     job, event = await queue.get()        # its StepEvents as (job, event); (job, None) once it has ended
     loop.cancel(job)                      # its rows are freed at the next step
@@ -29,14 +30,16 @@ log = logging.getLogger("dlm.serve")
 
 
 class Job:
-    """One engine request as the HTTP side sees it. ``wants_steps``: deliver every step's event (streaming,
-    stop strings), else only the last one; ``events``: the asyncio queue that receives ``(job, event)`` pairs
-    and ``(job, None)`` at the end (several jobs of one HTTP request share one)."""
+    """One engine request as the HTTP side sees it. ``wants_steps``: deliver step events (streaming, stop
+    strings), else only the last one; ``every``: with ``wants_steps``, deliver the event of every ``every``-th
+    step of the request (and its last); ``events``: the asyncio queue that receives ``(job, event)`` pairs and
+    ``(job, None)`` at the end (several jobs of one HTTP request share one)."""
 
     def __init__(self, owner: "EngineLoop", prompt_ids: list[int], config, wants_steps: bool,
-                 events: asyncio.Queue, aio: asyncio.AbstractEventLoop):
+                 events: asyncio.Queue, aio: asyncio.AbstractEventLoop, every: int = 1):
         self.owner = owner
-        self.prompt_ids, self.config, self.wants_steps = prompt_ids, config, wants_steps
+        self.prompt_ids, self.config, self.wants_steps, self.every = prompt_ids, config, wants_steps, every
+        self.steps = 0  # thread-owned: the request's steps so far
         self.accepted: asyncio.Future = aio.create_future()
         self.events = events
         self.request: Any = None  # set by the thread when accepted
@@ -74,8 +77,9 @@ class EngineLoop:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopping
 
-    def submit(self, prompt_ids: list[int], config, *, wants_steps: bool, events: asyncio.Queue) -> Job:
-        job = Job(self, prompt_ids, config, wants_steps, events, self._aio)
+    def submit(self, prompt_ids: list[int], config, *, wants_steps: bool, events: asyncio.Queue,
+               every: int = 1) -> Job:
+        job = Job(self, prompt_ids, config, wants_steps, events, self._aio, every)
         self.in_flight += 1
         with self._cond:
             self._inbox.append(job)
@@ -171,7 +175,8 @@ class EngineLoop:
         for ev in events:
             job = ev.tag
             committed += int(ev.committed.sum())
-            if ev.done or job.wants_steps:
+            job.steps += 1
+            if ev.done or (job.wants_steps and job.steps % job.every == 0):
                 out.append(("event", job, ev))
         if self.metrics is not None:
             self.metrics.step(self.name, time.perf_counter() - t0, committed, len(events))

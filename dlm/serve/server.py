@@ -29,13 +29,15 @@ class ServerSettings:
     """``model_name``: the id /v1/models reports; ``max_queue``: engine requests that may wait beyond the
     running ones; ``api_key``: required as ``Authorization: Bearer KEY`` when set; ``request_timeout``: seconds
     before a request is cancelled (None: never); ``shutdown_grace``: seconds in-flight requests get to finish
-    on shutdown before they are cancelled."""
+    on shutdown before they are cancelled; ``stream_interval``: a streamed answer's progress goes out every this
+    many engine steps (and at its end; the ``dlm_canvas`` extension gets every step)."""
 
     model_name: str
     max_queue: int = 256
     api_key: str | None = None
     request_timeout: float | None = 600.0
     shutdown_grace: float = 30.0
+    stream_interval: int = 1
 
 
 class Server:

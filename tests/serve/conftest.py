@@ -101,9 +101,7 @@ def model():
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """dlm serve with the bundled model (32 rows)."""
-    s = ServerProcess(["--max-rows", "32", "--max-queue", "512"], tmp_path_factory.mktemp("serve") / "server.log")
-    yield s
-    s.stop()
+    yield from running(["--max-rows", "32", "--max-queue", "512"], tmp_path_factory.mktemp("serve") / "server.log")
 
 
 @pytest.fixture(scope="session")
@@ -114,16 +112,26 @@ def chat_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def chat_server(chat_path, tmp_path_factory):
-    s = ServerProcess(["--model", str(chat_path), "--max-rows", "4"], tmp_path_factory.mktemp("chat") / "server.log")
+    yield from running(["--model", str(chat_path), "--max-rows", "4"], tmp_path_factory.mktemp("chat") / "server.log")
+
+
+def openai_client(server: ServerProcess):
+    """The official client of ``server``'s API (no retries: every refusal is seen)."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def running(args: list[str], log: Path):
+    """A ``dlm serve`` process for a fixture: yields it, stops it afterwards."""
+    s = ServerProcess(args, log)
     yield s
     s.stop()
 
 
 @pytest.fixture
 def client(server):
-    from openai import OpenAI
-
-    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai_client(server)
 
 
 # a server process with a broken scheduler plugin registered: "explode" raises at its first step

@@ -125,3 +125,14 @@ def test_stop_cancels_what_still_runs(engine, model):
 
     job, loop = with_loop(engine, work)
     assert job.request.status.value == "cancelled" and not loop.alive and engine.stats()["rows_in_use"] == 0
+
+
+def test_every_nth_step_and_the_last(engine, model):
+    async def work(loop):
+        queue: asyncio.Queue = asyncio.Queue()
+        job = loop.submit(model.encode(PROMPT)[0], CFG, wants_steps=True, events=queue, every=3)
+        await job.accepted
+        return await drain(queue, job)
+
+    events = with_loop(engine, work)
+    assert [e.step for e in events] == [3, 6, 8] and events[-1].done  # CFG: 8 steps
