@@ -2,13 +2,15 @@
 process, against ``model.generate``'s static batch, and again beside a second Python thread that holds the
 interpreter lock part of the time (what the server's HTTP side does while it streams 32 answers).
 
-Same requests as ``dlm bench serve``'s default workload at concurrency 32: 32 prompts, every answer
-``--gen`` tokens at 4 per step (``logits_eos_inf``), no cache. Reported in milliseconds per engine step:
+32 random prompts of 6-15 tokens, every answer ``--gen`` tokens at 4 per step (``logits_eos_inf``), no cache: the
+work per request of ``dlm bench serve --max-tokens 256`` at concurrency 32 (its prompts are other texts of similar
+length). Reported in milliseconds per engine step:
 
 static      ``model.generate`` of the 32 prompts (its engine sized to them)
 server      an Engine of 32 rows x the model's context with its CUDA graphs captured, as ``dlm serve`` builds it
 +decode     the same, each step's events detokenized in the stepping thread (what the streams need)
-+busy F     the same beside a thread that runs Python (``json.dumps``) for F of every millisecond-ish slice
++busy F     "server" (no detokenizing) beside a thread that runs Python (``json.dumps``) for F of every
+            millisecond
 
     python benchmarks/serve_engine_alone.py --out results/serve_engine_alone.json          # dlm-tiny
 """

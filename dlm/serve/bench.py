@@ -290,6 +290,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
     if any(c < 1 for c in args.concurrency) or args.max_tokens < 1 or (args.requests or 1) < 1:
         raise ConfigError("--concurrency, --max-tokens and --requests must be >= 1")
+    if args.stream_interval is not None and args.stream_interval < 1:
+        raise ConfigError(f"--stream-interval must be >= 1, got {args.stream_interval}")
+    if args.stream_interval is not None and args.url is not None:
+        raise ConfigError("--stream-interval is passed to the server this command starts; with --url, start that "
+                          "server with it instead")
     if args.url is not None and not args.no_static and args.model is None and args.random_weights is None:
         print("dlm bench serve: --url without --model: the static baseline uses the bundled dlm-tiny; it must be "
               "the served model", file=sys.stderr)

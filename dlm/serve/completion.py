@@ -57,8 +57,9 @@ class Completion:
     def __init__(self, server, specs: list[AnswerSpec], *, chat: bool, stream: bool, endpoint: str,
                  return_ids: bool = False, canvas: bool = False):
         self.server, self.specs, self.chat, self.stream = server, specs, chat, stream
-        # the canvas extension reports every step's commits; other streams take the server's interval
-        self.every = 1 if canvas else server.settings.stream_interval
+        # streams take the server's interval, but the canvas extension reports every step's commits; requests
+        # that are not streamed see every step (a stop string found ends them at once)
+        self.every = server.settings.stream_interval if stream and not canvas else 1
         self.endpoint, self.return_ids = endpoint, return_ids
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())

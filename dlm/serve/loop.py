@@ -37,6 +37,8 @@ class Job:
 
     def __init__(self, owner: "EngineLoop", prompt_ids: list[int], config, wants_steps: bool,
                  events: asyncio.Queue, aio: asyncio.AbstractEventLoop, every: int = 1):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
         self.owner = owner
         self.prompt_ids, self.config, self.wants_steps, self.every = prompt_ids, config, wants_steps, every
         self.steps = 0  # thread-owned: the request's steps so far

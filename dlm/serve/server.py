@@ -39,6 +39,10 @@ class ServerSettings:
     shutdown_grace: float = 30.0
     stream_interval: int = 1
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.stream_interval, int) or self.stream_interval < 1:
+            raise ValueError(f"stream_interval must be an integer >= 1, got {self.stream_interval!r}")
+
 
 class Server:
     """Engines behind one HTTP front (see the module doc)."""

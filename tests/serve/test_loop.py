@@ -136,3 +136,11 @@ def test_every_nth_step_and_the_last(engine, model):
 
     events = with_loop(engine, work)
     assert [e.step for e in events] == [3, 6, 8] and events[-1].done  # CFG: 8 steps
+
+
+def test_every_must_be_a_positive_integer(engine):
+    async def work(loop):
+        with pytest.raises(ValueError, match="every must be an integer >= 1, got 0"):
+            loop.submit([1, 2], CFG, wants_steps=True, events=asyncio.Queue(), every=0)
+
+    with_loop(engine, work)
