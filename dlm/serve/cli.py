@@ -58,8 +58,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="seconds in-flight requests get to finish on shutdown (default 30)")
     h.add_argument("--stream-interval", type=int, default=1, metavar="N",
                    help="send a streamed answer's progress every N engine steps, and at its end (default 1: every "
-                        "step; the dlm_canvas extension always gets every step). A larger N leaves the engine "
-                        "more of the interpreter lock: see docs/serving.md")
+                        "step; the dlm_canvas extension always gets every step): the same text in fewer, larger "
+                        "pieces (see docs/serving.md)")
     h.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
     p.set_defaults(func=cmd_serve)
 
