@@ -41,7 +41,6 @@ class Job:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
         self.owner = owner
         self.prompt_ids, self.config, self.wants_steps, self.every = prompt_ids, config, wants_steps, every
-        self.steps = 0  # thread-owned: the request's steps so far
         self.accepted: asyncio.Future = aio.create_future()
         self.events = events
         self.request: Any = None  # set by the thread when accepted
@@ -177,8 +176,7 @@ class EngineLoop:
         for ev in events:
             job = ev.tag
             committed += int(ev.committed.sum())
-            job.steps += 1
-            if ev.done or (job.wants_steps and job.steps % job.every == 0):
+            if ev.done or (job.wants_steps and ev.step % job.every == 0):  # ev.step: the request's steps so far
                 out.append(("event", job, ev))
         if self.metrics is not None:
             self.metrics.step(self.name, time.perf_counter() - t0, committed, len(events))
