@@ -1,5 +1,10 @@
 """Exceptions raised by dlm. Every message names the offending value and what is allowed."""
 
+from __future__ import annotations
+
+import pickle
+import traceback
+
 
 class DlmError(Exception):
     """Base class of every error dlm raises on purpose."""
@@ -26,3 +31,21 @@ class SchedulerError(DlmError, RuntimeError):
 
 class GenerationError(DlmError, RuntimeError):
     """The model produced something generation cannot continue from (e.g. NaN logits)."""
+
+
+def portable(exc: BaseException, with_traceback: bool = True) -> BaseException:
+    """``exc`` if it can cross to another process (dlm's own errors survive pickling), else a GenerationError
+    carrying its class, message and (``with_traceback``) traceback text: what dlm's worker and engine processes
+    send back."""
+    if isinstance(exc, DlmError) and _survives_pickling(exc):
+        return exc
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if with_traceback else ""
+    return GenerationError(f"{type(exc).__name__}: {exc}" + (f"\n{text}" if text else ""))
+
+
+def _survives_pickling(exc: BaseException) -> bool:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any failure means it cannot travel
+        return False
+    return True

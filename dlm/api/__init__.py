@@ -4,6 +4,6 @@ is reached through here."""
 
 from .engine import Engine, Request, Status
 from ..outputs import merge_outputs
-from .lm import DiffusionLM, from_model, load
+from .lm import DiffusionLM, from_model, load, load_meta
 
-__all__ = ["DiffusionLM", "Engine", "Request", "Status", "from_model", "load", "merge_outputs"]
+__all__ = ["DiffusionLM", "Engine", "Request", "Status", "from_model", "load", "load_meta", "merge_outputs"]

@@ -226,12 +226,35 @@ def load(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | No
     arch = arch_cls.parse_config(cfg)
     weight_files(folder)  # fail on missing / pickle-only weights before spending time on the tokenizer
     tok = _tokenizer(tokenizer, folder, arch_cls)
-    ids = arch_cls.special_ids(cfg, tok)
     model = _model_with_weights(folder, cfg, arch_cls, arch, par, dt, device, quantize)
     model.attn_backend = attn_backend
-    _check_vocab(tok, arch)
-    lm = DiffusionLM(model, tok, ids, arch_cls, max_length=arch_cls.max_length(cfg), path=folder, config=cfg)
-    return set_fast_path(lm, cuda_graphs, fused_kernels)
+    return set_fast_path(_assembled(model, tok, folder, cfg, arch_cls), cuda_graphs, fused_kernels)
+
+
+def load_meta(path: str | os.PathLike | None = None, *, tokenizer: Any = True) -> DiffusionLM:
+    """The checkpoint's tokenizer, special ids and geometry without its weights (the model on the meta device,
+    nothing read from the safetensors files but their names): for a process that prepares prompts and reads
+    answers while another one holds the weights (``dlm serve``'s HTTP side). Checks the folder as :func:`load`
+    does; ``generate`` cannot run on it."""
+    from ..models.loading import build_model, read_config, weight_files
+
+    if path is None:
+        from ..assets import default_model_path
+
+        path = default_model_path()
+    folder, cfg, arch_cls = read_config(path)
+    arch = arch_cls.parse_config(cfg)
+    weight_files(folder)
+    tok = _tokenizer(tokenizer, folder, arch_cls)
+    model = build_model(arch, device="meta", model_class=arch_cls.model_class)
+    return _assembled(model, tok, folder, cfg, arch_cls)
+
+
+def _assembled(model: Transformer, tok, folder: Path, cfg: dict, arch_cls) -> DiffusionLM:
+    """The DiffusionLM of a checkpoint folder's model and tokenizer (the vocabulary checked against it)."""
+    _check_vocab(tok, model.cfg)
+    ids = arch_cls.special_ids(cfg, tok)
+    return DiffusionLM(model, tok, ids, arch_cls, max_length=arch_cls.max_length(cfg), path=folder, config=cfg)
 
 
 def set_fast_path(lm: DiffusionLM, cuda_graphs: bool, fused_kernels: bool) -> DiffusionLM:

@@ -55,22 +55,29 @@ STOP_IDS = {"llada": (126081, 126348), "Dream": (151643, 151645)}
 
 
 def random_lm(name: str, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
-    """A DiffusionLM of the named geometry with random weights (std 0.02), built on the device directly."""
-    cfg = ARCHS[name]
-    arch_cls = MODELS.get(cfg["model_type"])
-    arch: ArchConfig = arch_cls.parse_config(cfg)
-    with torch.device("meta"):
-        model = Transformer(arch)
-    model = model.to(dtype).to_empty(device=device)
+    """A DiffusionLM of the named geometry with random weights (std 0.02), built on the device directly;
+    ``device="meta"``: shapes only (no weights), what a process that only reads prompts and answers needs."""
+    lm = _random_lm_on_meta(name)
+    if torch.device(device).type == "meta":
+        return lm
+    model = lm.model.to(dtype).to_empty(device=device)
     g = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for pname, p in model.named_parameters():
             if pname.endswith("norm.weight"):
                 p.fill_(1.0)
-            elif pname.endswith(".bias"):
-                p.normal_(0.0, 0.02, generator=g)
             else:
                 p.normal_(0.0, 0.02, generator=g)
+    lm.model = model.eval()
+    return lm
+
+
+def _random_lm_on_meta(name: str):
+    cfg = ARCHS[name]
+    arch_cls = MODELS.get(cfg["model_type"])
+    arch: ArchConfig = arch_cls.parse_config(cfg)
+    with torch.device("meta"):
+        model = Transformer(arch)
     ids = SpecialIds(mask_id=cfg["mask_token_id"], eos_id=cfg["eos_token_id"], pad_id=cfg["pad_token_id"],
                      stop_ids=STOP_IDS[cfg["model_type"]])
     lm = from_model(model.eval(), arch_cls, ids)

@@ -23,12 +23,11 @@ import os
 import pickle
 import queue
 import time
-import traceback
 from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import ConfigError, DlmError, GenerationError
+from ..errors import ConfigError, GenerationError, portable
 
 Loader = Callable[[torch.device], Any]  # device -> DiffusionLM (picklable: a module-level function or a partial)
 POLL_S = 0.5
@@ -71,7 +70,7 @@ def _worker(rank: int, device: torch.device, loader: Loader, threads: int, inbox
             torch.cuda.set_device(device)
         lm = loader(device)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
-        outbox.put(("error", rank, None, _portable(exc)))
+        outbox.put(("error", rank, None, portable(exc)))
         return
     outbox.put(("ready", rank, None, None))
     while True:
@@ -85,19 +84,7 @@ def _worker(rank: int, device: torch.device, loader: Loader, threads: int, inbox
             out = lm.generate(prompts, GenerationConfig.from_dict(config), batch_size=batch_size, progress=False)
             outbox.put(("done", rank, task_id, pickle.dumps(out)))
         except BaseException as exc:  # noqa: BLE001
-            outbox.put(("error", rank, task_id, _portable(exc)))
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """``exc`` if it survives pickling (dlm's own errors do), else a GenerationError with its traceback text."""
-    if isinstance(exc, DlmError):
-        try:
-            pickle.loads(pickle.dumps(exc))
-            return exc
-        except Exception:  # noqa: BLE001
-            pass
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return GenerationError(f"{type(exc).__name__}: {exc}\n{text}")
+            outbox.put(("error", rank, task_id, portable(exc)))
 
 
 def shares(n: int, parts: int) -> list[range]:
