@@ -33,7 +33,7 @@ from .stream import sse_events
 
 
 def create_app(server: Server) -> FastAPI:
-    """The application serving ``server``; its lifespan starts the engine threads and drains them at shutdown."""
+    """The application serving ``server``; its lifespan starts the engines and drains them at shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -170,7 +170,7 @@ def model_card(server: Server) -> dict:
     info = {"model_type": lm.model_type, "context": server.slot_len, "max_rows": sum(lp.max_rows for lp in loops),
             "replicas": len(loops), "chat_template": bool(tok is not None and getattr(tok, "chat_template", None)),
             "tokenizer": tok is not None, "vocab_size": lm.arch.valid_vocab or lm.arch.vocab_size,
-            "mask_id": lm.ids.mask_id, "batch_invariant": all(lp.engine.batch_invariant for lp in loops),
+            "mask_id": lm.ids.mask_id, "batch_invariant": all(lp.batch_invariant for lp in loops),
             "default_block_length": params.DEFAULT_BLOCK, "default_max_tokens": params.DEFAULT_MAX_TOKENS}
     return {"id": server.model_name, "object": "model", "created": int(time.time()), "owned_by": "dlm", "dlm": info}
 

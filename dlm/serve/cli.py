@@ -10,6 +10,7 @@ See docs/serving.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -47,6 +48,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "default: the engine's (on for CPU, off for CUDA)")
     e.add_argument("--max-queue", type=int, default=256,
                    help="requests that may wait beyond the running ones; more get 429 (default 256)")
+    e.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
+                   help="run each engine in a process of its own, so that the HTTP side never slows its steps "
+                        "(default); --no-engine-process runs it in a thread of the server's process")
     h = p.add_argument_group("HTTP")
     h.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     h.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -121,28 +125,59 @@ def load_model(args: argparse.Namespace, device):
 
 
 def build_server(args: argparse.Namespace):
-    """Load one model per replica, build an engine for each, and the server around them."""
-    import torch
-
-    from ..api import Engine
+    """One engine per replica (each in its own process unless ``--no-engine-process``) and the server around
+    them; the server's own model handle reads prompts and writes answers."""
+    from .loop import ThreadBackend
+    from .process import ProcessBackend
     from .server import Server, ServerSettings
 
     check_args(args)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    engines = []
-    for device in _devices(args):
-        lm = load_model(args, device)
-        context = min(args.max_context or lm.max_length, lm.max_length)
-        engine = Engine(lm, max_rows=args.max_rows, max_tokens=args.max_rows * context,
-                        batch_invariant=args.batch_invariant)
-        _capture_graphs(engine)
-        engines.append(engine)
+    devices = _devices(args)
+    if args.engine_process:
+        lm = model_handle(args)  # checks the checkpoint before any process starts
+        backends = [ProcessBackend(functools.partial(build_engine, args, d), name=str(i))
+                    for i, d in enumerate(devices)]
+        for i, b in enumerate(backends):
+            b.wait_ready()
+            print(f"dlm serve: engine {i} runs in process {b.proc.pid}: {b.info['model']}", file=sys.stderr,
+                  flush=True)
+    else:
+        engines = [build_engine(args, d) for d in devices]
+        lm, backends = engines[0].model, [ThreadBackend(e, name=str(i)) for i, e in enumerate(engines)]
     name = args.served_model_name or args.random_weights or (Path(args.model).name if args.model else "dlm-tiny")
     settings = ServerSettings(model_name=name, max_queue=args.max_queue, api_key=args.api_key or None,
                               request_timeout=args.request_timeout or None, shutdown_grace=args.shutdown_grace,
                               stream_interval=args.stream_interval)
-    return Server(engines, settings)
+    return Server(backends, settings, lm)
+
+
+def model_handle(args: argparse.Namespace):
+    """The served model without its weights (tokenizer, special ids, geometry): the HTTP side's."""
+    if args.random_weights is not None:
+        from ..bench.scale import random_lm
+
+        return random_lm(args.random_weights, device="meta")
+    from ..api import load_meta
+
+    return load_meta(args.model)
+
+
+def build_engine(args: argparse.Namespace, device):
+    """The engine of one replica on ``device``, its CUDA graphs captured (run in the engine's process)."""
+    import torch
+
+    from ..api import Engine
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda" and device.index is not None:  # a replica's GPU (--data-parallel)
+        torch.cuda.set_device(device)
+    lm = load_model(args, device)
+    context = min(args.max_context or lm.max_length, lm.max_length)
+    engine = Engine(lm, max_rows=args.max_rows, max_tokens=args.max_rows * context,
+                    batch_invariant=args.batch_invariant)
+    _capture_graphs(engine)
+    return engine
 
 
 def _capture_graphs(engine) -> None:
@@ -160,10 +195,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     server = build_server(args)
-    lm, loop = server.lm, server.loops[0]
-    print(f"dlm serve: {server.model_name}: {lm!r}; {len(server.loops)} engine(s) of {loop.max_rows} rows x "
-          f"{loop.slot_len} positions; http://{args.host}:{args.port} (playground at /)", file=sys.stderr,
-          flush=True)
+    loop = server.loops[0]
+    where = "process" if args.engine_process else "thread"
+    print(f"dlm serve: {server.model_name}: {len(server.loops)} engine(s) of {loop.max_rows} rows x "
+          f"{loop.slot_len} positions, each in its own {where}; http://{args.host}:{args.port} (playground at /)",
+          file=sys.stderr, flush=True)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO))
     uvicorn.run(create_app(server), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.shutdown_grace + 1.0)

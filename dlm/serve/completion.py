@@ -2,7 +2,7 @@
 
     c = Completion(server, specs, chat=False, stream=False, endpoint="completions", return_ids=False, canvas=False)
     await c.start()                        # 429 when the server is full; 400 when the engine refuses a config
-    async for update in c.updates(): ...   # (choice index, new text, new ids, the StepEvent) as answers grow
+    async for update in c.updates(): ...   # (choice index, new text, new ids, the Progress) as answers grow
     c.response()                           # the whole OpenAI response once every answer is complete
     c.cancel()                             # whatever still runs is cancelled (its rows freed at the next step)
 
@@ -27,8 +27,8 @@ from .schemas import CONFIG_FIELDS
 
 @dataclass
 class Update:
-    """What one step did for one choice: ``text`` and ``ids`` that became final, ``event`` (the StepEvent, or
-    None when the answer completed from the request's output)."""
+    """What one step did for one choice: ``text`` and ``ids`` that became final, ``event`` (the step's
+    :class:`~dlm.serve.progress.Progress`, or None when the answer completed from the request's outcome)."""
 
     index: int
     text: str
@@ -118,11 +118,11 @@ class Completion:
                     continue
                 if event is None:
                     update = self._ended(job)
-                elif event.done and event.request.error is not None:
+                elif event.failed:
                     continue  # the end marker that follows reports the error
                 else:
-                    self.nfe[job.index] = event.request.nfe
-                    text, ids = answer.update(event.tokens.tolist())
+                    self.nfe[job.index] = event.nfe
+                    text, ids = answer.update(event.tokens)
                     update = Update(job.index, text, ids, event)
                 if answer.complete and event is not None and not event.done:
                     job.owner.cancel(job)  # complete before its canvas: nothing after this point is returned
@@ -131,7 +131,7 @@ class Completion:
                 yield update
 
     async def _pending(self, every_step: bool) -> list[tuple[Any, Any]]:
-        """What the engine thread delivered since the last call (waiting for at least one item)."""
+        """What the engine delivered since the last call (waiting for at least one item)."""
         items = [await self.queue.get()]
         while not self.queue.empty():
             items.append(self.queue.get_nowait())
@@ -145,17 +145,15 @@ class Completion:
         return [(job, event) for k, (job, event) in enumerate(items) if event is None or last[id(job)] == k]
 
     def _ended(self, job) -> Update:
-        """The job's request ended without its answer completing from step events."""
-        r = job.request
-        if r is not None and r.error is not None:
-            raise engine_error(r.error)
-        if job.error is not None:
-            raise engine_error(job.error)
-        if r is None or r.output is None or r.status.value != "done":
+        """The job's request ended without its answer completing from step progress."""
+        out = job.outcome
+        if out.error is not None:
+            raise engine_error(out.error)
+        if out.status != "done" or out.sequence is None:
             raise APIError(503, "the request was cancelled: the server is shutting down", type="server_error",
                            code="cancelled")
-        self.nfe[job.index] = r.nfe
-        text, ids = self.answers[job.index].update(r.output.sequences[0].tolist())
+        self.nfe[job.index] = out.nfe
+        text, ids = self.answers[job.index].update(out.sequence)
         if not self.answers[job.index].complete:  # cannot happen for a finished request: every position is set
             raise APIError(500, "the finished answer still has masked positions", type="server_error")
         return Update(job.index, text, ids, None)

@@ -1,213 +1,198 @@
-"""The engine loop: ONE background thread owns a :class:`dlm.Engine`; the asyncio side talks to it through jobs.
+"""The asyncio side of an engine: :class:`EngineLoop` hands jobs to an engine that runs elsewhere and turns what
+comes back into futures and queue items.
 
-    loop = EngineLoop(engine, metrics)
+    loop = EngineLoop(ProcessBackend(...), metrics)      # the engine in its own process (dlm.serve.process)
+    loop = EngineLoop(ThreadBackend(engine), metrics)    # or in a thread of this process
     loop.start(asyncio.get_running_loop())
     job = loop.submit(prompt_ids, config, wants_steps=True, events=queue)   # from the asyncio thread
                                                                             # (every=N: every Nth step's event)
-    request = await job.accepted          # prepared and queued between two steps (or the ConfigError refusing it)
-    job, event = await queue.get()        # its StepEvents as (job, event); (job, None) once it has ended
+    await job.accepted                    # queued in the engine (or the ConfigError refusing it)
+    job, progress = await queue.get()     # its steps as (job, Progress); (job, None) once it has ended
+    job.outcome                           # then: how it ended (dlm.serve.progress.Outcome)
     loop.cancel(job)                      # its rows are freed at the next step
 
-The thread steps while any request is queued or running and otherwise sleeps on a condition. Between two steps
-it takes new jobs (``Engine.prepare`` + ``enqueue``), applies cancellations, and hands everything that happened
-to the asyncio loop in ONE ``call_soon_threadsafe`` per step. Nothing else touches the engine, so no HTTP
-handler ever waits on the engine's lock. A request that fails fails alone (the engine sees to that); an
-exception escaping a step (an engine bug) ends the requests of that step with a GenerationError and the loop
-goes on serving the next ones.
+Either backend runs an :class:`~dlm.serve.driver.EngineDriver`, which delivers a list of items per engine
+iteration; they reach the asyncio loop in ONE ``call_soon_threadsafe`` per iteration. Nothing on the asyncio
+side touches the engine, so no HTTP handler ever waits on it. If the engine's process dies, every job still
+running ends with a GenerationError and the loop reports itself dead (``/health`` answers 503).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
-import time
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import GenerationError
+from .driver import EngineDriver
+from .progress import Outcome
 
 log = logging.getLogger("dlm.serve")
 
 
 class Job:
-    """One engine request as the HTTP side sees it. ``wants_steps``: deliver step events (streaming, stop
-    strings), else only the last one; ``every``: with ``wants_steps``, deliver the event of every ``every``-th
-    step of the request (and its last); ``events``: the asyncio queue that receives ``(job, event)`` pairs and
-    ``(job, None)`` at the end (several jobs of one HTTP request share one)."""
+    """One engine request as the HTTP side sees it. ``wants_steps``: deliver step progress (streaming, stop
+    strings), else only the last step; ``every``: with ``wants_steps``, deliver every ``every``-th step of the
+    request (and its last); ``events``: the asyncio queue that receives ``(job, Progress)`` pairs and
+    ``(job, None)`` at the end (several jobs of one HTTP request share one); ``outcome``: set at the end."""
 
-    def __init__(self, owner: "EngineLoop", prompt_ids: list[int], config, wants_steps: bool,
+    def __init__(self, owner: "EngineLoop", key: int, prompt_ids: list[int], config, wants_steps: bool,
                  events: asyncio.Queue, aio: asyncio.AbstractEventLoop, every: int = 1):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
-        self.owner = owner
+        self.owner, self.key = owner, key
         self.prompt_ids, self.config, self.wants_steps, self.every = prompt_ids, config, wants_steps, every
         self.accepted: asyncio.Future = aio.create_future()
         self.events = events
-        self.request: Any = None  # set by the thread when accepted
-        self.error: BaseException | None = None  # an engine failure that is not the request's own
-        self.finished = False  # asyncio side: the end was dispatched
-        self.t_submit = time.perf_counter()
+        self.outcome: Outcome | None = None
+        self.finished = False  # the end was dispatched
 
 
-class EngineLoop:
-    """The thread that runs ``engine`` (see the module doc). ``metrics``: a :class:`dlm.serve.metrics.Metrics`
-    or None; ``name`` labels the replica in metrics and logs."""
+class ThreadBackend:
+    """An engine stepped by a thread of this process (``dlm serve --no-engine-process``)."""
 
-    def __init__(self, engine, metrics=None, name: str = "0"):
-        self.engine, self.metrics, self.name = engine, metrics, name
-        self._cond = threading.Condition()
-        self._inbox: list[Job] = []
-        self._cancels: list[Job] = []
-        self._live: list[Job] = []  # thread-owned: accepted jobs whose end is not yet delivered
-        self._stopping = False
+    def __init__(self, engine, name: str = "0"):
+        self.engine, self.name = engine, name
+        self.driver = EngineDriver(engine)
+        self.info = engine_info(engine)
         self._thread: threading.Thread | None = None
-        self._aio: asyncio.AbstractEventLoop | None = None
-        self.in_flight = 0  # asyncio side: jobs submitted and not yet ended (least-loaded routing, queue limit)
-        stats = engine.stats()
-        self.max_rows, self.slot_len = int(stats["max_rows"]), int(stats["slot_len"])
-        if metrics is not None:
-            metrics.engine_state(name, stats, 0)
 
-    # ----------------------------------------------------------------- asyncio side
-    def start(self, aio: asyncio.AbstractEventLoop) -> None:
-        self._aio = aio
-        self._thread = threading.Thread(target=self._run, name=f"dlm-engine-{self.name}", daemon=True)
+    def start(self, deliver: Callable[[list], None], died: Callable[[str], None]) -> None:
+        self._thread = threading.Thread(target=self.driver.run, args=(deliver,), name=f"dlm-engine-{self.name}",
+                                        daemon=True)
         self._thread.start()
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, key: int, prompt_ids: list[int], config, wants_steps: bool, every: int) -> None:
+        self.driver.submit(key, prompt_ids, config, wants_steps=wants_steps, every=every)
+
+    def cancel(self, key: int) -> None:
+        self.driver.cancel(key)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.driver.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def engine_info(engine) -> dict[str, Any]:
+    """What the HTTP side needs to know about an engine: its rows, slot length, numerics and stats."""
+    stats = engine.stats()
+    return {"max_rows": int(stats["max_rows"]), "slot_len": int(stats["slot_len"]),
+            "batch_invariant": bool(engine.batch_invariant), "stats": stats, "model": repr(engine.model)}
+
+
+class EngineLoop:
+    """The asyncio side of one engine (see the module doc). ``backend``: a :class:`ThreadBackend` or a
+    :class:`dlm.serve.process.ProcessBackend`; ``metrics``: a :class:`dlm.serve.metrics.Metrics` or None;
+    ``name`` labels the replica in metrics and logs."""
+
+    def __init__(self, backend, metrics=None, name: str = "0"):
+        self.backend, self.metrics, self.name = backend, metrics, name
+        info = backend.info
+        self.max_rows, self.slot_len = info["max_rows"], info["slot_len"]
+        self.batch_invariant = info["batch_invariant"]
+        self.in_flight = 0  # jobs submitted and not yet ended (least-loaded routing, queue limit)
+        self._jobs: dict[int, Job] = {}
+        self._keys = itertools.count()
+        self._aio: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._dead: str | None = None  # why the engine is gone, when it died
+        if metrics is not None:
+            metrics.engine_state(name, info["stats"], 0)
+
+    def start(self, aio: asyncio.AbstractEventLoop) -> None:
+        self._aio = aio
+        self.backend.start(self._deliver, self._died)
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and not self._stopping and self.backend.alive
 
     def submit(self, prompt_ids: list[int], config, *, wants_steps: bool, events: asyncio.Queue,
                every: int = 1) -> Job:
-        job = Job(self, prompt_ids, config, wants_steps, events, self._aio, every)
+        job = Job(self, next(self._keys), prompt_ids, config, wants_steps, events, self._aio, every)
+        if self._dead is not None:
+            self._end(job, Outcome("failed", GenerationError(self._dead), 0, None))
+            return job
+        self._jobs[job.key] = job
         self.in_flight += 1
-        with self._cond:
-            self._inbox.append(job)
-            self._cond.notify()
+        self.backend.submit(job.key, prompt_ids, config, wants_steps, every)
         return job
 
     def cancel(self, job: Job) -> None:
         """End ``job`` (queued: now; running: at the next step, which frees its rows)."""
-        if job.finished:
-            return
-        with self._cond:
-            self._cancels.append(job)
-            self._cond.notify()
+        if not job.finished and self._dead is None:
+            self.backend.cancel(job.key)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel whatever is still queued or running, free it, and end the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """Cancel whatever is still queued or running, free it, and stop the engine."""
+        self._stopping = True
+        self.backend.stop(timeout)
 
-    def _dispatch(self, out: list[tuple[str, Job, Any]]) -> None:
-        """On the asyncio loop: resolve acceptances, queue events, mark ends."""
-        for kind, job, payload in out:
+    # ----------------------------------------------------------------- on the asyncio loop
+    def _deliver(self, items: list) -> None:
+        """From the engine's thread (or the thread reading its process): hand ``items`` to the asyncio loop."""
+        if self._aio is None:
+            return
+        try:
+            self._aio.call_soon_threadsafe(self._dispatch, items)
+        except RuntimeError:  # the asyncio loop has closed (shutdown): nobody is waiting any more
+            pass
+
+    def _died(self, reason: str) -> None:
+        if self._aio is None:
+            return
+        try:
+            self._aio.call_soon_threadsafe(self._fail_all, reason)
+        except RuntimeError:
+            pass
+
+    def _dispatch(self, items: list) -> None:
+        for kind, key, payload in items:
+            if kind == "step":
+                if self.metrics is not None:
+                    self.metrics.step(self.name, *payload)
+                continue
+            if kind == "state":
+                if self.metrics is not None:
+                    self.metrics.engine_state(self.name, *payload)
+                continue
+            job = self._jobs.get(key)
+            if job is None:  # ended already (a failed step ends its jobs before their requests stop)
+                continue
             if kind == "accept":
-                if isinstance(payload, BaseException):
-                    job.finished = True
-                    self.in_flight -= 1
+                if payload is None:
                     if not job.accepted.done():
-                        job.accepted.set_exception(payload)
-                elif not job.accepted.done():
-                    job.accepted.set_result(payload)
+                        job.accepted.set_result(None)
+                else:
+                    self._end(job, Outcome("failed", payload, 0, None), queue=False)
             elif kind == "event":
                 job.events.put_nowait((job, payload))
             else:  # end
-                if not job.finished:
-                    job.finished = True
-                    self.in_flight -= 1
-                if not job.accepted.done():
-                    job.accepted.set_exception(job.error or GenerationError("the request ended before it started"))
-                job.events.put_nowait((job, None))
+                self._end(job, payload)
 
-    # ----------------------------------------------------------------- the thread
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not (self._inbox or self._cancels or self._stopping or self.engine.pending):
-                    self._cond.wait()
-                new, cancels, stopping = self._inbox, self._cancels, self._stopping
-                self._inbox, self._cancels = [], []
-            out: list[tuple[str, Job, Any]] = []
-            try:
-                self._iteration(new, cancels, stopping, out)
-            except Exception:  # noqa: BLE001 - the loop must outlive any bug; the requests involved were ended
-                log.exception("dlm serve: engine loop iteration failed")
-            self._deliver(out)
-            if stopping:
-                return
-
-    def _iteration(self, new: list[Job], cancels: list[Job], stopping: bool, out: list) -> None:
-        for job in new:
-            self._accept(job, out)
-        for job in (list(self._live) if stopping else cancels):
-            if job.request is not None and not job.request.done:
-                self.engine.cancel(job.request)
-        if self.engine.pending:
-            self._step(out)
-        self._collect_ended(out)
-        if self.metrics is not None:
-            self.metrics.engine_state(self.name, self.engine.stats(), len(self._inbox))
-
-    def _accept(self, job: Job, out: list) -> None:
-        try:
-            request = self.engine.prepare(job.prompt_ids, job.config, tag=job)
-            self.engine.enqueue(request)
-        except Exception as exc:  # noqa: BLE001 - a refused request (ConfigError) goes back to its handler
-            out.append(("accept", job, exc))
+    def _end(self, job: Job, outcome: Outcome, queue: bool = True) -> None:
+        """``job`` is over: its outcome, its acceptance (failed if it never started) and its end marker."""
+        if job.finished:
             return
-        job.request = request
-        self._live.append(job)
-        out.append(("accept", job, request))
+        job.finished, job.outcome = True, outcome
+        if self._jobs.pop(job.key, None) is not None:
+            self.in_flight -= 1
+        if not job.accepted.done():
+            job.accepted.set_exception(outcome.error or GenerationError("the request ended before it started"))
+        if queue:
+            job.events.put_nowait((job, None))
 
-    def _step(self, out: list) -> None:
-        t0 = time.perf_counter()
-        try:
-            events = self.engine.step()
-        except Exception as exc:  # noqa: BLE001 - an engine bug: end this step's requests, keep serving
-            log.exception("dlm serve: engine step failed")
-            self._fail_running(GenerationError(f"the engine step failed: {type(exc).__name__}: {exc}"), out)
-            return
-        committed = 0
-        for ev in events:
-            job = ev.tag
-            committed += int(ev.committed.sum())
-            if ev.done or (job.wants_steps and ev.step % job.every == 0):  # ev.step: the request's steps so far
-                out.append(("event", job, ev))
-        if self.metrics is not None:
-            self.metrics.step(self.name, time.perf_counter() - t0, committed, len(events))
-
-    def _fail_running(self, error: GenerationError, out: list) -> None:
-        for job in self._live:
-            if job.request is not None and not job.request.done:
-                job.error = error
-                try:
-                    self.engine.cancel(job.request)
-                except Exception:  # noqa: BLE001
-                    log.exception("dlm serve: cancel after a failed step failed")
-        for job in [j for j in self._live if j.error is error]:
-            self._live.remove(job)
-            out.append(("end", job, None))
-        time.sleep(0.05)  # a step that keeps failing must not spin the loop at full speed
-
-    def _collect_ended(self, out: list) -> None:
-        """Jobs whose request ended (finished, failed or cancelled) since the last step."""
-        still = []
-        for job in self._live:
-            if job.request.done:
-                out.append(("end", job, None))
-            else:
-                still.append(job)
-        self._live = still
-
-    def _deliver(self, out: list) -> None:
-        if not out or self._aio is None:
-            return
-        try:
-            self._aio.call_soon_threadsafe(self._dispatch, out)
-        except RuntimeError:  # the asyncio loop has closed (shutdown): nobody is waiting any more
-            pass
+    def _fail_all(self, reason: str) -> None:
+        """The engine died: every job it held ends with a GenerationError saying so."""
+        self._dead = reason
+        log.error("dlm serve: engine %s: %s", self.name, reason)
+        error = GenerationError(reason)
+        for job in list(self._jobs.values()):
+            self._end(job, Outcome("failed", error, 0, None))

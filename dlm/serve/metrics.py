@@ -1,6 +1,6 @@
 """Prometheus metrics of the server (``GET /metrics``), through prometheus-client.
 
-Engine state (per replica, set by the engine thread after every step): ``dlm_queue_depth`` (requests waiting
+Engine state (per replica, from what the engine reports after every step): ``dlm_queue_depth`` (requests waiting
 for rows), ``dlm_running_requests``, ``dlm_active_rows`` (rows of the key/value pool in use),
 ``dlm_max_rows``, ``dlm_engine_steps_total``, ``dlm_engine_step_seconds``, ``dlm_committed_tokens_total``
 and ``dlm_tokens_per_second`` (committed answer positions per second over the last 10 s).
@@ -54,7 +54,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._nfe = self._tokens = 0
 
-    # ----------------------------------------------------------------- engine thread
+    # ----------------------------------------------------------------- engine reports (on the asyncio loop)
     def engine_state(self, replica: str, stats: dict, inbox: int) -> None:
         self.queue_depth.labels(replica).set(stats["queued"] + inbox)
         self.running.labels(replica).set(stats["running"])

@@ -1,9 +1,12 @@
 """The server's state: the model, one engine loop per replica, admission (queue limit, API key), shutdown.
 
-    server = Server([engine], ServerSettings(model_name="dlm-tiny", max_queue=256))
+    server = Server([ProcessBackend(spec)], ServerSettings(model_name="dlm-tiny", max_queue=256), lm)
     app = create_app(server)      # dlm.serve.app
 
-Requests go to the replica with the fewest requests in flight (``--data-parallel``: one engine per device).
+``lm`` reads prompts and writes answers (its tokenizer and special ids: weights are not needed, see
+:func:`dlm.api.load_meta`); each backend runs an engine (:mod:`dlm.serve.process`: in its own process;
+:class:`dlm.serve.loop.ThreadBackend`: in a thread). Requests go to the replica with the fewest requests in
+flight (``--data-parallel``: one engine per device).
 The server holds at most ``max_rows`` (summed over replicas) + ``max_queue`` engine requests at once (a request
 with ``n`` choices counts ``n``); beyond that it answers 429 with ``Retry-After``.
 """
@@ -47,13 +50,13 @@ class ServerSettings:
 class Server:
     """Engines behind one HTTP front (see the module doc)."""
 
-    def __init__(self, engines: list, settings: ServerSettings):
-        if not engines:
+    def __init__(self, backends: list, settings: ServerSettings, lm):
+        if not backends:
             raise ValueError("a server needs at least one engine")
         self.settings = settings
         self.metrics = Metrics()
-        self.loops = [EngineLoop(e, self.metrics, name=str(i)) for i, e in enumerate(engines)]
-        self.lm = engines[0].model
+        self.loops = [EngineLoop(b, self.metrics, name=str(i)) for i, b in enumerate(backends)]
+        self.lm = lm
         self.stopping = False
         self._latency = 1.0  # moving average of request latency (s), for Retry-After
 
@@ -125,7 +128,7 @@ class Server:
 
     async def shutdown(self) -> None:
         """Let in-flight requests finish for up to ``shutdown_grace`` seconds, then cancel the rest and stop
-        the engine threads."""
+        the engines."""
         self.stopping = True
         deadline = time.monotonic() + self.settings.shutdown_grace
         while self.in_flight and time.monotonic() < deadline:

@@ -45,7 +45,7 @@ def canvas_info(c: Completion, index: int) -> dict[str, Any]:
 
 def step_info(c: Completion, u: Update) -> dict[str, Any]:
     ev = u.event
-    pairs = ev.new_tokens()
+    pairs = ev.committed
     tok = c.server.lm.tokenizer
     pieces = [tok.decode([t]) for _, t in pairs] if tok is not None else [""] * len(pairs)
     return {"index": u.index, "step": ev.step, "block": ev.block, "nfe": c.nfe[u.index],

@@ -39,11 +39,16 @@ def free_port() -> int:
 class ServerProcess:
     """A ``dlm serve`` process; ``url`` is its base URL, ``log`` its captured output."""
 
-    def __init__(self, args: list[str], log: Path, launcher: str | None = None):
+    def __init__(self, args: list[str], log: Path, launcher: str | None = None, script: str | None = None):
+        """``launcher``: ``python -c`` code to run instead of ``python -m dlm.serve``; ``script``: a file."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
-        head = [sys.executable, "-c", launcher] if launcher else [sys.executable, "-m", "dlm.serve"]
+        head = [sys.executable, "-m", "dlm.serve"]
+        if launcher is not None:
+            head = [sys.executable, "-c", launcher]
+        elif script is not None:
+            head = [sys.executable, script]
         cmd = head + ["--port", str(self.port), "--threads", "1", "--log-level", "warning", *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._log = open(log, "w")
@@ -134,9 +139,9 @@ def client(server):
     return openai_client(server)
 
 
-# a server process with a broken scheduler plugin registered: "explode" raises at its first step
-EXPLODING = """
-import sys
+# a scheduler plugin that breaks: "explode" raises at its first step. The server's launcher imports it (so the
+# engine's process must register it too, by its module name).
+EXPLODING_PLUGIN = """
 import dlm
 from dlm.schedulers.low_confidence import LowConfidence
 
@@ -144,17 +149,29 @@ from dlm.schedulers.low_confidence import LowConfidence
 class Explode(LowConfidence):
     def step(self, cand, view, state):
         raise RuntimeError("boom")
-
+"""
+LAUNCHER = """
+import sys
+import {module}
 from dlm.serve.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def plugin_launcher(folder: Path, source: str = EXPLODING_PLUGIN, module: str = "explode_plugin") -> str:
+    """``python -c`` code that imports ``source`` as ``module`` from ``folder`` and runs dlm serve."""
+    (folder / f"{module}.py").write_text(source)
+    return f"import sys; sys.path.insert(0, {str(folder)!r})\n" + LAUNCHER.format(module=module)
+
+
 KEY = "s3cret-key"
 
 
 @pytest.fixture(scope="session")
 def small_server(tmp_path_factory):
     """2 rows, a queue of 1, an API key, a 6 s request timeout, and the exploding scheduler."""
+    folder = tmp_path_factory.mktemp("small")
     s = ServerProcess(["--max-rows", "2", "--max-queue", "1", "--api-key", KEY, "--request-timeout", "6"],
-                      tmp_path_factory.mktemp("small") / "server.log", launcher=EXPLODING)
+                      folder / "server.log", launcher=plugin_launcher(folder))
     yield s
     s.stop()

@@ -1,5 +1,5 @@
-"""The engine thread, in-process: events reach asyncio, cancellation frees rows, a step that raises ends its
-requests without stopping the loop, stop() ends the thread."""
+"""The engine loop with the engine in a thread (ThreadBackend): progress reaches asyncio, cancellation frees
+rows, a step that raises ends its requests without stopping the loop, stop() ends the thread."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 import dlm
 from dlm.errors import GenerationError
-from dlm.serve.loop import EngineLoop
+from dlm.serve.loop import EngineLoop, ThreadBackend
 
 CFG = dlm.GenerationConfig(gen_length=32, steps=8)
 LONG = dlm.GenerationConfig(gen_length=256, logits_eos_inf=True)
@@ -25,7 +25,7 @@ def with_loop(engine, work):
     """Run the coroutine function ``work(loop)`` with a started EngineLoop, stopped afterwards; its result."""
 
     async def main():
-        loop = EngineLoop(engine)
+        loop = EngineLoop(ThreadBackend(engine))
         loop.start(asyncio.get_running_loop())
         try:
             return await work(loop)
@@ -54,12 +54,13 @@ async def drain(queue: asyncio.Queue, job) -> list:
 def test_events_reach_asyncio_and_the_answer_is_generates(engine, model):
     async def work(loop):
         job, q = submit(loop, model.encode(PROMPT)[0], CFG)
-        request = await job.accepted
-        return request, await drain(q, job), loop
+        await job.accepted
+        return job, await drain(q, job), loop
 
-    request, events, loop = with_loop(engine, work)
+    job, events, loop = with_loop(engine, work)
     assert [e.step for e in events] == list(range(1, len(events) + 1)) and events[-1].done
-    assert request.output.texts == model.generate(PROMPT, CFG).texts
+    reference = model.generate(PROMPT, CFG).sequences[0].tolist()
+    assert job.outcome.status == "done" and job.outcome.sequence == reference == events[-1].tokens
     assert loop.in_flight == 0 and not loop.alive
 
 
@@ -75,7 +76,7 @@ def test_cancel_frees_the_rows(engine, model):
         return job
 
     job = with_loop(engine, work)
-    assert job.request.status.value == "cancelled" and engine.stats()["rows_in_use"] == 0
+    assert job.outcome.status == "cancelled" and engine.stats()["rows_in_use"] == 0
 
 
 def test_a_step_that_raises_ends_its_requests_and_the_loop_goes_on(engine, model):
@@ -99,8 +100,9 @@ def test_a_step_that_raises_ends_its_requests_and_the_loop_goes_on(engine, model
         return jobs
 
     first, second = with_loop(engine, work)
-    assert isinstance(first.error, GenerationError) and "kaput" in str(first.error)
-    assert second.error is None and second.request.output.texts == model.generate(PROMPT, CFG).texts
+    assert isinstance(first.outcome.error, GenerationError) and "kaput" in str(first.outcome.error)
+    assert second.outcome.error is None
+    assert second.outcome.sequence == model.generate(PROMPT, CFG).sequences[0].tolist()
     assert engine.stats()["rows_in_use"] == 0
 
 
@@ -124,7 +126,7 @@ def test_stop_cancels_what_still_runs(engine, model):
         return job, loop
 
     job, loop = with_loop(engine, work)
-    assert job.request.status.value == "cancelled" and not loop.alive and engine.stats()["rows_in_use"] == 0
+    assert job.outcome.status == "cancelled" and not loop.alive and engine.stats()["rows_in_use"] == 0
 
 
 def test_every_nth_step_and_the_last(engine, model):
