@@ -8,6 +8,8 @@ length). Reported in milliseconds per engine step:
 
 static      ``model.generate`` of the 32 prompts (its engine sized to them)
 server      an Engine of 32 rows x the model's context with its CUDA graphs captured, as ``dlm serve`` builds it
+server closed-loop     the same engine, 96 requests, 32 at a time: one submitted as soon as another finishes
+server, no lookahead   "server" with an engine built with ``lookahead=False`` (and its closed loop)
 +decode     the same, each step's events detokenized in the stepping thread (what the streams need)
 +busy F     "server" (no detokenizing) beside a thread that runs Python (``json.dumps``) for F of every
             millisecond
@@ -53,6 +55,20 @@ def ms_per_step_engine(engine, prompts, cfg, per_event=None) -> float:
     return (time.perf_counter() - t) * 1e3 / steps
 
 
+def ms_per_step_closed_loop(engine, prompts, cfg, total: int) -> float:
+    """``total`` requests, ``len(prompts)`` at a time: a new one is submitted as soon as one finishes (what a
+    server's clients do), so requests arrive between steps all along."""
+    waiting = [prompts[i % len(prompts)] for i in range(total)]
+    live = [engine.submit(waiting.pop(), cfg) for _ in range(len(prompts))]
+    t, steps = time.perf_counter(), 0
+    while live:
+        engine.step()
+        steps += 1
+        done = [r for r in live if r.done]
+        live = [r for r in live if not r.done] + [engine.submit(waiting.pop(), cfg) for _ in done if waiting]
+    return (time.perf_counter() - t) * 1e3 / steps
+
+
 class Busy(threading.Thread):
     """Python work holding the interpreter lock for about ``share`` of the time, in slices of about 1 ms."""
 
@@ -91,10 +107,15 @@ def main() -> None:
     ms_per_step_static(lm, prompts, cfg)  # warm-up (compilation, first graphs)
     engine = dlm.Engine(lm, max_rows=args.rows, max_tokens=args.rows * lm.max_length)
     engine.capture_graphs()
+    plain = dlm.Engine(lm, max_rows=args.rows, max_tokens=args.rows * lm.max_length, lookahead=False)
+    plain.capture_graphs()
     rows: list[dict] = []
     for rnd in range(args.rounds):
         row = {"round": rnd, "static": ms_per_step_static(lm, prompts, cfg),
                "server": ms_per_step_engine(engine, prompts, cfg),
+               "server closed-loop": ms_per_step_closed_loop(engine, prompts, cfg, 3 * args.rows),
+               "server, no lookahead": ms_per_step_engine(plain, prompts, cfg),
+               "server closed-loop, no lookahead": ms_per_step_closed_loop(plain, prompts, cfg, 3 * args.rows),
                "server+decode": ms_per_step_engine(engine, prompts, cfg, decode)}
         for share in args.busy:
             busy = Busy(share)

@@ -6,11 +6,12 @@ static batching of the same requests as the baseline.
                                                      for the static baseline; or --no-static)
     dlm bench serve --random-weights llada-8b --device cuda --max-tokens 128 --set cache=dual
 
-For each concurrency c, ``--requests`` requests (default max(16, 2c)) go out through c clients at a time (each
-sends its next request when its last one has finished), streamed, so the time to first text is the client's.
+For each concurrency c, after one untimed round of c requests (a warm-up at that concurrency), ``--requests``
+requests (default max(16, 2c)) go out through c clients at a time (each sends its next request when its last
+one has finished), streamed, so the time to first text is the client's.
 Reported: requests/s, output tokens/s (answer tokens up to the first stop), TTFT and latency p50/p99, errors.
 After each level the same requests run through ``model.generate`` in this process (its own copy of the model),
-in consecutive static batches of c, while the server idles: the ratio served / static is the price (or the gain)
+in consecutive static batches of c after one untimed batch, while the server idles: the ratio served / static is the price (or the gain)
 of serving, measured minutes apart. The default workload fixes the work per request (``logits_eos_inf``: every answer
 is ``max_tokens`` long; ``steps = max_tokens / 4``: 4 tokens per step), so both sides decode the same tokens.
 Writes results.json, results.md and serve.png to ``--out``.
@@ -93,6 +94,8 @@ def server_command(args: argparse.Namespace, port: int, max_rows: int) -> list[s
                         ("--quantize", args.quantize), ("--stream-interval", args.stream_interval)):
         if value is not None:
             cmd += [flag, str(value)]
+    if args.engine_process is not None:
+        cmd.append("--engine-process" if args.engine_process else "--no-engine-process")
     return cmd + speed_flags(args)
 
 
@@ -134,6 +137,13 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log_path: Pa
 # ------------------------------------------------------------------------------------------------ the sweeps
 def requests_for(args: argparse.Namespace, c: int) -> int:
     return args.requests or max(16, 2 * c)
+
+
+def warm_up(url: str, workload: Workload, model: str, c: int, args: argparse.Namespace) -> None:
+    """One untimed round of ``c`` requests at concurrency ``c``: a server's first round at a new concurrency
+    can step slower than the next ones (26 against 16-19 ms for dlm-tiny at 32 on one H200 machine), which a
+    level must not count."""
+    asyncio.run(run_level(url, [workload.body(i, model) for i in range(c)], c, api_key=args.api_key))
 
 
 def served_level(url: str, workload: Workload, model: str, c: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -226,15 +236,13 @@ def _sweep(url: str, args: argparse.Namespace, fields: dict[str, Any], lm, devic
     card = httpx.get(url + "/v1/models", headers=headers, timeout=30).json()["data"][0]
     n = max(requests_for(args, c) for c in args.concurrency)
     workload = make_workload(card, n, args.max_tokens, fields, args.prompt_tokens, args.seed)
-    warm = min(8, max(args.concurrency))
-    asyncio.run(run_level(url, [workload.body(i, card["id"]) for i in range(warm)], warm, api_key=args.api_key))
     static = Static(lm, workload) if lm is not None else None
-    if static is not None:
-        static.warm_up(warm)
     served, baseline = [], []
     for c in args.concurrency:
+        warm_up(url, workload, card["id"], c, args)
         served.append(served_level(url, workload, card["id"], c, args))
         if static is not None:
+            static.warm_up(c)
             baseline.append(static.level(c, requests_for(args, c)))
     info = card["dlm"]
     return {"environment": environment(device), "model": {"name": card["id"], **info},
@@ -262,6 +270,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     m.add_argument("--max-context", type=int, default=None, help="the server's --max-context")
     m.add_argument("--stream-interval", type=int, default=None, metavar="N",
                    help="the server's --stream-interval (default: the server's, 1)")
+    m.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=None,
+                   help="the server's --engine-process / --no-engine-process (default: the server's, a process)")
     w = p.add_argument_group("workload")
     w.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64], help="levels (default 1 8 32 64)")
     w.add_argument("--requests", type=int, default=None, help="requests per level (default max(16, 2 x level))")
@@ -292,9 +302,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--concurrency, --max-tokens and --requests must be >= 1")
     if args.stream_interval is not None and args.stream_interval < 1:
         raise ConfigError(f"--stream-interval must be >= 1, got {args.stream_interval}")
-    if args.stream_interval is not None and args.url is not None:
-        raise ConfigError("--stream-interval is passed to the server this command starts; with --url, start that "
-                          "server with it instead")
+    for name in ("stream_interval", "engine_process"):
+        if getattr(args, name) is not None and args.url is not None:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} is passed to the server this command starts; with --url, start that "
+                              "server with it instead")
     if args.url is not None and not args.no_static and args.model is None and args.random_weights is None:
         print("dlm bench serve: --url without --model: the static baseline uses the bundled dlm-tiny; it must be "
               "the served model", file=sys.stderr)

@@ -61,3 +61,19 @@ def test_the_started_server_gets_the_model_options():
     serve_configure(served)
     parsed = served.parse_args(cmd[cmd.index("dlm.serve") + 1:])
     assert (parsed.fast, parsed.cuda_graphs, parsed.fused_kernels) == (False, None, False)
+
+
+def test_the_engine_process_flag_reaches_the_server():
+    import argparse
+
+    from dlm.cli import main as dlm_main
+    from dlm.serve.bench import configure, server_command
+    from dlm.serve.cli import configure as serve_configure
+
+    p, served = argparse.ArgumentParser(), argparse.ArgumentParser()
+    configure(p)
+    serve_configure(served)
+    for flags, expected in (([], True), (["--no-engine-process"], False), (["--engine-process"], True)):
+        cmd = server_command(p.parse_args(flags), port=1234, max_rows=8)
+        assert served.parse_args(cmd[cmd.index("dlm.serve") + 1:]).engine_process is expected
+    assert dlm_main(["bench", "serve", "--url", "http://127.0.0.1:1", "--no-engine-process"]) == 2
