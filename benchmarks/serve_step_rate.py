@@ -59,7 +59,9 @@ def rounds(spec: str, concurrency: int, requests: int, max_tokens: int, reps: in
         work = make_workload(card, requests, max_tokens, {"steps": max_tokens // 4, "logits_eos_inf": True}, 64)
         bodies = [work.body(i, card["id"]) for i in range(requests)]
         asyncio.run(run_level(url, bodies[:8], 8))  # what dlm bench serve warmed with before 2026-11-29
-        print(json.dumps({"mode": spec, "compiled_files_before_the_rounds": compiled_files()}), flush=True)
+        before = {"mode": spec, "compiled_files_before_the_rounds": compiled_files()}
+        print(json.dumps(before), flush=True)
+        out.append(before)
         for rep in range(reps):
             a, t = scrape(url), time.perf_counter()
             level = asyncio.run(run_level(url, bodies, concurrency)).summary()

@@ -197,9 +197,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = build_server(args)
     loop = server.loops[0]
     where = "process" if args.engine_process else "thread"
-    print(f"dlm serve: {server.model_name}: {len(server.loops)} engine(s) of {loop.max_rows} rows x "
-          f"{loop.slot_len} positions, each in its own {where}; http://{args.host}:{args.port} (playground at /)",
-          file=sys.stderr, flush=True)
+    print(f"dlm serve: {server.model_name}: {loop.backend.info['model']}; {len(server.loops)} engine(s) of "
+          f"{loop.max_rows} rows x {loop.slot_len} positions, each in its own {where}; http://{args.host}:"
+          f"{args.port} (playground at /)", file=sys.stderr, flush=True)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO))
     uvicorn.run(create_app(server), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.shutdown_grace + 1.0)

@@ -131,9 +131,19 @@ class EngineLoop:
             self.backend.cancel(job.key)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel whatever is still queued or running, free it, and stop the engine."""
+        """Cancel whatever is still queued or running, free it, and stop the engine. A job whose end the engine
+        did not report (it was killed at the timeout) ends as cancelled."""
         self._stopping = True
         self.backend.stop(timeout)
+        if self._aio is not None:
+            try:
+                self._aio.call_soon_threadsafe(self._end_leftovers)
+            except RuntimeError:  # the asyncio loop has closed: nobody is waiting any more
+                pass
+
+    def _end_leftovers(self) -> None:
+        for job in list(self._jobs.values()):
+            self._end(job, Outcome("cancelled", None, 0, None))
 
     # ----------------------------------------------------------------- on the asyncio loop
     def _deliver(self, items: list) -> None:

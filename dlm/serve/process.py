@@ -31,13 +31,15 @@ import atexit
 import dataclasses
 import logging
 import multiprocessing
+import os
+import pickle
 import signal
 import threading
 import traceback
 from typing import Any, Callable
 
 from ..config import GenerationConfig
-from ..errors import DlmError, RegistryError, portable
+from ..errors import DlmError, GenerationError, RegistryError, portable
 from .driver import EngineDriver
 from .loop import engine_info
 from .progress import Outcome
@@ -99,15 +101,13 @@ class ProcessBackend:
         self._send(("cancel", key))
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Ask the child to cancel what runs and exit; terminate it if it has not within ``timeout`` s."""
+        """Ask the child to cancel what runs and exit; kill it if it has not within ``timeout`` s (it ignores
+        SIGTERM, see the module doc)."""
         self._stopping = True
         self._send(("stop",))
         self.proc.join(timeout)
         if self.proc.is_alive():
-            log.warning("dlm serve: engine process %s did not stop within %g s; terminating it", self.name, timeout)
-            self.proc.terminate()
-            self.proc.join(5)
-        if self.proc.is_alive():
+            log.warning("dlm serve: engine process %s did not stop within %g s; killing it", self.name, timeout)
             self.proc.kill()
             self.proc.join(5)
         if self._reader is not None and self._reader is not threading.current_thread():
@@ -122,16 +122,23 @@ class ProcessBackend:
                 pass
 
     def _read(self, deliver: Callable[[list], None], died: Callable[[str], None]) -> None:
+        reason = None
         while True:
             try:
                 items = self._conn.recv()
             except (EOFError, OSError):
                 break
+            except Exception as exc:  # noqa: BLE001 - a message that cannot be read: the engine cannot go on
+                log.exception("dlm serve: a message from engine process %s could not be read", self.name)
+                reason = f"a message from the engine process {self.name} could not be read ({type(exc).__name__})"
+                self.proc.kill()
+                break
             deliver(items)
         self.proc.join(5)
         if not self._stopping:
             code = self.proc.exitcode
-            died(f"the engine process {self.name} exited unexpectedly (exit code {code}); its requests failed")
+            died(reason or f"the engine process {self.name} exited unexpectedly (exit code {code}); its requests "
+                           "failed")
 
 
 # ------------------------------------------------------------------------------------- plugins across processes
@@ -160,13 +167,16 @@ def runtime_entries() -> list[tuple[str, str, str]]:
 
 
 def install_entries(entries: list[tuple[str, str, str]]) -> None:
-    """Register ``entries`` (from :func:`runtime_entries`) here, each checked by importing it now."""
+    """Register ``entries`` (from :func:`runtime_entries`) here, each checked by importing it now. An entry that
+    overrode a name (a built-in's, a plugin's) overrides it here too."""
     registries = _registries()
     for kind, name, target in entries:
         registry = registries[kind]
         try:
             if name not in registry:
                 registry.register(name, target)
+            elif _target_of(registry, name) != target:
+                registry.register(name, target, override=True)
             registry.get(name)
         except Exception as exc:  # noqa: BLE001 - reported as one clear error at the server's start
             raise RegistryError(
@@ -176,11 +186,22 @@ def install_entries(entries: list[tuple[str, str, str]]) -> None:
                 "--no-engine-process") from None
 
 
+def _target_of(registry, name: str) -> str | None:
+    """``module:QualName`` of what ``registry`` holds under ``name`` (its lazy target, or its class's)."""
+    entry = next(e for e in registry.entries() if e.name == name)
+    if entry.obj is not None:
+        return f"{entry.obj.__module__}:{entry.obj.__qualname__}"
+    return entry.target
+
+
 # ------------------------------------------------------------------------------------- the child
 def child_main(conn, build: Callable[[], Any], entries: list[tuple[str, str, str]]) -> None:
-    """The engine process: build the engine, say ready (or why not), then step it for the server."""
+    """The engine process: build the engine, say ready (or why not), then step it for the server. The pipe is
+    read from the start, so a server that dies (or stops) while the model loads ends this process too."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # a signal to the whole group: the server stops this process
         signal.signal(sig, signal.SIG_IGN)
+    commands = Commands(conn)
+    commands.start()
     try:
         install_entries(entries)
         engine = build()
@@ -193,8 +214,53 @@ def child_main(conn, build: Callable[[], Any], entries: list[tuple[str, str, str
     if not _send_quietly(conn, ("ready", info)):
         return  # the server is gone
     driver = EngineDriver(engine)
-    threading.Thread(target=_read_commands, args=(conn, driver), name="dlm-engine-commands", daemon=True).start()
+    commands.serve(driver)
     driver.run(lambda items: _send_items(conn, items, driver))
+
+
+class Commands(threading.Thread):
+    """Reads the server's commands: before the engine exists, only the end of the pipe or a stop can come,
+    and either ends the process at once; then submit, cancel and stop go to the driver."""
+
+    def __init__(self, conn):
+        super().__init__(name="dlm-engine-commands", daemon=True)
+        self.conn = conn
+        self._driver: EngineDriver | None = None
+        self._ready = threading.Event()
+
+    def serve(self, driver: EngineDriver) -> None:
+        self._driver = driver
+        self._ready.set()
+
+    def run(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):  # the server is gone
+                message = ("stop",)
+            if self._driver is None and message[0] == "stop":
+                os._exit(0)  # still loading: nothing to drain, and the main thread may be deep in CUDA
+            self._ready.wait()
+            if not self._handle(message):
+                return
+
+    def _handle(self, message: tuple) -> bool:
+        driver = self._driver
+        kind = message[0]
+        if kind == "submit":
+            _, key, prompt_ids, fields, wants_steps, every = message
+            try:
+                config = GenerationConfig.from_dict(fields)
+            except Exception as exc:  # noqa: BLE001 - validated by the server already; refused if not
+                driver.refuse(key, exc)
+                return True
+            driver.submit(key, prompt_ids, config, wants_steps=wants_steps, every=every)
+        elif kind == "cancel":
+            driver.cancel(message[1])
+        else:  # stop
+            driver.stop()
+            return False
+        return True
 
 
 def _send_quietly(conn, message: tuple) -> bool:
@@ -205,34 +271,30 @@ def _send_quietly(conn, message: tuple) -> bool:
     return True
 
 
-def _read_commands(conn, driver: EngineDriver) -> None:
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):  # the server is gone
-            driver.stop()
-            return
-        kind = message[0]
-        if kind == "submit":
-            _, key, prompt_ids, fields, wants_steps, every = message
-            try:
-                config = GenerationConfig.from_dict(fields)
-            except Exception as exc:  # noqa: BLE001 - validated by the server already; refused if not
-                driver.refuse(key, exc)
-                continue
-            driver.submit(key, prompt_ids, config, wants_steps=wants_steps, every=every)
-        elif kind == "cancel":
-            driver.cancel(message[1])
-        else:  # stop
-            driver.stop()
-            return
-
-
 def _send_items(conn, items: list, driver: EngineDriver) -> None:
     try:
         conn.send([_portable_item(item) for item in items])
     except (OSError, ValueError):  # the server is gone: stop
         driver.stop()
+    except Exception:  # noqa: BLE001 - an item that cannot be pickled must not end the engine
+        log.exception("dlm serve: an engine message could not be sent; sending its items one by one")
+        _send_quietly(conn, [x for x in (_sendable(_portable_item(item)) for item in items) if x is not None])
+
+
+def _sendable(item: tuple) -> tuple | None:
+    """``item`` if it pickles; else, for an acceptance or an end, the same with a GenerationError (a request
+    must still end), and for anything else None (not delivered)."""
+    try:
+        pickle.dumps(item)
+        return item
+    except Exception as exc:  # noqa: BLE001
+        error = GenerationError(f"the engine's report could not be sent ({type(exc).__name__}: {exc})")
+    kind, key, _ = item
+    if kind == "accept":
+        return kind, key, error
+    if kind == "end":
+        return kind, key, Outcome("failed", error, 0, None)
+    return None
 
 
 def _portable_item(item: tuple) -> tuple:

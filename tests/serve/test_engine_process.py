@@ -11,6 +11,9 @@ import os
 import random
 import re
 import signal
+import subprocess
+import sys
+import time
 
 import httpx
 import pytest
@@ -178,3 +181,64 @@ def test_a_launcher_script_with_a_main_guard_still_serves(tmp_path):
                       "    from dlm.serve.cli import main\n    sys.exit(main(sys.argv[1:]))\n")
     s = ServerProcess([], tmp_path / "server.log", script=str(script))
     assert_explodes(s)
+
+
+def test_an_override_of_a_built_in_name_reaches_the_engine_process(tmp_path, monkeypatch):
+    from dlm.schedulers.base import SCHEDULERS
+
+    (tmp_path / "override_mod.py").write_text(EXPLODING_PLUGIN.replace('@dlm.register_scheduler("explode")\n', ""))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    original = SCHEDULERS.get("low_confidence")
+    try:
+        install_entries([("scheduler", "low_confidence", "override_mod:Explode")])
+        assert SCHEDULERS.get("low_confidence").__module__ == "override_mod"
+    finally:
+        SCHEDULERS.register("low_confidence", original, override=True)
+    assert SCHEDULERS.get("low_confidence") is original
+
+
+SLOW_TO_LOAD = """
+import multiprocessing, time
+if multiprocessing.current_process().name.startswith("dlm-engine"):
+    time.sleep(120)  # the engine's process "loads" for two minutes
+"""
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+@pytest.mark.slow
+def test_a_server_killed_while_its_engine_loads_ends_the_engine_process(tmp_path):
+    from .conftest import free_port, plugin_launcher
+
+    code = plugin_launcher(tmp_path, EXPLODING_PLUGIN + SLOW_TO_LOAD, module="slow_plugin")
+    cmd = [sys.executable, "-c", code, "--port", str(free_port()), "--threads", "1"]
+    with open(tmp_path / "server.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: children(proc.pid), timeout=60)  # the engine's process is loading
+            engine = children(proc.pid)[-1]
+            time.sleep(1)
+            proc.kill()
+            proc.wait()
+            wait_for(lambda: gone(engine), timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_a_report_that_cannot_be_pickled_still_ends_its_request():
+    import threading
+
+    from dlm.serve.process import _sendable
+    from dlm.serve.progress import Outcome
+
+    lock = threading.Lock()  # cannot be pickled
+    ended = _sendable(("end", 7, Outcome("done", None, 3, [lock])))
+    assert ended[0] == "end" and ended[1] == 7 and ended[2].status == "failed"
+    assert "could not be sent" in str(ended[2].error)
+    assert _sendable(("accept", 8, lock))[2].__class__.__name__ == "GenerationError"
+    assert _sendable(("event", 9, lock)) is None
+    assert _sendable(("event", 9, 1)) == ("event", 9, 1)

@@ -146,3 +146,35 @@ def test_every_must_be_a_positive_integer(engine):
             loop.submit([1, 2], CFG, wants_steps=True, events=asyncio.Queue(), every=0)
 
     with_loop(engine, work)
+
+
+class SilentBackend:
+    """A backend whose engine never reports anything (as one killed at the stop timeout)."""
+
+    info = {"max_rows": 2, "slot_len": 64, "batch_invariant": True, "stats": {"queued": 0, "running": 0,
+            "rows_in_use": 0, "max_rows": 2}, "model": "-"}
+    alive = True
+
+    def start(self, deliver, died):
+        pass
+
+    def submit(self, *args):
+        pass
+
+    def cancel(self, key):
+        pass
+
+    def stop(self, timeout=30.0):
+        pass
+
+
+def test_jobs_the_engine_never_ended_end_at_stop():
+    async def main():
+        loop = EngineLoop(SilentBackend())
+        loop.start(asyncio.get_running_loop())
+        job, q = submit(loop, [5, 6], CFG)
+        await asyncio.to_thread(loop.stop)
+        return job, await drain(q, job), loop
+
+    job, events, loop = asyncio.run(main())
+    assert events == [] and job.outcome.status == "cancelled" and loop.in_flight == 0
