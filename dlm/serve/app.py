@@ -168,7 +168,7 @@ def model_card(server: Server) -> dict:
     lm, loops = server.lm, server.loops
     tok = lm.tokenizer
     info = {"model_type": lm.model_type, "context": server.slot_len, "max_rows": sum(lp.max_rows for lp in loops),
-            "replicas": len(loops), "chat_template": bool(tok is not None and getattr(tok, "chat_template", None)),
+            "replicas": len(loops), "engine": loops[0].where, "chat_template": bool(tok is not None and getattr(tok, "chat_template", None)),
             "tokenizer": tok is not None, "vocab_size": lm.arch.valid_vocab or lm.arch.vocab_size,
             "mask_id": lm.ids.mask_id, "batch_invariant": all(lp.batch_invariant for lp in loops),
             "default_block_length": params.DEFAULT_BLOCK, "default_max_tokens": params.DEFAULT_MAX_TOKENS}

@@ -246,7 +246,8 @@ def _sweep(url: str, args: argparse.Namespace, fields: dict[str, Any], lm, devic
             baseline.append(static.level(c, requests_for(args, c)))
     info = card["dlm"]
     return {"environment": environment(device), "model": {"name": card["id"], **info},
-            "server": f"{url}, {info['replicas']} engine(s) of {info['max_rows'] // info['replicas']} rows",
+            "server": f"{url}, {info['replicas']} engine(s) of {info['max_rows'] // info['replicas']} rows"
+                      + (f", each in its own {info['engine']}" if "engine" in info else ""),
             "workload": {"requests_per_level": {c: requests_for(args, c) for c in args.concurrency},
                          "prompt_kind": workload.prompt_kind,
                          "prompt_tokens_mean": served[0]["prompt_tokens_mean"] if served else 0.0,

@@ -53,6 +53,8 @@ class Job:
 class ThreadBackend:
     """An engine stepped by a thread of this process (``dlm serve --no-engine-process``)."""
 
+    where = "thread"  # where the engine runs, as /v1/models reports it
+
     def __init__(self, engine, name: str = "0"):
         self.engine, self.name = engine, name
         self.driver = EngineDriver(engine)
@@ -97,6 +99,7 @@ class EngineLoop:
         info = backend.info
         self.max_rows, self.slot_len = info["max_rows"], info["slot_len"]
         self.batch_invariant = info["batch_invariant"]
+        self.where = backend.where
         self.in_flight = 0  # jobs submitted and not yet ended (least-loaded routing, queue limit)
         self._jobs: dict[int, Job] = {}
         self._keys = itertools.count()

@@ -53,6 +53,8 @@ class ProcessBackend:
     """One engine in a spawned process (see the module doc). ``build``: a picklable callable (a module-level
     function or a partial of one) that returns the :class:`dlm.Engine`, run in the child."""
 
+    where = "process"  # where the engine runs, as /v1/models reports it
+
     def __init__(self, build: Callable[[], Any], name: str = "0"):
         self.name = name
         self.info: dict[str, Any] | None = None

@@ -89,9 +89,10 @@ async def answers(url: str, bodies: list[dict]) -> list[list[int]]:
 def test_the_engine_process_gives_the_engine_threads_answers(tmp_path):
     bodies = random_bodies(40, seed=3)
     got = {}
-    for mode in ("--engine-process", "--no-engine-process"):
+    for mode, where in (("--engine-process", "process"), ("--no-engine-process", "thread")):
         s = ServerProcess(["--max-rows", "6", mode], tmp_path / f"{mode}.log")
         try:
+            assert httpx.get(s.url + "/v1/models").json()["data"][0]["dlm"]["engine"] == where
             got[mode] = asyncio.run(answers(s.url, bodies))
             assert s.metric("dlm_active_rows") == 0
         finally:

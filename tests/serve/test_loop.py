@@ -154,6 +154,7 @@ class SilentBackend:
     info = {"max_rows": 2, "slot_len": 64, "batch_invariant": True, "stats": {"queued": 0, "running": 0,
             "rows_in_use": 0, "max_rows": 2}, "model": "-"}
     alive = True
+    where = "nowhere"
 
     def start(self, deliver, died):
         pass
