@@ -36,11 +36,13 @@ class GenerationError(DlmError, RuntimeError):
 def portable(exc: BaseException, with_traceback: bool = True) -> BaseException:
     """``exc`` if it can cross to another process (dlm's own errors survive pickling), else a GenerationError
     carrying its class, message and (``with_traceback``) traceback text: what dlm's worker and engine processes
-    send back."""
+    send back. The original class's name is kept as ``original`` (the server's error code)."""
     if isinstance(exc, DlmError) and _survives_pickling(exc):
         return exc
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if with_traceback else ""
-    return GenerationError(f"{type(exc).__name__}: {exc}" + (f"\n{text}" if text else ""))
+    err = GenerationError(f"{type(exc).__name__}: {exc}" + (f"\n{text}" if text else ""))
+    err.original = type(exc).__name__
+    return err
 
 
 def _survives_pickling(exc: BaseException) -> bool:

@@ -48,7 +48,8 @@ def engine_error(exc: BaseException) -> APIError:
         return bad_request(str(exc), guess_param(str(exc)), "invalid_value")
     kind = type(exc).__name__
     message = str(exc) if isinstance(exc, DlmError) else f"{kind}: {exc}"
-    return APIError(500, f"generation failed: {message}", type="server_error", code=kind)
+    # an error that came from the engine's process as a GenerationError keeps its original class as the code
+    return APIError(500, f"generation failed: {message}", type="server_error", code=getattr(exc, "original", kind))
 
 
 class Completion:

@@ -243,3 +243,15 @@ def test_a_report_that_cannot_be_pickled_still_ends_its_request():
     assert _sendable(("accept", 8, lock))[2].__class__.__name__ == "GenerationError"
     assert _sendable(("event", 9, lock)) is None
     assert _sendable(("event", 9, 1)) == ("event", 9, 1)
+
+
+def test_an_error_from_the_engine_process_reads_as_it_would_from_a_thread():
+    import pickle
+
+    from dlm.errors import portable
+    from dlm.serve.completion import engine_error
+
+    original = RuntimeError("CUDA out of memory")
+    crossed = pickle.loads(pickle.dumps(portable(original, with_traceback=False)))
+    assert engine_error(crossed).body() == engine_error(original).body()
+    assert engine_error(crossed).body()["error"]["code"] == "RuntimeError"
