@@ -90,7 +90,8 @@ class StepEvent:
     def new_tokens(self) -> list[tuple[int, int]]:
         """(answer position, token id) pairs committed by this step."""
         pos = self.committed.nonzero().squeeze(1).tolist()
-        return [(p, int(self.tokens[p])) for p in pos]
+        tokens = self.tokens.tolist() if pos else []  # one conversion, not one tensor index per position
+        return [(p, tokens[p]) for p in pos]
 
 
 # statistics that are ratios of two counters (the verifiers' block efficiency and acceptance rate)
