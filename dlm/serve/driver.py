@@ -30,7 +30,7 @@ import time
 from typing import Any, Callable
 
 from ..errors import GenerationError
-from .progress import outcome_of, progress_of
+from .progress import outcome_of, step_progress
 
 log = logging.getLogger("dlm.serve")
 Sink = Callable[[list], None]
@@ -141,12 +141,12 @@ class EngineDriver:
             log.exception("dlm serve: engine step failed")
             self._fail_running(GenerationError(f"the engine step failed: {type(exc).__name__}: {exc}"), out)
             return
-        committed = 0
-        for ev in events:
-            work = ev.tag
-            committed += int(ev.committed.sum())
-            if ev.done or (work.wants_steps and ev.step % work.every == 0):  # ev.step: the request's steps so far
-                out.append(("event", work.key, progress_of(ev)))
+        # ev.step: the request's steps so far
+        wanted = [ev.done or (ev.tag.wants_steps and ev.step % ev.tag.every == 0) for ev in events]
+        committed, progress = step_progress(events, wanted)
+        for ev, p in zip(events, progress):
+            if p is not None:
+                out.append(("event", ev.tag.key, p))
         out.append(("step", None, (time.perf_counter() - t0, committed, len(events))))
 
     def _fail_running(self, error: GenerationError, out: list) -> None:

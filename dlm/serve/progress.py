@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -44,10 +46,39 @@ class Outcome:
 
 
 def progress_of(event) -> Progress:
-    """The :class:`Progress` of a :class:`~dlm.outputs.StepEvent`."""
+    """The :class:`Progress` of a :class:`~dlm.outputs.StepEvent` (the reference of :func:`step_progress`)."""
     r = event.request
     return Progress(step=event.step, block=event.block, done=event.done, failed=event.done and r.error is not None,
                     tokens=event.tokens.tolist(), committed=event.new_tokens(), nfe=r.nfe)
+
+
+def step_progress(events: list, wanted: list[bool]) -> tuple[int, list[Progress | None]]:
+    """One engine step's committed positions in all, and the :class:`Progress` of each event whose ``wanted`` is
+    True (None for the others): :func:`progress_of`'s values, with every event's tensors converted in one go (a
+    served step of a small model is mostly host time, and converting 32 answers one by one cost about a
+    millisecond of it)."""
+    if not events:
+        return 0, []
+    lengths = [ev.tokens.shape[0] for ev in events]
+    tokens = torch.cat([ev.tokens for ev in events]).tolist()
+    marks = torch.cat([ev.committed for ev in events]).nonzero().squeeze(1).tolist()
+    out: list[Progress | None] = []
+    start = j = 0
+    for ev, n, want in zip(events, lengths, wanted):
+        end = start + n
+        first = j
+        while j < len(marks) and marks[j] < end:
+            j += 1
+        if want:
+            row = tokens[start:end]
+            r = ev.request
+            out.append(Progress(step=ev.step, block=ev.block, done=ev.done, failed=ev.done and r.error is not None,
+                                tokens=row, committed=[(p - start, row[p - start]) for p in marks[first:j]],
+                                nfe=r.nfe))
+        else:
+            out.append(None)
+        start = end
+    return len(marks), out
 
 
 def outcome_of(request, error: BaseException | None) -> Outcome:
