@@ -33,6 +33,8 @@ launch per layer by :mod:`dlm.models.kv_write_kernel` where it applies (the same
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -198,7 +200,7 @@ class RaggedAttention:
         for pooled_keys in (False, True):
             if pooled_keys not in idx.groups:
                 group = [r for r in range(len(rows.q_len)) if rows.fresh[r] != pooled_keys]
-                idx.groups[pooled_keys] = _Group.build(rows, group, pooled_keys, qt.device) if group else None
+                idx.groups[pooled_keys] = group_of(rows, group, pooled_keys, qt.device) if group else None
         groups = [idx.groups[k] for k in (False, True) if idx.groups[k] is not None]
         if self.out is None and len(groups) == 1 and groups[0].uniform == (0, qt.shape[0]):
             return self._padded_group(layer, qt, kt, vt, groups[0], masks, None)
@@ -318,6 +320,43 @@ class _Group:
             dest = to_device(ranges([p * Lmax for p in place], lengths), device)
         return cls(group, place, pooled_keys, lo, n_rows, Qmax, Lmax, packed, qdest, dest, to_device(key_ok, device),
                    bool(key_ok.all()), uniform)
+
+
+class _GroupMemo:
+    """The :class:`_Group` of the last ``size`` layouts seen, by everything :meth:`_Group.build` reads. A served
+    batch keeps its layout from step to step until a request joins or leaves, and building a group's index
+    tensors on the host (three :func:`~dlm.models.rows.ranges` of every fed position, and their transfers) cost
+    a small model's served step about a tenth of its time on an H200 host. The groups are read only (index
+    tensors, a key mask), so one can serve every forward of its layout."""
+
+    def __init__(self, size: int = 32):
+        self.size = size
+        self._groups: OrderedDict[tuple, _Group] = OrderedDict()
+        self._lock = threading.Lock()  # engines in several threads share it
+
+    def get(self, rows: RaggedRows, group: list[int], pooled_keys: bool, device) -> _Group:
+        key = (str(device), pooled_keys, tuple(group), *(tuple(getattr(rows, f)[r] for r in group)
+                                                          for f in ("q_start", "q_len", "k_len", "slot")))
+        with self._lock:
+            found = self._groups.get(key)
+            if found is not None:
+                self._groups.move_to_end(key)
+                return found
+        built = _Group.build(rows, group, pooled_keys, device)
+        with self._lock:
+            self._groups[key] = built
+            while len(self._groups) > self.size:
+                self._groups.popitem(last=False)
+        return built
+
+
+_GROUPS = _GroupMemo()
+
+
+def group_of(rows: RaggedRows, group: list[int], pooled_keys: bool, device) -> _Group:
+    """``_Group.build(rows, group, pooled_keys, device)``, or the same group built for an earlier forward of the
+    same layout."""
+    return _GROUPS.get(rows, group, pooled_keys, device)
 
 
 def _kernel(wanted: bool, q, k, v, mask):
