@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlm.bench.scale import random_lm, time_config
+from dlm.bench import scale
+from dlm.bench.scale import random_lm, sustained_matmul_rate, time_config
 from dlm.errors import ConfigError
 
 
@@ -59,3 +60,10 @@ def test_warm_shapes_runs_each_option_set_once_untimed_in_the_engine_it_times(mo
     scale.run(["llada-tiny"], [1], [256], ["prefix"], [False], None, tokens_per_step=8, device="cpu",
               fused_modes=(False,), warm_shapes=2)
     assert [c[3] for c in calls] == [False, False, True] and calls[0][4] is calls[1][4] is calls[2][4]
+
+
+def test_sustained_rate_is_the_flops_of_the_products_over_the_time_they_took(monkeypatch):
+    clock = iter([10.0, 10.2, 10.5])  # two rounds of 8 products, the second ending past 0.4 s
+    monkeypatch.setattr(scale.time, "perf_counter", lambda: next(clock))
+    rate = sustained_matmul_rate("cpu", 0.4, n=16)
+    assert rate == pytest.approx(2 * 16**3 * 16 / 0.5)
