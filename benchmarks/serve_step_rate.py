@@ -10,7 +10,9 @@ of each request a step and ``max_tokens`` is its canvas), and the client's token
 The first round after the start is the server's first at this concurrency (its cold steps); later rounds are
 its steady state. ``--modes``: ``engine-process`` / ``no-engine-process``, optionally ``:T`` for the server's
 ``--threads T``. ``--count-compiles``: each server gets empty Triton and Inductor cache folders, and each round
-reports the files in them (kernels compiled so far).
+reports the files in them (kernels compiled so far). ``--py-spy DIR`` (needs py-spy): during the last round,
+``py-spy record`` samples the server and its engine process (``--subprocesses``, ``--nonblocking``) into
+``DIR/MODE.txt`` (py-spy's raw format: one line per distinct stack, then its sample count).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -48,7 +51,28 @@ def compiled_files() -> int | None:
     return sum(len(files) for d in dirs for _, _, files in os.walk(d))
 
 
-def rounds(spec: str, concurrency: int, requests: int, max_tokens: int, reps: int, log: Path) -> list[dict]:
+def server_pid(url: str) -> int:
+    """The pid of the ``dlm serve`` process listening at ``url`` (it was started with ``--port PORT``)."""
+    import psutil
+
+    port = url.rsplit(":", 1)[1]
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "dlm.serve" in cmd and port in cmd:
+            return proc.info["pid"]
+    raise RuntimeError(f"no dlm serve process found for {url}")
+
+
+def py_spy(url: str, out: Path, seconds: float) -> subprocess.Popen:
+    """``py-spy record`` of the server at ``url`` and its engine process for ``seconds``, into ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(["py-spy", "record", "--pid", str(server_pid(url)), "--subprocesses", "--nonblocking",
+                             "--rate", "250", "--duration", str(int(seconds)), "--format", "raw", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def rounds(spec: str, concurrency: int, requests: int, max_tokens: int, reps: int, log: Path,
+           spy: Path | None = None) -> list[dict]:
     mode, _, threads = spec.partition(":")
     p = argparse.ArgumentParser()
     configure(p)
@@ -63,6 +87,7 @@ def rounds(spec: str, concurrency: int, requests: int, max_tokens: int, reps: in
         print(json.dumps(before), flush=True)
         out.append(before)
         for rep in range(reps):
+            recorder = py_spy(url, spy / f"{spec.replace(':', '_')}.txt", 3) if spy and rep == reps - 1 else None
             a, t = scrape(url), time.perf_counter()
             level = asyncio.run(run_level(url, bodies, concurrency)).summary()
             wall, b = time.perf_counter() - t, scrape(url)
@@ -76,6 +101,8 @@ def rounds(spec: str, concurrency: int, requests: int, max_tokens: int, reps: in
                    "compiled_files": compiled_files()}
             print(json.dumps(row), flush=True)
             out.append(row)
+            if recorder is not None:
+                recorder.wait(60)
     return out
 
 
@@ -90,6 +117,8 @@ def main() -> None:
     ap.add_argument("--count-compiles", action="store_true",
                     help="give each server fresh Triton and Inductor cache folders and report their files after "
                          "each round (kernels compiled while serving)")
+    ap.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
+                    help="sample the server and its engine process with py-spy during the last round, into DIR")
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -98,7 +127,7 @@ def main() -> None:
             for key in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
                 os.environ[key] = tempfile.mkdtemp(prefix=key.lower() + "-")
         rows += rounds(spec, args.concurrency, args.requests, args.max_tokens, args.reps,
-                       args.out.with_name(f"server_{spec.replace(':', '_')}.log"))
+                       args.out.with_name(f"server_{spec.replace(':', '_')}.log"), args.py_spy)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
