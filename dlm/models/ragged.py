@@ -323,11 +323,14 @@ class _Group:
 
 
 class _GroupMemo:
-    """The :class:`_Group` of the last ``size`` layouts seen, by everything :meth:`_Group.build` reads. A served
-    batch keeps its layout from step to step until a request joins or leaves, and building a group's index
-    tensors on the host (three :func:`~dlm.models.rows.ranges` of every fed position, and their transfers) cost
-    a small model's served step about a tenth of its time on an H200 host. The groups are read only (index
-    tensors, a key mask), so one can serve every forward of its layout."""
+    """The :class:`_Group` of the last ``size`` layouts seen, by everything :meth:`_Group.build` reads and the
+    stream it was built on. A served batch keeps its layout from step to step until a request joins or leaves,
+    and building a group's index tensors on the host (three :func:`~dlm.models.rows.ranges` of every fed
+    position, and their transfers) took 16% of a small model's engine process on an H200 host (with torch's
+    default CPU threads; 4% with one). The groups are read only (index tensors, a key mask), so one serves every
+    forward of its layout on its stream: their host-to-device copies are queued on that stream, and a forward on
+    another stream (another engine's thread, a capture's side stream) builds its own rather than read them
+    before they land."""
 
     def __init__(self, size: int = 32):
         self.size = size
@@ -335,8 +338,10 @@ class _GroupMemo:
         self._lock = threading.Lock()  # engines in several threads share it
 
     def get(self, rows: RaggedRows, group: list[int], pooled_keys: bool, device) -> _Group:
-        key = (str(device), pooled_keys, tuple(group), *(tuple(getattr(rows, f)[r] for r in group)
-                                                          for f in ("q_start", "q_len", "k_len", "slot")))
+        device = torch.device(device)
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+        key = (str(device), stream, pooled_keys, tuple(group),
+               *(tuple(getattr(rows, f)[r] for r in group) for f in ("q_start", "q_len", "k_len", "slot")))
         with self._lock:
             found = self._groups.get(key)
             if found is not None:
