@@ -2,7 +2,9 @@
 padded attention's index tensors (``_Index.build``) and its per-kind layouts (``_Group.build``), per step, in the
 steady state of staggered arrivals (llada-tiny geometry with random weights: the model is irrelevant here, only
 the rows' layout; 32 rows, prompt 128, gen 256, one arrival per step), or with ``--static`` for a static batch of
-32 in lockstep, its refresh steps and its in-block steps apart.
+32 in lockstep, its refresh steps and its in-block steps apart. ``_Group.build`` runs only for layouts the padded
+attention's memo of recent layouts (``dlm.models.ragged.group_of``) does not hold, so its figure is what the
+builds cost per step, the memo's hits counting zero.
 
     python benchmarks/host_staggered.py [--steps 10] [--static]
 

@@ -4,8 +4,9 @@ What the compute ceilings of ``benchmarks/engine_gpu.py`` divide by: a short mea
 products) runs at the GPU's boost clock, but a GPU at its power limit lowers its clock within a fraction of a
 second of sustained products, so a run of several seconds cannot keep that rate. This prints the short figure,
 the rate in windows of 40 products (8192 x 8192 x 8192, bf16) for ``--seconds``, the mean over the first 0.5, 1,
-2 and 4 s, ``sustained_matmul_rate`` over the same time, and (where ``nvidia-smi`` runs) the SM clock, power
-draw and temperature every 100 ms during it all.
+2 and 4 s (their FLOPs over their time), then ``sustained_matmul_rate`` over ``--seconds`` more (a GPU already
+hot, as a decode's run is after its warm-up), and (where ``nvidia-smi`` runs) the SM clock, power draw and
+temperature every 100 ms during it all.
 
     python benchmarks/matmul_clock.py --out results/matmul_clock.json
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -48,8 +50,9 @@ def smi_start(path: Path) -> subprocess.Popen | None:
     if shutil.which("nvidia-smi") is None:
         return None
     query = "--query-gpu=timestamp,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu"
-    return subprocess.Popen(["nvidia-smi", query, "--format=csv,noheader,nounits", "-lms", "100"],
-                            stdout=path.open("w"), stderr=subprocess.DEVNULL)
+    with path.open("w") as log:  # the child keeps its own handle
+        return subprocess.Popen(["nvidia-smi", query, "--format=csv,noheader,nounits", "-lms", "100"],
+                                stdout=log, stderr=subprocess.DEVNULL)
 
 
 def smi_rows(path: Path) -> list[dict]:
@@ -69,21 +72,24 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("matmul_clock.py needs a CUDA GPU")
-    log = Path(tempfile.mkstemp(suffix=".csv")[1])
+    handle, name = tempfile.mkstemp(suffix=".csv")
+    os.close(handle)
+    log = Path(name)
     smi = smi_start(log)
     time.sleep(0.5)
     out: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     out["short_tflops"] = matmul_rate("cuda", 8192, 10) / 1e12
     out["windows"] = windows(args.seconds)
-    for span in (0.5, 1, 2, 4):
+    for span in (0.5, 1, 2, 4):  # windows of equal FLOPs: their FLOPs over their time is the harmonic mean
         sel = [r for t, r in out["windows"] if t <= span]
-        out[f"mean_first_{span}s_tflops"] = sum(sel) / len(sel)
+        out[f"mean_first_{span}s_tflops"] = len(sel) / sum(1 / r for r in sel)
     out["sustained_tflops"] = sustained_matmul_rate("cuda", args.seconds) / 1e12
     time.sleep(0.5)
     if smi is not None:
         smi.terminate()
         smi.wait()
         out["nvidia_smi"] = smi_rows(log)
+    log.unlink()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k not in ("windows", "nvidia_smi")}, indent=1))

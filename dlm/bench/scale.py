@@ -122,8 +122,9 @@ def sustained_matmul_rate(device: str = "cuda", seconds: float = 4.0, n: int = 8
 
     :func:`matmul_rate` times a few products: on a GPU that has idled, they run at its boost clock. Under
     products back to back a GPU at its power limit lowers its clock within a fraction of a second (an H200 at
-    700 W: 1,980 to about 1,450 MHz, 765 to 664 TFLOP/s over 4 s), so a run that lasts seconds cannot keep the
-    short measurement's rate; this is the rate a run of ``seconds`` can keep."""
+    700 W: from 1,980 to 1,400-1,550 MHz), so a run that lasts seconds cannot keep the
+    short measurement's rate; this is the rate a run of ``seconds`` can keep (``benchmarks/matmul_clock.py``:
+    750 TFLOP/s short, 660 over 6 s on one H200)."""
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     a @ b  # the kernel's first call (its choice and load) is not timed
