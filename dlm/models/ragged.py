@@ -339,8 +339,7 @@ class _GroupMemo:
 
     def get(self, rows: RaggedRows, group: list[int], pooled_keys: bool, device) -> _Group:
         device = torch.device(device)
-        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-        key = (str(device), stream, pooled_keys, tuple(group),
+        key = (str(device), _stream_id(device), pooled_keys, tuple(group),
                *(tuple(getattr(rows, f)[r] for r in group) for f in ("q_start", "q_len", "k_len", "slot")))
         with self._lock:
             found = self._groups.get(key)
@@ -353,6 +352,11 @@ class _GroupMemo:
             while len(self._groups) > self.size:
                 self._groups.popitem(last=False)
         return built
+
+
+def _stream_id(device: torch.device) -> int:
+    """The current stream of ``device`` (0 off CUDA): what the group's host-to-device copies are queued on."""
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
 
 
 _GROUPS = _GroupMemo()

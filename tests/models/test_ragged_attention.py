@@ -110,3 +110,21 @@ def test_layouts_that_differ_in_one_field_get_their_own_groups(field, monkeypatc
         groups.append(group_of(rows, [0, 1], True, "cpu"))
         assert _same_group(groups[-1], _Group.build(rows, [0, 1], True, "cpu"))
     assert groups[0] is not groups[1] and not _same_group(groups[0], groups[1])
+
+
+def test_a_layout_on_another_stream_gets_its_own_group(monkeypatch):
+    """A group's index copies are queued on the stream that built it: a forward on another stream must not be
+    handed it (it could read the indices before they land), and gets its own build."""
+    monkeypatch.setattr(ragged, "_GROUPS", _GroupMemo())
+    stream = [7]
+    monkeypatch.setattr(ragged, "_stream_id", lambda device: stream[0])
+    rows = _random_rows(random.Random(5))
+    pooled = not rows.fresh[0]
+    group = [r for r in range(len(rows.q_len)) if rows.fresh[r] != pooled]
+    first = group_of(rows, group, pooled, "cpu")
+    assert group_of(rows, group, pooled, "cpu") is first
+    stream[0] = 8
+    other = group_of(rows, group, pooled, "cpu")
+    assert other is not first and _same_group(other, first)
+    stream[0] = 7
+    assert group_of(rows, group, pooled, "cpu") is first
