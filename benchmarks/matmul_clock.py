@@ -24,13 +24,12 @@ from pathlib import Path
 
 import torch
 
-from dlm.bench.scale import matmul_rate, sustained_matmul_rate
+from dlm.bench.scale import matmul_rate, square_operands, sustained_matmul_rate
 
 
 def windows(seconds: float, n: int = 8192, per_window: int = 40) -> list[tuple[float, float]]:
     """(seconds since the start, TFLOP/s) of each window of ``per_window`` products, for ``seconds``."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    a, b = square_operands("cuda", n)
     a @ b  # the kernel's first call is not timed
     torch.cuda.synchronize()
     out, t0 = [], time.perf_counter()

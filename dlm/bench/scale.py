@@ -110,10 +110,15 @@ def copy_bandwidth(device: str = "cuda", nbytes: int = 2**31, repeats: int = 20)
     return 2 * src.numel() * src.element_size() / _timed(lambda: dst.copy_(src), device, repeats)
 
 
+def square_operands(device: str = "cuda", n: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random bf16 (n, n) matrices on ``device``: the operands of the matmul-rate measurements."""
+    return (torch.randn(n, n, device=device, dtype=torch.bfloat16),
+            torch.randn(n, n, device=device, dtype=torch.bfloat16))
+
+
 def matmul_rate(device: str = "cuda", n: int = 8192, repeats: int = 10) -> float:
     """bf16 matrix-product rate in FLOP/s on random data (median)."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a, b = square_operands(device, n)
     return 2 * n**3 / _timed(lambda: a @ b, device, repeats)
 
 
@@ -125,8 +130,7 @@ def sustained_matmul_rate(device: str = "cuda", seconds: float = 4.0, n: int = 8
     700 W: from 1,980 to 1,400-1,550 MHz), so a run that lasts seconds cannot keep the
     short measurement's rate; this is the rate a run of ``seconds`` can keep (``benchmarks/matmul_clock.py``:
     750 TFLOP/s short, 660 over 6 s on one H200)."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a, b = square_operands(device, n)
     a @ b  # the kernel's first call (its choice and load) is not timed
     _sync(device)
     t0 = time.perf_counter()
